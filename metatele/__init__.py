@@ -1,0 +1,33 @@
+"""metatele: learning to teleport.
+
+LSTM meta-optimizers that take local steps (m1, :class:`UpdateLSTM`) and move a network's
+weights along its symmetry orbits (m2, :class:`TeleportLSTM`), trained by truncated unrolled
+differentiation through many batched gradient-descent trajectories on LeakyReLU networks.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .baselines import BASELINES, BaselineConfig, HandDesigned, run_baseline
+from .configs import ConfigError, from_dict, to_dict
+from .lstm import LSTMConfig, TeleportConfig, TeleportLSTM, UpdateLSTM
+from .mlp import forward, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv
+from .strategies import (
+    GradientAscentTeleport,
+    RandomTeleport,
+    TeleportSchedule,
+    TeleportStrategy,
+    normalize_frobenius,
+)
+from .symmetry import SymmetryWarning, apply_pinv, group_action, loss_change, teleport
+from .tasks import (
+    TEST_SEED_OFFSET,
+    TaskBatch,
+    TaskConfig,
+    is_test_seed,
+    sample_tasks,
+    training_seeds,
+    unseen_seeds,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

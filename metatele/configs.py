@@ -1,0 +1,107 @@
+"""Strict conversion between dataclass configs and plain dictionaries.
+
+Every config in metatele is a dataclass whose defaults are the paper's values. The same
+dataclass is printed by ``--help``, saved into checkpoints (as a dict) and sent to wandb as
+``config``. Converting a dict back is strict: an unknown or misspelled key is an error that
+names the key and lists the allowed ones, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A config field has an unknown name or an impossible value."""
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain-Python dict of a dataclass config (tuples become lists)."""
+
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(config)
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with a helpful message.
+
+    Nested dataclass fields accept dicts. Validation of values is the dataclass's own
+    ``__post_init__``.
+    """
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, fields, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        name = f"{where}.{k}" if where else k
+        raise ConfigError(
+            f"unknown config key '{name}'{hint}; allowed keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for k, v in data.items():
+        tp = _unwrap_optional(hints[k])
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            v = from_dict(tp, v, where=f"{where}.{k}" if where else k)
+        elif typing.get_origin(tp) is tuple and isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set key=value`` value with YAML rules (numbers, lists, booleans, null)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` / ``a.b=value`` strings to a nested config dict (copy)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+        node[parts[-1]] = parse_value(text)
+    return out
+
+
+def require(cond: bool, field: str, message: str) -> None:
+    """Raise :class:`ConfigError` naming ``field`` unless ``cond`` holds."""
+    if not cond:
+        raise ConfigError(f"{field}: {message}")
