@@ -135,6 +135,7 @@ class HandDesigned:
         self.teleport_steps = set(config.teleport.steps) if config.teleport else set()
         self.strategy = config.teleport.build() if config.teleport and config.teleport.steps else None
         self.t = 0
+        self.last_grads: list[torch.Tensor] = []
 
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         weights = [w if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
@@ -150,6 +151,7 @@ class HandDesigned:
 
             new = self.diffopt.step(loss.sum(), params=weights, grad_callback=keep)
         self.t += 1
+        self.last_grads = seen
         return list(new), loss if self.differentiable else loss.detach(), grad_norm_sq(seen).detach()
 
 
