@@ -96,8 +96,10 @@ class HandDesigned:
         X, Y: task data ``[B, d0, n]``, ``[B, dL, n]``.
         weights: the initial stacked weights (for shapes, dtype and device).
         differentiable: keep the graph through updates (``higher``'s ``track_higher_grads``).
-        lr, momentum: optional overrides, a float, a 0-d tensor or a ``[B]`` tensor (per task);
-            tensors that require grad receive hyper-gradients through the unroll.
+        lr: optional override, a float, a 0-d tensor or a ``[B]`` tensor (per task); a tensor
+            that requires grad receives hyper-gradients through the unroll.
+        momentum: optional override, a float or 0-d tensor (``higher``'s SGD branches on its
+            value, so it cannot be per task).
 
     ``step(weights)`` returns ``(new_weights, loss, grad_norm_sq)`` where the loss ``[B]`` and
     squared gradient norm ``[B]`` are measured at the weights the update was computed from (after
@@ -127,6 +129,8 @@ class HandDesigned:
         if momentum is not None:
             if config.name != "momentum":
                 raise ValueError(f"momentum override only applies to 'momentum', not {config.name!r}")
+            if torch.is_tensor(momentum) and momentum.numel() != 1:
+                raise ValueError("momentum override must be a scalar (higher's SGD cannot take it per task)")
             override["momentum"] = [momentum]
         self.diffopt = higher.optim.get_diff_optim(
             _torch_optimizer(config, reference), reference,
@@ -137,11 +141,23 @@ class HandDesigned:
         self.t = 0
         self.last_grads: list[torch.Tensor] = []
 
+    def detach_(self) -> "HandDesigned":
+        """Cut the graph through the optimizer's state (momentum, moments) at a truncation."""
+        for group_state in self.diffopt.state:
+            for param_state in group_state.values() if isinstance(group_state, dict) else group_state:
+                for k, v in list(param_state.items()):
+                    if torch.is_tensor(v):
+                        param_state[k] = v.detach()
+        return self
+
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         weights = [w if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
         if self.strategy is not None and self.t in self.teleport_steps:
             weights = self.strategy(weights, self.X, self.Y)
         with torch.enable_grad():
+            # Aliases cut the dependence of W_{m+1} on W_m that a teleport creates, so the
+            # optimizer sees ∂L/∂W_i rather than total derivatives through the group action.
+            weights = [w.view_as(w) for w in weights]
             loss = mlp_loss(weights, self.X, self.Y)
             seen: list[torch.Tensor] = []
 
@@ -149,6 +165,11 @@ class HandDesigned:
                 seen.extend(grads)
                 return grads
 
+            if self.config.name == "adam":
+                # higher's Adam adds eps to sqrt(v) before the bias correction, i.e. an
+                # effective eps / sqrt(1 - beta2^t); rescale it so the step is torch.optim.Adam's.
+                for group in self.diffopt.param_groups:
+                    group["eps"] = self.config.eps * (1 - self.config.betas[1] ** (self.t + 1)) ** 0.5
             new = self.diffopt.step(loss.sum(), params=weights, grad_callback=keep)
         self.t += 1
         self.last_grads = seen

@@ -50,9 +50,9 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     Nested dataclass fields accept dicts. Validation of values is the dataclass's own
     ``__post_init__``.
     """
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
@@ -76,10 +76,24 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
 
 
 def parse_value(text: str) -> Any:
-    """Parse a ``--set key=value`` value with YAML rules (numbers, lists, booleans, null)."""
+    """Parse a ``--set key=value`` value with YAML rules (numbers, lists, booleans, null).
+
+    Numbers in exponent notation without a dot (``3e-4``, ``1e5``), which YAML 1.1 reads as
+    strings, are read as floats.
+    """
+    import re
+
     import yaml
 
-    return yaml.safe_load(text)
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+        list("-+0123456789."),
+    )
+    return yaml.load(text, Loader=Loader)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -94,7 +108,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         node = out
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # a missing or unset (None) optional section
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: '{p}' is not a section")
         node[parts[-1]] = parse_value(text)

@@ -25,7 +25,7 @@ from .baselines import BaselineConfig, HandDesigned
 from .configs import require
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from .mlp import grad_norm_sq, loss_and_grads
-from .symmetry import teleport
+from .symmetry import qr_factor, teleport
 from .tasks import TaskConfig
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
@@ -72,7 +72,8 @@ class LearnedState:
 
     def detach(self) -> "LearnedState":
         d = lambda s: (s[0].detach(), s[1].detach())  # noqa: E731
-        return LearnedState(d(self.update) if self.update else None, [d(s) for s in self.teleport], self.base)
+        base = self.base.detach_() if self.base is not None else None
+        return LearnedState(d(self.update) if self.update else None, [d(s) for s in self.teleport], base)
 
     def reset(self, keep: torch.Tensor) -> "LearnedState":
         """Zero the state of trajectories where ``keep`` ``[B]`` is False."""
@@ -145,6 +146,7 @@ class LearnedOptimizer(nn.Module):
         grads: Sequence[torch.Tensor],
         X: torch.Tensor,
         state: LearnedState,
+        x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], LearnedState]:
         """One inner step from the gradients at ``weights``.
 
@@ -154,6 +156,7 @@ class LearnedOptimizer(nn.Module):
                 Ignored by the ``tele`` variant's base update, which computes its own.
             X: ``[B, d0, n]``, the data the teleport is applied with.
             state: recurrent state from :meth:`initial_state` or the previous step.
+            x_qr: optional precomputed QR of ``X`` (see :func:`metatele.symmetry.qr_factor`).
 
         Returns:
             ``(new_weights, new_state)``.
@@ -179,7 +182,7 @@ class LearnedOptimizer(nn.Module):
         else:
             raise RuntimeError("the 'tele' variant steps through apply_with_base()")
         if T:
-            new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False)
+            new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False, x_qr=x_qr)
         return new, LearnedState(update_state, tele_states, state.base)
 
     def step(
@@ -189,6 +192,7 @@ class LearnedOptimizer(nn.Module):
         Y: torch.Tensor,
         state: LearnedState,
         second_order: bool = False,
+        x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, LearnedState]:
         """Loss and gradient at ``weights``, then :meth:`apply`.
 
@@ -196,12 +200,12 @@ class LearnedOptimizer(nn.Module):
         measured at ``weights`` and keeps its graph.
         """
         if self.config.variant == "tele":
-            return self._step_tele(weights, X, Y, state)
+            return self._step_tele(weights, X, Y, state, x_qr)
         loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
-        new, state = self.apply(weights, grads, X, state)
+        new, state = self.apply(weights, grads, X, state, x_qr)
         return new, loss, grad_norm_sq(grads).detach(), state
 
-    def _step_tele(self, weights, X, Y, state):
+    def _step_tele(self, weights, X, Y, state, x_qr=None):
         base = state.base
         new, loss, gsq = base.step(weights)
         grads = [sanitize(g.detach()) for g in base.last_grads]
@@ -210,7 +214,7 @@ class LearnedOptimizer(nn.Module):
             t, _, s = m2(grads[m], grads[m + 1], state.teleport[m])
             T.append(self._hooked(t))
             tele_states.append(s)
-        new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False)
+        new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False, x_qr=x_qr)
         return new, loss, gsq, LearnedState(None, tele_states, base)
 
     # -- evaluator-facing --------------------------------------------------------------------
@@ -228,12 +232,13 @@ class LearnedStepper:
 
     def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
         self.opt, self.X, self.Y = opt, X, Y
+        self.x_qr = qr_factor(X) if opt.config.uses_teleport else None
         p = next(opt.parameters())
         self.state = opt.initial_state(X.shape[0], X.device, p.dtype, X=X, Y=Y, weights=weights)
 
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         W = [w.detach() for w in weights]
         with torch.no_grad():  # no graph over the meta-parameters (inner gradients still work)
-            new, loss, gsq, state = self.opt.step(W, self.X, self.Y, self.state)
+            new, loss, gsq, state = self.opt.step(W, self.X, self.Y, self.state, x_qr=self.x_qr)
         self.state = state.detach()
         return [w.detach() for w in new], loss.detach(), gsq

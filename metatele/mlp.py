@@ -69,8 +69,11 @@ def loss_and_grads(
     every task's gradient. With ``create_graph=False`` the returned gradients are detached data
     while the loss keeps its graph to the weights (what a first-order meta-gradient needs).
     """
-    leaves = [w if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
     with torch.enable_grad():
+        # Differentiate w.r.t. fresh aliases of the weights: after a teleport, W_{m+1} is
+        # computed from W_m (through h_m), and autograd.grad w.r.t. the weights themselves
+        # would return total derivatives through the group action instead of ∂L/∂W_i.
+        leaves = [w.view_as(w) if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
         loss = mlp_loss(leaves, X, Y)
         grads = torch.autograd.grad(loss.sum(), leaves, create_graph=create_graph, retain_graph=True)
     if not create_graph:

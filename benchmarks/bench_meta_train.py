@@ -1,0 +1,10 @@
+"""Meta-training throughput benchmark (same as `metatele bench`).
+
+    python benchmarks/bench_meta_train.py --batch-sizes 1 64 256 1024 [--device cuda]
+"""
+import sys
+
+from metatele.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

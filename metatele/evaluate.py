@@ -1,0 +1,546 @@
+"""The evaluator: run any inner optimizer on unseen tasks, record curves, compute statistics.
+
+A *method* is anything with a ``name`` and ``start(X, Y, weights) -> stepper`` whose
+``stepper.step(weights)`` returns ``(new_weights, loss [B], grad_norm_sq [B])``, the loss and the
+squared gradient norm being measured at the weights passed in. :class:`LearnedOptimizer` is one;
+:class:`BaselineMethod` wraps a hand-designed optimizer. All seeds run as one batch.
+
+Statistics are over seeds, on ``log10`` of the loss: mean, median, std and a Student-t 95%
+confidence interval per step; paired t-tests compare two methods on the same seeds. A task whose
+loss becomes non-finite or exceeds :data:`DIVERGED_LOSS` is *diverged* from that step on: its loss
+is stored as ``inf``, it is left out of the log-loss statistics and counted separately.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .baselines import BaselineConfig, HandDesigned
+from .configs import to_dict
+from .mlp import grad_norm_sq, loss_and_grads
+from .tasks import TaskConfig, is_test_seed, sample_tasks
+
+#: a loss above this (or non-finite) marks a task as diverged from that step on.
+DIVERGED_LOSS = 1e30
+_TINY = 1e-300  # floor before log10 so that an exact zero loss stays finite
+
+
+class Stepper(Protocol):
+    """Advances B tasks: ``step(weights) -> (new_weights, loss [B], grad_norm_sq [B])`` at ``weights``."""
+
+    def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]: ...
+
+
+class Method(Protocol):
+    """An inner optimizer the evaluator can run: a ``name`` and ``start(X, Y, weights) -> Stepper``."""
+
+    name: str
+
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> Stepper: ...
+
+
+class BaselineMethod:
+    """A hand-designed optimizer as an evaluator method.
+
+    Args:
+        config: the optimizer and its hyper-parameters.
+        name: label in tables and figures (default: ``config.label``, e.g. ``gd``).
+    """
+
+    def __init__(self, config: BaselineConfig, name: str | None = None) -> None:
+        self.config = config
+        self.name = name or config.label
+
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> HandDesigned:
+        """A fresh :class:`HandDesigned` on the tasks ``(X, Y)`` starting at ``weights``."""
+        return HandDesigned(self.config, X, Y, weights)
+
+
+@dataclass
+class Curves:
+    """Per-step measurements of one method on K tasks (host arrays).
+
+    Attributes:
+        name: the method's label.
+        seeds: the K task seeds, in column order.
+        loss: ``[steps + 1, K]``; row ``t`` is the loss at ``W_t`` (``inf`` once diverged).
+        grad_sq: ``[steps + 1, K]``; squared gradient norm ``‖∇L(W_t)‖²`` (``inf`` once diverged).
+        time: ``[steps + 1]``; cumulative wall-clock seconds of the whole batch after ``t`` steps
+            (``time[0] = 0``).
+        task: the task family (as a dict).
+        info: what was run (e.g. the method's config as a dict), device and dtype.
+        overlap_warning: set when the seeds were allowed to overlap training / non-test seeds.
+    """
+
+    name: str
+    seeds: list[int]
+    loss: np.ndarray
+    grad_sq: np.ndarray
+    time: np.ndarray
+    task: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    overlap_warning: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of inner steps (rows − 1)."""
+        return self.loss.shape[0] - 1
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """``[steps + 1, K]`` bool: task diverged at or before step ``t``."""
+        return ~np.isfinite(self.loss)
+
+    @property
+    def log_loss(self) -> np.ndarray:
+        """``log10`` of the loss, ``[steps + 1, K]`` (``inf`` where diverged)."""
+        return np.log10(np.maximum(self.loss, _TINY))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict; non-finite numbers (diverged entries) become ``None``."""
+        return {
+            "name": self.name, "seeds": list(self.seeds),
+            "loss": _json_array(self.loss), "grad_sq": _json_array(self.grad_sq),
+            "time": _json_array(self.time), "task": self.task, "info": self.info,
+            "overlap_warning": self.overlap_warning,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Curves":
+        """Inverse of :meth:`to_dict` (``None`` entries come back as ``inf``)."""
+        arr = lambda v: np.array([[np.inf if x is None else x for x in row] for row in v], dtype=np.float64)  # noqa: E731
+        return cls(
+            name=data["name"], seeds=[int(s) for s in data["seeds"]],
+            loss=arr(data["loss"]), grad_sq=arr(data["grad_sq"]),
+            time=np.array([np.inf if x is None else x for x in data["time"]], dtype=np.float64),
+            task=dict(data.get("task") or {}), info=dict(data.get("info") or {}),
+            overlap_warning=data.get("overlap_warning"),
+        )
+
+
+def _json_array(a: np.ndarray) -> list:
+    return _to_json(np.asarray(a, dtype=np.float64).tolist())
+
+
+def _to_json(v: Any) -> Any:
+    """Nested lists/dicts with NaN/inf replaced by ``None`` and numpy scalars made plain."""
+    if isinstance(v, dict):
+        return {str(k): _to_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_to_json(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _to_json(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+# -- seeds ------------------------------------------------------------------------------------
+def check_seeds(
+    seeds: Iterable[int], train_seeds: Iterable[int] | None = None, allow_overlap: bool = False
+) -> tuple[list[int], str | None]:
+    """Validate evaluation seeds; return ``(seeds, overlap_warning or None)``.
+
+    Raises ``ValueError`` when seeds are empty or repeated, and, unless ``allow_overlap``, when a
+    seed is not a test seed (:func:`~metatele.tasks.is_test_seed`) or lies in ``train_seeds``.
+    With ``allow_overlap`` the same findings become a ``UserWarning`` and a returned message.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: need at least one evaluation seed")
+    if len(set(seeds)) != len(seeds):
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ValueError(f"seeds contain duplicates {dup[:10]}: each task must be counted once")
+    problems = []
+    if train_seeds is not None:
+        pool = train_seeds if isinstance(train_seeds, (range, set, frozenset)) else set(int(s) for s in train_seeds)
+        overlap = [s for s in seeds if s in pool]
+        if overlap:
+            problems.append(f"{len(overlap)} of {len(seeds)} evaluation seeds were used in training "
+                            f"(e.g. {overlap[:5]})")
+    not_test = [s for s in seeds if not is_test_seed(s)]
+    if not_test:
+        problems.append(f"{len(not_test)} of {len(seeds)} evaluation seeds are not test seeds "
+                        f"(e.g. {not_test[:5]}; use metatele.tasks.unseen_seeds)")
+    if not problems:
+        return seeds, None
+    message = "; ".join(problems)
+    if not allow_overlap:
+        raise ValueError(f"refusing to evaluate: {message}. Pass allow_overlap=True to override "
+                         "(the results are then not on unseen initializations).")
+    note = f"NOT unseen initializations: {message}"
+    warnings.warn(note, UserWarning, stacklevel=3)
+    return seeds, note
+
+
+# -- the evaluator ----------------------------------------------------------------------------
+def mark_diverged(loss: torch.Tensor) -> torch.Tensor:
+    """Losses ``[T + 1, B]`` with ``inf`` from each task's first non-finite or above
+    :data:`DIVERGED_LOSS` entry on (no host sync)."""
+    bad = ~torch.isfinite(loss) | (loss > DIVERGED_LOSS)
+    bad = torch.cummax(bad.to(torch.uint8), dim=0).values.bool()
+    return torch.where(bad, torch.full_like(loss, math.inf), loss)
+
+
+class _Clock:
+    """Cumulative seconds per step. CPU: ``perf_counter``. CUDA: events read at the end (no
+    per-step sync), or ``perf_counter`` after a synchronize when ``sync=True``."""
+
+    def __init__(self, device: torch.device, sync: bool) -> None:
+        self.events = device.type == "cuda" and not sync
+        self.sync = device.type == "cuda" and sync
+        if self.events:
+            self.marks = [torch.cuda.Event(enable_timing=True)]
+            self.marks[0].record()
+        else:
+            self._sync()
+            self.marks = [time.perf_counter()]
+
+    def _sync(self) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+
+    def mark(self) -> None:
+        if self.events:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self._sync()
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> np.ndarray:
+        if self.events:
+            torch.cuda.synchronize()
+            return np.array([self.marks[0].elapsed_time(e) / 1000.0 for e in self.marks])
+        return np.array(self.marks) - self.marks[0]
+
+
+def _describe(method: Any) -> dict[str, Any]:
+    config = getattr(method, "config", None)
+    try:
+        return {"config": to_dict(config)} if config is not None else {}
+    except Exception:  # a config that is not a dataclass: keep its repr
+        return {"config": repr(config)}
+
+
+def _check_module_placement(method: Any, device: torch.device, dtype: torch.dtype) -> None:
+    params = list(method.parameters()) if isinstance(method, torch.nn.Module) else []
+    if params and (params[0].dtype != dtype or params[0].device.type != device.type):
+        raise ValueError(f"method {method.name!r} has parameters of dtype {params[0].dtype} on "
+                         f"{params[0].device}, but the tasks are {dtype} on {device}; move the method "
+                         "(e.g. method.to(device, dtype)) or pass matching device/dtype")
+
+
+def evaluate(
+    method: Method | BaselineConfig,
+    task: TaskConfig,
+    seeds: Iterable[int],
+    steps: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    train_seeds: Iterable[int] | None = None,
+    allow_overlap: bool = False,
+    sync_timing: bool = False,
+) -> Curves:
+    """Run ``method`` for ``steps`` steps on the tasks of ``seeds`` (one batch) and record curves.
+
+    Args:
+        method: a method (``name``, ``start``) or a :class:`BaselineConfig`.
+        task: the task family.
+        seeds: test seeds (see :func:`check_seeds` for what is refused).
+        steps: inner steps; the curves have ``steps + 1`` rows (the last is measured after the
+            final step).
+        device, dtype: where the tasks live (a learned method must already be there).
+        train_seeds: seeds the method was trained (or tuned) on; defaults to the method's
+            ``train_seeds`` attribute when it has one. Overlap is refused unless ``allow_overlap``.
+        allow_overlap: evaluate anyway; the result carries ``overlap_warning``.
+        sync_timing: on CUDA, synchronize after every step and use host time instead of CUDA
+            events (measures host overhead too, at the cost of one sync per step).
+
+    Returns:
+        :class:`Curves` with ``loss``, ``grad_sq`` ``[steps + 1, K]`` and ``time`` ``[steps + 1]``.
+    """
+    if isinstance(method, BaselineConfig):
+        method = BaselineMethod(method)
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if train_seeds is None:
+        train_seeds = getattr(method, "train_seeds", None)
+    seeds, note = check_seeds(seeds, train_seeds, allow_overlap)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    _check_module_placement(method, device, dtype)
+    batch = sample_tasks(task, seeds, device=device, dtype=dtype)
+    X, Y, W = batch.X, batch.Y, [w.detach() for w in batch.weights]
+
+    stepper = method.start(X, Y, W)
+    losses, grads_sq = [], []
+    clock = _Clock(device, sync_timing)
+    for _ in range(steps):
+        W, loss, gsq = stepper.step(W)
+        W = [w.detach() for w in W]
+        losses.append(loss.detach())
+        grads_sq.append(gsq.detach())
+        clock.mark()
+    seconds = clock.seconds()
+    with torch.no_grad():
+        loss, grads = loss_and_grads(W, X, Y)
+    losses.append(loss.detach())
+    grads_sq.append(grad_norm_sq(grads))
+
+    loss_t = mark_diverged(torch.stack(losses).to("cpu", torch.float64))  # the one read-back
+    gsq_t = torch.where(torch.isinf(loss_t), loss_t, torch.stack(grads_sq).to("cpu", torch.float64))
+    loss_np, gsq_np = loss_t.numpy(), gsq_t.numpy()
+    info = {**_describe(method), "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+    return Curves(method.name, seeds, loss_np, gsq_np, seconds, to_dict(task), info, note)
+
+
+def compare(
+    methods: Mapping[str, Method | BaselineConfig],
+    task: TaskConfig,
+    seeds: Iterable[int],
+    steps: int,
+    **kwargs: Any,
+) -> dict[str, Curves]:
+    """:func:`evaluate` every method on the same seeds; keys of ``methods`` become the names."""
+    seeds = list(seeds)
+    out = {}
+    for name, method in methods.items():
+        curves = evaluate(method, task, seeds, steps, **kwargs)
+        curves.name = name
+        out[name] = curves
+    return out
+
+
+# -- statistics -------------------------------------------------------------------------------
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval ``(mean, lo, hi)`` of finite ``values`` (NaN if n < 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    m = float(v.mean())
+    if n < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return m, m - half, m + half
+
+
+def summarize(curves: Curves, at_steps: Sequence[int] = (10, 30, 100), threshold: float | None = None) -> dict[str, Any]:
+    """Statistics of one method over its seeds.
+
+    Returns a dict with ``name``, ``n_seeds``, ``steps``, ``diverged_fraction`` (at the last
+    step), ``at_step`` (``{step: {mean, median, std, ci95: [lo, hi], n, n_diverged,
+    diverged_fraction}}`` of log10-loss over non-diverged seeds; steps beyond the curve are
+    skipped), optionally ``threshold`` (``{value, fraction_reached, median_steps,
+    median_steps_if_reached}``; ``median_steps`` counts never-reached tasks as never, so it is
+    ``None`` when fewer than half reach), and ``overlap_warning``.
+    """
+    logl = curves.log_loss
+    K = logl.shape[1]
+    out: dict[str, Any] = {
+        "name": curves.name, "n_seeds": K, "steps": curves.steps,
+        "diverged_fraction": float(curves.diverged[-1].mean()),
+        "n_diverged": int(curves.diverged[-1].sum()),
+        "at_step": {}, "overlap_warning": curves.overlap_warning,
+    }
+    for s in at_steps:
+        if not 0 <= s <= curves.steps:
+            continue
+        v = logl[s][np.isfinite(logl[s])]
+        m, lo, hi = mean_ci(v)
+        out["at_step"][int(s)] = {
+            "mean": m, "median": float(np.median(v)) if v.size else math.nan,
+            "std": float(v.std(ddof=1)) if v.size > 1 else math.nan, "ci95": [lo, hi],
+            "n": int(v.size), "n_diverged": int(K - v.size), "diverged_fraction": float(1 - v.size / K),
+        }
+    if threshold is not None:
+        hit = curves.loss <= threshold
+        reached = hit.any(axis=0)
+        first = np.where(reached, hit.argmax(axis=0), np.inf).astype(np.float64)
+        med = float(np.median(first))
+        out["threshold"] = {
+            "value": float(threshold), "fraction_reached": float(reached.mean()),
+            "median_steps": med if math.isfinite(med) else None,
+            "median_steps_if_reached": float(np.median(first[reached])) if reached.any() else None,
+        }
+    return out
+
+
+def _aligned(a: Curves, b: Curves) -> tuple[np.ndarray, np.ndarray]:
+    if sorted(a.seeds) != sorted(b.seeds):
+        raise ValueError(f"paired comparison needs the same seeds: {a.name!r} and {b.name!r} differ")
+    order = [b.seeds.index(s) for s in a.seeds]
+    return a.log_loss, b.log_loss[:, order]
+
+
+def paired_comparison(curves_a: Curves, curves_b: Curves, step: int) -> dict[str, Any]:
+    """Paired comparison of log10-loss at ``step`` over the same seeds (``a − b``; negative: a lower).
+
+    The mean difference, its 95% CI and the paired t-test (``scipy.stats.ttest_rel``) use the
+    seeds where neither method diverged (the others are counted in ``n_excluded``). ``wins``
+    counts seeds where a's loss < b's over all seeds (a finite loss beats a diverged one), and
+    ``p_sign`` is a two-sided sign test (binomial, ties dropped) on those wins and losses.
+
+    Returns ``{a, b, step, n_seeds, n, n_excluded, diverged_a, diverged_b, mean_diff,
+    ci95: [lo, hi], p_value, p_sign, wins, losses, ties}``.
+    """
+    la, lb = _aligned(curves_a, curves_b)
+    if not 0 <= step <= min(curves_a.steps, curves_b.steps):
+        raise ValueError(f"step {step} is outside both curves (0..{min(curves_a.steps, curves_b.steps)})")
+    a, b = la[step], lb[step]
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = a[ok] - b[ok]
+    m, lo, hi = mean_ci(d)
+    p = math.nan
+    if d.size >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # zero variance → NaN p-value
+            p = float(stats.ttest_rel(a[ok], b[ok]).pvalue)
+    wins, losses = int((a < b).sum()), int((a > b).sum())
+    p_sign = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else math.nan
+    return {
+        "a": curves_a.name, "b": curves_b.name, "step": int(step), "n_seeds": int(a.size),
+        "n": int(d.size), "n_excluded": int(a.size - d.size),
+        "diverged_a": int((~np.isfinite(a)).sum()), "diverged_b": int((~np.isfinite(b)).sum()),
+        "mean_diff": m, "ci95": [lo, hi], "p_value": p, "p_sign": p_sign,
+        "wins": wins, "losses": losses, "ties": int(a.size - wins - losses),
+    }
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    if x is None or not math.isfinite(x):
+        return "nan"
+    return format(x, fmt).replace("-", "−", 1) if x < 0 else format(x, fmt)
+
+
+def verdict(comparison: Mapping[str, Any], alpha: float = 0.05) -> str:
+    """One line stating what a :func:`paired_comparison` measured and whether a beats b.
+
+    The decision uses the paired t-test when no seed diverged, and the sign test over all seeds
+    when some did (a diverged run is worse than any finite one, but has no log-loss difference).
+    """
+    c = comparison
+    use_sign = c["n_excluded"] > 0
+    p = c["p_sign"] if use_sign else c["p_value"]
+    if math.isfinite(p) and p < alpha:
+        better = c["wins"] > c["losses"] if use_sign else c["mean_diff"] < 0
+        word = "better" if better else "worse"
+    else:
+        word = "no significant difference"
+    lo, hi = c["ci95"]
+    line = (f"{c['a']} vs {c['b']} at step {c['step']}: mean Δlog10 = {_num(c['mean_diff'])} "
+            f"[{_num(lo)}, {_num(hi)}]")
+    if use_sign:
+        line += (f" over the {c['n']} seeds where neither diverged (diverged: {c['diverged_a']} vs "
+                 f"{c['diverged_b']}), sign test p = {c['p_sign']:.2g}")
+    else:
+        line += f", p = {c['p_value']:.2g}"
+    return line + f", better on {c['wins']}/{c['n_seeds']} seeds → {word}"
+
+
+def verdicts(
+    curves: Mapping[str, Curves],
+    a: str,
+    b: str | Sequence[str] | None = None,
+    steps: Sequence[int] = (10, 30, 100),
+    alpha: float = 0.05,
+) -> list[str]:
+    """Lines "A vs B at step s: ... → better / worse / no significant difference".
+
+    ``b`` defaults to every other method; steps beyond either curve are skipped.
+    """
+    if a not in curves:
+        raise ValueError(f"unknown method {a!r}; have {list(curves)}")
+    others = [n for n in curves if n != a] if b is None else ([b] if isinstance(b, str) else list(b))
+    lines = []
+    for name in others:
+        if name not in curves:
+            raise ValueError(f"unknown method {name!r}; have {list(curves)}")
+        for s in steps:
+            if s <= min(curves[a].steps, curves[name].steps):
+                lines.append(verdict(paired_comparison(curves[a], curves[name], s), alpha))
+    return lines
+
+
+# -- reports ----------------------------------------------------------------------------------
+def _cell(st: Mapping[str, Any]) -> str:
+    if st["n"] == 0:
+        return "all diverged"
+    if st["n"] == 1:
+        return f"{_num(st['mean'])} (1 seed)"
+    return f"{_num(st['mean'])} [{_num(st['ci95'][0])}, {_num(st['ci95'][1])}]"
+
+
+def markdown_table(
+    curves: Mapping[str, Curves],
+    at_steps: Sequence[int] = (10, 30, 100),
+    a: str | None = None,
+    b: str | Sequence[str] | None = None,
+    alpha: float = 0.05,
+) -> str:
+    """Markdown: one row per method (mean log10-loss [95% CI] per step, diverged fraction), and
+    when ``a`` is given, a section of paired-test verdicts of ``a`` against ``b``."""
+    summaries = {n: summarize(c, at_steps) for n, c in curves.items()}
+    shown = [s for s in at_steps if any(s in sm["at_step"] for sm in summaries.values())]
+    head = "| method | seeds | " + " | ".join(f"log10 loss @ {s}" for s in shown) + " | diverged |"
+    lines = [head, "|" + "---|" * (len(shown) + 3)]
+    for name, sm in summaries.items():
+        cells = []
+        for s in shown:
+            st = sm["at_step"].get(s)
+            cells.append("—" if st is None else _cell(st))
+        lines.append(f"| {name} | {sm['n_seeds']} | " + " | ".join(cells) + f" | {sm['diverged_fraction']:.0%} |")
+    warns = [f"- {n}: {sm['overlap_warning']}" for n, sm in summaries.items() if sm["overlap_warning"]]
+    if warns:
+        lines += ["", "**Warning:**"] + warns
+    if a is not None:
+        lines += ["", f"Paired t-tests of log10-loss on the same seeds (α = {alpha}, no multiple-comparison "
+                      "correction; Δ < 0 means the first method is lower; when seeds diverged, a sign test over all "
+                      "seeds decides):", ""]
+        lines += [f"- {v}" for v in verdicts(curves, a, b, at_steps, alpha)]
+    return "\n".join(lines) + "\n"
+
+
+def results_to_json(
+    curves: Mapping[str, Curves],
+    at_steps: Sequence[int] = (10, 30, 100),
+    threshold: float | None = None,
+    a: str | None = None,
+    b: str | Sequence[str] | None = None,
+    tuning: Mapping[str, Any] | None = None,
+    include_curves: bool = True,
+    path: str | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """A JSON-ready dict of summaries, paired comparisons (when ``a`` is given), tuning records
+    (``name → TuneResult`` or dict) and optionally the full curves; written to ``path`` if given.
+    Non-finite numbers are stored as ``null``."""
+    out: dict[str, Any] = {
+        "summaries": {n: summarize(c, at_steps, threshold) for n, c in curves.items()},
+    }
+    if a is not None:
+        others = [n for n in curves if n != a] if b is None else ([b] if isinstance(b, str) else list(b))
+        comps = [paired_comparison(curves[a], curves[n], s) for n in others for s in at_steps
+                 if s <= min(curves[a].steps, curves[n].steps)]
+        out["comparisons"] = [{**c, "verdict": verdict(c, alpha)} for c in comps]
+    if tuning:
+        out["tuning"] = {n: (t.to_dict() if hasattr(t, "to_dict") else t) for n, t in tuning.items()}
+    if include_curves:
+        out["curves"] = {n: c.to_dict() for n, c in curves.items()}
+    out = _to_json(out)
+    if path is not None:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1, allow_nan=False)
+    return out

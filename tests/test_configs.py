@@ -1,0 +1,136 @@
+"""Strict dict <-> dataclass conversion and command-line overrides (metatele.configs)."""
+from __future__ import annotations
+
+import pytest
+
+from metatele.baselines import BaselineConfig
+from metatele.configs import ConfigError, apply_overrides, from_dict, parse_value, require, to_dict
+from metatele.strategies import TeleportSchedule
+from metatele.tasks import TaskConfig
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_to_dict_gives_plain_nested_python():
+    config = BaselineConfig("adam", teleport=TeleportSchedule(steps=[5]))
+    data = to_dict(config)
+    assert data["name"] == "adam" and data["betas"] == [0.9, 0.999]  # tuples become lists
+    assert data["teleport"]["steps"] == [5] and data["teleport"]["strategy"] == "gradient_ascent"
+    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform"}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TaskConfig([8, 5, 4, 3], "gaussian"),
+        BaselineConfig("adam", lr=1e-3, betas=(0.8, 0.99), teleport=TeleportSchedule(steps=[3, 7], strategy="random")),
+        BaselineConfig(),
+    ],
+    ids=["task", "baseline+teleport", "default"],
+)
+def test_round_trip_through_dict_gives_an_equal_config(config):
+    rebuilt = from_dict(type(config), to_dict(config))
+    assert rebuilt == config
+    if isinstance(config, BaselineConfig):
+        assert isinstance(rebuilt.betas, tuple)
+        assert rebuilt.teleport is None or isinstance(rebuilt.teleport, TeleportSchedule)
+
+
+def test_from_dict_fills_missing_keys_with_defaults():
+    assert from_dict(TaskConfig, {}) == TaskConfig()
+    assert from_dict(TaskConfig, None) == TaskConfig()
+    assert from_dict(BaselineConfig, {"lr": 1e-3}).name == "gd"
+
+
+def test_from_dict_rejects_an_unknown_key_naming_it_with_a_suggestion():
+    with pytest.raises(ConfigError) as info:
+        from_dict(TaskConfig, {"dim": [4, 3, 2]})
+    message = str(info.value)
+    assert "'dim'" in message
+    assert "did you mean 'dims'" in message
+    assert "allowed keys: dims, distribution" in message
+
+
+def test_from_dict_rejects_an_unknown_key_without_a_close_match():
+    with pytest.raises(ConfigError, match="unknown config key 'zzz'") as info:
+        from_dict(BaselineConfig, {"zzz": 1})
+    assert "did you mean" not in str(info.value)
+
+
+def test_from_dict_names_the_path_of_a_nested_unknown_key():
+    with pytest.raises(ConfigError, match=r"'teleport\.stpes' \(did you mean 'steps'\?\)"):
+        from_dict(BaselineConfig, {"teleport": {"stpes": [5]}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'run\.dimz' \(did you mean 'dims'\?\)"):
+        from_dict(TaskConfig, {"dimz": 1}, where="run")
+
+
+def test_from_dict_rejects_a_non_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        from_dict(TaskConfig, ["dims", [4, 3, 2]])
+
+
+def test_from_dict_runs_the_dataclass_validation():
+    with pytest.raises(ConfigError, match="task.dims"):
+        from_dict(TaskConfig, {"dims": [4, 3]})
+
+
+def test_apply_overrides_parses_key_value_with_yaml_types():
+    data = to_dict(BaselineConfig())
+    out = apply_overrides(
+        data,
+        [
+            "name=adam",
+            "lr=3e-4",
+            "momentum=0.5",
+            "betas=[0.8, 0.99]",
+            "teleport.steps=[5, 10]",
+            "teleport.exact=false",
+        ],
+    )
+    assert out["name"] == "adam" and out["lr"] == pytest.approx(3e-4) and isinstance(out["lr"], float)
+    assert out["momentum"] == 0.5 and out["betas"] == [0.8, 0.99]
+    assert out["teleport"] == {"steps": [5, 10], "exact": False}
+    assert data["name"] == "gd" and data["teleport"] is None  # the input is not modified
+    config = from_dict(BaselineConfig, out)
+    assert config.teleport.steps == [5, 10] and config.teleport.exact is False and config.lr == 3e-4
+
+
+def test_apply_overrides_value_may_contain_equals_signs():
+    assert apply_overrides({}, ["note=a=b"]) == {"note": "a=b"}
+
+
+def test_apply_overrides_rejects_text_without_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["lr"])
+
+
+def test_apply_overrides_rejects_a_path_through_a_value():
+    with pytest.raises(ConfigError, match="'lr' is not a section"):
+        apply_overrides({"lr": 0.1}, ["lr.x=1"])
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("3", 3),
+        ("3.5", 3.5),
+        ("3e-4", 3e-4),  # YAML 1.1 would read this as a string
+        ("-1E5", -1e5),
+        ("[1e-3, 2]", [1e-3, 2]),
+        ("true", True),
+        ("null", None),
+        ("gaussian", "gaussian"),
+        ("[20, 20, 20, 20]", [20, 20, 20, 20]),
+    ],
+)
+def test_parse_value(text, value):
+    parsed = parse_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_require_raises_config_error_naming_the_field():
+    require(True, "x.y", "never raised")
+    with pytest.raises(ConfigError, match=r"^x\.y: must be positive$"):
+        require(False, "x.y", "must be positive")

@@ -1,0 +1,195 @@
+"""The drop-in torch.optim wrapper around a learned optimizer."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from metatele.checkpoint import load_optimizer, save_checkpoint
+from metatele.dropin import LearnedTeleportOptimizer, check_model
+from metatele.learned import LearnedConfig, LearnedOptimizer
+from metatele.lstm import LSTMConfig
+from metatele.mlp import mlp_loss
+from metatele.symmetry import SymmetryWarning
+from metatele.tasks import TaskConfig, sample_tasks
+from metatele.train_config import MetaTrainConfig
+
+TASK = TaskConfig(dims=[4, 6, 5, 3], distribution="gaussian")  # n=4 ≤ every layer input: a symmetry
+
+
+def learned_optimizer(variant: str, task: TaskConfig = TASK) -> LearnedOptimizer:
+    torch.manual_seed(0)
+    return LearnedOptimizer(task, LearnedConfig(variant=variant, lstm=LSTMConfig(hidden=16))).double()
+
+
+def user_model(weights: list[torch.Tensor]) -> nn.Sequential:
+    """The nn.Sequential equivalent to stacked weights of batch 1."""
+    layers: list[nn.Module] = []
+    for i, w in enumerate(weights):
+        if i:
+            layers.append(nn.LeakyReLU(0.1))
+        linear = nn.Linear(w.shape[2], w.shape[1], bias=False).double()
+        with torch.no_grad():
+            linear.weight.copy_(w[0])
+        layers.append(linear)
+    return nn.Sequential(*layers)
+
+
+def make_closure(opt, model, X, Y):
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (model(X.T) - Y.T).square().sum()  # columns are samples: this is mlp_loss
+        loss.backward()
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("variant", ["update", "update+tele", "lr+tele"])
+def test_dropin_matches_learned_optimizer_on_the_stacked_task(variant):
+    """Stepping a user's nn.Sequential equals LearnedOptimizer.step / LearnedStepper at B = 1."""
+    learned = learned_optimizer(variant)
+    batch = sample_tasks(TASK, [7], dtype=torch.float64)
+    model = user_model(batch.weights)
+    X, Y = batch.X[0], batch.Y[0]
+    opt = LearnedTeleportOptimizer.for_model(model, learned, X=X)
+    closure = make_closure(opt, model, X, Y)
+    W, state = batch.weights, learned.initial_state(1, None, torch.float64)
+    stepper, W_stepper = learned.start(batch.X, batch.Y, batch.weights), batch.weights
+    for _ in range(6):
+        with torch.no_grad():
+            W, loss, _, state = learned.step(W, batch.X, batch.Y, state)
+        W_stepper, stepper_loss, _ = stepper.step(W_stepper)
+        user_loss = opt.step(closure)
+        torch.testing.assert_close(user_loss.detach(), loss[0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(user_loss.detach(), stepper_loss[0], rtol=1e-12, atol=0)
+        for w, ws, p in zip(W, W_stepper, model.parameters()):
+            torch.testing.assert_close(p.detach(), w[0], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(p.detach(), ws[0], rtol=1e-10, atol=1e-12)
+    assert float(opt.state[next(model.parameters())]["step"]) == 6
+
+
+def test_teleport_alone_keeps_the_user_loss():
+    learned = learned_optimizer("update+tele")
+    with torch.no_grad():  # m1 writes a zero update: the step is a pure teleport
+        learned.update.net.head.weight.zero_()
+        learned.update.net.head.bias.zero_()
+    batch = sample_tasks(TASK, [3], dtype=torch.float64)
+    model = user_model(batch.weights)
+    X, Y = batch.X[0], batch.Y[0]
+    opt = LearnedTeleportOptimizer(model.parameters(), learned, X=X)
+    closure = make_closure(opt, model, X, Y)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = [float(opt.step(closure).detach()) for _ in range(3)]
+    assert any(not torch.allclose(a, p) for a, p in zip(before, model.parameters()))  # it moved
+    final = float(mlp_loss([p.detach().unsqueeze(0) for p in model.parameters()], batch.X, batch.Y))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-10)
+    assert final == pytest.approx(losses[0], rel=1e-10)
+
+
+def test_step_without_closure_uses_existing_gradients():
+    learned = learned_optimizer("update")
+    batch = sample_tasks(TASK, [1], dtype=torch.float64)
+    model = user_model(batch.weights)
+    opt = LearnedTeleportOptimizer(model.parameters(), learned)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        opt.step()
+    loss = 0.5 * (model(batch.X[0].T) - batch.Y[0].T).square().sum()
+    loss.backward()
+    assert opt.step() is None
+    W, _, _, _ = learned.step(batch.weights, batch.X, batch.Y, learned.initial_state(1, None, torch.float64))
+    torch.testing.assert_close(next(model.parameters()).detach(), W[0][0].detach())
+
+
+def test_parameter_shape_mismatch_names_expected_and_got():
+    learned = learned_optimizer("update")
+    wrong = nn.Sequential(nn.Linear(6, 4, bias=False), nn.LeakyReLU(0.1), nn.Linear(4, 3, bias=False))
+    with pytest.raises(ValueError, match=r"\[\(4, 6\), \(3, 4\)\].*\[\(5, 6\), \(3, 5\)\]"):
+        LearnedTeleportOptimizer(wrong.parameters(), learned)
+    with pytest.raises(ValueError, match="parameter shapes"):
+        LearnedTeleportOptimizer(list(wrong.parameters())[:1], learned)
+
+
+def test_check_model_rejects_biases_and_other_activations():
+    learned = learned_optimizer("update")
+    good = nn.Sequential(nn.Linear(6, 5, bias=False), nn.LeakyReLU(0.1), nn.Linear(5, 3, bias=False))
+    check_model(good, learned)
+    with pytest.raises(ValueError, match=r"model\[0\] must be nn.Linear\(\.\.\., bias=False\)"):
+        check_model(nn.Sequential(nn.Linear(6, 5), nn.LeakyReLU(0.1), nn.Linear(5, 3, bias=False)), learned)
+    with pytest.raises(ValueError, match=r"model\[1\] must be nn.LeakyReLU\(0.1\)"):
+        check_model(nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False)), learned)
+
+
+def test_data_is_validated_and_may_be_batched_or_replaced():
+    learned = learned_optimizer("update+tele")
+    batch = sample_tasks(TASK, [1], dtype=torch.float64)
+    model = user_model(batch.weights)
+    with pytest.raises(ValueError, match="needs the data X"):
+        LearnedTeleportOptimizer(model.parameters(), learned)
+    with pytest.raises(ValueError, match=r"\[6, n\].*got shape \(4, 6\).*X.T"):
+        LearnedTeleportOptimizer(model.parameters(), learned, X=batch.X[0].T)
+    opt = LearnedTeleportOptimizer(model.parameters(), learned, X=batch.X)  # [1, d0, n]
+    assert opt.X.shape == (1, 6, 4)
+    with pytest.warns(SymmetryWarning, match="not a symmetry"):
+        opt.set_data(torch.randn(6, 8, dtype=torch.float64))  # n = 8 > 6: no left inverse
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.set_data(batch.X[0])
+
+
+def test_tele_variant_is_refused_clearly():
+    learned = learned_optimizer("tele")
+    model = user_model(sample_tasks(TASK, [1], dtype=torch.float64).weights)
+    with pytest.raises(NotImplementedError, match="'tele' variant"):
+        LearnedTeleportOptimizer(model.parameters(), learned, X=torch.randn(6, 4))
+
+
+def test_state_dict_round_trip_continues_the_same_trajectory():
+    batch = sample_tasks(TASK, [2], dtype=torch.float64)
+    X, Y = batch.X[0], batch.Y[0]
+    learned = learned_optimizer("update+tele")
+
+    def run(steps, model, opt):
+        closure = make_closure(opt, model, X, Y)
+        for _ in range(steps):
+            opt.step(closure)
+
+    ref = user_model(batch.weights)
+    ref_opt = LearnedTeleportOptimizer(ref.parameters(), learned, X=X)
+    run(5, ref, ref_opt)
+
+    first = user_model(batch.weights)
+    first_opt = LearnedTeleportOptimizer(first.parameters(), learned, X=X)
+    run(2, first, first_opt)
+    resumed = user_model([p.detach().unsqueeze(0) for p in first.parameters()])
+    resumed_opt = LearnedTeleportOptimizer(resumed.parameters(), learned, X=X)
+    resumed_opt.load_state_dict(first_opt.state_dict())
+    run(3, resumed, resumed_opt)
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    resumed_opt.reset_state()
+    assert not resumed_opt.state
+
+
+def test_float32_checkpoint_drives_a_float64_user_model(tmp_path):
+    config = MetaTrainConfig(task=TASK, learned=LearnedConfig(variant="update+tele", lstm=LSTMConfig(hidden=16)),
+                             trajectories=4)
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "opt.safetensors", LearnedOptimizer(config.task, config.learned), config)
+    learned = load_optimizer(path, task=TASK)
+    batch = sample_tasks(TASK, [5], dtype=torch.float64)
+    model = user_model(batch.weights)
+    opt = LearnedTeleportOptimizer.for_model(model, learned, X=batch.X[0])
+    closure = make_closure(opt, model, batch.X[0], batch.Y[0])
+    for _ in range(3):
+        loss = opt.step(closure)
+    assert torch.isfinite(loss) and next(model.parameters()).dtype == torch.float64
+    W = [w.float() for w in batch.weights]
+    state = learned.initial_state(1, None, torch.float32)
+    with torch.no_grad():
+        for _ in range(3):
+            W, _, _, state = learned.step(W, batch.X.float(), batch.Y.float(), state)
+    for w, p in zip(W, model.parameters()):
+        torch.testing.assert_close(p.detach().float(), w[0], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,164 @@
+"""The unroll engine: meta-gradients, batching, divergence handling, determinism."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metatele.engine import DivergenceError, UnrollEngine
+from metatele.train import meta_train
+from metatele.train_config import MetaTrainConfig
+
+
+def small_config(**kw) -> MetaTrainConfig:
+    base = {
+        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
+        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
+        "trajectories": 8,
+        "steps": 6,
+        "unroll": 3,
+        "batch_size": 4,
+        "lr_update": 1e-3,
+        "lr_teleport": 1e-3,
+        "device": "cpu",
+        "dtype": "float64",
+    }
+    for k, v in kw.items():
+        node = base
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return MetaTrainConfig.from_dict(base)
+
+
+def meta_grads(engine: UnrollEngine) -> list[torch.Tensor]:
+    engine.compute_meta_gradient()
+    return [p.grad.detach().clone() for p in engine.meta_parameters]
+
+
+def test_meta_gradient_reaches_both_lstms():
+    eng = UnrollEngine(small_config())
+    eng.compute_meta_gradient()
+    for name, module in [("m1", eng.optimizer.update), ("m2", eng.optimizer.teleports)]:
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+        assert sum(g.abs().sum() for g in grads) > 0, name
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+@pytest.mark.parametrize("variant", ["update+tele", "lr+tele"])
+def test_batch_meta_gradient_is_mean_of_single_task_meta_gradients(second_order, variant):
+    B = 3
+    kw = {"second_order": second_order, "learned.variant": variant}
+    batched = meta_grads(UnrollEngine(small_config(batch_size=B, **kw)))
+    singles = [
+        meta_grads(UnrollEngine(small_config(batch_size=1, trajectories=1, train_seed_start=b, **kw)))
+        for b in range(B)
+    ]
+    for i, g in enumerate(batched):
+        mean = sum(s[i] for s in singles) / B
+        rel = ((g - mean).norm() / mean.norm()).item()
+        assert rel <= 1e-6, (i, rel)
+
+
+def test_second_order_differs_from_first_order():
+    g1 = meta_grads(UnrollEngine(small_config(second_order=False)))
+    g2 = meta_grads(UnrollEngine(small_config(second_order=True)))
+    assert any(not torch.allclose(a, b) for a, b in zip(g1, g2))
+
+
+def test_nan_in_one_trajectory_is_masked_counted_and_restarted():
+    eng = UnrollEngine(small_config(trajectories=100))
+    eng.W[0][1] = float("nan")  # poison trajectory 1
+    seed_before = int(eng.seeds[1])
+    metrics = eng.meta_step()
+    assert metrics["diverged"] == 1 and eng.diverged_total == 1
+    for p in eng.meta_parameters:
+        assert torch.isfinite(p).all()
+    assert int(eng.seeds[1]) != seed_before  # restarted from a new training seed
+    assert all(torch.isfinite(w).all() for w in eng.W)
+    # training goes on normally afterwards
+    metrics = eng.meta_step()
+    assert metrics["diverged"] == 0
+
+
+def test_nan_gradient_from_one_task_does_not_reach_meta_parameters():
+    eng = UnrollEngine(small_config())
+    eng.X[2] = float("inf")  # every computation of task 2 is non-finite from the start
+    eng.compute_meta_gradient()
+    assert all(torch.isfinite(p.grad).all() for p in eng.meta_parameters)
+
+
+def test_all_trajectories_diverging_stops_with_clear_message():
+    eng = UnrollEngine(small_config(trajectories=1000, diverge_patience=2))
+    before = [p.detach().clone() for p in eng.meta_parameters]
+
+    def poison():
+        for w in eng.W:
+            w.fill_(float("nan"))
+
+    poison()
+    eng.meta_step()
+    poison()
+    with pytest.raises(DivergenceError, match="every one of the 4 trajectories diverged"):
+        eng.meta_step()
+    for a, b in zip(before, eng.meta_parameters):
+        assert torch.equal(a, b)  # no update from all-NaN meta-steps
+
+
+def test_deterministic_given_seed():
+    r1 = meta_train(small_config(dtype="float32"), progress=False)
+    r2 = meta_train(small_config(dtype="float32"), progress=False)
+    for (k, a), (_, b) in zip(r1.optimizer.state_dict().items(), r2.optimizer.state_dict().items()):
+        assert torch.equal(a, b), k
+    r3 = meta_train(small_config(dtype="float32", seed=1), progress=False)
+    assert not torch.equal(r1.optimizer.update.net.head.weight, r3.optimizer.update.net.head.weight)
+
+
+def test_finished_trajectories_are_replaced_by_fresh_training_seeds():
+    cfg = small_config(trajectories=12, steps=6, unroll=3, batch_size=4)
+    res = meta_train(cfg, progress=False)
+    assert res.meta_steps == cfg.meta_steps == 6
+    # 3 generations of 4 trajectories finished; the 4th generation was started
+    assert res.history[-1]["trajectories_finished"] == 12
+    assert res.train_seeds == (0, 16)
+
+
+def test_staggered_starts_spread_the_batch():
+    eng = UnrollEngine(small_config(stagger=True, steps=12, unroll=3, batch_size=4, trajectories=100))
+    assert len(set(eng.steps_done.tolist())) > 1
+    eng.meta_step()
+    # the trajectory that started furthest along finishes first
+    assert eng.trajectories_finished >= 1
+
+
+def test_truncation_schedule_log_uniform_within_bounds():
+    eng = UnrollEngine(small_config(truncation="log_uniform", unroll=2, unroll_max=8, trajectories=1000))
+    lengths = [eng._unroll_length() for _ in range(200)]
+    assert min(lengths) >= 2 and max(lengths) <= 8 and len(set(lengths)) > 3
+
+
+@pytest.mark.parametrize("meta_loss,normalize", [("sum", False), ("mean_log", False), ("sum", True)])
+def test_meta_training_lowers_the_meta_loss(meta_loss, normalize):
+    cfg = small_config(
+        trajectories=400, steps=6, unroll=3, batch_size=20, lr_update=3e-3, lr_teleport=3e-3,
+        meta_loss=meta_loss, normalize=normalize, dtype="float32",
+        **{"task.distribution": "uniform"},
+    )
+    res = meta_train(cfg, progress=False)
+    first = np.mean([h["mean_log10_loss"] for h in res.history[:10]])
+    last = np.mean([h["mean_log10_loss"] for h in res.history[-10:]])
+    assert last < first - 0.3, (first, last)
+
+
+def test_tele_variant_on_a_hand_designed_base_gets_meta_gradients():
+    cfg = small_config(**{"learned.variant": "tele", "learned.base": {"name": "adam", "lr": 0.01}})
+    eng = UnrollEngine(cfg)
+    eng.compute_meta_gradient()
+    grads = [p.grad for p in eng.optimizer.teleports.parameters()]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    res = meta_train(cfg, progress=False)
+    assert res.meta_steps == cfg.meta_steps
+    assert math.isfinite(res.history[-1]["meta_loss"])

@@ -1,0 +1,64 @@
+"""Figures: valid PNG files with labelled, titled, log-scaled axes and a legend."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import metatele.figures as figures
+from metatele.evaluate import Curves
+from metatele.figures import plot_gradsq_vs_loss, plot_loss_vs_step, plot_loss_vs_time
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def synthetic(name: str, rate: float, diverge: bool = False, K: int = 8, T: int = 20) -> Curves:
+    rng = np.random.default_rng(0)
+    t = np.arange(T + 1)[:, None]
+    loss = 1e5 * np.exp(-rate * t) * rng.uniform(0.5, 2.0, size=(1, K)) + 10.0
+    if diverge:
+        loss[T // 2:, 0] = np.inf
+    grad_sq = loss ** 1.5
+    return Curves(name, list(range(K)), loss, grad_sq, np.linspace(0, 0.5, T + 1))
+
+
+@pytest.fixture
+def curves():
+    return {"fast": synthetic("fast", 0.5), "slow": synthetic("slow", 0.1, diverge=True)}
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    figs = []
+    real = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+    return figs
+
+
+@pytest.mark.parametrize("plot,xscale", [
+    (plot_loss_vs_step, "linear"), (plot_loss_vs_time, "linear"), (plot_gradsq_vs_loss, "log"),
+])
+def test_plot_writes_a_labelled_png(tmp_path, curves, captured, plot, xscale):
+    path = str(tmp_path / "sub" / f"{plot.__name__}.png")
+    assert plot(curves, path) == path
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+    ax = captured[0].axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    assert ax.get_yscale() == "log" and ax.get_xscale() == xscale
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["fast", "slow (1/8 diverged)"]
+
+
+@pytest.mark.parametrize("band", ["quantile", "none"])
+def test_loss_vs_step_bands(tmp_path, curves, band):
+    path = plot_loss_vs_step(curves, str(tmp_path / "b.png"), band=band)
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+
+def test_plot_rejects_bad_arguments(tmp_path, curves):
+    with pytest.raises(ValueError, match="band"):
+        plot_loss_vs_step(curves, str(tmp_path / "x.png"), band="stderr")
+    with pytest.raises(ValueError, match="empty"):
+        plot_loss_vs_time({}, str(tmp_path / "x.png"))

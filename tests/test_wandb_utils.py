@@ -1,0 +1,176 @@
+"""wandb logging: real wandb, offline, into a temporary folder, with the network blocked."""
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+wandb = pytest.importorskip("wandb")
+
+from metatele import wandb_utils as wu  # noqa: E402
+from metatele.checkpoint import save_checkpoint  # noqa: E402
+from metatele.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
+from metatele.lstm import LSTMConfig  # noqa: E402
+from metatele.tasks import TaskConfig  # noqa: E402
+from metatele.train_config import MetaTrainConfig  # noqa: E402
+
+
+def _local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """wandb offline into tmp_path; any Python connection beyond loopback fails the test."""
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        if not _local(address):
+            attempts.append(address)
+            raise OSError(f"test blocked a network connection to {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield tmp_path / "runs"
+    wandb.teardown()  # closes the run streams, so the transaction logs are complete
+    assert not attempts, f"wandb tried to reach the network: {attempts}"
+
+
+def finished(run):
+    d = wu.run_dir(run)
+    run.finish()
+    wandb.teardown()
+    return d
+
+
+def test_mode_resolution_order(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wu.resolve_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wu.resolve_mode() == "disabled"
+    assert wu.resolve_mode("offline") == "offline"
+    with pytest.raises(ValueError, match="online.*offline.*disabled.*'dryrun'"):
+        wu.resolve_mode("dryrun")
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="WANDB_MODE.*'sometimes'"):
+        wu.resolve_mode()
+
+
+def test_invalid_mode_raises_before_creating_anything(offline):
+    with pytest.raises(ValueError, match="wandb mode must be one of"):
+        wu.init_run(config={"a": 1}, mode="bogus", dir=offline)
+    assert not offline.exists()
+
+
+def test_offline_run_records_group_job_type_and_config(offline):
+    config = MetaTrainConfig(task=TaskConfig(dims=[3, 4, 3, 2]), trajectories=8)
+    run = wu.init_run(group="g1", job_type="train", config=config, name="first", dir=offline)
+    wu.log_history(run, [
+        {"step": 0, "meta_loss": torch.tensor(3.0), "lr": np.float32(0.5), "note": "skipped", "ok": True},
+        {"step": 5, "meta_loss": 2.0, "lr": None},
+    ])
+    run.summary["best"] = 2.0
+    run_dir = finished(run)
+    assert run_dir.parent == offline / "wandb" and run_dir.name.startswith("offline-run-")
+    assert list(run_dir.glob("run-*.wandb"))
+    record = wu.read_offline_run(run_dir)
+    assert (record["group"], record["job_type"], record["name"]) == ("g1", "train", "first")
+    assert record["project"] == "metatele"
+    assert record["config"]["task"] == {"dims": [3, 4, 3, 2], "distribution": "uniform"}
+    assert record["config"]["learned"]["variant"] == config.learned.variant
+    steps = [(row["_step"], row.get("meta_loss"), row.get("lr"), row.get("ok")) for row in record["history"]]
+    assert steps == [(0, 3.0, 0.5, 1), (5, 2.0, None, None)]
+    assert "note" not in record["history"][0]
+    assert record["summary"]["best"] == 2.0
+
+
+def test_comparison_group_writes_one_run_per_method_and_a_summary(offline):
+    rng = np.random.default_rng(0)
+    steps, K = 4, 3
+    curves = {
+        "GD": {"loss": rng.uniform(1, 100, (steps + 1, K)), "grad_sq": rng.uniform(0, 1, (steps + 1, K))},
+        "LSTM(update)": {"loss": torch.rand(steps + 1, K) + 0.1},
+        "LSTM(update,tele)": {"loss": (rng.uniform(1, 10, (steps + 1, K))).tolist()},
+    }
+    curves["LSTM(update,tele)"]["loss"][2][1] = float("inf")  # one diverged trajectory
+    rows = [{"method": m, "final_mean_log10": float(np.log10(np.asarray(c["loss"], dtype=float)[-1]).mean())}
+            for m, c in curves.items()]
+    dirs = wu.log_comparison_group("metatele", "cmp-test", curves, rows, config={"steps": steps, "K": K}, dir=offline)
+    wandb.teardown()
+    assert set(dirs) == set(curves) | {"summary"}
+    assert len({d for d in dirs.values()}) == 4
+    assert len(list((offline / "wandb").glob("offline-run-*"))) == 4
+    for method, c in curves.items():
+        record = wu.read_offline_run(dirs[method])
+        assert (record["group"], record["job_type"], record["name"]) == ("cmp-test", "compare", method)
+        assert record["config"]["method"] == method and record["config"]["steps"] == steps
+        history = record["history"]
+        assert [row["_step"] for row in history] == list(range(steps + 1))
+        loss = np.asarray(c["loss"], dtype=float)
+        finite = np.isfinite(loss)
+        for t, row in enumerate(history):
+            assert row["loss/mean_log10"] == pytest.approx(np.log10(loss[t][finite[t]]).mean())
+            assert row["loss/median"] == pytest.approx(np.median(loss[t]))
+            assert row["loss/diverged_frac"] == pytest.approx(1 - finite[t].mean())
+            assert ("grad_sq/mean" in row) == ("grad_sq" in c)
+    summary = wu.read_offline_run(dirs["summary"])
+    assert (summary["group"], summary["job_type"]) == ("cmp-test", "compare-summary")
+    assert summary["config"]["methods"] == list(curves)
+    assert summary["config"]["_wandb"]["visualize"]["mean_log10_loss"]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
+    assert summary["summary"]["summary"]["_type"] == "table-file"
+    assert summary["summary"]["summary"]["nrows"] == len(rows)
+
+
+def test_curve_statistics_count_diverged_trajectories():
+    loss = [[1.0, 100.0], [10.0, float("nan")], [float("inf"), float("inf")]]
+    stats = wu.curve_statistics(loss, grad_sq=[[1.0, 3.0], [2.0, float("inf")], [float("nan")] * 2])
+    np.testing.assert_allclose(stats["mean_log10_loss"][:2], [1.0, 1.0])
+    assert math.isnan(stats["mean_log10_loss"][2])
+    np.testing.assert_allclose(stats["median_loss"], [50.5, np.inf, np.inf])
+    np.testing.assert_allclose(stats["diverged_frac"], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(stats["mean_grad_sq"][:2], [2.0, 2.0])
+
+
+def test_checkpoint_artifact_is_logged_as_a_model(offline, tmp_path):
+    config = MetaTrainConfig(task=TaskConfig(dims=[3, 4, 3, 2]),
+                             learned=LearnedConfig(lstm=LSTMConfig(hidden=16)), trajectories=8)
+    path = save_checkpoint(tmp_path / "opt.safetensors", LearnedOptimizer(config.task, config.learned), config)
+    run = wu.init_run(job_type="train", config=config, dir=offline)
+    artifact = wu.log_checkpoint_artifact(run, path, "lstm-update-tele", {"mean_loss": 1.5})
+    assert artifact.type == "model"
+    record = wu.read_offline_run(finished(run))
+    models = [a for a in record["artifacts"] if a["type"] == "model"]
+    assert [a["name"] for a in models] == ["lstm-update-tele"]
+    meta = models[0]["metadata"]
+    assert meta["mean_loss"] == 1.5 and meta["variant"] == "update+tele" and meta["dims"] == [3, 4, 3, 2]
+    assert meta["training_seeds"] == [[0, 8]]
+
+
+def test_disabled_mode_writes_nothing(offline, monkeypatch):
+    run = wu.init_run(config={"a": 1}, mode="disabled", dir=offline)
+    run.log({"x": 1.0})
+    wu.log_history(run, [{"step": 0, "x": 2.0}])
+    assert wu.run_dir(run) is None
+    run.finish()
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment alone also disables
+    dirs = wu.log_comparison_group("metatele", "g", {"GD": {"loss": [[1.0], [0.5]]}}, [{"method": "GD"}], dir=offline)
+    assert dirs == {"GD": None, "summary": None}
+    assert not offline.exists() or not any(offline.rglob("*"))
