@@ -4,7 +4,11 @@ For a pair ``V = W_m``, ``U = W_{m+1}`` with layer input ``h = h_{m-1}`` and ``g
 
     V' = σ⁻¹(g · σ(V h)) · h⁺          U' = U · g⁻¹
 
-If ``h`` (``[d_{m-1}, n]``) has full column rank, ``h⁺ h = I`` and the loss is unchanged. The
+If ``h`` (``[d_{m-1}, n]``) has full column rank, ``h⁺ h = I`` and the loss is unchanged. We
+compute ``V'`` as ``V + (σ⁻¹(g σ(V h)) − V h) h⁺``: the same ``V' h`` (so the same loss), equal to
+the formula above when ``h`` is square (the paper's reference task), and for ``n < d`` the
+minimal change of ``V`` rather than its projection onto the data span, so that ``g = I`` leaves
+the weights (and every gradient) unchanged, as a group action must. The
 pseudo-inverse is applied through a thin QR factorisation of ``h`` (``A h⁺ = A R⁻¹ Qᵀ``, a
 triangular solve), which stays accurate for ill-conditioned inputs where solving against the
 Gram matrix ``h hᵀ`` would square the condition number. If ``n > d_{m-1}`` the action is not a
@@ -122,8 +126,11 @@ def group_action(
                     f"got {tuple(gm.shape)}"
                 )
             V, U = new[m], new[m + 1]
-            A = sigma_inv(gm @ sigma(V @ h))
-            new[m] = apply_pinv(A, h, x_qr if m == 0 else None)
+            Vh = V @ h
+            A = sigma_inv(gm @ sigma(Vh))
+            # V' = V + (A − V h) h⁺: V' h = A whenever h⁺ h = I (the spec's V' = A h⁺ then), and
+            # V' = V at g = I even when n < d (A h⁺ alone would project V onto the data span)
+            new[m] = V + apply_pinv(A - Vh, h, x_qr if m == 0 else None)
             if exact:
                 # solve_ex: no error check, so no host sync and no exception on a singular element
                 new[m + 1] = torch.linalg.solve_ex(gm, U, left=False)[0]

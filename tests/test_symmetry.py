@@ -80,20 +80,42 @@ def test_loss_change_of_exact_teleport_is_the_measured_relative_change(random_T)
     )
 
 
-def test_teleport_applies_the_spec_formula_pair_by_pair(random_T):
-    """V' = σ⁻¹(g σ(V h)) h⁺ and U' = U g⁻¹, each pair using h recomputed from new weights."""
+def _reference_teleport(weights, X, T, literal):
+    """Loop form: literal V' = σ⁻¹(g σ(V h)) h⁺, or the minimal change V + (σ⁻¹(g σ(V h)) − V h) h⁺."""
+    W = [w.clone() for w in weights]
+    h = X
+    for m in range(len(W) - 1):
+        g = torch.eye(W[m].shape[1], dtype=torch.float64) + T[m]
+        A = sigma_inv(g @ sigma(W[m] @ h))
+        W[m] = A @ torch.linalg.pinv(h) if literal else W[m] + (A - W[m] @ h) @ torch.linalg.pinv(h)
+        W[m + 1] = W[m + 1] @ torch.linalg.inv(g)
+        h = sigma(W[m] @ h)
+    return W
+
+
+def test_teleport_applies_the_group_action_pair_by_pair(random_T):
+    """Each pair uses h recomputed from the new weights; U' = U g⁻¹; V' h = σ⁻¹(g σ(V h))."""
     batch = sample_tasks(TaskConfig([5, 6, 7, 4, 3], "gaussian"), range(2), dtype=torch.float64)
     T = random_T(batch.weights, 0.3)
     new = teleport(batch.weights, batch.X, T)
-    W = [w.clone() for w in batch.weights]
-    h = batch.X
-    for m in range(len(W) - 1):
-        g = torch.eye(W[m].shape[1], dtype=torch.float64) + T[m]
-        W[m] = sigma_inv(g @ sigma(W[m] @ h)) @ torch.linalg.pinv(h)
-        W[m + 1] = W[m + 1] @ torch.linalg.inv(g)
-        h = sigma(W[m] @ h)
-    for a, b in zip(new, W):
+    for a, b in zip(new, _reference_teleport(batch.weights, batch.X, T, literal=False)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_teleport_equals_the_spec_formula_when_inputs_are_square(random_T):
+    batch = sample_tasks(TaskConfig([6, 6, 6, 6, 3], "gaussian"), range(3), dtype=torch.float64)
+    T = random_T(batch.weights, 0.3)
+    new = teleport(batch.weights, batch.X, T)
+    for a, b in zip(new, _reference_teleport(batch.weights, batch.X, T, literal=True)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+def test_identity_element_leaves_weights_unchanged_when_n_below_width():
+    """g = I is the identity even for n < d (no projection of V onto the data span)."""
+    batch = sample_tasks(TaskConfig([4, 8, 7, 6, 3], "gaussian"), range(3), dtype=torch.float64)
+    T = [torch.zeros(3, w.shape[1], w.shape[1], dtype=torch.float64) for w in batch.weights[:-1]]
+    for a, b in zip(teleport(batch.weights, batch.X, T), batch.weights):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_teleport_does_not_modify_its_input(random_T):
