@@ -30,4 +30,13 @@ from .tasks import (
     unseen_seeds,
 )
 
+from .learned import VARIANTS, LearnedConfig, LearnedOptimizer
+from .train_config import MetaTrainConfig, load_config
+from .engine import DivergenceError, UnrollEngine
+from .train import MetaTrainResult, meta_train
+from .checkpoint import CheckpointError, load_checkpoint, load_optimizer, save_checkpoint
+from .dropin import LearnedTeleportOptimizer
+from .evaluate import BaselineMethod, Curves, compare, evaluate, paired_comparison, summarize
+from .tuning import grid_search, hypergradient_tune, tune_all
+
 __all__ = [name for name in dir() if not name.startswith("_")]

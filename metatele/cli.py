@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (overrides the config)")
     p.add_argument("--seed", type=int, help="meta-parameter seed (overrides the config)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last training-state checkpoint")
-    p.add_argument("--save-every", type=int, default=50, help="meta-steps between training-state checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest training-state checkpoint that loads "
+                        "cleanly (a fresh start if there is none); the config must be the saved one")
+    p.add_argument("--save-every", type=int, default=50,
+                   help="meta-steps between training-state checkpoints (also written at the end and on "
+                        "SIGINT/SIGTERM) in --out/training_state")
     p.add_argument("--keep", type=int, default=3, help="training-state checkpoints to keep")
     p.add_argument("--wandb", help=WANDB_HELP)
     p.add_argument("--project", default="metatele")
@@ -85,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", help=WANDB_HELP)
     p.add_argument("--project", default="metatele")
 
+    p = sub.add_parser("benchmark", help="the statistical benchmark protocol behind experiments/RESULTS.md",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele benchmark --help`")
+
     p = sub.add_parser("bench", help="meta-training throughput (trajectory-steps/s) at several batch sizes")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256, 1024])
     p.add_argument("--variant", default="update+tele")
@@ -95,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from .experiment import train_and_save
     from .train_config import load_config, MetaTrainConfig
     from .configs import apply_overrides
 
@@ -109,11 +116,15 @@ def _train(args) -> int:
     else:
         config = MetaTrainConfig.from_dict(apply_overrides({}, overrides))
     from .resume import resumable_callback
+    from .experiment import train_and_save  # after the config is validated: a bad one fails fast
 
     engine, callback = resumable_callback(config, Path(args.out), resume=args.resume,
                                           every=args.save_every, keep=args.keep)
-    train_and_save(config, args.out, wandb_mode=args.wandb, project=args.project, group=args.group,
-                   progress=not args.no_progress, callback=callback, engine=engine)
+    try:
+        train_and_save(config, args.out, wandb_mode=args.wandb, project=args.project, group=args.group,
+                       progress=not args.no_progress, callback=callback, engine=engine)
+    finally:
+        callback.close()  # restore the SIGINT/SIGTERM handlers
     return 0
 
 
@@ -154,6 +165,11 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["benchmark"]:  # its own parser (metatele.benchmark) owns every option
+        from .benchmark import main as benchmark_main
+
+        return benchmark_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -35,11 +35,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .configs import ConfigError
 from .learned import LearnedOptimizer, LearnedState
 from .mlp import mlp_loss
 from .symmetry import qr_factor
 from .tasks import TaskBatch, TaskConfig, sample_tasks
-from .configs import ConfigError
 from .train_config import MetaTrainConfig, resolve_device
 
 
@@ -83,7 +83,7 @@ class UnrollEngine:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         batch = min(config.batch_size, config.trajectories)
         if batch % world_size:
@@ -150,7 +150,9 @@ class UnrollEngine:
         c = self.config
         if c.stagger:
             # spread first trajectories over the horizon so that they do not finish together
-            self.steps_done[:] = [(b * c.steps // self.B) // c.unroll * c.unroll for b in range(self.B)]
+            # (by the slot's place in the whole batch of all ranks, as in one process)
+            W, r = self.world_size, self.rank
+            self.steps_done[:] = [((b * W + r) * c.steps // (self.B * W)) // c.unroll * c.unroll for b in range(self.B)]
         else:
             self.steps_done[:] = 0
         self.loss0 = mlp_loss(self.W, self.X, self.Y).detach()
@@ -300,8 +302,8 @@ class UnrollEngine:
         }
         if self.all_dead_streak >= c.diverge_patience:
             raise DivergenceError(
-                f"every one of the {self.B * self.world_size} trajectories diverged (non-finite loss, gradient or weights) "
-                f"in {self.all_dead_streak} consecutive meta-steps (up to meta-step {self.meta_step_count}); "
+                f"every one of the {self.B * self.world_size} trajectories diverged (non-finite loss, gradient or "
+                f"weights) in {self.all_dead_streak} consecutive meta-steps (up to meta-step {self.meta_step_count}); "
                 "the meta-parameters were not updated in those steps. Lower lr_update/lr_teleport, "
                 "enable grad_clip, normalize the meta-loss, or use meta_loss: mean_log."
             )

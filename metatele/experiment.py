@@ -68,6 +68,8 @@ def train_and_save(
     try:
         result = meta_train(config, progress=progress, callback=log_step, engine=engine)
         seconds = time.perf_counter() - t0
+        if engine is not None and getattr(engine, "prior_history", None):  # a resumed run: whole history
+            result.history = list(engine.prior_history) + result.history
         ckpt = save_checkpoint(
             out / "checkpoint.safetensors", result.optimizer, config,
             provenance={

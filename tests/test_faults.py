@@ -1,0 +1,282 @@
+"""Faults and bad input: rejected configs, unwritable folders, writes failing midway, NaN storms,
+and a rank dying in a distributed run. Each test fails if the behaviour regresses."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import metatele.resume as resume_mod
+from metatele import cli
+from metatele.checkpoint import load_checkpoint
+from metatele.engine import DivergenceError, UnrollEngine
+from metatele.resume import STATE_DIR, ResumeError, TrainingCheckpointer, latest_state, resumable_callback, state_files
+from metatele.train import meta_train
+from metatele.train_config import MetaTrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(**kw) -> dict:
+    base = {
+        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
+        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
+        "trajectories": 8, "steps": 6, "unroll": 3, "batch_size": 4,
+        "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
+    }
+    for k, v in kw.items():
+        node, parts = base, k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return base
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+# -- bad configs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("override,names", [
+    ("lr_updte=0.01", ["unknown config key 'lr_updte'", "did you mean 'lr_update'", "allowed keys"]),
+    ("learned.lstm.hiden=8", ["unknown config key", "hiden", "hidden"]),
+    ("unroll=-3", ["unroll", "positive integer", "-3"]),
+    ("learned.teleport.eps=0", ["eps", "must be > 0"]),
+    ("learned.teleport.eps=-0.5", ["eps", "must be > 0"]),
+    ("task.dims=[6,6]", ["task.dims", "at least 3 entries"]),
+    ("dtype=float16", ["dtype", "float32", "float64"]),
+])
+def test_bad_config_is_rejected_by_the_cli_before_any_compute(override, names, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["train", "--out", str(out), "--set", override, "--no-progress", "--wandb", "disabled"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("metatele train: error:")
+    for name in names:
+        assert name in err, err
+    assert not out.exists()  # nothing was computed or written
+
+
+def test_bad_yaml_key_is_rejected_by_the_metatele_train_process(tmp_path):
+    cfg = tiny()
+    cfg["learned"]["teleport"]["epsilon"] = 0.01
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "metatele", "train", "--config", str(tmp_path / "bad.yaml"),
+                           "--out", str(tmp_path / "out")], env=env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "unknown config key 'learned.teleport.epsilon'" in proc.stderr and "eps" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--save-every", "0"), ("--keep", "0")])
+def test_bad_checkpoint_options_are_rejected(flag, value, tmp_path, capsys):
+    rc = cli.main(["train", "--out", str(tmp_path), "--set", "trajectories=4", flag, value, "--wandb", "disabled"])
+    assert rc == 2 and flag in capsys.readouterr().err
+
+
+# -- unwritable folders and failing writes ---------------------------------------------------------
+def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, capsys):
+    def refuse(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(resume_mod.tempfile, "mkstemp", refuse)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
+    rc = cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"),
+                   "--no-progress", "--wandb", "disabled"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not writable" in err and "Permission denied" in err
+    assert not (tmp_path / "out" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_output_folder_is_reported(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(ResumeError, match="not writable"):
+            resumable_callback(MetaTrainConfig.from_dict(tiny()), out, handle_signals=False)
+    finally:
+        out.chmod(0o700)
+
+
+def test_a_write_failing_midway_keeps_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    cfg = MetaTrainConfig.from_dict(tiny(trajectories=40))
+    cb = TrainingCheckpointer(cfg, tmp_path, every=2, keep=3, handle_signals=False)
+    eng = UnrollEngine(cfg)
+    for _ in range(2):
+        cb(eng, eng.meta_step())
+    good = (tmp_path / STATE_DIR / "state-00000002.safetensors").read_bytes()
+    written = []
+
+    class DiskFull:  # writes part of the bytes, then the disk is full
+        def __init__(self, path, mode):
+            self.f = open(path, mode)
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            written.append(len(data) // 2)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(resume_mod, "open", DiskFull, raising=False)
+    cb(eng, eng.meta_step())
+    with pytest.raises(ResumeError, match=r"No space left on device.*previous checkpoint \(meta-step 2\) is intact"):
+        cb(eng, eng.meta_step())
+    assert written and written[0] > 0
+    monkeypatch.undo()
+    assert [s for s, _ in state_files(tmp_path)] == [2]
+    assert (tmp_path / STATE_DIR / "state-00000002.safetensors").read_bytes() == good
+    assert not list((tmp_path / STATE_DIR).glob(".*tmp"))  # no half-written file left behind
+    path, _, doc, _ = latest_state(tmp_path)
+    assert doc["meta_step"] == 2
+
+
+# -- NaN storms ------------------------------------------------------------------------------------
+def test_nan_storm_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    cfg = MetaTrainConfig.from_dict(tiny(trajectories=1000, diverge_patience=3))
+    original = UnrollEngine.compute_meta_gradient
+
+    def storm(self):  # from meta-step 5 on, every trajectory's weights are NaN
+        if self.meta_step_count >= 4:
+            for w in self.W:
+                w.fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(UnrollEngine, "compute_meta_gradient", storm)
+    cb = TrainingCheckpointer(cfg, tmp_path, every=1, keep=10, handle_signals=False)
+    with pytest.raises(DivergenceError, match="every one of the 4 trajectories diverged .* 3 consecutive meta-steps"):
+        meta_train(cfg, progress=False, callback=cb)
+    assert [s for s, _ in state_files(tmp_path)] == [4, 3, 2, 1]  # nothing saved during the storm
+    assert "not saving the training state at meta-step 5" in capsys.readouterr().err
+    engine, cb2 = resumable_callback(cfg, tmp_path, resume=True, handle_signals=False)
+    assert engine.meta_step_count == 4 and engine.all_dead_streak == 0
+    assert all(torch.isfinite(p).all() for p in engine.meta_parameters)
+    assert all(torch.isfinite(w).all() for w in engine.W)
+
+
+def test_non_finite_meta_parameters_are_never_saved(tmp_path):
+    cfg = MetaTrainConfig.from_dict(tiny(trajectories=40))
+    eng = UnrollEngine(cfg)
+    cb = TrainingCheckpointer(cfg, tmp_path, every=1, handle_signals=False)
+    cb(eng, eng.meta_step())
+    with torch.no_grad():
+        eng.meta_parameters[0][0, 0] = float("inf")
+    assert cb.save(eng) is None
+    for st in eng.meta_opt.state.values():  # nor a non-finite Adam moment
+        st["exp_avg_sq"].fill_(float("nan"))
+        break
+    with torch.no_grad():
+        eng.meta_parameters[0][0, 0] = 0.0
+    assert cb.save(eng) is None
+    path, _, doc, state = latest_state(tmp_path)
+    assert doc["meta_step"] == 1
+    assert all(torch.isfinite(t).all() for t in state["shared"]["optimizer"].values())
+
+
+# -- a rank dying ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_ranks(cfg_file: Path, out: Path, *extra: str, timeout: int = 20) -> list[subprocess.Popen]:
+    """Two ranks of experiments/train_distributed.py with torchrun's environment variables."""
+    port = free_port()
+    procs = []
+    for r in range(2):
+        e = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
+             "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "experiments/train_distributed.py", "--config", str(cfg_file), "--out", str(out),
+             "--save-every", "10", "--no-progress", "--wandb", "disabled", "--timeout", str(timeout), *extra],
+            env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def test_a_dead_rank_makes_the_other_fail_promptly_and_torchrun_resumes_the_run(tmp_path):
+    cfg = tiny(steps=90)  # 60 meta-steps
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    procs = launch_ranks(cfg_file, out)
+    t0 = time.time()
+    while not state_files(out):
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        assert time.time() - t0 < 60
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGKILL)
+    t_kill = time.time()
+    _, err = procs[0].communicate(timeout=60)
+    waited = time.time() - t_kill
+    procs[1].communicate()
+    assert procs[0].returncode == 1, err
+    assert waited < 15, waited  # well inside the 20 s timeout: it did not hang
+    assert "rank 0 of 2" in err and "another rank died or did not answer" in err and "--resume" in err
+    last = state_files(out)[0][0]
+    assert not (out / "checkpoint.safetensors").exists()
+
+    # the same command under torchrun, with --resume
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "experiments/train_distributed.py", "--config", str(cfg_file), "--out", str(out), "--resume",
+         "--save-every", "10", "--keep", "2", "--no-progress", "--wandb", "disabled", "--timeout", "30"],
+        env=env(), cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming from meta-step {last} of 60" in proc.stderr
+    # rank 0 alone wrote: the final files, and the last two training states
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "history.json",
+                                                     STATE_DIR]
+    assert [s for s, _ in state_files(out)] == [60, 50]
+    history = json.loads((out / "history.json").read_text())
+    assert [h["meta_step"] for h in history] == list(range(1, 61))  # the history before the crash too
+    # the resumed two-rank run ends where one process with the whole batch ends (up to rounding,
+    # amplified over 60 meta-steps to ~1e-6; a resume that lost the Adam state or the
+    # trajectories would be ~1e-1 away), and records both ranks' seeds
+    single = meta_train(MetaTrainConfig.from_dict(cfg), progress=False)
+    ckpt = load_checkpoint(out / "checkpoint.safetensors")
+    assert ckpt.provenance["training_seeds"] == [list(single.train_seeds)]
+    want, got = (torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+                 for m in (single.optimizer, ckpt.optimizer))
+    assert ((got - want).norm() / want.norm()).item() < 1e-4
+
+
+def test_a_hung_rank_makes_the_other_fail_after_the_timeout(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(tiny(steps=3000)))
+    out = tmp_path / "run"
+    procs = launch_ranks(cfg_file, out, timeout=4)
+    try:
+        t0 = time.time()
+        while not state_files(out):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.time() - t0 < 60
+            time.sleep(0.01)
+        procs[1].send_signal(signal.SIGSTOP)  # alive, connected, silent
+        t_stop = time.time()
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.time() - t_stop
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert procs[0].returncode == 1, err
+    assert 3 < waited < 20, waited
+    assert "did not answer within the 4 s timeout" in err and "--resume" in err
