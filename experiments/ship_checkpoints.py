@@ -1,0 +1,69 @@
+"""Copy the shipped meta-training runs into checkpoints/, compare them, write their manifests.
+
+The shipped checkpoints are produced by (see README, "Shipped checkpoints"):
+
+    metatele train --config experiments/configs/ship/update_tele.yaml --out runs/ship/update_tele
+    metatele train --config experiments/configs/ship/update.yaml      --out runs/ship/update
+    metatele train --config experiments/configs/ship/lr_tele.yaml     --out runs/ship/lr_tele
+    python experiments/ship_checkpoints.py --runs runs/ship --out checkpoints
+
+This script copies each run's checkpoint to ``checkpoints/<name>.safetensors``, runs the comparison
+against tuned baselines on 100 unseen seeds (``runs/ship/compare``), and writes
+``checkpoints/<name>.manifest.json`` with the config, the seeds, the measured metrics and sha256.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from metatele.checkpoint import load_checkpoint, write_manifest
+from metatele.experiment import CompareConfig, run_comparison
+from metatele.tasks import unseen_seeds
+
+NAMES = ("update_tele", "update", "lr_tele")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/ship")
+    p.add_argument("--out", default="checkpoints")
+    p.add_argument("--seeds", type=int, default=100)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--wandb", default=None)
+    args = p.parse_args(argv)
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shipped = {}
+    for name in NAMES:
+        src = runs / name / "checkpoint.safetensors"
+        dst = out / f"{name}.safetensors"
+        shutil.copyfile(src, dst)
+        shipped[name] = dst
+    compare_out = runs / "compare"
+    cmp = run_comparison(CompareConfig(checkpoints=[str(p) for p in shipped.values()],
+                                       seeds=args.seeds, steps=args.steps), compare_out, wandb_mode=args.wandb)
+    results = cmp["results"]
+    for name, path in shipped.items():
+        ckpt = load_checkpoint(path)
+        method = ckpt.optimizer.name
+        metrics = {
+            "summary": results["summaries"][method],
+            "comparisons": [c for c in results.get("comparisons", []) if method in (c.get("a"), c.get("b"))],
+            "baselines": {k: v["at_step"] for k, v in results["summaries"].items() if k != method},
+            "comparison_folder": str(compare_out),
+        }
+        seeds = {"train": [list(r) for r in ckpt.provenance.get("training_seeds", [])],
+                 "test": [unseen_seeds(args.seeds)[0], unseen_seeds(args.seeds)[-1] + 1],
+                 "meta_seed": ckpt.config.seed}
+        write_manifest(out / f"{name}.manifest.json", [path], config=ckpt.config, seeds=seeds, metrics=metrics,
+                       extra={"commands": [f"metatele train --config experiments/configs/ship/{name}.yaml --out {runs / name}",
+                                           "python experiments/ship_checkpoints.py " + " ".join(sys.argv[1:] if argv is None else argv)],
+                              "provenance": ckpt.provenance})
+        print(f"shipped {path} ({method}) with {out / f'{name}.manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

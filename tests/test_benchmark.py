@@ -1,0 +1,277 @@
+"""`metatele benchmark`: the protocol, its statistics and the files it writes (quick scale)."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from metatele import cli
+from metatele.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol, main
+from metatele.checkpoint import load_checkpoint
+from metatele.evaluate import Curves, evaluate, paired_comparison, summarize
+from metatele.report import combine_meta_seeds, compare_pairs, decision, load_curves, save_curves
+from metatele.tasks import TEST_SEED_OFFSET, unseen_seeds
+
+WORSE = "gd(tiny)"  # a baseline configured to be clearly worse than tuned GD
+EXTRA = [
+    "--set", f"baselines.{WORSE}={{name: gd, lr: 1.0e-9}}",
+    "--set", f"comparisons=[[{WORSE}, gd(tuned)], [LSTM(update+tele), LSTM(update)], [LSTM(lr+tele), gd(tuned)]]",
+]
+SUBSET = ["--settings", "uniform-small", "--methods", "LSTM(update+tele)", "gd(tuned)", "--ablations", "none"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One quick benchmark through the top-level CLI; yields (out dir, argv, results dict)."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--quick", "--out", str(out), "--no-progress", *EXTRA]
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["benchmark", *argv]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out, argv, json.loads((out / "results.json").read_text())
+
+
+def _close(a, b, tol=1e-9):
+    if a is None or b is None or (isinstance(b, float) and not math.isfinite(b)):
+        return (a is None or not math.isfinite(a)) and (b is None or not math.isfinite(b))
+    return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+def _same_summary(json_sm, sm):
+    assert json_sm["n_seeds"] == sm["n_seeds"] and _close(json_sm["diverged_fraction"], sm["diverged_fraction"])
+    for s, st in sm["at_step"].items():
+        js = json_sm["at_step"][str(s)]
+        assert js["n"] == st["n"]
+        for k in ("mean", "median", "std"):
+            assert _close(js[k], st[k]), (s, k)
+        assert all(_close(x, y) for x, y in zip(js["ci95"], st["ci95"]))
+
+
+# -- the report --------------------------------------------------------------------------------
+def test_report_states_command_tables_with_cis_pvalues_and_figures(run):
+    out, argv, results = run
+    text = (out / "RESULTS.md").read_text()
+    assert results["command"] == "metatele benchmark " + " ".join(
+        a if re.fullmatch(r"[\w./=-]+", a) else f"'{a}'" for a in argv)
+    assert results["command"] in text
+    for s in (10, 30, 100):
+        assert f"log10 loss @ {s}" in text
+    assert re.search(r"\| gd\(tuned\) \| −?\d+\.\d\d \[−?\d+\.\d\d, −?\d+\.\d\d\]", text)  # mean [CI] cells
+    assert "(meta-seeds: " in text and "Meta-seed spread" in text
+    assert "p (paired t)" in text and "Δ log10 (a − b) [95% CI]" in text and "a better on" in text
+    assert "## Conclusions" in text and "## Wall time per stage" in text and "## Protocol configuration" in text
+    for name, rel in results["figures"].items():
+        assert (out / "figures" / f"benchmark_{name.replace('(', '-').replace(')', '')}.png").is_file() or \
+            (out / rel).is_file()
+    assert all(f"]({rel})" in text for rel in (p.split(str(out) + "/")[-1] for p in results["figures"].values()))
+    assert set(results["sections"]) == {"uniform-small", "gaussian-small", "gaussian-deep-small", "ablations"}
+
+
+def test_results_json_matches_a_recomputation_from_the_saved_curves(run):
+    out, _, results = run
+    curves = load_curves(out / "curves.npz")
+    alpha, steps = results["alpha"], results["steps"]
+    for name, sec in results["sections"].items():
+        flat = {}
+        for m, entry in sec["methods"].items():
+            saved = curves[name][m]
+            if entry["kind"] == "baseline":
+                flat[m] = saved["baseline"]
+            else:
+                per_seed = [saved[f"seed{i['meta_seed']}"] for i in entry["meta_seeds_info"]]
+                combined = combine_meta_seeds(m, per_seed)
+                np.testing.assert_allclose(combined.loss, saved["combined"].loss, rtol=1e-12)
+                for sm, c in zip(entry["meta_seeds"], per_seed):
+                    _same_summary(sm, summarize(c, steps))
+                flat[m] = combined
+            _same_summary(entry["summary"], summarize(flat[m], steps))
+        pairs = [[c["a"], c["b"]] for c in sec["comparisons"]]
+        redo = compare_pairs(flat, list(dict.fromkeys(map(tuple, pairs))), steps, alpha)
+        assert len(redo) == len(sec["comparisons"])
+        for j, c in zip(sec["comparisons"], redo):
+            assert (j["a"], j["b"], j["step"], j["decision"]) == (c["a"], c["b"], c["step"], c["decision"])
+            assert _close(j["mean_diff"], c["mean_diff"]) and _close(j["p_value"], c["p_value"])
+            assert j["wins"] == c["wins"] and j["verdict"] == c["verdict"]
+
+
+def test_every_method_is_evaluated_on_the_same_unseen_test_seeds(run):
+    out, _, results = run
+    with np.load(out / "curves.npz") as z:
+        assert list(z["test_seeds"]) == list(unseen_seeds(100))
+    assert results["test_seeds"] == {"start": TEST_SEED_OFFSET, "count": 100}
+    for sec in results["sections"].values():
+        assert sec["comparisons"] and all(c["n_seeds"] == 100 for c in sec["comparisons"])
+    c = Curves("x", [TEST_SEED_OFFSET, TEST_SEED_OFFSET + 1], np.ones((3, 2)), np.ones((3, 2)), np.zeros(3))
+    with pytest.raises(ValueError, match="shared test seeds"):
+        save_curves(out / "bad.npz", {"s": {"x": {"baseline": c}}}, [TEST_SEED_OFFSET, TEST_SEED_OFFSET + 2])
+
+
+def test_a_clearly_worse_method_is_reported_worse_with_a_small_p(run):
+    _, _, results = run
+    for name, sec in results["sections"].items():
+        if sec["kind"] != "setting":
+            continue
+        comps = [c for c in sec["comparisons"] if c["a"] == WORSE]
+        assert [c["step"] for c in comps] == [10, 30, 100]
+        for c in comps:
+            assert c["decision"] == "higher" and c["mean_diff"] > 0.1 and c["p"] < 1e-6, c
+            assert c["verdict"].endswith("→ worse")
+        assert any(s.startswith(f"On {sec['label']}, {WORSE} vs gd(tuned): higher at step 10 ")
+                   for s in results["conclusions"])
+
+
+def test_decisions_agree_with_verdicts_and_the_conclusions_quote_them(run):
+    _, _, results = run
+    word = {"lower": "better", "higher": "worse", "no significant difference": "no significant difference"}
+    text = " ".join(results["conclusions"])
+    for sec in results["sections"].values():
+        for c in sec["comparisons"]:
+            assert c["verdict"].endswith(word[c["decision"]])
+            assert decision(c, results["alpha"]) == c["decision"]
+            assert f"{c['decision']} at step {c['step']}" in text
+
+
+def test_checkpoints_are_written_with_provenance_and_reproduce_their_curves(run):
+    out, _, results = run
+    curves = load_curves(out / "curves.npz")
+    n = 0
+    for name, sec in results["sections"].items():
+        ranges = []
+        for m, entry in sec["methods"].items():
+            for info in entry.get("meta_seeds_info", []):
+                ck = load_checkpoint(info["checkpoint"])
+                assert ck.provenance["training_seeds"] == [info["train_seeds"]]
+                assert ck.provenance["meta_steps"] == info["meta_steps"] and ck.config.seed == info["meta_seed"]
+                a, b = info["train_seeds"]
+                assert 0 <= a < b <= TEST_SEED_OFFSET
+                ranges.append((m, info["meta_seed"], a, b))
+                if n < 4:  # the saved optimizer reproduces its evaluation curve
+                    seeds = list(unseen_seeds(5))
+                    c = evaluate(ck.optimizer, ck.config.task, seeds, 10)
+                    np.testing.assert_allclose(c.loss, curves[name][m][f"seed{info['meta_seed']}"].loss[:11, :5],
+                                               rtol=1e-5)
+                n += 1
+        by_seed = {}
+        for m, k, a, b in ranges:  # each meta-seed trains on its own training tasks
+            by_seed.setdefault(k, set()).add((a, b))
+        for k, j in ((k, j) for k in by_seed for j in by_seed if k < j):
+            assert all(b1 <= a2 or b2 <= a1 for a1, b1 in by_seed[k] for a2, b2 in by_seed[j])
+    assert n == 3 * (3 * 3 + 10)
+    assert (out / "checkpoints" / "uniform-small" / "LSTM-update+tele" / "seed2.safetensors").is_file()
+
+
+# -- the protocol ------------------------------------------------------------------------------
+def test_default_protocol_meets_the_issue_requirements():
+    p, _ = load_protocol(DEFAULT_CONFIG)
+    assert len(p.meta_seeds) >= 3 and p.test_seeds >= 100 and {10, 30, 100, 300} <= set(p.steps)
+    dists = {s.task.distribution for s in p.settings.values()}
+    assert dists == {"uniform", "gaussian"}
+    deeper = [s.task.dims for s in p.settings.values() if s.task.dims != [20, 20, 20, 20]]
+    assert deeper and all(d[0] <= min(d[1:-1]) for d in deeper)
+    assert {p.learned_config(s, m, 0).learned.variant for s in p.settings for m in p.methods} == \
+        {"update", "update+tele", "lr+tele"}
+    gd = [p.baseline(b) for b in p.baselines]
+    assert any(c.name == "gd" and c.lr == 3e-4 and not tune for c, tune in gd)
+    assert {c.name for c, tune in gd if tune} >= {"gd", "adam"}
+
+
+@pytest.mark.parametrize("config", [DEFAULT_CONFIG, QUICK_CONFIG])
+def test_each_ablation_changes_only_its_own_switch(config):
+    p, _ = load_protocol(config)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    switches = set()
+    for name, ab in p.ablations.items():
+        arm = flat(p.learned_config(p.ablation_setting, ab.method, 0, name).to_dict())
+        ref = flat(p.learned_config(p.ablation_setting, ab.method, 0, name, reference=True).to_dict())
+        changed = {k for k in arm if arm[k] != ref[k]}
+        assert changed == set(flat(expand(ab.overrides))) and changed, name
+        switches |= changed
+    assert {"learned.teleport.exact", "learned.lstm.preprocess", "meta_loss", "learned.teleport.learn_eps",
+            "second_order", "learned.teleport.lr_log_space", "truncation"} <= switches
+    assert "unroll" in switches
+
+
+def test_dry_run_lists_stages_and_bad_configs_fail_with_the_field_named(capsys):
+    assert main(["--quick", "--dry-run"]) == 0
+    assert "uniform-small: LSTM(update+tele) seed 2" in capsys.readouterr().out
+    assert main(["--quick", "--dry-run", "--set", "base.trajectorys=3"]) == 2
+    assert "trajectorys" in capsys.readouterr().err
+    assert main(["--quick", "--dry-run", "--set", "comparisons=[[LSTM(update), nope]]"]) == 2
+    assert "comparisons" in capsys.readouterr().err
+    assert main(["--quick", "--dry-run", "--settings", "nowhere"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_combining_meta_seeds_averages_log_losses_and_keeps_divergence():
+    seeds = [TEST_SEED_OFFSET, TEST_SEED_OFFSET + 1]
+    a = Curves("m", seeds, np.array([[100.0, 10.0], [1.0, 1.0]]), np.ones((2, 2)), np.zeros(2))
+    b = Curves("m", seeds, np.array([[1.0, 1000.0], [100.0, np.inf]]), np.ones((2, 2)), np.zeros(2))
+    c = combine_meta_seeds("m", [a, b])
+    np.testing.assert_allclose(c.log_loss[0], [1.0, 2.0])
+    assert c.log_loss[1, 0] == pytest.approx(1.0) and np.isinf(c.loss[1, 1])
+    with pytest.raises(ValueError, match="share test seeds"):
+        combine_meta_seeds("m", [a, Curves("m", seeds[::-1], a.loss, a.grad_sq, a.time)])
+    comp = paired_comparison(c, c, 0)
+    assert decision(comp) == "no significant difference"
+
+
+# -- running variants --------------------------------------------------------------------------
+def test_parallel_workers_and_resume_reproduce_the_same_numbers(run, tmp_path):
+    out, _, _ = run
+    ref = load_curves(out / "curves.npz")["uniform-small"]
+    threads = torch.get_num_threads()
+    try:
+        par = tmp_path / "par"
+        assert main(["--quick", "--out", str(par), "--no-progress", "--workers", "2", *SUBSET]) == 0
+        res = tmp_path / "res"
+        shutil.copytree(out / "checkpoints" / "uniform-small", res / "checkpoints" / "uniform-small")
+        assert main(["--quick", "--out", str(res), "--no-progress", "--resume", *SUBSET]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for where, reused in ((par, False), (res, True)):
+        got = load_curves(where / "curves.npz")["uniform-small"]
+        for label in ("seed0", "seed1", "seed2", "combined"):
+            np.testing.assert_array_equal(got["LSTM(update+tele)"][label].loss, ref["LSTM(update+tele)"][label].loss)
+        np.testing.assert_array_equal(got["gd(tuned)"]["baseline"].loss, ref["gd(tuned)"]["baseline"].loss)
+        timings = json.loads((where / "results.json").read_text())["timings"]
+        assert {t.get("reused") for t in timings if t["stage"] == "meta-train"} == {reused}
+
+
+def test_a_meta_training_that_diverges_is_reported_and_the_other_meta_seeds_are_kept(tmp_path, monkeypatch):
+    import metatele.train
+    from metatele.engine import DivergenceError
+
+    real = metatele.train.meta_train
+
+    def flaky(config, **kw):
+        if config.seed == 1:
+            raise DivergenceError("every one of the 8 trajectories diverged; lower lr_update")
+        return real(config, **kw)
+
+    monkeypatch.setattr(metatele.train, "meta_train", flaky)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--quick", "--out", str(tmp_path), "--no-progress", *SUBSET]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "results.json").read_text())
+    entry = results["sections"]["uniform-small"]["methods"]["LSTM(update+tele)"]
+    assert [f["meta_seed"] for f in entry["failed"]] == [1]
+    assert [i["meta_seed"] for i in entry["meta_seeds_info"]] == [0, 2] and len(entry["meta_seeds"]) == 2
+    assert not (tmp_path / "checkpoints" / "uniform-small" / "LSTM-update+tele" / "seed1.safetensors").exists()
+    assert any("failed for meta-seed(s) 1 (DivergenceError: every one of the 8 trajectories diverged)" in s
+               for s in results["conclusions"])
+    assert "failed for meta-seed(s) 1" in (tmp_path / "RESULTS.md").read_text()
