@@ -23,7 +23,8 @@ import torch
 from .baselines import BASELINES, BaselineConfig
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .configs import require, to_dict
-from .evaluate import BaselineMethod, Curves, compare, markdown_table, results_to_json, summarize
+from .evaluate import (BaselineMethod, Curves, compare, markdown_table, paired_comparison, results_to_json,
+                       summarize, verdict)
 from .figures import plot_gradsq_vs_loss, plot_loss_vs_step, plot_loss_vs_time
 from .strategies import TeleportSchedule
 from .tasks import TaskConfig, training_seeds, unseen_seeds
@@ -106,12 +107,16 @@ class CompareConfig:
         baselines: hand-designed optimizers, each tuned on training seeds.
         paper_gd_lr: also run GD at this fixed rate (the paper's 3e-4); ``None`` to skip.
         teleport_baselines: also run every baseline with a gradient-ascent teleport.
-        teleport_steps: the inner steps at which baselines teleport.
+        teleport_steps: the inner steps at which baselines teleport (gradient ascent, 8 steps at
+            1e-7 as in the paper).
+        teleport_max_norm: cap on ``‖T‖`` per ascent step, so that the ascent stays finite at
+            large losses (``None``: uncapped).
         tune: ``grid``, ``hypergradient`` or ``none`` (use the default hyper-parameters).
         tune_seeds, tune_steps: size of the tuning problem (training seeds only).
         seeds, steps: unseen test seeds and inner steps.
         at_steps: steps reported in the table.
-        a, b: the paired comparisons stated in the report (``a`` vs each of ``b``).
+        pairs: the paired comparisons stated in the report, ``[a, b]`` by method name (pairs
+            naming a method that is not in the comparison are skipped).
         allow_overlap: evaluate even on seeds a checkpoint was trained on (flagged in the output).
         dtype: ``float32`` or ``float64``.
     """
@@ -122,14 +127,19 @@ class CompareConfig:
     paper_gd_lr: float | None = 3e-4
     teleport_baselines: bool = True
     teleport_steps: list[int] = field(default_factory=lambda: [5])
+    teleport_max_norm: float | None = 0.5
     tune: str = "grid"
     tune_seeds: int = 20
     tune_steps: int = 100
     seeds: int = 100
     steps: int = 100
     at_steps: list[int] = field(default_factory=lambda: [10, 30, 100])
-    a: str | None = "LSTM(update+tele)"
-    b: list[str] = field(default_factory=lambda: ["LSTM(update)", "gd(lr=3e-4)"])
+    pairs: list[list[str]] = field(default_factory=lambda: [
+        ["LSTM(update+tele)", "LSTM(update)"], ["LSTM(update+tele)", "gd(lr=0.0003)"],
+        ["LSTM(update+tele)", "gd(tuned)"], ["LSTM(update)", "gd(tuned)"],
+        ["LSTM(lr+tele)", "gd(tuned)"], ["LSTM(lr+tele)", "gd(lr=0.0003)"],
+        ["gd(tuned)+tele", "gd(tuned)"], ["adam(tuned)+tele", "adam(tuned)"],
+    ])
     allow_overlap: bool = False
     dtype: str = "float32"
 
@@ -171,11 +181,21 @@ def build_methods(config: CompareConfig, task: TaskConfig) -> tuple[dict[str, An
             _log(f"tuning {', '.join(config.baselines)} ({config.tune}) on {config.tune_seeds} training seeds")
             tuned, records = tune_all(task, training_seeds(config.tune_seeds), config.tune_steps,
                                       names=config.baselines, method=config.tune, **kw)
+        tuned_tele: dict[str, BaselineConfig] = {}
+        if config.teleport_baselines:
+            # a teleport raises the gradient norm, so the rate is tuned with the teleport on
+            schedule = TeleportSchedule(steps=list(config.teleport_steps), ascent_max_norm=config.teleport_max_norm)
+            with_tele = {n: replace(c, teleport=schedule) for n, c in tuned.items()}
+            if config.tune == "none":
+                tuned_tele = with_tele
+            else:
+                tuned_tele, tele_records = tune_all(task, training_seeds(config.tune_seeds), config.tune_steps,
+                                                    names=config.baselines, method=config.tune, base=with_tele, **kw)
+                records.update({f"{n}+tele": r for n, r in tele_records.items()})
         for n, cfg in tuned.items():
             methods[f"{n}(tuned)"] = BaselineMethod(cfg, f"{n}(tuned)")
-            if config.teleport_baselines:
-                tele = replace(cfg, teleport=TeleportSchedule(steps=list(config.teleport_steps)))
-                methods[f"{n}(tuned)+tele"] = BaselineMethod(tele, f"{n}(tuned)+tele")
+            if n in tuned_tele:
+                methods[f"{n}(tuned)+tele"] = BaselineMethod(tuned_tele[n], f"{n}(tuned)+tele")
     return methods, records
 
 
@@ -208,11 +228,24 @@ def run_comparison(
     _log(f"evaluating {len(methods)} methods on {len(seeds)} unseen seeds × {config.steps} steps")
     curves: dict[str, Curves] = compare(methods, task, seeds, config.steps, dtype=dtype,
                                         allow_overlap=config.allow_overlap)
-    a = config.a if config.a in curves else None
-    b = [x for x in config.b if x in curves] or None
-    results = results_to_json(curves, config.at_steps, a=a, b=b, tuning=records,
-                              path=str(out / "results.json"))
-    table = markdown_table(curves, config.at_steps, a=a, b=b)
+    pairs = [(a, b) for a, b in config.pairs if a in curves and b in curves]
+    results = results_to_json(curves, config.at_steps, tuning=records)
+    results["comparisons"] = [
+        {**c, "verdict": verdict(c)}
+        for a, b in pairs for s in config.at_steps if s <= config.steps
+        for c in [paired_comparison(curves[a], curves[b], s)]
+    ]
+    results["hyperparameters"] = {n: to_dict(m.config) for n, m in methods.items() if isinstance(m, BaselineMethod)}
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=1, allow_nan=False)
+    table = markdown_table(curves, config.at_steps)
+    if pairs:
+        table += ("\nPaired t-tests of log10-loss on the same seeds (α = 0.05, no multiple-comparison "
+                  "correction; Δ < 0 means the first method is lower; when seeds diverged, a sign test over "
+                  "all seeds decides):\n\n" + "".join(f"- {c['verdict']}\n" for c in results["comparisons"]))
+    tuned_lines = [f"- {n}: lr = {m.config.lr:.3g}" + (f", momentum = {m.config.momentum}" if m.config.name == "momentum" else "")
+                   for n, m in methods.items() if isinstance(m, BaselineMethod)]
+    table += "\nBaseline hyper-parameters (tuned on training seeds only):\n\n" + "\n".join(tuned_lines) + "\n"
     header = (f"# Comparison on {len(seeds)} unseen seeds, {config.steps} steps\n\n"
               f"Task: dims {task.dims}, distribution {task.distribution}. Mean log10 loss with 95% CI.\n\n")
     (out / "results.md").write_text(header + table)

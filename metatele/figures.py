@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -41,6 +42,23 @@ def _label(c: Curves) -> str:
     return c.name + (f" ({k}/{len(c.seeds)} diverged)" if k else "")
 
 
+def _styles(names) -> dict[str, dict]:
+    """A distinct colour per method (tab20 beyond 10 methods); learned optimizers solid and
+    thicker, teleporting baselines dashed, other baselines dotted."""
+    names = list(names)
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    out = {}
+    for i, n in enumerate(names):
+        learned = n.startswith("LSTM")
+        style = "-" if learned else ("--" if "tele" in n else ":")
+        out[n] = {"color": cmap(i % cmap.N), "linestyle": style, "linewidth": 2.0 if learned else 1.4}
+    return out
+
+
+def _legend(fig: Figure, ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
 def _save(fig: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
@@ -57,12 +75,13 @@ def _check(curves_by_name: Mapping[str, Curves], band: str) -> None:
 
 def _loss_plot(curves_by_name: Mapping[str, Curves], path: str, x_of, xlabel: str, title: str, band: str) -> str:
     _check(curves_by_name, band)
-    fig = Figure(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(9.0, 4.8))
     ax = fig.add_subplot()
+    styles = _styles(curves_by_name)
     for name, c in curves_by_name.items():
         x = x_of(c)
         mean, lo, hi = _band_stats(c.log_loss, band)
-        (line,) = ax.plot(x, 10 ** mean, label=_label(c))
+        (line,) = ax.plot(x, 10 ** mean, label=_label(c), **styles[name])
         if band != "none":
             ax.fill_between(x, 10 ** lo, 10 ** hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
@@ -71,7 +90,7 @@ def _loss_plot(curves_by_name: Mapping[str, Curves], path: str, x_of, xlabel: st
     n = {len(c.seeds) for c in curves_by_name.values()}
     spread = {"ci": "95% CI", "quantile": "25–75% quantiles", "none": "no band"}[band]
     ax.set_title(f"{title} ({'/'.join(map(str, sorted(n)))} seeds, band: {spread})")
-    ax.legend()
+    _legend(fig, ax)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -99,15 +118,16 @@ def plot_gradsq_vs_loss(curves_by_name: Mapping[str, Curves], path: str, title: 
     """‖∇L‖² against loss (log–log): per method the path of the per-step geometric means, and
     (``points``) every (task, step) pair as faint dots; returns ``path``."""
     _check(curves_by_name, "none")
-    fig = Figure(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(9.0, 4.8))
     ax = fig.add_subplot()
+    styles = _styles(curves_by_name)
     for name, c in curves_by_name.items():
         logl = c.log_loss
         logg = np.log10(np.maximum(c.grad_sq, 1e-300))
         ok = np.isfinite(logl) & np.isfinite(logg)
         mean_l = np.array([logl[t][ok[t]].mean() if ok[t].any() else np.nan for t in range(len(logl))])
         mean_g = np.array([logg[t][ok[t]].mean() if ok[t].any() else np.nan for t in range(len(logg))])
-        (line,) = ax.plot(10 ** mean_l, 10 ** mean_g, marker=".", markersize=3, label=_label(c))
+        (line,) = ax.plot(10 ** mean_l, 10 ** mean_g, marker=".", markersize=3, label=_label(c), **styles[name])
         if points:
             ax.scatter(c.loss[ok], c.grad_sq[ok], s=2, alpha=0.15, color=line.get_color())
     ax.set_xscale("log")
@@ -115,7 +135,7 @@ def plot_gradsq_vs_loss(curves_by_name: Mapping[str, Curves], path: str, title: 
     ax.set_xlabel("loss L(W_t)")
     ax.set_ylabel("squared gradient norm ‖∇L(W_t)‖²")
     ax.set_title(title)
-    ax.legend()
+    _legend(fig, ax)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

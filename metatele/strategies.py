@@ -87,20 +87,28 @@ class GradientAscentTeleport(TeleportStrategy):
 
     Each of ``steps`` iterations computes ``∂‖∇L(g·W)‖²/∂T`` at ``T = 0`` and teleports with
     ``T = lr · that``; the loss stays unchanged (exact mode) while the gradient norm grows.
+
+    The ascent direction scales with the loss (cubically for the reference task), so a rate that
+    suits a loss of ~300 (the paper: 1e-7 at step 5 of GD at 1e-4) gives ``‖T‖ ≫ 1`` and a
+    numerically singular ``g`` at a loss of ~1e4. ``max_norm`` caps ``‖T‖_F`` per ascent step and
+    task (``None``: no cap, the paper's rule).
     """
 
-    def __init__(self, steps: int = 8, lr: float = 1e-7, exact: bool = True) -> None:
+    def __init__(self, steps: int = 8, lr: float = 1e-7, exact: bool = True, max_norm: float | None = None) -> None:
         require(steps >= 1, "steps", f"must be ≥ 1, got {steps}")
         require(lr > 0, "lr", f"must be > 0, got {lr}")
-        self.steps, self.lr, self.exact = steps, lr, exact
+        require(max_norm is None or max_norm > 0, "max_norm", f"must be > 0 or None, got {max_norm}")
+        self.steps, self.lr, self.exact, self.max_norm = steps, lr, exact, max_norm
 
     def __call__(self, weights, X, Y, grads=None):
         # The ascent direction is computed on detached weights (treated as data); the group
         # action itself is applied to ``weights`` so that gradients still flow through it.
         W = list(weights)
         for _ in range(self.steps):
-            direction = grad_norm_ascent_direction(W, X, Y, exact=self.exact)
-            W = teleport(W, X, [self.lr * d for d in direction], exact=self.exact, warn=False)
+            T = [self.lr * d for d in grad_norm_ascent_direction(W, X, Y, exact=self.exact)]
+            if self.max_norm is not None:
+                T = [t * (self.max_norm / t.flatten(1).norm(dim=1).clamp_min(self.max_norm)).view(-1, 1, 1) for t in T]
+            W = teleport(W, X, T, exact=self.exact, warn=False)
         return W
 
 
@@ -113,6 +121,7 @@ class TeleportSchedule:
         strategy: ``"random"`` or ``"gradient_ascent"``.
         eps: Frobenius norm of ``T`` for the random strategy.
         ascent_steps, ascent_lr: gradient-ascent iterations and rate (reference task: 8, 1e-7).
+        ascent_max_norm: cap on ``‖T‖_F`` per ascent step (``None``: the paper's uncapped rule).
         exact: exact group action (default) or the paper's first-order form.
         seed: seed of the random strategy.
     """
@@ -122,6 +131,7 @@ class TeleportSchedule:
     eps: float = 0.01
     ascent_steps: int = 8
     ascent_lr: float = 1e-7
+    ascent_max_norm: float | None = None
     exact: bool = True
     seed: int = 0
 
@@ -133,8 +143,10 @@ class TeleportSchedule:
         require(self.eps > 0, "teleport.eps", f"must be > 0, got {self.eps}")
         require(self.ascent_steps >= 1, "teleport.ascent_steps", f"must be ≥ 1, got {self.ascent_steps}")
         require(self.ascent_lr > 0, "teleport.ascent_lr", f"must be > 0, got {self.ascent_lr}")
+        require(self.ascent_max_norm is None or self.ascent_max_norm > 0, "teleport.ascent_max_norm",
+                f"must be > 0 or null, got {self.ascent_max_norm}")
 
     def build(self) -> TeleportStrategy:
         if self.strategy == "random":
             return RandomTeleport(self.eps, self.exact, self.seed)
-        return GradientAscentTeleport(self.ascent_steps, self.ascent_lr, self.exact)
+        return GradientAscentTeleport(self.ascent_steps, self.ascent_lr, self.exact, self.ascent_max_norm)
