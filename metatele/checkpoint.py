@@ -188,15 +188,25 @@ def file_sha256(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``.
+
+    A failure at any point (full disk, kill) leaves whatever was at ``path`` before untouched and
+    removes the temporary file. The file gets the usual permissions (``0o666`` less the umask).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb") as f:
+            for i in range(0, len(data), 1 << 22):
+                f.write(data[i:i + (1 << 22)])
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -308,7 +318,7 @@ def save_checkpoint(
         },
         "payload_sha256": payload_sha256(tensors),
     }
-    _atomic_write(path, _encode(tensors, doc))
+    atomic_write(path, _encode(tensors, doc))
     return path
 
 
@@ -535,7 +545,7 @@ def write_manifest(
     }
     if extra:
         doc["extra"] = _jsonable(extra)
-    _atomic_write(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
     return path
 
 

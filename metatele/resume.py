@@ -38,7 +38,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, payload_sha256
+from .checkpoint import CheckpointError, atomic_write, payload_sha256
 from .configs import ConfigError, to_dict
 from .engine import UnrollEngine
 from .train_config import MetaTrainConfig
@@ -156,33 +156,6 @@ def rank_state(engine: UnrollEngine) -> dict[str, Any]:
 
 
 # -- files -------------------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` → ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            for i in range(0, len(data), 1 << 22):
-                f.write(data[i:i + (1 << 22)])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable (best effort)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def state_files(out: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(meta_step, path)`` of the training-state files in ``out``, newest first."""
     folder = Path(out) / STATE_DIR
@@ -379,7 +352,7 @@ class TrainingCheckpointer:
             }
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                _write_atomic(path, encode(doc, state))
+                atomic_write(path, encode(doc, state))
             except OSError as e:
                 prev = f"the previous checkpoint (meta-step {self.saved_step}) is intact" if self.saved_step \
                     else "no earlier checkpoint of this run exists"

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+import metatele.checkpoint as checkpoint_mod
 import metatele.resume as resume_mod
 from metatele import cli
 from metatele.checkpoint import load_checkpoint
@@ -136,7 +137,7 @@ def test_a_write_failing_midway_keeps_the_previous_checkpoint_intact(tmp_path, m
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(resume_mod, "open", DiskFull, raising=False)
+    monkeypatch.setattr(checkpoint_mod, "open", DiskFull, raising=False)
     cb(eng, eng.meta_step())
     with pytest.raises(ResumeError, match=r"No space left on device.*previous checkpoint \(meta-step 2\) is intact"):
         cb(eng, eng.meta_step())
