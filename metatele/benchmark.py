@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import BaselineConfig
-from .configs import ConfigError, apply_overrides, from_dict, require, to_dict
+from .configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, to_dict
 from .evaluate import BaselineMethod, Curves, evaluate
 from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, load_curves, method_stats,
                      render_report, save_curves)
@@ -257,16 +257,7 @@ class BenchmarkProtocol:
 
 def load_protocol(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[BenchmarkProtocol, dict[str, Any]]:
     """Read a protocol YAML, apply ``key=value`` overrides; returns the protocol and its raw dict."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"protocol file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"protocol file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"protocol file {path} must hold a mapping")
+    data = load_yaml_mapping(str(path), "protocol")
     data = apply_overrides(data, overrides or [])
     return from_dict(BenchmarkProtocol, data), data
 

@@ -75,6 +75,22 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     return cls(**kwargs)
 
 
+def load_yaml_mapping(path: str, what: str = "config") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; clear :class:`ConfigError` otherwise."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} file {path} must hold a mapping of keys to values")
+    return data
+
+
 def parse_value(text: str) -> Any:
     """Parse a ``--set key=value`` value with YAML rules (numbers, lists, booleans, null).
 

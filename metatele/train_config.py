@@ -119,19 +119,9 @@ class MetaTrainConfig:
 
 def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:
     """Read a YAML config file, apply ``key=value`` overrides, validate."""
-    import yaml
+    from .configs import apply_overrides, load_yaml_mapping
 
-    from .configs import apply_overrides
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    data = load_yaml_mapping(path, "config")
     return MetaTrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 

@@ -19,22 +19,14 @@ from metatele.distributed import DataParallel, DistributedError, init_distribute
 from metatele.engine import UnrollEngine
 from metatele.train_config import MetaTrainConfig
 
+from helpers import tiny as helpers_tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+
 def tiny(**kw) -> dict:
-    base = {
-        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
-        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
-        "trajectories": 40, "steps": 6, "unroll": 3, "batch_size": 4,
-        "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
-    }
-    for k, v in kw.items():
-        node, parts = base, k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return base
+    return helpers_tiny(**{"trajectories": 40, **kw})
 
 
 def free_port() -> int:

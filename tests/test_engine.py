@@ -5,31 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny
+
 from metatele.engine import DivergenceError, UnrollEngine
 from metatele.train import meta_train
 from metatele.train_config import MetaTrainConfig
 
 
 def small_config(**kw) -> MetaTrainConfig:
-    base = {
-        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
-        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
-        "trajectories": 8,
-        "steps": 6,
-        "unroll": 3,
-        "batch_size": 4,
-        "lr_update": 1e-3,
-        "lr_teleport": 1e-3,
-        "device": "cpu",
-        "dtype": "float64",
-    }
-    for k, v in kw.items():
-        node = base
-        parts = k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return MetaTrainConfig.from_dict(base)
+    return MetaTrainConfig.from_dict(tiny(**kw))
 
 
 def meta_grads(engine: UnrollEngine) -> list[torch.Tensor]:

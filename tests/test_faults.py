@@ -25,27 +25,14 @@ from metatele.resume import STATE_DIR, ResumeError, TrainingCheckpointer, latest
 from metatele.train import meta_train
 from metatele.train_config import MetaTrainConfig
 
+from helpers import subprocess_env, tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny(**kw) -> dict:
-    base = {
-        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
-        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
-        "trajectories": 8, "steps": 6, "unroll": 3, "batch_size": 4,
-        "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
-    }
-    for k, v in kw.items():
-        node, parts = base, k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return base
 
 
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
 # -- bad configs -----------------------------------------------------------------------------------
@@ -74,7 +61,7 @@ def test_bad_yaml_key_is_rejected_by_the_metatele_train_process(tmp_path):
     cfg["learned"]["teleport"]["epsilon"] = 0.01
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     proc = subprocess.run([sys.executable, "-m", "metatele", "train", "--config", str(tmp_path / "bad.yaml"),
-                           "--out", str(tmp_path / "out")], env=env(), cwd=REPO, capture_output=True, text=True,
+                           "--out", str(tmp_path / "out")], env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
     assert "unknown config key 'learned.teleport.epsilon'" in proc.stderr and "eps" in proc.stderr
@@ -204,7 +191,7 @@ def launch_ranks(cfg_file: Path, out: Path, *extra: str, timeout: int = 20) -> l
     port = free_port()
     procs = []
     for r in range(2):
-        e = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
+        e = {**subprocess_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
              "WORLD_SIZE": "2", "LOCAL_RANK": str(r)}
         procs.append(subprocess.Popen(
             [sys.executable, "experiments/train_distributed.py", "--config", str(cfg_file), "--out", str(out),
@@ -240,7 +227,7 @@ def test_a_dead_rank_makes_the_other_fail_promptly_and_torchrun_resumes_the_run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "experiments/train_distributed.py", "--config", str(cfg_file), "--out", str(out), "--resume",
          "--save-every", "10", "--keep", "2", "--no-progress", "--wandb", "disabled", "--timeout", "30"],
-        env=env(), cwd=REPO, capture_output=True, text=True, timeout=180)
+        env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert f"resuming from meta-step {last} of 60" in proc.stderr
     # rank 0 alone wrote: the final files, and the last two training states

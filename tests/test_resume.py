@@ -31,28 +31,14 @@ from metatele.resume import (
 from metatele.train import meta_train
 from metatele.train_config import MetaTrainConfig
 
+from helpers import subprocess_env, tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny(**kw) -> dict:
-    """A tiny float64 config as a dict (``a.b`` keys set nested values)."""
-    base = {
-        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
-        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
-        "trajectories": 8, "steps": 6, "unroll": 3, "batch_size": 4,
-        "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
-    }
-    for k, v in kw.items():
-        node, parts = base, k.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return base
 
 
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
 def params_equal(a: dict, b: dict) -> bool:
@@ -193,7 +179,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_sigkilled_run_resumes_to_the_uninterrupted_result_bitwise(reference, tmp_path, capsys):
     cfg_file, reference_run = reference
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "metatele", *train_args(cfg_file, out)], env=env(), cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "metatele", *train_args(cfg_file, out)], env=subprocess_env(), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(out / STATE_DIR / "state-*.safetensors", proc)
     proc.kill()

@@ -1,0 +1,25 @@
+"""Small shared builders for the tests (imported as ``from helpers import ...``)."""
+from __future__ import annotations
+
+import os
+
+
+def tiny(**kw) -> dict:
+    """A tiny float64 meta-training config as a dict; ``a.b=value`` keys set nested values."""
+    base = {
+        "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
+        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
+        "trajectories": 8, "steps": 6, "unroll": 3, "batch_size": 4,
+        "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
+    }
+    for k, v in kw.items():
+        node, parts = base, k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return base
+
+
+def subprocess_env() -> dict:
+    """Environment for test subprocesses: one thread, no wandb, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
