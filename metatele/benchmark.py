@@ -43,12 +43,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from .baselines import BaselineConfig
 from .configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, to_dict
 from .evaluate import BaselineMethod, Curves, evaluate
-from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, load_curves, method_stats,
+from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, goal_check, load_curves, method_stats,
                      render_report, save_curves)
 from .tasks import TaskConfig, training_seeds, unseen_seeds
 from .train_config import MetaTrainConfig, resolve_device
@@ -550,7 +551,6 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     ``workers``/``threads`` default to the protocol's, else one worker per available CPU (one on
     CUDA) with one torch thread each.
     """
-    import yaml
 
     from .figures import plot_loss_vs_step
 
@@ -583,6 +583,7 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
         "figures": {k: str(report.parent / v) for k, v in figures.items()},
     })
     results["conclusions"] = conclusions(results)
+    results["goal"] = goal_check(results)
     phases["statistics, figures, report"] = time.perf_counter() - t1
     results["phases"] = phases
     results["timings"] = clean(runner.timings)
@@ -595,6 +596,23 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     report.write_text(render_report(results, figures, yaml.safe_dump(results["protocol"], sort_keys=False,
                                                                      allow_unicode=True)))
     return results
+
+
+def render_only(out: Path, report: Path) -> int:
+    """Re-render ``report`` from ``out/results.json`` (recomputing the generated sentences)."""
+    try:
+        results = json.loads((out / "results.json").read_text())
+    except FileNotFoundError:
+        print(f"metatele benchmark: error: no results at {out / 'results.json'}; run the benchmark first", file=sys.stderr)
+        return 2
+    results["conclusions"] = conclusions(results)
+    results["goal"] = goal_check(results)
+    figures = {k: os.path.relpath(v, report.parent) for k, v in results.get("figures", {}).items()}
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(results, figures, yaml.safe_dump(results["protocol"], sort_keys=False,
+                                                                     allow_unicode=True)))
+    print(f"report: {report} (re-rendered from {out / 'results.json'})")
+    return 0
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -619,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads per worker (default: protocol 'threads', else CPUs / workers)")
     p.add_argument("--resume", action="store_true", help="reuse checkpoints in OUT whose config matches (evaluation reruns)")
     p.add_argument("--dry-run", action="store_true", help="validate the protocol and print the stages, then exit")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-write the report from OUT/results.json (no training or evaluation; keeps the recorded times)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -644,6 +664,8 @@ def main(argv: list[str]) -> int:
         print(f"{len(stages)} stages ({len(runner.settings)} for baselines, {len(stages) - len(runner.settings)} distinct "
               f"learned runs for {len(runner.jobs())} table entries); out {out}; report {report}")
         return 0
+    if args.render_only:
+        return render_only(out, report)
     command = "metatele benchmark" + (" " + shlex.join(argv) if argv else "")
     results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
                             resume=args.resume, settings=args.settings, ablations=ablations,

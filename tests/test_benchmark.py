@@ -275,3 +275,21 @@ def test_a_meta_training_that_diverges_is_reported_and_the_other_meta_seeds_are_
     assert any("failed for meta-seed(s) 1 (DivergenceError: every one of the 8 trajectories diverged)" in s
                for s in results["conclusions"])
     assert "failed for meta-seed(s) 1" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_target_check_is_generated_from_the_numbers_and_render_only_reproduces_the_report(run):
+    out, argv, results = run
+    text = (out / "RESULTS.md").read_text()
+    assert "## Target: a learned teleport that reliably helps" in text
+    goal = results["goal"]
+    settings = [s for s in results["sections"].values() if s["kind"] == "setting"]
+    assert len(goal) == len(settings) + 1
+    for line, sec in zip(goal, settings):
+        ut = sec["methods"]["LSTM(update+tele)"]["summary"]["at_step"]
+        u = sec["methods"]["LSTM(update)"]["summary"]["at_step"]
+        separated = [ut[str(s)]["ci95"][1] < u[str(s)]["ci95"][0] for s in (10, 30, 100)]
+        no_drift = ut["100"]["mean"] <= ut["30"]["mean"]
+        if not all(separated) or not no_drift:
+            assert line.endswith("**Not reached.**"), line
+    assert cli.main(["benchmark", "--quick", "--out", str(out), "--render-only"]) == 0
+    assert (out / "RESULTS.md").read_text() == text
