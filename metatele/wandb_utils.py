@@ -42,6 +42,8 @@ def resolve_mode(mode: str | None = None) -> str:
             raise ValueError(f"wandb mode must be one of {MODES}, got {mode!r}")
         return mode
     env = os.environ.get("WANDB_MODE")
+    if env == "":  # set but empty means unset (wandb itself would reject it)
+        os.environ.pop("WANDB_MODE")
     if env:
         if env not in MODES:
             raise ValueError(f"environment variable WANDB_MODE must be one of {MODES}, got {env!r}")

@@ -174,3 +174,9 @@ def test_disabled_mode_writes_nothing(offline, monkeypatch):
     dirs = wu.log_comparison_group("metatele", "g", {"GD": {"loss": [[1.0], [0.5]]}}, [{"method": "GD"}], dir=offline)
     assert dirs == {"GD": None, "summary": None}
     assert not offline.exists() or not any(offline.rglob("*"))
+
+
+def test_empty_wandb_mode_variable_means_the_offline_default(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "")
+    assert wu.resolve_mode() == "offline"
+    assert "WANDB_MODE" not in wu.os.environ
