@@ -147,7 +147,7 @@ class BenchmarkProtocol:
         steps: steps reported (evaluation runs to the largest); alpha: significance level.
         base: MetaTrainConfig overrides shared by every learned run.
         settings, methods, baselines: name → :class:`Setting` / overrides / BaselineConfig fields
-            (plus ``tune: true`` to grid-tune ``lr``; a teleporting one reuses the lr tuned without).
+            (plus ``tune: true`` to grid-tune ``lr``, with the baseline's teleport schedule on).
         comparisons: ``[a, b]`` pairs stated in every setting that has both.
         ablation_setting, ablation_base, ablations: where the ablations run, their shared scale
             overrides, and name → :class:`Ablation`.
@@ -398,12 +398,11 @@ class BenchmarkRun:
         for name in self.baselines:
             cfg, tune = p.baseline(name)
             record = None
-            if tune:  # tuned without teleport; a teleporting baseline reuses that lr
-                plain = replace(cfg, teleport=None)
-                key = json.dumps(to_dict(plain), sort_keys=True)
+            if tune:  # with its teleport on, if any: a teleport raises the gradient norm
+                key = json.dumps(to_dict(cfg), sort_keys=True)
                 if key not in tuned:
                     t0 = time.perf_counter()
-                    tuned[key] = grid_search(plain, task, training_seeds(p.tuning.seeds, p.tuning.seed_start),
+                    tuned[key] = grid_search(cfg, task, training_seeds(p.tuning.seeds, p.tuning.seed_start),
                                              p.tuning.steps, lrs=p.tuning.lrs or DEFAULT_LRS,
                                              objective=p.tuning.objective, device=self.device)
                     self.timings.append({"stage": "tune", "section": setting, "method": name,
