@@ -8,7 +8,6 @@ unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, fi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -148,7 +147,6 @@ def _compare(args, checkpoints, baselines, out, tune="grid", teleport=True) -> i
 
 def _demo(args) -> int:
     from .experiment import CompareConfig, run_comparison, train_and_save
-    from .train_config import MetaTrainConfig
     from .demo import demo_configs
 
     out = Path(args.out)

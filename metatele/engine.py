@@ -39,7 +39,7 @@ from .configs import ConfigError
 from .learned import LearnedOptimizer, LearnedState
 from .mlp import mlp_loss
 from .symmetry import qr_factor
-from .tasks import TaskBatch, TaskConfig, sample_tasks
+from .tasks import TaskBatch, sample_tasks
 from .train_config import MetaTrainConfig, resolve_device
 
 

@@ -127,17 +127,17 @@ class Curves:
 
 
 def _json_array(a: np.ndarray) -> list:
-    return _to_json(np.asarray(a, dtype=np.float64).tolist())
+    return to_json(np.asarray(a, dtype=np.float64).tolist())
 
 
-def _to_json(v: Any) -> Any:
-    """Nested lists/dicts with NaN/inf replaced by ``None`` and numpy scalars made plain."""
-    if isinstance(v, dict):
-        return {str(k): _to_json(x) for k, x in v.items()}
+def to_json(v: Any) -> Any:
+    """JSON-ready copy: nested lists/dicts, NaN/inf → ``None``, numpy values made plain, keys → ``str``."""
+    if isinstance(v, Mapping):
+        return {str(k): to_json(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_to_json(x) for x in v]
+        return [to_json(x) for x in v]
     if isinstance(v, np.ndarray):
-        return _to_json(v.tolist())
+        return to_json(v.tolist())
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (float, np.floating)):
@@ -539,7 +539,7 @@ def results_to_json(
         out["tuning"] = {n: (t.to_dict() if hasattr(t, "to_dict") else t) for n, t in tuning.items()}
     if include_curves:
         out["curves"] = {n: c.to_dict() for n, c in curves.items()}
-    out = _to_json(out)
+    out = to_json(out)
     if path is not None:
         with open(path, "w") as f:
             json.dump(out, f, indent=1, allow_nan=False)

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import Curves, paired_comparison, summarize, verdict
+from .evaluate import Curves, paired_comparison, summarize, to_json, verdict
 
 LOWER, HIGHER, NO_DIFF = "lower", "higher", "no significant difference"
 D = ".3f"  # differences of log10-loss
@@ -126,19 +126,8 @@ def load_curves(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Curves
     return out
 
 
-def clean(value: Any) -> Any:
-    """JSON-ready copy: numpy values made plain, NaN/inf → ``None``, keys → ``str``."""
-    if isinstance(value, Mapping):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return clean(value.tolist())
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+#: JSON-ready copy of results (numpy values made plain, NaN/inf → ``None``, keys → ``str``).
+clean = to_json
 
 
 # -- formatting -------------------------------------------------------------------------------

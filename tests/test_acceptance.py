@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from metatele import BaselineConfig, evaluate, load_config, meta_train, unseen_seeds
 

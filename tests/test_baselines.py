@@ -2,7 +2,6 @@
 (metatele.baselines)."""
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
