@@ -179,6 +179,23 @@ def payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def verified_tensors(data: bytes, sha256: str, where: str, error: type[Exception] = CheckpointError,
+                     word: str = "corrupted") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors payload, checked against their recorded ``sha256``.
+
+    Raises ``error`` ("<where> is <word>: ...") when the payload cannot be read or does not match.
+    """
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise error(f"{where} is {word}: cannot read its tensors ({e})") from None
+    if payload_sha256(tensors) != sha256:
+        raise error(f"{where} is {word}: its tensors do not match the recorded sha256")
+    return tensors
+
+
 def file_sha256(path: PathLike) -> str:
     """sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -420,8 +437,6 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
             file, an unknown format version, an invalid config, missing/unexpected tensors or
             wrong shapes, or a task whose dims do not fit.
     """
-    from safetensors.torch import load
-
     path = Path(path)
     data, doc = _read_document(path)
     try:
@@ -430,12 +445,7 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
     if task is not None:
         _check_task(path, config, task)
-    try:
-        tensors = load(data)
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"{path} is corrupted: cannot read its tensors ({e})") from None
-    if payload_sha256(tensors) != doc["payload_sha256"]:
-        raise CheckpointError(f"{path} is corrupted: its tensors do not match the recorded sha256")
+    tensors = verified_tensors(data, doc["payload_sha256"], str(path))
     with torch.random.fork_rng(devices=[]):  # building must not consume the caller's random stream
         optimizer = LearnedOptimizer(config.task, config.learned)
     expected = optimizer.state_dict()

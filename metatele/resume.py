@@ -38,7 +38,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write, payload_sha256
+from .checkpoint import CheckpointError, atomic_write, payload_sha256, verified_tensors
 from .configs import ConfigError, to_dict
 from .engine import UnrollEngine
 from .train_config import MetaTrainConfig
@@ -121,8 +121,6 @@ def decode(data: bytes, where: str = "training state") -> tuple[dict[str, Any], 
     Raises:
         ResumeError: truncated, damaged, foreign (e.g. a pickle) or of an unknown version.
     """
-    from safetensors.torch import load
-
     if len(data) < 10:
         raise ResumeError(f"{where} is truncated ({len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
@@ -139,12 +137,7 @@ def decode(data: bytes, where: str = "training state") -> tuple[dict[str, Any], 
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise ResumeError(f"{where} has format {doc.get('format')!r} version {doc.get('format_version')!r}; "
                           f"this metatele reads {FORMAT!r} version {FORMAT_VERSION}")
-    try:
-        tensors = load(data)
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise ResumeError(f"{where} is damaged: cannot read its tensors ({e})") from None
-    if payload_sha256(tensors) != doc["payload_sha256"]:
-        raise ResumeError(f"{where} is damaged: its tensors do not match the recorded sha256")
+    tensors = verified_tensors(data, doc["payload_sha256"], where, ResumeError, "damaged")
     return doc, _unpack(doc.pop("state"), tensors)
 
 
