@@ -36,7 +36,8 @@ from .engine import DivergenceError, UnrollEngine
 from .train import MetaTrainResult, meta_train
 from .checkpoint import CheckpointError, load_checkpoint, load_optimizer, save_checkpoint
 from .dropin import LearnedTeleportOptimizer
-from .evaluate import BaselineMethod, Curves, compare, evaluate, paired_comparison, summarize
+from .evaluate import BaselineMethod, Curves, compare, evaluate
+from .stats import paired_comparison, summarize
 from .tuning import grid_search, hypergradient_tune, tune_all
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -23,8 +23,8 @@ import torch
 from .baselines import BASELINES, BaselineConfig
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .configs import require, to_dict
-from .evaluate import (BaselineMethod, Curves, compare, markdown_table, paired_comparison, results_to_json,
-                       summarize, verdict)
+from .evaluate import BaselineMethod, Curves, compare
+from .stats import markdown_table, paired_comparison, results_to_json, summarize, verdict
 from .figures import plot_gradsq_vs_loss, plot_loss_vs_step, plot_loss_vs_time
 from .strategies import TeleportSchedule
 from .tasks import TaskConfig, training_seeds, unseen_seeds

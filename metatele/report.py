@@ -4,7 +4,7 @@
   on the same test seeds) into one curve whose log10-loss is, per test seed, the mean over
   meta-seeds. Paired tests on it stay paired over test seeds; :func:`method_stats` also keeps each
   meta-seed's own summary, so the noise of meta-training stays visible.
-* :func:`compare_pairs` runs :func:`~metatele.evaluate.paired_comparison` for the pairs a protocol
+* :func:`compare_pairs` runs :func:`~metatele.stats.paired_comparison` for the pairs a protocol
   names and adds the verdict and a one-word :func:`decision`.
 * :func:`conclusions` writes plain-language sentences from those measured decisions (nothing
   is hard-coded), and :func:`render_report` writes the whole ``RESULTS.md``.
@@ -19,7 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .evaluate import Curves, paired_comparison, summarize, to_json, verdict
+from .evaluate import Curves, to_json
+from .stats import paired_comparison, summarize, verdict
 
 LOWER, HIGHER, NO_DIFF = "lower", "higher", "no significant difference"
 D = ".3f"  # differences of log10-loss
@@ -64,7 +65,7 @@ def method_stats(curves: Curves | Sequence[Curves], steps: Sequence[int]) -> dic
 def decision(comparison: Mapping[str, Any], alpha: float = 0.05) -> str:
     """``lower``, ``higher`` or ``no significant difference`` for ``a`` against ``b``.
 
-    The same rule as :func:`~metatele.evaluate.verdict`: the paired t-test decides when no seed
+    The same rule as :func:`~metatele.stats.verdict`: the paired t-test decides when no seed
     diverged, the sign test over all seeds when some did.
     """
     c = comparison

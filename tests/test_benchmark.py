@@ -13,7 +13,8 @@ import torch
 from metatele import cli
 from metatele.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol, main
 from metatele.checkpoint import load_checkpoint
-from metatele.evaluate import Curves, evaluate, paired_comparison, summarize
+from metatele.evaluate import Curves, evaluate
+from metatele.stats import paired_comparison, summarize
 from metatele.report import combine_meta_seeds, compare_pairs, decision, load_curves, save_curves
 from metatele.tasks import TEST_SEED_OFFSET, unseen_seeds
 

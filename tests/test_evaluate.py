@@ -9,18 +9,8 @@ import pytest
 import torch
 
 from metatele.baselines import BaselineConfig, HandDesigned, run_baseline
-from metatele.evaluate import (
-    BaselineMethod,
-    Curves,
-    compare,
-    evaluate,
-    markdown_table,
-    mean_ci,
-    paired_comparison,
-    results_to_json,
-    summarize,
-    verdicts,
-)
+from metatele.evaluate import BaselineMethod, Curves, compare, evaluate
+from metatele.stats import markdown_table, mean_ci, paired_comparison, results_to_json, summarize, verdicts
 from metatele.learned import LearnedConfig, LearnedOptimizer
 from metatele.lstm import LSTMConfig
 from metatele.mlp import mlp_loss

@@ -9,7 +9,8 @@ import torch
 
 import metatele.tuning as tuning
 from metatele.baselines import BaselineConfig, run_baseline
-from metatele.evaluate import results_to_json, evaluate
+from metatele.evaluate import evaluate
+from metatele.stats import results_to_json
 from metatele.tasks import TEST_SEED_OFFSET, TaskConfig, sample_tasks, training_seeds, unseen_seeds
 from metatele.tuning import grid_search, hypergradient_tune, tune_all
 
