@@ -18,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from metatele.checkpoint import load_checkpoint, write_manifest
+from metatele.checkpoint import load_checkpoint
+from metatele.manifest import write_manifest
 from metatele.experiment import CompareConfig, run_comparison
 from metatele.tasks import unseen_seeds
 

@@ -20,9 +20,8 @@ from metatele.checkpoint import (
     read_metadata,
     save_checkpoint,
     seed_ranges,
-    verify_manifest,
-    write_manifest,
 )
+from metatele.manifest import verify_manifest, write_manifest
 from metatele.learned import LearnedConfig, LearnedOptimizer
 from metatele.lstm import LSTMConfig
 from metatele.tasks import TEST_SEED_OFFSET, TaskConfig
