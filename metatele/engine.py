@@ -393,8 +393,3 @@ class UnrollEngine:
         if self.seed_end_all_ranks is not None:
             return start, self.seed_end_all_ranks
         return start, start + (self.next_seed - start) * self.world_size
-
-
-def make_engine(config: MetaTrainConfig, device: torch.device | str | None = None) -> UnrollEngine:
-    """Build an engine for ``config`` (convenience for scripts and tests)."""
-    return UnrollEngine(config, device=device)

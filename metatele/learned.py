@@ -140,6 +140,17 @@ class LearnedOptimizer(nn.Module):
             t.register_hook(self.output_hook)
         return t
 
+    def _teleport_outputs(self, grads: Sequence[torch.Tensor], state: LearnedState):
+        """Every m2 on its pair's gradients: ``(T per pair, step sizes, new m2 states)``."""
+        T, lrs, states = [], [], []
+        for m, m2 in enumerate(self.teleports):
+            t, lr, s = m2(grads[m], grads[m + 1], state.teleport[m])
+            T.append(self._hooked(t))
+            if lr is not None:
+                lrs.append(self._hooked(lr))
+            states.append(s)
+        return T, lrs, states
+
     def apply(
         self,
         weights: Sequence[torch.Tensor],
@@ -163,15 +174,7 @@ class LearnedOptimizer(nn.Module):
         """
         grads = [sanitize(g) for g in grads]
         cfg = self.config
-        T: list[torch.Tensor] = []
-        lrs: list[torch.Tensor] = []
-        tele_states = []
-        for m, m2 in enumerate(self.teleports):
-            t, lr, s = m2(grads[m], grads[m + 1], state.teleport[m])
-            T.append(self._hooked(t))
-            if lr is not None:
-                lrs.append(self._hooked(lr))
-            tele_states.append(s)
+        T, lrs, tele_states = self._teleport_outputs(grads, state)
         update_state = state.update
         if cfg.variant in ("update", "update+tele"):
             updates, update_state = self.update(grads, state.update)
@@ -209,11 +212,7 @@ class LearnedOptimizer(nn.Module):
         base = state.base
         new, loss, gsq = base.step(weights)
         grads = [sanitize(g.detach()) for g in base.last_grads]
-        T, tele_states = [], []
-        for m, m2 in enumerate(self.teleports):
-            t, _, s = m2(grads[m], grads[m + 1], state.teleport[m])
-            T.append(self._hooked(t))
-            tele_states.append(s)
+        T, _, tele_states = self._teleport_outputs(grads, state)
         new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False, x_qr=x_qr)
         return new, loss, gsq, LearnedState(None, tele_states, base)
 
