@@ -29,5 +29,9 @@ if __name__ == "__main__":
     T = max(a.steps)
     for name, method in [("learned", result.optimizer), (f"gd({a.gd_lr:g})", BaselineConfig("gd", lr=a.gd_lr))]:
         curves = evaluate(method, config.task, seeds, T)
-        means = [float(torch.tensor(curves.log_loss[s]).mean()) for s in a.steps]
-        print(f"{name:10s} mean log10 loss at steps {a.steps}: " + " / ".join(f"{m:.2f}" for m in means))
+        ll = torch.as_tensor(curves.log_loss)
+        means = [float(ll[s].mean()) for s in a.steps]
+        finite = [float(ll[s][torch.isfinite(ll[s])].mean()) for s in a.steps]
+        diverged = int((~torch.isfinite(ll[T])).sum())
+        print(f"{name:10s} mean log10 loss at steps {a.steps}: " + " / ".join(f"{m:.2f}" for m in means)
+              + " (finite only: " + " / ".join(f"{m:.2f}" for m in finite) + f"; diverged by step {T}: {diverged})")

@@ -10,6 +10,14 @@ The shipped checkpoints are produced by (see README, "Shipped checkpoints"):
 This script copies each run's checkpoint to ``checkpoints/<name>.safetensors``, runs the comparison
 against tuned baselines on 100 unseen seeds (``runs/ship/compare``), and writes
 ``checkpoints/<name>.manifest.json`` with the config, the seeds, the measured metrics and sha256.
+
+The configurations selected by ``metatele search`` (experiments/SEARCH.md) are shipped the same
+way, one task family per comparison, e.g.
+
+    metatele train --config experiments/configs/ship/selected_update_tele_uniform.yaml \
+        --out runs/ship/selected_update_tele_uniform
+    python experiments/ship_checkpoints.py --names selected_update_tele_uniform selected_update_uniform \
+        --compare-out runs/ship/compare_selected_uniform
 """
 from __future__ import annotations
 
@@ -33,16 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=100)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--wandb", default=None)
+    p.add_argument("--names", nargs="+", default=list(NAMES),
+                   help="runs to ship (RUNS/<name>/checkpoint.safetensors; config experiments/configs/ship/<name>.yaml); "
+                   "compared together, so they must share a task family")
+    p.add_argument("--compare-out", help="comparison folder (default: RUNS/compare)")
     args = p.parse_args(argv)
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shipped = {}
-    for name in NAMES:
+    for name in args.names:
         src = runs / name / "checkpoint.safetensors"
         dst = out / f"{name}.safetensors"
         shutil.copyfile(src, dst)
         shipped[name] = dst
-    compare_out = runs / "compare"
+    compare_out = Path(args.compare_out) if args.compare_out else runs / "compare"
     cmp = run_comparison(CompareConfig(checkpoints=[str(p) for p in shipped.values()],
                                        seeds=args.seeds, steps=args.steps), compare_out, wandb_mode=args.wandb)
     results = cmp["results"]

@@ -22,12 +22,15 @@ from .strategies import (
 from .symmetry import SymmetryWarning, apply_pinv, group_action, loss_change, teleport
 from .tasks import (
     TEST_SEED_OFFSET,
+    VALIDATION_SEED_OFFSET,
     TaskBatch,
     TaskConfig,
     is_test_seed,
+    is_validation_seed,
     sample_tasks,
     training_seeds,
     unseen_seeds,
+    validation_seeds,
 )
 
 from .learned import VARIANTS, LearnedConfig, LearnedOptimizer

@@ -48,7 +48,7 @@ from .evaluate import BaselineMethod, Curves, evaluate
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, goal_check, load_curves, method_stats,
                      render_report, save_curves)
-from .tasks import training_seeds, unseen_seeds
+from .tasks import training_seeds
 from .train_config import MetaTrainConfig, resolve_device
 from .tuning import DEFAULT_LRS, grid_search
 
@@ -165,7 +165,7 @@ class BenchmarkRun:
         self.methods = list(protocol.methods) if methods is None else [m for m in protocol.methods if m in methods]
         self.baselines = list(protocol.baselines) if methods is None else [b for b in protocol.baselines if b in methods]
         self.device = resolve_device(protocol.device)
-        self.seeds = list(unseen_seeds(protocol.test_seeds, protocol.test_seed_start))
+        self.seeds = protocol.eval_seeds()
         self.timings: list[dict[str, Any]] = []
         self.curves: dict[str, dict[str, Any]] = {}  # section → method → Curves | [Curves per meta-seed]
         self.entries: dict[str, dict[str, dict[str, Any]]] = {}  # section → method → JSON entry
@@ -372,7 +372,7 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
         "format": "metatele-benchmark-results", "format_version": 1, "command": command,
         "protocol_name": protocol.name, "protocol": raw if raw is not None else to_dict(protocol),
         "machine": machine, "started": started, "meta_seeds": protocol.meta_seeds,
-        "test_seeds": {"start": runner.seeds[0], "count": len(runner.seeds)},
+        "test_seeds": {"start": runner.seeds[0], "count": len(runner.seeds), "split": protocol.eval_split},
         "steps": protocol.steps, "alpha": protocol.alpha, "sections": sections,
         "curves_file": str(out / "curves.npz"), "results_file": str(out / "results.json"),
         "figures": {k: str(report.parent / v) for k, v in figures.items()},

@@ -2,8 +2,9 @@
 
 Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint against GD on
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
-``demo`` (the README's main job: a short meta-training of each variant, then a comparison) and
-``bench`` (meta-training throughput).
+``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
+``bench`` (meta-training throughput), ``benchmark`` (the statistical protocol behind
+``experiments/RESULTS.md``) and ``search`` (configuration selection on validation seeds).
 """
 from __future__ import annotations
 
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele benchmark --help`")
 
+    p = sub.add_parser("search", help="configuration search on validation seeds (experiments/SEARCH.md)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele search --help`")
+
     p = sub.add_parser("bench", help="meta-training throughput (trajectory-steps/s) at several batch sizes")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256, 1024])
     p.add_argument("--variant", default="update+tele")
@@ -168,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         from .benchmark import main as benchmark_main
 
         return benchmark_main(argv[1:])
+    if argv[:1] == ["search"]:  # likewise (metatele.search)
+        from .search import main as search_main
+
+        return search_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

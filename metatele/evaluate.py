@@ -23,7 +23,7 @@ import torch
 from .baselines import BaselineConfig, HandDesigned
 from .configs import to_dict
 from .mlp import grad_norm_sq, loss_and_grads
-from .tasks import TaskConfig, is_test_seed, sample_tasks
+from .tasks import TaskConfig, is_test_seed, is_validation_seed, sample_tasks
 
 #: a loss above this (or non-finite) marks a task as diverged from that step on.
 DIVERGED_LOSS = 1e30
@@ -149,7 +149,9 @@ def check_seeds(
     """Validate evaluation seeds; return ``(seeds, overlap_warning or None)``.
 
     Raises ``ValueError`` when seeds are empty or repeated, and, unless ``allow_overlap``, when a
-    seed is not a test seed (:func:`~metatele.tasks.is_test_seed`) or lies in ``train_seeds``.
+    seed is neither a test seed (:func:`~metatele.tasks.is_test_seed`) nor a validation seed
+    (:func:`~metatele.tasks.is_validation_seed`, for selecting configurations) or lies in
+    ``train_seeds``.
     With ``allow_overlap`` the same findings become a ``UserWarning`` and a returned message.
     """
     seeds = [int(s) for s in seeds]
@@ -165,10 +167,10 @@ def check_seeds(
         if overlap:
             problems.append(f"{len(overlap)} of {len(seeds)} evaluation seeds were used in training "
                             f"(e.g. {overlap[:5]})")
-    not_test = [s for s in seeds if not is_test_seed(s)]
+    not_test = [s for s in seeds if not (is_test_seed(s) or is_validation_seed(s))]
     if not_test:
-        problems.append(f"{len(not_test)} of {len(seeds)} evaluation seeds are not test seeds "
-                        f"(e.g. {not_test[:5]}; use metatele.tasks.unseen_seeds)")
+        problems.append(f"{len(not_test)} of {len(seeds)} evaluation seeds are neither test nor validation seeds "
+                        f"(e.g. {not_test[:5]}; use metatele.tasks.unseen_seeds or validation_seeds)")
     if not problems:
         return seeds, None
     message = "; ".join(problems)

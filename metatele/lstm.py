@@ -10,7 +10,9 @@
 
 Both process B trajectories at once with shared weights. The recurrent state is a pair
 ``(h, c)`` of ``[num_layers, B, hidden]`` tensors, so resetting trajectory ``b`` is a masked
-multiply. Gradient preprocessing (log-magnitude and sign, Andrychowicz et al. 2016) is optional.
+multiply. Two optional input transforms (both off in the paper): gradient preprocessing
+(log-magnitude and sign, Andrychowicz et al. 2016) and RMS normalisation (``input_norm: rms``),
+which makes m1 equivariant to the scale of the gradient (see :class:`LSTMConfig`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ from .configs import require
 from .strategies import normalize_frobenius
 
 State = tuple[torch.Tensor, torch.Tensor]
+INPUT_NORMS = ("none", "rms")
+#: added to the mean square before the root, so an all-zero gradient (a converged or sanitised
+#: diverged trajectory) gives a finite scale and a zero update
+RMS_FLOOR = 1e-30
 
 
 @dataclass
@@ -37,6 +43,18 @@ class LSTMConfig:
         preprocess: log-magnitude/sign gradient preprocessing (off in the paper).
         preprocess_p: the ``p`` of that preprocessing (10).
         output_scale: multiplier on m1's linear head (1: the paper's raw head).
+        input_norm: ``none`` (the paper: the LSTMs read raw gradients) or ``rms``: each LSTM
+            reads its gradient divided by its root-mean-square ``s`` (per trajectory) plus the
+            feature ``log(s) / 10``, and m1's update is multiplied by ``s``. The update is then
+            ``s · output_scale · f(g / s, log s)``, so a task family whose gradients are 100×
+            smaller (the gaussian tasks against the uniform ones) is not a different input
+            regime for the LSTM. m2's ``T`` is renormalised to norm ε anyway.
+        gd_skip: m1 also writes a step size ``η`` (one extra output, in log space within
+            ``[skip_lr_min, skip_lr_max]``) and its update becomes ``η g + (LSTM output)``: a
+            gradient step the LSTM corrects. Without it the update has to pass the whole
+            gradient through the ``hidden``-unit bottleneck, which a 300-unit LSTM cannot do for
+            the 1,200 independent gradient entries of a gaussian task.
+        skip_lr_min, skip_lr_max: the range of that step size.
     """
 
     hidden: int = 300
@@ -44,12 +62,41 @@ class LSTMConfig:
     preprocess: bool = False
     preprocess_p: float = 10.0
     output_scale: float = 1.0
+    input_norm: str = "none"
+    gd_skip: bool = False
+    skip_lr_min: float = 1e-7
+    skip_lr_max: float = 0.1
 
     def __post_init__(self) -> None:
         require(self.hidden >= 1, "lstm.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "lstm.layers", f"must be ≥ 1, got {self.layers}")
         require(self.preprocess_p > 0, "lstm.preprocess_p", f"must be > 0, got {self.preprocess_p}")
         require(self.output_scale > 0, "lstm.output_scale", f"must be > 0, got {self.output_scale}")
+        require(self.input_norm in INPUT_NORMS, "lstm.input_norm",
+                f"must be one of {INPUT_NORMS}, got {self.input_norm!r}")
+        require(0 < self.skip_lr_min < self.skip_lr_max, "lstm.skip_lr_min/skip_lr_max",
+                f"need 0 < skip_lr_min < skip_lr_max, got {self.skip_lr_min}, {self.skip_lr_max}")
+
+    @property
+    def input_factor(self) -> int:
+        """LSTM inputs per gradient entry (2 with preprocessing)."""
+        return 2 if self.preprocess else 1
+
+    def input_size(self, n: int) -> int:
+        """LSTM input width for a flattened gradient of ``n`` entries."""
+        return self.input_factor * n + (1 if self.input_norm == "rms" else 0)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Flattened gradients ``[B, n]`` → (LSTM input, RMS scale ``[B, 1]`` or ``None``)."""
+        scale = None
+        if self.input_norm == "rms":
+            scale = x.square().mean(dim=1, keepdim=True).add(RMS_FLOOR).sqrt()
+            x = x / scale
+        if self.preprocess:
+            x = preprocess_gradients(x, self.preprocess_p)
+        if scale is not None:
+            x = torch.cat([x, scale.log() / 10], dim=1)
+        return x, scale
 
 
 def preprocess_gradients(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -61,6 +108,15 @@ def preprocess_gradients(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
     first = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
     second = torch.where(big, torch.sign(x), x * math.exp(p))
     return torch.cat([first, second], dim=-1)
+
+
+def log_space(z: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Map a raw output to ``(lo, hi)`` log-uniformly: ``exp(log lo + (log hi − log lo) σ(z))``.
+
+    Smooth everywhere, so a step size cannot stick to a bound (unlike a clamp); ``z = 0`` gives
+    the geometric mean of ``lo`` and ``hi``.
+    """
+    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(z))
 
 
 def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -119,22 +175,26 @@ class UpdateLSTM(nn.Module):
         self.config = config or LSTMConfig()
         self.weight_shapes = [tuple(s) for s in weight_shapes]
         self.size = sum(a * b for a, b in self.weight_shapes)
-        factor = 2 if self.config.preprocess else 1
-        self.net = LSTMStack(factor * self.size, self.size, self.config.hidden, self.config.layers)
+        self.net = LSTMStack(self.config.input_size(self.size), self.size + int(self.config.gd_skip),
+                             self.config.hidden, self.config.layers)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         return self.net.initial_state(batch_size, device, dtype)
 
     def forward(self, grads: Sequence[torch.Tensor], state: State) -> tuple[list[torch.Tensor], State]:
         """``grads``: list of ``[B, d_i, d_{i-1}]`` → updates of the same shapes, new state."""
-        x = flatten(grads)
-        if self.config.preprocess:
-            x = preprocess_gradients(x, self.config.preprocess_p)
+        cfg = self.config
+        g = flatten(grads)
+        x, scale = cfg.encode(g)
         out, state = self.net(x, state)
-        out = out * self.config.output_scale
+        raw = out[:, :self.size] * cfg.output_scale
+        if scale is not None:
+            raw = raw * scale
+        if cfg.gd_skip:
+            raw = raw + log_space(out[:, self.size:], cfg.skip_lr_min, cfg.skip_lr_max) * g
         updates, i = [], 0
         for a, b in self.weight_shapes:
-            updates.append(out[:, i:i + a * b].view(-1, a, b))
+            updates.append(raw[:, i:i + a * b].view(-1, a, b))
             i += a * b
         return updates, state
 
@@ -189,9 +249,8 @@ class TeleportLSTM(nn.Module):
             raise ValueError(f"pair shapes do not chain: V {shape_v}, U {shape_u}")
         self.d = shape_v[0]
         in_size = shape_v[0] * shape_v[1] + shape_u[0] * shape_u[1]
-        factor = 2 if self.config.preprocess else 1
         self.extra = int(self.tele.emit_lr) + int(self.tele.learn_eps)
-        self.net = LSTMStack(factor * in_size, self.d * self.d + self.extra, self.config.hidden, self.config.layers)
+        self.net = LSTMStack(self.config.input_size(in_size), self.d * self.d + self.extra, self.config.hidden, self.config.layers)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         return self.net.initial_state(batch_size, device, dtype)
@@ -200,16 +259,14 @@ class TeleportLSTM(nn.Module):
         """Map the raw output ``z`` ``[B]`` to a step size in ``[lr_min, lr_max]``."""
         lo, hi = self.tele.lr_min, self.tele.lr_max
         if self.tele.lr_log_space:
-            return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.sigmoid(z))
+            return log_space(z, lo, hi)
         return z.clamp(lo, hi)
 
     def forward(
         self, grad_v: torch.Tensor, grad_u: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
         """Gradients of the pair → ``(T [B, d, d], step size [B] or None, new state)``."""
-        x = flatten([grad_v, grad_u])
-        if self.config.preprocess:
-            x = preprocess_gradients(x, self.config.preprocess_p)
+        x, _ = self.config.encode(flatten([grad_v, grad_u]))
         out, state = self.net(x, state)
         dd = self.d * self.d
         eps: float | torch.Tensor = self.tele.eps

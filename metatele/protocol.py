@@ -2,8 +2,8 @@
 
 See ``experiments/configs/benchmark.yaml`` and :mod:`metatele.benchmark`, which runs a protocol.
 Override order for a learned run: ``base`` → setting ``overrides`` → ``ablation_base`` (ablation
-arms only) → the method's overrides → the setting's ``method_overrides[method]`` → the ablation's
-``overrides``; then ``task`` (the setting's), ``seed`` (the meta-seed) and
+arms only) → the method's overrides → the setting's ``method_overrides[method]`` →
+``ablation_reference`` (ablation arms only) → the ablation's ``overrides``; then ``task`` (the setting's), ``seed`` (the meta-seed) and
 ``train_seed_start += meta_seed × SEED_STRIDE`` (each meta-seed trains on its own training tasks).
 Override dicts may use dotted keys (``learned.teleport.exact: false``).
 """
@@ -15,10 +15,11 @@ from typing import Any, Mapping
 
 from .baselines import BaselineConfig
 from .configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, to_dict
-from .tasks import TaskConfig
+from .tasks import TaskConfig, unseen_seeds, validation_seeds
 from .train_config import MetaTrainConfig
 from .tuning import OBJECTIVES
 
+EVAL_SPLITS = ("test", "validation")
 SEED_STRIDE = 1_000_000  #: meta-seed k trains on seeds from ``train_seed_start + k * SEED_STRIDE``
 
 
@@ -103,6 +104,9 @@ class BenchmarkProtocol:
             available CPU, one on CUDA); threads: torch threads per worker (``None``: CPUs / workers).
         meta_seeds: meta-training seeds of every learned method.
         test_seeds, test_seed_start: ``unseen_seeds(test_seeds, test_seed_start)``, shared by all.
+        eval_split: ``test`` (the unseen test seeds: for reporting) or ``validation``
+            (``validation_seeds(test_seeds, test_seed_start)``: for selecting configurations,
+            see :mod:`metatele.search`).
         steps: steps reported (evaluation runs to the largest); alpha: significance level.
         base: MetaTrainConfig overrides shared by every learned run.
         settings, methods, baselines: name → :class:`Setting` / overrides / BaselineConfig fields
@@ -110,6 +114,9 @@ class BenchmarkProtocol:
         comparisons: ``[a, b]`` pairs stated in every setting that has both.
         ablation_setting, ablation_base, ablations: where the ablations run, their shared scale
             overrides, and name → :class:`Ablation`.
+        ablation_reference: overrides applied to both arms of every ablation after the method's
+            own, e.g. to ablate each switch from the paper's configuration when the main methods
+            use selected switches.
     """
 
     name: str = "benchmark"
@@ -122,6 +129,7 @@ class BenchmarkProtocol:
     meta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     test_seeds: int = 100
     test_seed_start: int = 0
+    eval_split: str = "test"
     steps: list[int] = field(default_factory=lambda: [10, 30, 100])
     alpha: float = 0.05
     base: dict[str, Any] = field(default_factory=dict)
@@ -132,6 +140,7 @@ class BenchmarkProtocol:
     comparisons: list[list[str]] = field(default_factory=list)
     ablation_setting: str | None = None
     ablation_base: dict[str, Any] = field(default_factory=dict)
+    ablation_reference: dict[str, Any] = field(default_factory=dict)
     ablations: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -145,6 +154,7 @@ class BenchmarkProtocol:
                 and all(isinstance(s, int) and 0 <= s < 1000 for s in ms),
                 "meta_seeds", f"must be a non-empty list of distinct integers in [0, 1000), got {ms!r}")
         require(isinstance(self.test_seeds, int) and self.test_seeds >= 2, "test_seeds", f"need ≥ 2, got {self.test_seeds!r}")
+        require(self.eval_split in EVAL_SPLITS, "eval_split", f"must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
         st = self.steps
         require(isinstance(st, list) and st and all(isinstance(s, int) and s >= 1 for s in st) and st == sorted(set(st)),
                 "steps", f"must be increasing positive integers, got {st!r}")
@@ -176,12 +186,19 @@ class BenchmarkProtocol:
         for n in self.ablations:
             self.learned_config(self.ablation_setting, self.ablations[n].method, self.meta_seeds[0], ablation=n)
 
+    def eval_seeds(self) -> list[int]:
+        """The seeds every method is evaluated on (test or validation split)."""
+        split = unseen_seeds if self.eval_split == "test" else validation_seeds
+        return list(split(self.test_seeds, self.test_seed_start))
+
     def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
                        reference: bool = False) -> MetaTrainConfig:
         """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``."""
         s = self.settings[setting]
         parts = [self.base, s.overrides] + ([self.ablation_base] if ablation or reference else [])
         parts += [self.methods[method], s.method_overrides.get(method, {})]
+        if ablation or reference:
+            parts.append(self.ablation_reference)
         if ablation and not reference:
             parts.append(self.ablations[ablation].overrides)
         d: dict[str, Any] = {}

@@ -418,7 +418,9 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         "",
         "## Protocol",
         "",
-        f"- Every method is run on the same **{ts['count']} unseen test seeds** "
+        (f"- Every method is run on the same **{ts['count']} unseen test seeds** " if ts.get("split", "test") == "test"
+         else f"- **Validation run** (configuration selection, not a test result): \"test seeds\" below are "
+         f"the same **{ts['count']} validation seeds** (training-split tasks no meta-training draws) ") +
         f"[{ts['start']}, {ts['start'] + ts['count']}) for {max(steps)} steps; learned methods are meta-trained "
         f"once per meta-seed ({', '.join(map(str, results['meta_seeds']))}) on training seeds only, and "
         "hand-designed baselines marked *(tuned)* are grid-tuned on training seeds.",

@@ -11,6 +11,9 @@ batch of 1000, on any device.
 Seeds are split into disjoint ranges: training seeds ``[0, TEST_SEED_OFFSET)`` and test
 ("unseen") seeds ``[TEST_SEED_OFFSET, 2 * TEST_SEED_OFFSET)``. Meta-training draws only from the
 first, the evaluator only from the second, and checkpoints record which training seeds they used.
+The last million training seeds, ``[VALIDATION_SEED_OFFSET, TEST_SEED_OFFSET)``, are the
+validation seeds: never drawn by meta-training (which starts at ``train_seed_start`` and
+consumes a few thousand), used to select configurations without looking at the test seeds.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from .configs import require
 
 #: first seed of the test split; training seeds are ``[0, TEST_SEED_OFFSET)``.
 TEST_SEED_OFFSET = 1_000_000_000
+#: first validation seed (inside the training split, above every seed meta-training draws).
+VALIDATION_SEED_OFFSET = TEST_SEED_OFFSET - 1_000_000
 DISTRIBUTIONS = ("uniform", "gaussian")
 
 
@@ -208,5 +213,20 @@ def unseen_seeds(count: int, start: int = 0) -> range:
     return range(TEST_SEED_OFFSET + start, TEST_SEED_OFFSET + start + count)
 
 
+def validation_seeds(count: int, start: int = 0) -> range:
+    """``count`` validation seeds: ``VALIDATION_SEED_OFFSET + start + [0, count)``.
+
+    Training-split tasks that meta-training never draws; select configurations on these.
+    """
+    span = TEST_SEED_OFFSET - VALIDATION_SEED_OFFSET
+    if start < 0 or start + count > span:
+        raise ValueError(f"validation seed offsets must lie in [0, {span}), got [{start}, {start + count})")
+    return range(VALIDATION_SEED_OFFSET + start, VALIDATION_SEED_OFFSET + start + count)
+
+
 def is_test_seed(seed: int) -> bool:
     return TEST_SEED_OFFSET <= seed < 2 * TEST_SEED_OFFSET
+
+
+def is_validation_seed(seed: int) -> bool:
+    return VALIDATION_SEED_OFFSET <= seed < TEST_SEED_OFFSET

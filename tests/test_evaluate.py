@@ -100,7 +100,7 @@ def test_refuses_seeds_that_overlap_training_seeds():
     seeds = list(unseen_seeds(4))
     with pytest.raises(ValueError, match=str(seeds[2])):
         evaluate(BaselineConfig(), SMALL, seeds, 2, train_seeds={seeds[2], 5})
-    with pytest.raises(ValueError, match="not test seeds"):
+    with pytest.raises(ValueError, match="neither test nor validation seeds"):
         evaluate(BaselineConfig(), SMALL, training_seeds(3), 2)
 
     class Trained(BaselineMethod):
@@ -120,7 +120,7 @@ def test_allow_overlap_warns_and_records_it():
     assert results_to_json({"gd": curves})["summaries"]["gd"]["overlap_warning"] == curves.overlap_warning
     with pytest.warns(UserWarning):
         curves = evaluate(BaselineConfig(), SMALL, training_seeds(2), 3, allow_overlap=True)
-    assert "not test seeds" in curves.overlap_warning
+    assert "neither test nor validation seeds" in curves.overlap_warning
     clean = evaluate(BaselineConfig(), SMALL, seeds, 3)
     assert clean.overlap_warning is None
 
