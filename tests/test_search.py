@@ -203,3 +203,25 @@ def test_search_refuses_a_protocol_that_evaluates_on_test_seeds(tmp_path, capsys
     assert "validation seeds" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="eval_split"):
         run_search("experiments/configs/search_quick.yaml", tmp_path, overrides=["eval_split=holdout"])
+
+
+@pytest.mark.parametrize("dist,setting", [("uniform", "uniform-20"), ("gaussian", "gaussian-20")])
+def test_shipped_selected_configs_are_the_benchmarks_meta_seed_0_runs_and_match_the_selection(dist, setting):
+    from metatele.benchmark import DEFAULT_CONFIG, load_protocol
+    from metatele.protocol import expand
+    from metatele.train_config import load_config
+
+    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    selected = yaml.safe_load(open("experiments/configs/search_selected.yaml"))
+    for name, method, key in [("update_tele", "LSTM(update+tele)", "update+tele"),
+                              ("update", "LSTM(update)", "update+tele"), ("lr_tele", "LSTM(lr+tele)", "lr+tele")]:
+        shipped = load_config(f"experiments/configs/ship/selected_{name}_{dist}.yaml").to_dict()
+        bench = protocol.learned_config(setting, method, 0).to_dict()
+        assert {**shipped, "device": bench["device"]} == bench, name
+        # the benchmark's main methods carry the switches the search selected
+        spec = selected[key]["methods"][method]
+        want = expand({**spec["overrides"], **spec["setting_overrides"].get(setting, {})})
+
+        def sub(d, ref):
+            return all(sub(v, ref[k]) if isinstance(v, dict) else ref[k] == v for k, v in d.items())
+        assert sub(want, bench), (name, want)
