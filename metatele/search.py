@@ -22,9 +22,12 @@ shipped configs use).
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -248,10 +251,6 @@ def run_search(config: str | Path, out: str | Path | None = None, report: str | 
     ``tables``: where the full benchmark-style report of the search goes (per-meta-seed tables,
     paired tests; its figures in ``<tables dir>/figures``); default ``<report dir>/search/RESULTS.md``.
     """
-    import json
-    import os
-    import shutil
-
     from .benchmark import render_only as render_tables
     from .benchmark import run_benchmark
     from .protocol import load_protocol

@@ -294,3 +294,28 @@ def test_target_check_is_generated_from_the_numbers_and_render_only_reproduces_t
             assert line.endswith("**Not reached.**"), line
     assert cli.main(["benchmark", "--quick", "--out", str(out), "--render-only"]) == 0
     assert (out / "RESULTS.md").read_text() == text
+
+
+def test_in_short_summary_states_each_measured_pair_with_its_decisions_and_differences(run):
+    from metatele.report import summary_lines
+
+    out, argv, results = run
+    lines = summary_lines(results)
+    text = (out / "RESULTS.md").read_text()
+    assert "## In short: where learned teleportation helps" in text and all(line in text for line in lines)
+    settings = [s for s in results["sections"].values() if s["kind"] == "setting"]
+    assert len(lines) == len(settings) + 1  # one per setting, one for the ablations
+    for line, sec in zip(lines, settings):
+        assert line.startswith(f"**{sec['label']}**")
+        cs = [c for c in sec["comparisons"] if c["a"] == "LSTM(update+tele)" and c["b"] == "LSTM(update)"]
+        assert cs and "(LSTM(update+tele) − LSTM(update))" in line
+        for c in cs:  # each step is listed under its own decision, with its Δ
+            word = {"lower": "lower at step", "higher": "higher at step"}.get(c["decision"], "no significant difference")
+            seg = line.split("(LSTM(update+tele) − LSTM(update)): ")[1].split(". ")[0]
+            part = next(p for p in seg.split("; ") if p.startswith(word))
+            assert f"{c['step']} (Δ " in part
+    abl = results["sections"]["ablations"]
+    step = max(c["step"] for c in abl["comparisons"] if c["step"] <= 100)
+    for c in abl["comparisons"]:
+        if c["step"] == step:
+            assert c["ablation"] in lines[-1]
