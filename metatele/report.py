@@ -305,13 +305,18 @@ SUMMARY_PAIRS = (
 )
 
 
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def _effect(cs: Sequence[Mapping[str, Any]]) -> str:
     """``lower at steps 10 (Δ −0.09), 30 (−0.05); no significant difference at 100`` (a − b, log10)."""
     parts = []
     for d, word in ((LOWER, "lower"), (HIGHER, "higher"), (NO_DIFF, "no significant difference")):
         sel = sorted((c for c in cs if c["decision"] == d), key=lambda c: c["step"])
         if sel:
-            steps = ", ".join(f"{c['step']} (Δ {num(c['mean_diff'], '+.3f')})" for c in sel)
+            steps = ", ".join(f"{c['step']} (Δ {num(c['mean_diff'], '+.3f')})" if _finite(c["mean_diff"]) else
+                              f"{c['step']} (diverged on {c['diverged_a']} vs {c['diverged_b']} seeds)" for c in sel)
             parts.append(f"{word} at step{'s' if len(sel) > 1 else ''} {steps}")
     return "; ".join(parts)
 
@@ -382,8 +387,12 @@ def goal_check(results: Mapping[str, Any], a: str = "LSTM(update+tele)", b: str 
             lr_txt = f"{lr_method} vs {gd} at step {steps[-1]}: {_phrase(lr[0])} {'✓' if lr_ok else '✗'}"
         else:
             lr_txt = f"{lr_method} vs {gd}: not measured"
+        late = ""
+        if sa.get("diverged_fraction") and sa["steps"] > steps[-1]:  # divergence after the target's steps
+            late = (f" Beyond step {steps[-1]}: {a} diverges on {_pct(sa['diverged_fraction'])} of the test seeds "
+                    f"by step {sa['steps']} ({b}: {_pct(sb.get('diverged_fraction') or 0)}).")
         lines.append(f"{sec['label']}: {a} vs {b} (non-overlapping CIs) — " + "; ".join(parts)
-                     + f"; {drift}; {lr_txt}. **{'Reached' if ok else 'Not reached'}.**")
+                     + f"; {drift}; {lr_txt}. **{'Reached' if ok else 'Not reached'}.**{late}")
         if ok:
             reached.append(sec["label"])
     if lines:

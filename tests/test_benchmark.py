@@ -106,7 +106,7 @@ def test_every_method_is_evaluated_on_the_same_unseen_test_seeds(run):
     out, _, results = run
     with np.load(out / "curves.npz") as z:
         assert list(z["test_seeds"]) == list(unseen_seeds(100))
-    assert results["test_seeds"] == {"start": TEST_SEED_OFFSET, "count": 100}
+    assert results["test_seeds"] == {"start": TEST_SEED_OFFSET, "count": 100, "split": "test"}
     for sec in results["sections"].values():
         assert sec["comparisons"] and all(c["n_seeds"] == 100 for c in sec["comparisons"])
     c = Curves("x", [TEST_SEED_OFFSET, TEST_SEED_OFFSET + 1], np.ones((3, 2)), np.ones((3, 2)), np.zeros(3))

@@ -225,3 +225,23 @@ def test_shipped_selected_configs_are_the_benchmarks_meta_seed_0_runs_and_match_
         def sub(d, ref):
             return all(sub(v, ref[k]) if isinstance(v, dict) else ref[k] == v for k, v in d.items())
         assert sub(want, bench), (name, want)
+
+
+def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_their_configs():
+    from pathlib import Path
+
+    from metatele.checkpoint import load_checkpoint
+    from metatele.manifest import verify_manifest
+    from metatele.train_config import load_config
+
+    manifests = sorted(Path("checkpoints").glob("*.manifest.json"))
+    names = {m.name.removesuffix(".manifest.json") for m in manifests}
+    assert {"update_tele", "update", "lr_tele", "selected_update_tele_uniform", "selected_update_tele_gaussian",
+            "selected_lr_tele_uniform", "selected_lr_tele_gaussian"} <= names
+    assert names == {p.stem for p in Path("checkpoints").glob("*.safetensors")}
+    for m in manifests:
+        verify_manifest(m)  # sha256 of the checkpoint as recorded
+        name = m.name.removesuffix(".manifest.json")
+        ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
+        want = load_config(f"experiments/configs/ship/{name}.yaml").to_dict()
+        assert {**want, "device": ck.config.device} == ck.config.to_dict(), name
