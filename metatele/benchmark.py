@@ -394,12 +394,23 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
 
 
 def render_only(out: Path, report: Path) -> int:
-    """Re-render ``report`` from ``out/results.json`` (recomputing the generated sentences)."""
+    """Re-render ``report`` from ``out/results.json`` (recomputing the generated sentences), and
+    redraw its figures from ``out/curves.npz`` when that file is there."""
+    from .figures import plot_loss_vs_step
+
     try:
         results = json.loads((out / "results.json").read_text())
     except FileNotFoundError:
         print(f"metatele benchmark: error: no results at {out / 'results.json'}; run the benchmark first", file=sys.stderr)
         return 2
+    if (out / "curves.npz").is_file():
+        saved = load_curves(out / "curves.npz")
+        for name, path in results.get("figures", {}).items():
+            sec = results["sections"][name]
+            curves = {m: saved[name][m].get("combined") or saved[name][m].get("baseline")
+                      for m in sec["methods"] if m in saved.get(name, {})}
+            title = sec["label"] + (" — ablations" if name == "ablations" else "")
+            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=title)
     results["conclusions"] = conclusions(results)
     results["goal"] = goal_check(results)
     figures = {k: os.path.relpath(v, report.parent) for k, v in results.get("figures", {}).items()}

@@ -73,18 +73,35 @@ def _check(curves_by_name: Mapping[str, Curves], band: str) -> None:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
 
 
+def loss_ylim(log_means: list[np.ndarray]) -> tuple[float, float] | None:
+    """y range of a loss plot from the methods' mean log10-loss curves: one decade below the
+    lowest mean; above, one decade over the highest mean but at most two over the highest start.
+    So the band of a method whose seeds diverge does not squash the others (its curve leaves the
+    plot instead). ``None`` when no mean is finite."""
+    finite = np.concatenate([m[np.isfinite(m)] for m in log_means]) if log_means else np.array([])
+    starts = [m[0] for m in log_means if m.size and np.isfinite(m[0])]
+    if not finite.size or not starts:
+        return None
+    return 10 ** (finite.min() - 1), 10 ** min(finite.max() + 1, max(starts) + 2)
+
+
 def _loss_plot(curves_by_name: Mapping[str, Curves], path: str, x_of, xlabel: str, title: str, band: str) -> str:
     _check(curves_by_name, band)
     fig = Figure(figsize=(9.0, 4.8))
     ax = fig.add_subplot()
     styles = _styles(curves_by_name)
+    means = []
     for name, c in curves_by_name.items():
         x = x_of(c)
         mean, lo, hi = _band_stats(c.log_loss, band)
+        means.append(mean)
         (line,) = ax.plot(x, 10 ** mean, label=_label(c), **styles[name])
         if band != "none":
             ax.fill_between(x, 10 ** lo, 10 ** hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
+    limits = loss_ylim(means)
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss (geometric mean over seeds)")
     n = {len(c.seeds) for c in curves_by_name.values()}

@@ -292,8 +292,13 @@ def test_target_check_is_generated_from_the_numbers_and_render_only_reproduces_t
         no_drift = ut["100"]["mean"] <= ut["30"]["mean"]
         if not all(separated) or not no_drift:
             assert line.endswith("**Not reached.**"), line
+    from pathlib import Path
+
+    figure = Path(next(iter(results["figures"].values())))
+    figure.unlink()
     assert cli.main(["benchmark", "--quick", "--out", str(out), "--render-only"]) == 0
     assert (out / "RESULTS.md").read_text() == text
+    assert figure.is_file()  # redrawn from curves.npz
 
 
 def test_in_short_summary_states_each_measured_pair_with_its_decisions_and_differences(run):

@@ -62,3 +62,17 @@ def test_plot_rejects_bad_arguments(tmp_path, curves):
         plot_loss_vs_step(curves, str(tmp_path / "x.png"), band="stderr")
     with pytest.raises(ValueError, match="empty"):
         plot_loss_vs_time({}, str(tmp_path / "x.png"))
+
+
+def test_loss_plot_range_follows_the_means_and_lets_a_diverging_curve_leave_the_plot():
+    import numpy as np
+
+    from metatele.figures import loss_ylim
+
+    steady = np.array([3.0, 2.0, 1.0, 0.5])
+    diverging = np.array([3.0, 2.5, 20.0, np.nan])
+    lo, hi = loss_ylim([steady, diverging])
+    assert lo == 10 ** -0.5 and hi == 10 ** 5.0  # one decade under the lowest, two over the start
+    lo, hi = loss_ylim([steady])
+    assert lo == 10 ** -0.5 and hi == 10 ** 4.0  # one decade over the highest mean
+    assert loss_ylim([np.array([np.nan, np.nan])]) is None
