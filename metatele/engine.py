@@ -39,7 +39,7 @@ from .configs import ConfigError
 from .learned import LearnedOptimizer, LearnedState
 from .mlp import mlp_loss
 from .symmetry import qr_factor
-from .tasks import TaskBatch, sample_tasks
+from .tasks import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from .train_config import MetaTrainConfig, resolve_device
 
 
@@ -138,6 +138,9 @@ class UnrollEngine:
 
     def _fresh(self, count: int) -> TaskBatch:
         seeds = [self._seed_of(p) for p in range(self.next_seed, self.next_seed + count)]
+        if seeds[-1] >= VALIDATION_SEED_OFFSET:  # host-side integers: no device sync
+            raise ValueError(f"training seed {seeds[-1]} reached the validation seeds (≥ {VALIDATION_SEED_OFFSET}); "
+                             "lower train_seed_start")
         self.next_seed += count
         self.trajectories_started += count
         return sample_tasks(self.config.task, seeds, device=self.device, dtype=self.dtype)

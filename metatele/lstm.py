@@ -12,7 +12,8 @@ Both process B trajectories at once with shared weights. The recurrent state is 
 ``(h, c)`` of ``[num_layers, B, hidden]`` tensors, so resetting trajectory ``b`` is a masked
 multiply. Two optional input transforms (both off in the paper): gradient preprocessing
 (log-magnitude and sign, Andrychowicz et al. 2016) and RMS normalisation (``input_norm: rms``),
-which makes m1 equivariant to the scale of the gradient (see :class:`LSTMConfig`).
+so that the LSTMs read gradients of any scale in the same range (see :class:`LSTMConfig`). m1 can
+also write the step size of a plain gradient step that its own output corrects (``gd_skip``).
 """
 from __future__ import annotations
 

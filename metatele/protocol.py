@@ -15,12 +15,14 @@ from typing import Any, Mapping
 
 from .baselines import BaselineConfig
 from .configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, to_dict
-from .tasks import TaskConfig, unseen_seeds, validation_seeds
+from .tasks import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
 from .train_config import MetaTrainConfig
 from .tuning import OBJECTIVES
 
 EVAL_SPLITS = ("test", "validation")
 SEED_STRIDE = 1_000_000  #: meta-seed k trains on seeds from ``train_seed_start + k * SEED_STRIDE``
+#: meta-seeds stay below this, so their training seeds stay below the validation seeds
+MAX_META_SEED = VALIDATION_SEED_OFFSET // SEED_STRIDE - 1
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,8 +153,8 @@ class BenchmarkProtocol:
         self.methods, self.baselines = dict(self.methods or {}), dict(self.baselines or {})
         ms = self.meta_seeds
         require(isinstance(ms, list) and ms and len(set(ms)) == len(ms)
-                and all(isinstance(s, int) and 0 <= s < 1000 for s in ms),
-                "meta_seeds", f"must be a non-empty list of distinct integers in [0, 1000), got {ms!r}")
+                and all(isinstance(s, int) and 0 <= s < MAX_META_SEED for s in ms),
+                "meta_seeds", f"must be a non-empty list of distinct integers in [0, {MAX_META_SEED}), got {ms!r}")
         require(isinstance(self.test_seeds, int) and self.test_seeds >= 2, "test_seeds", f"need ≥ 2, got {self.test_seeds!r}")
         require(self.eval_split in EVAL_SPLITS, "eval_split", f"must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
         st = self.steps

@@ -12,7 +12,7 @@ import torch
 
 from .configs import ConfigError, from_dict, require, to_dict
 from .learned import LearnedConfig
-from .tasks import TEST_SEED_OFFSET, TaskConfig
+from .tasks import VALIDATION_SEED_OFFSET, TaskConfig
 
 META_LOSSES = ("sum", "mean_log")
 TRUNCATIONS = ("fixed", "log_uniform")
@@ -89,8 +89,9 @@ class MetaTrainConfig:
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
         require(self.dtype in DTYPES, "dtype", f"must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         require(isinstance(self.seed, int) and self.seed >= 0, "seed", f"must be a non-negative integer, got {self.seed!r}")
-        require(0 <= self.train_seed_start < TEST_SEED_OFFSET, "train_seed_start",
-                f"must lie in the training split [0, {TEST_SEED_OFFSET}), got {self.train_seed_start}")
+        require(0 <= self.train_seed_start < VALIDATION_SEED_OFFSET, "train_seed_start",
+                f"must lie in the training split below the validation seeds, [0, {VALIDATION_SEED_OFFSET}), "
+                f"got {self.train_seed_start}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
         if self.learned.variant == "tele":

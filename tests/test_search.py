@@ -245,3 +245,11 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
         ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
         want = load_config(f"experiments/configs/ship/{name}.yaml").to_dict()
         assert {**want, "device": ck.config.device} == ck.config.to_dict(), name
+
+
+def test_meta_training_cannot_start_or_run_into_the_validation_seeds():
+    with pytest.raises(ConfigError, match="train_seed_start"):
+        MetaTrainConfig.from_dict(tiny(train_seed_start=VALIDATION_SEED_OFFSET))
+    cfg = MetaTrainConfig.from_dict(tiny(train_seed_start=VALIDATION_SEED_OFFSET - 6, trajectories=40))
+    with pytest.raises(ValueError, match="reached the validation seeds"):
+        meta_train(cfg, progress=False)
