@@ -334,6 +334,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             "metatele": __version__, "git_commit": git_commit(), "git_dirty": _git_dirty()}
 
 
+def _figure_title(name: str, section: Mapping[str, Any]) -> str:
+    return section["label"] + (" — ablations" if name == "ablations" else "")
+
+
 def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: str | os.PathLike | None = None,
                   command: str = "", raw: Mapping[str, Any] | None = None, progress: bool = True,
                   resume: bool = False, settings: list[str] | None = None, ablations: list[str] | None = None,
@@ -364,8 +368,7 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     figures = {}
     for name in sections:
         path = report.parent / "figures" / f"benchmark_{slug(name)}.png"
-        title = sections[name]["label"] + (" — ablations" if name == "ablations" else "")
-        plot_loss_vs_step(runner.flat_curves(name), str(path), title=title)
+        plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]))
         figures[name] = os.path.relpath(path, report.parent)
     save_curves(out / "curves.npz", runner.labelled_curves(), runner.seeds)
     results = clean({
@@ -409,8 +412,7 @@ def render_only(out: Path, report: Path) -> int:
             sec = results["sections"][name]
             curves = {m: saved[name][m].get("combined") or saved[name][m].get("baseline")
                       for m in sec["methods"] if m in saved.get(name, {})}
-            title = sec["label"] + (" — ablations" if name == "ablations" else "")
-            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=title)
+            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=_figure_title(name, sec))
     results["conclusions"] = conclusions(results)
     results["goal"] = goal_check(results)
     figures = {k: os.path.relpath(v, report.parent) for k, v in results.get("figures", {}).items()}

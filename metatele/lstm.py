@@ -78,14 +78,10 @@ class LSTMConfig:
         require(0 < self.skip_lr_min < self.skip_lr_max, "lstm.skip_lr_min/skip_lr_max",
                 f"need 0 < skip_lr_min < skip_lr_max, got {self.skip_lr_min}, {self.skip_lr_max}")
 
-    @property
-    def input_factor(self) -> int:
-        """LSTM inputs per gradient entry (2 with preprocessing)."""
-        return 2 if self.preprocess else 1
-
     def input_size(self, n: int) -> int:
-        """LSTM input width for a flattened gradient of ``n`` entries."""
-        return self.input_factor * n + (1 if self.input_norm == "rms" else 0)
+        """LSTM input width for a flattened gradient of ``n`` entries (two per entry with
+        preprocessing, plus the log-scale feature with RMS normalisation)."""
+        return (2 if self.preprocess else 1) * n + (1 if self.input_norm == "rms" else 0)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Flattened gradients ``[B, n]`` → (LSTM input, RMS scale ``[B, 1]`` or ``None``)."""

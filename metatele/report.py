@@ -157,6 +157,11 @@ def _at(summary: Mapping[str, Any], step: int) -> Mapping[str, Any] | None:
     return summary["at_step"].get(str(step), summary["at_step"].get(step))
 
 
+def ci_below(x: Mapping[str, Any] | None, y: Mapping[str, Any] | None) -> bool:
+    """Whether the 95% CI of step statistics ``x`` lies wholly below that of ``y``."""
+    return bool(x and y and x["ci95"][1] is not None and y["ci95"][0] is not None and x["ci95"][1] < y["ci95"][0])
+
+
 def _cell(st: Mapping[str, Any] | None) -> str:
     if st is None:
         return "—"
@@ -372,7 +377,7 @@ def goal_check(results: Mapping[str, Any], a: str = "LSTM(update+tele)", b: str 
             x, y = _at(sa, s), _at(sb, s)
             if x is None or y is None:
                 continue
-            sep = x["ci95"][1] is not None and y["ci95"][0] is not None and x["ci95"][1] < y["ci95"][0]
+            sep = ci_below(x, y)
             ok &= sep
             parts.append(f"step {s}: {_cell(x)} vs {_cell(y)} {'✓' if sep else '✗'}")
         x0, x1 = _at(sa, steps[-2]), _at(sa, steps[-1])

@@ -35,9 +35,9 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .configs import ConfigError
-from .report import LOWER, num, pval
+from .report import LOWER, _at, _cell, ci_below, num, pval
 
-__all__ = ["candidate_name", "parse_method", "rank_update_candidates", "rank_lr_candidates",
+__all__ = ["candidate_name", "parse_method", "rank_update_candidates", "rank_lr_candidates", "rankings",
            "render_search", "selection", "run_search", "main", "DEFAULT_SEARCH"]
 
 _METHOD = re.compile(r"^LSTM\((?P<variant>[^)]+)\) \[(?P<tag>[^\]]+)\]$")
@@ -70,9 +70,7 @@ def _tags(results: Mapping[str, Any], variant: str) -> list[str]:
 
 
 def _stat(summary: Mapping[str, Any] | None, step: int) -> Mapping[str, Any] | None:
-    if not summary:
-        return None
-    return summary["at_step"].get(str(step)) or summary["at_step"].get(step)
+    return _at(summary, step) if summary else None
 
 
 def rank_update_candidates(results: Mapping[str, Any], steps: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -94,8 +92,7 @@ def rank_update_candidates(results: Mapping[str, Any], steps: Sequence[int] | No
             row: dict[str, Any] = {"label": sec["label"], "steps": {}}
             for s in steps:
                 x, y = _stat(sa, s), _stat(sb, s)
-                ok = bool(x and y and x["ci95"][1] is not None and y["ci95"][0] is not None
-                          and x["ci95"][1] < y["ci95"][0])
+                ok = ci_below(x, y)
                 row["steps"][s] = {"a": x, "b": y, "separated": ok}
                 entry["total"] += 1
                 entry["met"] += ok
@@ -146,13 +143,21 @@ def rank_lr_candidates(results: Mapping[str, Any], gd: str = "gd(tuned)") -> lis
     return out
 
 
-def selection(results: Mapping[str, Any], protocol: Mapping[str, Any]) -> dict[str, Any]:
-    """The winners and their switches: ``{"update+tele": {...}, "lr+tele": {...}}`` where each
-    has ``tag``, ``reached`` and ``methods`` (variant → the protocol's overrides of that method,
-    plus its per-setting overrides)."""
+VARIANTS_OF = {"update+tele": ("update+tele", "update"), "lr+tele": ("lr+tele",)}
+
+
+def rankings(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """``{"update+tele": rank_update_candidates(...), "lr+tele": rank_lr_candidates(...)}``."""
+    return {"update+tele": rank_update_candidates(results), "lr+tele": rank_lr_candidates(results)}
+
+
+def selection(ranked_by: Mapping[str, list[dict[str, Any]]], protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """The winners of :func:`rankings` and their switches: ``{"update+tele": {...}, "lr+tele": {...}}``
+    where each has ``tag``, ``reached`` and ``methods`` (variant → the protocol's overrides of that
+    method, plus its per-setting overrides)."""
     out: dict[str, Any] = {}
-    for key, ranked, variants in (("update+tele", rank_update_candidates(results), ("update+tele", "update")),
-                                  ("lr+tele", rank_lr_candidates(results), ("lr+tele",))):
+    for key, ranked in ranked_by.items():
+        variants = VARIANTS_OF[key]
         if not ranked:
             continue
         best = ranked[0]
@@ -169,19 +174,13 @@ def selection(results: Mapping[str, Any], protocol: Mapping[str, Any]) -> dict[s
     return out
 
 
-def _cell(x: Mapping[str, Any] | None) -> str:
-    if not x or x.get("mean") is None:
-        return "–"
-    lo, hi = x["ci95"]
-    return f"{num(x['mean'])} [{num(lo)}, {num(hi)}]"
-
-
 def _mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
 
-def render_search(results: Mapping[str, Any], command: str, chosen: Mapping[str, Any], report_rel: str) -> str:
-    """The markdown of ``experiments/SEARCH.md``."""
+def render_search(results: Mapping[str, Any], command: str, ranked_by: Mapping[str, list[dict[str, Any]]],
+                  chosen: Mapping[str, Any], report_rel: str) -> str:
+    """The markdown of ``experiments/SEARCH.md`` from :func:`rankings` and :func:`selection`."""
     steps = results["steps"]
     ts = results["test_seeds"]
     lines = [
@@ -201,7 +200,7 @@ def render_search(results: Mapping[str, Any], command: str, chosen: Mapping[str,
         f"{', '.join(map(str, steps))}; no upward drift (step {steps[-1]} ≤ step {steps[-2]}); no diverged "
         "validation seed. Ranked by criteria met, then by the mean difference (update+tele − update, log10).", "",
     ]
-    ranked = rank_update_candidates(results)
+    ranked = ranked_by["update+tele"]
     settings = _settings(results)
     head = "| rank | candidate | criteria met | mean Δ | " + " | ".join(
         f"{settings[s]['label']}: step {st} (tele vs no tele)" for s in settings for st in steps) + " | drift / diverged |"
@@ -220,7 +219,7 @@ def render_search(results: Mapping[str, Any], command: str, chosen: Mapping[str,
               "sign test when a seed diverged).", "",
               "| rank | candidate | settings met | mean Δ | " + " | ".join(settings[s]["label"] for s in settings) + " |",
               "|" + "---|" * (4 + len(settings))]
-    for i, e in enumerate(rank_lr_candidates(results), 1):
+    for i, e in enumerate(ranked_by["lr+tele"], 1):
         cells = []
         for s in settings:
             c = e["settings"].get(s, {}).get("comparison")
@@ -274,10 +273,11 @@ def run_search(config: str | Path, out: str | Path | None = None, report: str | 
         render_tables(out, tables)
     else:
         results = run_benchmark(protocol, out, tables, command=command, raw=raw, progress=progress, resume=resume)
-    chosen = selection(results, results["protocol"])
+    ranked_by = rankings(results)
+    chosen = selection(ranked_by, results["protocol"])
     report.parent.mkdir(parents=True, exist_ok=True)
     rel = os.path.relpath(tables, report.parent)
-    report.write_text(render_search(results, results.get("command") or command, chosen, rel))
+    report.write_text(render_search(results, results.get("command") or command, ranked_by, chosen, rel))
     selected.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Written by `{results.get('command') or command}` from {out / 'results.json'}: the candidates ranked "
               f"best on validation seeds (see {report}).\n")

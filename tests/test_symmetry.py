@@ -93,21 +93,16 @@ def _reference_teleport(weights, X, T, literal):
     return W
 
 
-def test_teleport_applies_the_group_action_pair_by_pair(random_T):
-    """Each pair uses h recomputed from the new weights; U' = U g⁻¹; V' h = σ⁻¹(g σ(V h))."""
-    batch = sample_tasks(TaskConfig([5, 6, 7, 4, 3], "gaussian"), range(2), dtype=torch.float64)
+@pytest.mark.parametrize("dims,tasks,literal,tol", [
+    ([5, 6, 7, 4, 3], 2, False, 1e-9),  # pair by pair, h recomputed; U' = U g⁻¹; V' h = σ⁻¹(g σ(V h))
+    ([6, 6, 6, 6, 3], 3, True, 1e-8),   # square inputs: equals the SPEC formula V' = σ⁻¹(g σ(V h)) h⁻¹
+])
+def test_teleport_matches_the_reference_group_action(random_T, dims, tasks, literal, tol):
+    batch = sample_tasks(TaskConfig(dims, "gaussian"), range(tasks), dtype=torch.float64)
     T = random_T(batch.weights, 0.3)
     new = teleport(batch.weights, batch.X, T)
-    for a, b in zip(new, _reference_teleport(batch.weights, batch.X, T, literal=False)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-
-
-def test_teleport_equals_the_spec_formula_when_inputs_are_square(random_T):
-    batch = sample_tasks(TaskConfig([6, 6, 6, 6, 3], "gaussian"), range(3), dtype=torch.float64)
-    T = random_T(batch.weights, 0.3)
-    new = teleport(batch.weights, batch.X, T)
-    for a, b in zip(new, _reference_teleport(batch.weights, batch.X, T, literal=True)):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+    for a, b in zip(new, _reference_teleport(batch.weights, batch.X, T, literal=literal)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def test_identity_element_leaves_weights_unchanged_when_n_below_width():
