@@ -10,7 +10,7 @@ runs (one per method, grouped) into --out:
 import argparse
 import sys
 
-from metatele.experiment import CompareConfig, run_comparison
+from metatele.studies.experiment import CompareConfig, run_comparison
 
 CHECKPOINTS = ["checkpoints/update_tele.safetensors", "checkpoints/update.safetensors", "checkpoints/lr_tele.safetensors"]
 

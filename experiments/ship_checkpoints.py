@@ -26,10 +26,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from metatele.checkpoint import load_checkpoint
-from metatele.manifest import write_manifest
-from metatele.experiment import CompareConfig, run_comparison
-from metatele.tasks import unseen_seeds
+from metatele.release.checkpoint import load_checkpoint
+from metatele.release.manifest import write_manifest
+from metatele.studies.experiment import CompareConfig, run_comparison
+from metatele.tasks.family import unseen_seeds
 
 NAMES = ("update_tele", "update", "lr_tele")
 

@@ -7,7 +7,7 @@ Same options as ``metatele train`` plus ``--backend`` and ``--timeout``; see met
 """
 import sys
 
-from metatele.distributed import main
+from metatele.meta.distributed import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,21 +6,21 @@ differentiation through many batched gradient-descent trajectories on LeakyReLU 
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from .baselines import BASELINES, BaselineConfig, HandDesigned, run_baseline
+from .optimizers.baselines import BASELINES, BaselineConfig, HandDesigned, run_baseline
 from .configs import ConfigError, from_dict, to_dict
-from .lstm import LSTMConfig, TeleportConfig, TeleportLSTM, UpdateLSTM
-from .mlp import forward, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv
-from .strategies import (
+from .optimizers.lstm import LSTMConfig, TeleportConfig, TeleportLSTM, UpdateLSTM
+from .tasks.mlp import forward, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv
+from .symmetry.strategies import (
     GradientAscentTeleport,
     RandomTeleport,
     TeleportSchedule,
     TeleportStrategy,
     normalize_frobenius,
 )
-from .symmetry import SymmetryWarning, apply_pinv, group_action, loss_change, teleport
-from .tasks import (
+from .symmetry.action import SymmetryWarning, apply_pinv, group_action, loss_change, teleport
+from .tasks.family import (
     TEST_SEED_OFFSET,
     VALIDATION_SEED_OFFSET,
     TaskBatch,
@@ -33,14 +33,14 @@ from .tasks import (
     validation_seeds,
 )
 
-from .learned import VARIANTS, LearnedConfig, LearnedOptimizer
-from .train_config import MetaTrainConfig, load_config
-from .engine import DivergenceError, UnrollEngine
-from .train import MetaTrainResult, meta_train
-from .checkpoint import CheckpointError, load_checkpoint, load_optimizer, save_checkpoint
-from .dropin import LearnedTeleportOptimizer
-from .evaluate import BaselineMethod, Curves, compare, evaluate
-from .stats import paired_comparison, summarize
-from .tuning import grid_search, hypergradient_tune, tune_all
+from .optimizers.learned import VARIANTS, LearnedConfig, LearnedOptimizer
+from .meta.config import MetaTrainConfig, load_config
+from .meta.engine import DivergenceError, UnrollEngine
+from .meta.train import MetaTrainResult, meta_train
+from .release.checkpoint import CheckpointError, load_checkpoint, load_optimizer, save_checkpoint
+from .optimizers.dropin import LearnedTeleportOptimizer
+from .evaluation.evaluate import BaselineMethod, Curves, compare, evaluate
+from .evaluation.stats import paired_comparison, summarize
+from .evaluation.tuning import grid_search, hypergradient_tune, tune_all
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .configs import ConfigError, to_dict
 
 WANDB_HELP = "wandb mode: online, offline or disabled (default: $WANDB_MODE, else offline)"
@@ -22,7 +22,7 @@ WANDB_HELP = "wandb mode: online, offline or disabled (default: $WANDB_MODE, els
 def _config_help() -> str:
     import yaml
 
-    from .train_config import MetaTrainConfig
+    from .meta.config import MetaTrainConfig
 
     doc = yaml.safe_dump(to_dict(MetaTrainConfig()), sort_keys=False, default_flow_style=None)
     return ("configuration keys and their defaults (the paper's values); any can be set in the YAML "
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from .train_config import load_config, MetaTrainConfig
+    from .meta.config import load_config, MetaTrainConfig
     from .configs import apply_overrides
 
     overrides = list(args.overrides)
@@ -119,8 +119,8 @@ def _train(args) -> int:
         config = load_config(args.config, overrides)
     else:
         config = MetaTrainConfig.from_dict(apply_overrides({}, overrides))
-    from .resume import resumable_callback
-    from .experiment import train_and_save  # after the config is validated: a bad one fails fast
+    from .meta.resume import resumable_callback
+    from .studies.experiment import train_and_save  # after the config is validated: a bad one fails fast
 
     engine, callback = resumable_callback(config, Path(args.out), resume=args.resume,
                                           every=args.save_every, keep=args.keep)
@@ -133,12 +133,12 @@ def _train(args) -> int:
 
 
 def _compare(args, checkpoints, baselines, out, tune="grid", teleport=True) -> int:
-    from .experiment import CompareConfig, run_comparison
-    from .tasks import TaskConfig
+    from .studies.experiment import CompareConfig, run_comparison
+    from .tasks.family import TaskConfig
 
     task = None
     if getattr(args, "dims", None) or getattr(args, "distribution", None):
-        from .checkpoint import load_checkpoint
+        from .release.checkpoint import load_checkpoint
 
         ref = load_checkpoint(checkpoints[0]).config.task if checkpoints else TaskConfig()
         task = TaskConfig(dims=args.dims or ref.dims, distribution=args.distribution or ref.distribution)
@@ -151,8 +151,8 @@ def _compare(args, checkpoints, baselines, out, tune="grid", teleport=True) -> i
 
 
 def _demo(args) -> int:
-    from .experiment import CompareConfig, run_comparison, train_and_save
-    from .demo import demo_configs
+    from .studies.experiment import CompareConfig, run_comparison, train_and_save
+    from .studies.demo import demo_configs
 
     out = Path(args.out)
     ckpts = []
@@ -169,12 +169,12 @@ def _demo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["benchmark"]:  # its own parser (metatele.benchmark) owns every option
-        from .benchmark import main as benchmark_main
+    if argv[:1] == ["benchmark"]:  # its own parser (metatele.studies.benchmark) owns every option
+        from .studies.benchmark import main as benchmark_main
 
         return benchmark_main(argv[1:])
-    if argv[:1] == ["search"]:  # likewise (metatele.search)
-        from .search import main as search_main
+    if argv[:1] == ["search"]:  # likewise (metatele.studies.search)
+        from .studies.search import main as search_main
 
         return search_main(argv[1:])
     parser = build_parser()
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dims = args.distribution = None
             return _compare(args, [args.checkpoint], [], args.out, tune="none", teleport=False)
         if args.command == "compare":
-            from .baselines import BASELINES
+            from .optimizers.baselines import BASELINES
 
             baselines = list(BASELINES) if args.baselines is None else args.baselines
             return _compare(args, args.checkpoints, baselines, args.out, tune=args.tune,
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "bench":
-            from .bench import run_benchmark
+            from .studies.throughput import run_benchmark
 
             run_benchmark(args.batch_sizes, variant=args.variant, hidden=args.hidden,
                           unrolls=args.unrolls, device=args.device)
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metatele {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # clear one-line errors for the library's own failures
-        from .checkpoint import CheckpointError
-        from .engine import DivergenceError
+        from .release.checkpoint import CheckpointError
+        from .meta.engine import DivergenceError
 
         if isinstance(e, (CheckpointError, DivergenceError, ValueError)):
             print(f"metatele {args.command}: error: {e}", file=sys.stderr)

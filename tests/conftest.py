@@ -6,8 +6,8 @@ from typing import Callable, Sequence
 import pytest
 import torch
 
-from metatele.strategies import normalize_frobenius
-from metatele.tasks import TaskBatch
+from metatele.symmetry.strategies import normalize_frobenius
+from metatele.tasks.family import TaskBatch
 
 
 def _random_T(weights: Sequence[torch.Tensor], norm: float, seed: int = 0) -> list[torch.Tensor]:

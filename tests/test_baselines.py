@@ -1,16 +1,16 @@
 """Hand-designed baselines on stacked weights, hyper-gradients and the paper's GD protocol
-(metatele.baselines)."""
+(metatele.optimizers.baselines)."""
 from __future__ import annotations
 
 
 import pytest
 import torch
 
-from metatele.baselines import BASELINES, BaselineConfig, HandDesigned, _torch_optimizer, run_baseline
+from metatele.optimizers.baselines import BASELINES, BaselineConfig, HandDesigned, _torch_optimizer, run_baseline
 from metatele.configs import ConfigError
-from metatele.mlp import grad_norm_sq, loss_and_grads, mlp_loss
-from metatele.strategies import TeleportSchedule
-from metatele.tasks import TaskConfig, sample_tasks, training_seeds, unseen_seeds
+from metatele.tasks.mlp import grad_norm_sq, loss_and_grads, mlp_loss
+from metatele.symmetry.strategies import TeleportSchedule
+from metatele.tasks.family import TaskConfig, sample_tasks, training_seeds, unseen_seeds
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

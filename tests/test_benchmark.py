@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from metatele import cli
-from metatele.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol, main
-from metatele.checkpoint import load_checkpoint
-from metatele.evaluate import Curves, evaluate
-from metatele.stats import paired_comparison, summarize
-from metatele.report import combine_meta_seeds, compare_pairs, decision, load_curves, save_curves
-from metatele.tasks import TEST_SEED_OFFSET, unseen_seeds
+from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol, main
+from metatele.release.checkpoint import load_checkpoint
+from metatele.evaluation.evaluate import Curves, evaluate
+from metatele.evaluation.stats import paired_comparison, summarize
+from metatele.studies.report import combine_meta_seeds, compare_pairs, decision, load_curves, save_curves
+from metatele.tasks.family import TEST_SEED_OFFSET, unseen_seeds
 
 WORSE = "gd(tiny)"  # a baseline configured to be clearly worse than tuned GD
 EXTRA = [
@@ -252,17 +252,17 @@ def test_parallel_workers_and_resume_reproduce_the_same_numbers(run, tmp_path):
 
 
 def test_a_meta_training_that_diverges_is_reported_and_the_other_meta_seeds_are_kept(tmp_path, monkeypatch):
-    import metatele.train
-    from metatele.engine import DivergenceError
+    import metatele.meta.train
+    from metatele.meta.engine import DivergenceError
 
-    real = metatele.train.meta_train
+    real = metatele.meta.train.meta_train
 
     def flaky(config, **kw):
         if config.seed == 1:
             raise DivergenceError("every one of the 8 trajectories diverged; lower lr_update")
         return real(config, **kw)
 
-    monkeypatch.setattr(metatele.train, "meta_train", flaky)
+    monkeypatch.setattr(metatele.meta.train, "meta_train", flaky)
     threads = torch.get_num_threads()
     try:
         assert main(["--quick", "--out", str(tmp_path), "--no-progress", *SUBSET]) == 0
@@ -302,7 +302,7 @@ def test_target_check_is_generated_from_the_numbers_and_render_only_reproduces_t
 
 
 def test_in_short_summary_states_each_measured_pair_with_its_decisions_and_differences(run):
-    from metatele.report import summary_lines
+    from metatele.studies.report import summary_lines
 
     out, argv, results = run
     lines = summary_lines(results)

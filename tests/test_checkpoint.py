@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import metatele
-from metatele import checkpoint as ck
-from metatele.checkpoint import (
+from metatele.release import checkpoint as ck
+from metatele.release.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_optimizer,
@@ -21,11 +21,11 @@ from metatele.checkpoint import (
     save_checkpoint,
     seed_ranges,
 )
-from metatele.manifest import verify_manifest, write_manifest
-from metatele.learned import LearnedConfig, LearnedOptimizer
-from metatele.lstm import LSTMConfig
-from metatele.tasks import TEST_SEED_OFFSET, TaskConfig
-from metatele.train_config import MetaTrainConfig
+from metatele.release.manifest import verify_manifest, write_manifest
+from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+from metatele.optimizers.lstm import LSTMConfig
+from metatele.tasks.family import TEST_SEED_OFFSET, TaskConfig
+from metatele.meta.config import MetaTrainConfig
 
 
 def small_config(dims=(3, 4, 3, 2), variant="update+tele", **kw) -> MetaTrainConfig:

@@ -7,7 +7,7 @@ import yaml
 
 from metatele import load_checkpoint
 from metatele.cli import main
-from metatele.demo import QUICK, demo_configs
+from metatele.studies.demo import QUICK, demo_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_eval_refuses_training_seeds_unless_overridden(offline, capsys):
             "--set", "task.dims=[6,6,6,6]", "--set", "learned.lstm.hidden=8", "--set", "trajectories=4",
             "--set", "steps=3", "--set", "unroll=3", "--set", "batch_size=4", "--set", "device=cpu"]
     assert main(args) == 0
-    from metatele.evaluate import evaluate
+    from metatele.evaluation.evaluate import evaluate
 
     learned = load_checkpoint(out / "checkpoint.safetensors").optimizer
     learned.train_seeds = {0, 1, 2, 3}

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from metatele.baselines import BaselineConfig
+from metatele.optimizers.baselines import BaselineConfig
 from metatele.configs import ConfigError, apply_overrides, from_dict, parse_value, require, to_dict
-from metatele.strategies import TeleportSchedule
-from metatele.tasks import TaskConfig
+from metatele.symmetry.strategies import TeleportSchedule
+from metatele.tasks.family import TaskConfig
 
 
 def test_config_error_is_a_value_error():

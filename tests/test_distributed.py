@@ -15,9 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from metatele.configs import ConfigError
-from metatele.distributed import DataParallel, DistributedError, init_distributed
-from metatele.engine import UnrollEngine
-from metatele.train_config import MetaTrainConfig
+from metatele.meta.distributed import DataParallel, DistributedError, init_distributed
+from metatele.meta.engine import UnrollEngine
+from metatele.meta.config import MetaTrainConfig
 
 from helpers import tiny as helpers_tiny
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from metatele.checkpoint import load_optimizer, save_checkpoint
-from metatele.dropin import LearnedTeleportOptimizer, check_model
-from metatele.learned import LearnedConfig, LearnedOptimizer
-from metatele.lstm import LSTMConfig
-from metatele.mlp import mlp_loss
-from metatele.symmetry import SymmetryWarning
-from metatele.tasks import TaskConfig, sample_tasks
-from metatele.train_config import MetaTrainConfig
+from metatele.release.checkpoint import load_optimizer, save_checkpoint
+from metatele.optimizers.dropin import LearnedTeleportOptimizer, check_model
+from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+from metatele.optimizers.lstm import LSTMConfig
+from metatele.tasks.mlp import mlp_loss
+from metatele.symmetry.action import SymmetryWarning
+from metatele.tasks.family import TaskConfig, sample_tasks
+from metatele.meta.config import MetaTrainConfig
 
 TASK = TaskConfig(dims=[4, 6, 5, 3], distribution="gaussian")  # n=4 ≤ every layer input: a symmetry
 

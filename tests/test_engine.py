@@ -7,9 +7,9 @@ import torch
 
 from helpers import tiny
 
-from metatele.engine import DivergenceError, UnrollEngine
-from metatele.train import meta_train
-from metatele.train_config import MetaTrainConfig
+from metatele.meta.engine import DivergenceError, UnrollEngine
+from metatele.meta.train import meta_train
+from metatele.meta.config import MetaTrainConfig
 
 
 def small_config(**kw) -> MetaTrainConfig:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from metatele.baselines import BaselineConfig, HandDesigned, run_baseline
-from metatele.evaluate import BaselineMethod, Curves, compare, evaluate
-from metatele.stats import markdown_table, mean_ci, paired_comparison, results_to_json, summarize, verdicts
-from metatele.learned import LearnedConfig, LearnedOptimizer
-from metatele.lstm import LSTMConfig
-from metatele.mlp import mlp_loss
-from metatele.tasks import TaskConfig, sample_tasks, training_seeds, unseen_seeds
+from metatele.optimizers.baselines import BaselineConfig, HandDesigned, run_baseline
+from metatele.evaluation.evaluate import BaselineMethod, Curves, compare, evaluate
+from metatele.evaluation.stats import markdown_table, mean_ci, paired_comparison, results_to_json, summarize, verdicts
+from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+from metatele.optimizers.lstm import LSTMConfig
+from metatele.tasks.mlp import mlp_loss
+from metatele.tasks.family import TaskConfig, sample_tasks, training_seeds, unseen_seeds
 
 SMALL = TaskConfig(dims=[6, 6, 6, 6])
 PAPER = TaskConfig(dims=[20, 20, 20, 20])

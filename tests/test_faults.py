@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-import metatele.checkpoint as checkpoint_mod
-import metatele.resume as resume_mod
+import metatele.release.checkpoint as checkpoint_mod
+import metatele.meta.resume as resume_mod
 from metatele import cli
-from metatele.checkpoint import load_checkpoint
-from metatele.engine import DivergenceError, UnrollEngine
-from metatele.resume import STATE_DIR, ResumeError, TrainingCheckpointer, latest_state, resumable_callback, state_files
-from metatele.train import meta_train
-from metatele.train_config import MetaTrainConfig
+from metatele.release.checkpoint import load_checkpoint
+from metatele.meta.engine import DivergenceError, UnrollEngine
+from metatele.meta.resume import STATE_DIR, ResumeError, TrainingCheckpointer, latest_state, resumable_callback, state_files
+from metatele.meta.train import meta_train
+from metatele.meta.config import MetaTrainConfig
 
 from helpers import subprocess_env, tiny
 

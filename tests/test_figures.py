@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import metatele.figures as figures
-from metatele.evaluate import Curves
-from metatele.figures import plot_gradsq_vs_loss, plot_loss_vs_step, plot_loss_vs_time
+import metatele.evaluation.figures as figures
+from metatele.evaluation.evaluate import Curves
+from metatele.evaluation.figures import plot_gradsq_vs_loss, plot_loss_vs_step, plot_loss_vs_time
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,7 @@ def test_plot_rejects_bad_arguments(tmp_path, curves):
 def test_loss_plot_range_follows_the_means_and_lets_a_diverging_curve_leave_the_plot():
     import numpy as np
 
-    from metatele.figures import loss_ylim
+    from metatele.evaluation.figures import loss_ylim
 
     steady = np.array([3.0, 2.0, 1.0, 0.5])
     diverging = np.array([3.0, 2.5, 20.0, np.nan])

@@ -1,11 +1,11 @@
-"""The inner LeakyReLU network: forward, loss and per-task gradients (metatele.mlp)."""
+"""The inner LeakyReLU network: forward, loss and per-task gradients (metatele.tasks.mlp)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from metatele.mlp import (
+from metatele.tasks.mlp import (
     NEGATIVE_SLOPE,
     forward,
     grad_norm_sq,
@@ -15,8 +15,8 @@ from metatele.mlp import (
     sigma,
     sigma_inv,
 )
-from metatele.symmetry import teleport
-from metatele.tasks import TaskConfig, sample_tasks
+from metatele.symmetry.action import teleport
+from metatele.tasks.family import TaskConfig, sample_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

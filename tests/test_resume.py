@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from metatele import cli
-from metatele.checkpoint import load_checkpoint
-from metatele.engine import UnrollEngine
-from metatele.resume import (
+from metatele.release.checkpoint import load_checkpoint
+from metatele.meta.engine import UnrollEngine
+from metatele.meta.resume import (
     STATE_DIR,
     ResumeError,
     TrainingCheckpointer,
@@ -28,8 +28,8 @@ from metatele.resume import (
     resumable_callback,
     state_files,
 )
-from metatele.train import meta_train
-from metatele.train_config import MetaTrainConfig
+from metatele.meta.train import meta_train
+from metatele.meta.config import MetaTrainConfig
 
 from helpers import subprocess_env, tiny
 
@@ -197,7 +197,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result_bitwise(reference, tm
 def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_path, monkeypatch, capsys):
     cfg_file, reference_run = reference
     out = tmp_path / "run"
-    import metatele.experiment as experiment
+    import metatele.studies.experiment as experiment
 
     train_and_save = experiment.train_and_save
 

@@ -11,13 +11,13 @@ import yaml
 
 from metatele import cli
 from metatele.configs import ConfigError
-from metatele.evaluate import check_seeds
-from metatele.lstm import LSTMConfig, UpdateLSTM, log_space
-from metatele.search import parse_method, rank_lr_candidates, rank_update_candidates, run_search
-from metatele.tasks import (TEST_SEED_OFFSET, VALIDATION_SEED_OFFSET, is_test_seed, is_validation_seed,
+from metatele.evaluation.evaluate import check_seeds
+from metatele.optimizers.lstm import LSTMConfig, UpdateLSTM, log_space
+from metatele.studies.search import parse_method, rank_lr_candidates, rank_update_candidates, run_search
+from metatele.tasks.family import (TEST_SEED_OFFSET, VALIDATION_SEED_OFFSET, is_test_seed, is_validation_seed,
                             training_seeds, unseen_seeds, validation_seeds)
-from metatele.train import meta_train
-from metatele.train_config import MetaTrainConfig
+from metatele.meta.train import meta_train
+from metatele.meta.config import MetaTrainConfig
 
 from helpers import tiny
 
@@ -207,9 +207,9 @@ def test_search_refuses_a_protocol_that_evaluates_on_test_seeds(tmp_path, capsys
 
 @pytest.mark.parametrize("dist,setting", [("uniform", "uniform-20"), ("gaussian", "gaussian-20")])
 def test_shipped_selected_configs_are_the_benchmarks_meta_seed_0_runs_and_match_the_selection(dist, setting):
-    from metatele.benchmark import DEFAULT_CONFIG, load_protocol
-    from metatele.protocol import expand
-    from metatele.train_config import load_config
+    from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
+    from metatele.studies.protocol import expand
+    from metatele.meta.config import load_config
 
     protocol, _ = load_protocol(DEFAULT_CONFIG)
     selected = yaml.safe_load(open("experiments/configs/search_selected.yaml"))
@@ -230,9 +230,9 @@ def test_shipped_selected_configs_are_the_benchmarks_meta_seed_0_runs_and_match_
 def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_their_configs():
     from pathlib import Path
 
-    from metatele.checkpoint import load_checkpoint
-    from metatele.manifest import verify_manifest
-    from metatele.train_config import load_config
+    from metatele.release.checkpoint import load_checkpoint
+    from metatele.release.manifest import verify_manifest
+    from metatele.meta.config import load_config
 
     manifests = sorted(Path("checkpoints").glob("*.manifest.json"))
     names = {m.name.removesuffix(".manifest.json") for m in manifests}

@@ -1,12 +1,12 @@
-"""Teleport strategies: random, gradient ascent, schedules (metatele.strategies)."""
+"""Teleport strategies: random, gradient ascent, schedules (metatele.symmetry.strategies)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from metatele.configs import ConfigError
-from metatele.mlp import grad_norm_sq, loss_and_grads, mlp_loss
-from metatele.strategies import (
+from metatele.tasks.mlp import grad_norm_sq, loss_and_grads, mlp_loss
+from metatele.symmetry.strategies import (
     GradientAscentTeleport,
     RandomTeleport,
     TeleportSchedule,
@@ -14,8 +14,8 @@ from metatele.strategies import (
     grad_norm_ascent_direction,
     normalize_frobenius,
 )
-from metatele.symmetry import loss_change, teleport
-from metatele.tasks import TaskConfig, sample_tasks, training_seeds, unseen_seeds
+from metatele.symmetry.action import loss_change, teleport
+from metatele.tasks.family import TaskConfig, sample_tasks, training_seeds, unseen_seeds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The group action on consecutive layer pairs and teleportation (metatele.symmetry)."""
+"""The group action on consecutive layer pairs and teleportation (metatele.symmetry.action)."""
 from __future__ import annotations
 
 import warnings
@@ -6,8 +6,8 @@ import warnings
 import pytest
 import torch
 
-from metatele.mlp import loss_and_grads, mlp_loss, sigma, sigma_inv
-from metatele.symmetry import (
+from metatele.tasks.mlp import loss_and_grads, mlp_loss, sigma, sigma_inv
+from metatele.symmetry.action import (
     SymmetryWarning,
     apply_pinv,
     group_action,
@@ -15,7 +15,7 @@ from metatele.symmetry import (
     non_symmetric_pairs,
     teleport,
 )
-from metatele.tasks import TaskConfig, sample_tasks, training_seeds
+from metatele.tasks.family import TaskConfig, sample_tasks, training_seeds
 
 # dims = [n, d0, ..., dL] with 2..5 weight matrices and n ≤ every teleported layer's input
 # width (d0 .. d_{L-2}). The last two have d_{L-1} = 6 < n = 8, which is allowed: W_L is only

@@ -1,4 +1,4 @@
-"""Task families: seeding, splits, distributions and input validation (metatele.tasks)."""
+"""Task families: seeding, splits, distributions and input validation (metatele.tasks.family)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from metatele.configs import ConfigError
-from metatele.mlp import mlp_loss
-from metatele.tasks import (
+from metatele.tasks.mlp import mlp_loss
+from metatele.tasks.family import (
     TEST_SEED_OFFSET,
     TaskBatch,
     TaskConfig,

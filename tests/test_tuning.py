@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import metatele.tuning as tuning
-from metatele.baselines import BaselineConfig, run_baseline
-from metatele.evaluate import evaluate
-from metatele.stats import results_to_json
-from metatele.tasks import TEST_SEED_OFFSET, TaskConfig, sample_tasks, training_seeds, unseen_seeds
-from metatele.tuning import grid_search, hypergradient_tune, tune_all
+import metatele.evaluation.tuning as tuning
+from metatele.optimizers.baselines import BaselineConfig, run_baseline
+from metatele.evaluation.evaluate import evaluate
+from metatele.evaluation.stats import results_to_json
+from metatele.tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks, training_seeds, unseen_seeds
+from metatele.evaluation.tuning import grid_search, hypergradient_tune, tune_all
 
 SMALL = TaskConfig(dims=[6, 6, 6, 6])
 PAPER = TaskConfig(dims=[20, 20, 20, 20])

@@ -11,12 +11,12 @@ import torch
 
 wandb = pytest.importorskip("wandb")
 
-from metatele import wandb_utils as wu  # noqa: E402
-from metatele.checkpoint import save_checkpoint  # noqa: E402
-from metatele.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
-from metatele.lstm import LSTMConfig  # noqa: E402
-from metatele.tasks import TaskConfig  # noqa: E402
-from metatele.train_config import MetaTrainConfig  # noqa: E402
+from metatele.storage import wandb_log as wu  # noqa: E402
+from metatele.release.checkpoint import save_checkpoint  # noqa: E402
+from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
+from metatele.optimizers.lstm import LSTMConfig  # noqa: E402
+from metatele.tasks.family import TaskConfig  # noqa: E402
+from metatele.meta.config import MetaTrainConfig  # noqa: E402
 
 
 def _local(address) -> bool:

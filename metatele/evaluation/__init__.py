@@ -1,0 +1,1 @@
+"""Evaluation: curves on unseen seeds, statistics, baseline tuning and figures."""

@@ -1,0 +1,321 @@
+"""The evaluator: run any inner optimizer on unseen tasks, record curves, compute statistics.
+
+A *method* is anything with a ``name`` and ``start(X, Y, weights) -> stepper`` whose
+``stepper.step(weights)`` returns ``(new_weights, loss [B], grad_norm_sq [B])``, the loss and the
+squared gradient norm being measured at the weights passed in. :class:`LearnedOptimizer` is one;
+:class:`BaselineMethod` wraps a hand-designed optimizer. All seeds run as one batch.
+
+A task whose loss becomes non-finite or exceeds :data:`DIVERGED_LOSS` is *diverged* from that step
+on: its loss is stored as ``inf``, it is left out of the log-loss statistics (``metatele.evaluation.stats``)
+and counted separately.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..optimizers.baselines import BaselineConfig, HandDesigned
+from ..configs import to_dict
+from ..tasks.mlp import grad_norm_sq, loss_and_grads
+from ..tasks.family import TaskConfig, is_test_seed, is_validation_seed, sample_tasks
+
+#: a loss above this (or non-finite) marks a task as diverged from that step on.
+DIVERGED_LOSS = 1e30
+_TINY = 1e-300  # floor before log10 so that an exact zero loss stays finite
+
+
+class Stepper(Protocol):
+    """Advances B tasks: ``step(weights) -> (new_weights, loss [B], grad_norm_sq [B])`` at ``weights``."""
+
+    def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]: ...
+
+
+class Method(Protocol):
+    """An inner optimizer the evaluator can run: a ``name`` and ``start(X, Y, weights) -> Stepper``."""
+
+    name: str
+
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> Stepper: ...
+
+
+class BaselineMethod:
+    """A hand-designed optimizer as an evaluator method.
+
+    Args:
+        config: the optimizer and its hyper-parameters.
+        name: label in tables and figures (default: ``config.label``, e.g. ``gd``).
+    """
+
+    def __init__(self, config: BaselineConfig, name: str | None = None) -> None:
+        self.config = config
+        self.name = name or config.label
+
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> HandDesigned:
+        """A fresh :class:`HandDesigned` on the tasks ``(X, Y)`` starting at ``weights``."""
+        return HandDesigned(self.config, X, Y, weights)
+
+
+@dataclass
+class Curves:
+    """Per-step measurements of one method on K tasks (host arrays).
+
+    Attributes:
+        name: the method's label.
+        seeds: the K task seeds, in column order.
+        loss: ``[steps + 1, K]``; row ``t`` is the loss at ``W_t`` (``inf`` once diverged).
+        grad_sq: ``[steps + 1, K]``; squared gradient norm ``‖∇L(W_t)‖²`` (``inf`` once diverged).
+        time: ``[steps + 1]``; cumulative wall-clock seconds of the whole batch after ``t`` steps
+            (``time[0] = 0``).
+        task: the task family (as a dict).
+        info: what was run (e.g. the method's config as a dict), device and dtype.
+        overlap_warning: set when the seeds were allowed to overlap training / non-test seeds.
+    """
+
+    name: str
+    seeds: list[int]
+    loss: np.ndarray
+    grad_sq: np.ndarray
+    time: np.ndarray
+    task: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    overlap_warning: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Number of inner steps (rows − 1)."""
+        return self.loss.shape[0] - 1
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """``[steps + 1, K]`` bool: task diverged at or before step ``t``."""
+        return ~np.isfinite(self.loss)
+
+    @property
+    def log_loss(self) -> np.ndarray:
+        """``log10`` of the loss, ``[steps + 1, K]`` (``inf`` where diverged)."""
+        return np.log10(np.maximum(self.loss, _TINY))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict; non-finite numbers (diverged entries) become ``None``."""
+        return {
+            "name": self.name, "seeds": list(self.seeds),
+            "loss": _json_array(self.loss), "grad_sq": _json_array(self.grad_sq),
+            "time": _json_array(self.time), "task": self.task, "info": self.info,
+            "overlap_warning": self.overlap_warning,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Curves":
+        """Inverse of :meth:`to_dict` (``None`` entries come back as ``inf``)."""
+        arr = lambda v: np.array([[np.inf if x is None else x for x in row] for row in v], dtype=np.float64)  # noqa: E731
+        return cls(
+            name=data["name"], seeds=[int(s) for s in data["seeds"]],
+            loss=arr(data["loss"]), grad_sq=arr(data["grad_sq"]),
+            time=np.array([np.inf if x is None else x for x in data["time"]], dtype=np.float64),
+            task=dict(data.get("task") or {}), info=dict(data.get("info") or {}),
+            overlap_warning=data.get("overlap_warning"),
+        )
+
+
+def _json_array(a: np.ndarray) -> list:
+    return to_json(np.asarray(a, dtype=np.float64).tolist())
+
+
+def to_json(v: Any) -> Any:
+    """JSON-ready copy: nested lists/dicts, NaN/inf → ``None``, numpy values made plain, keys → ``str``."""
+    if isinstance(v, Mapping):
+        return {str(k): to_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_json(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return to_json(v.tolist())
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+# -- seeds ------------------------------------------------------------------------------------
+def check_seeds(
+    seeds: Iterable[int], train_seeds: Iterable[int] | None = None, allow_overlap: bool = False
+) -> tuple[list[int], str | None]:
+    """Validate evaluation seeds; return ``(seeds, overlap_warning or None)``.
+
+    Raises ``ValueError`` when seeds are empty or repeated, and, unless ``allow_overlap``, when a
+    seed is neither a test seed (:func:`~metatele.tasks.family.is_test_seed`) nor a validation seed
+    (:func:`~metatele.tasks.family.is_validation_seed`, for selecting configurations) or lies in
+    ``train_seeds``.
+    With ``allow_overlap`` the same findings become a ``UserWarning`` and a returned message.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: need at least one evaluation seed")
+    if len(set(seeds)) != len(seeds):
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ValueError(f"seeds contain duplicates {dup[:10]}: each task must be counted once")
+    problems = []
+    if train_seeds is not None:
+        pool = train_seeds if isinstance(train_seeds, (range, set, frozenset)) else set(int(s) for s in train_seeds)
+        overlap = [s for s in seeds if s in pool]
+        if overlap:
+            problems.append(f"{len(overlap)} of {len(seeds)} evaluation seeds were used in training "
+                            f"(e.g. {overlap[:5]})")
+    not_test = [s for s in seeds if not (is_test_seed(s) or is_validation_seed(s))]
+    if not_test:
+        problems.append(f"{len(not_test)} of {len(seeds)} evaluation seeds are neither test nor validation seeds "
+                        f"(e.g. {not_test[:5]}; use metatele.tasks.family.unseen_seeds or validation_seeds)")
+    if not problems:
+        return seeds, None
+    message = "; ".join(problems)
+    if not allow_overlap:
+        raise ValueError(f"refusing to evaluate: {message}. Pass allow_overlap=True to override "
+                         "(the results are then not on unseen initializations).")
+    note = f"NOT unseen initializations: {message}"
+    warnings.warn(note, UserWarning, stacklevel=3)
+    return seeds, note
+
+
+# -- the evaluator ----------------------------------------------------------------------------
+def mark_diverged(loss: torch.Tensor) -> torch.Tensor:
+    """Losses ``[T + 1, B]`` with ``inf`` from each task's first non-finite or above
+    :data:`DIVERGED_LOSS` entry on (no host sync)."""
+    bad = ~torch.isfinite(loss) | (loss > DIVERGED_LOSS)
+    bad = torch.cummax(bad.to(torch.uint8), dim=0).values.bool()
+    return torch.where(bad, torch.full_like(loss, math.inf), loss)
+
+
+class _Clock:
+    """Cumulative seconds per step. CPU: ``perf_counter``. CUDA: events read at the end (no
+    per-step sync), or ``perf_counter`` after a synchronize when ``sync=True``."""
+
+    def __init__(self, device: torch.device, sync: bool) -> None:
+        self.events = device.type == "cuda" and not sync
+        self.sync = device.type == "cuda" and sync
+        if self.events:
+            self.marks = [torch.cuda.Event(enable_timing=True)]
+            self.marks[0].record()
+        else:
+            self._sync()
+            self.marks = [time.perf_counter()]
+
+    def _sync(self) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+
+    def mark(self) -> None:
+        if self.events:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self._sync()
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> np.ndarray:
+        if self.events:
+            torch.cuda.synchronize()
+            return np.array([self.marks[0].elapsed_time(e) / 1000.0 for e in self.marks])
+        return np.array(self.marks) - self.marks[0]
+
+
+def _describe(method: Any) -> dict[str, Any]:
+    config = getattr(method, "config", None)
+    try:
+        return {"config": to_dict(config)} if config is not None else {}
+    except Exception:  # a config that is not a dataclass: keep its repr
+        return {"config": repr(config)}
+
+
+def _check_module_placement(method: Any, device: torch.device, dtype: torch.dtype) -> None:
+    params = list(method.parameters()) if isinstance(method, torch.nn.Module) else []
+    if params and (params[0].dtype != dtype or params[0].device.type != device.type):
+        raise ValueError(f"method {method.name!r} has parameters of dtype {params[0].dtype} on "
+                         f"{params[0].device}, but the tasks are {dtype} on {device}; move the method "
+                         "(e.g. method.to(device, dtype)) or pass matching device/dtype")
+
+
+def evaluate(
+    method: Method | BaselineConfig,
+    task: TaskConfig,
+    seeds: Iterable[int],
+    steps: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    train_seeds: Iterable[int] | None = None,
+    allow_overlap: bool = False,
+    sync_timing: bool = False,
+) -> Curves:
+    """Run ``method`` for ``steps`` steps on the tasks of ``seeds`` (one batch) and record curves.
+
+    Args:
+        method: a method (``name``, ``start``) or a :class:`BaselineConfig`.
+        task: the task family.
+        seeds: test seeds (see :func:`check_seeds` for what is refused).
+        steps: inner steps; the curves have ``steps + 1`` rows (the last is measured after the
+            final step).
+        device, dtype: where the tasks live (a learned method must already be there).
+        train_seeds: seeds the method was trained (or tuned) on; defaults to the method's
+            ``train_seeds`` attribute when it has one. Overlap is refused unless ``allow_overlap``.
+        allow_overlap: evaluate anyway; the result carries ``overlap_warning``.
+        sync_timing: on CUDA, synchronize after every step and use host time instead of CUDA
+            events (measures host overhead too, at the cost of one sync per step).
+
+    Returns:
+        :class:`Curves` with ``loss``, ``grad_sq`` ``[steps + 1, K]`` and ``time`` ``[steps + 1]``.
+    """
+    if isinstance(method, BaselineConfig):
+        method = BaselineMethod(method)
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if train_seeds is None:
+        train_seeds = getattr(method, "train_seeds", None)
+    seeds, note = check_seeds(seeds, train_seeds, allow_overlap)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    _check_module_placement(method, device, dtype)
+    batch = sample_tasks(task, seeds, device=device, dtype=dtype)
+    X, Y, W = batch.X, batch.Y, [w.detach() for w in batch.weights]
+
+    stepper = method.start(X, Y, W)
+    losses, grads_sq = [], []
+    clock = _Clock(device, sync_timing)
+    for _ in range(steps):
+        W, loss, gsq = stepper.step(W)
+        W = [w.detach() for w in W]
+        losses.append(loss.detach())
+        grads_sq.append(gsq.detach())
+        clock.mark()
+    seconds = clock.seconds()
+    with torch.no_grad():
+        loss, grads = loss_and_grads(W, X, Y)
+    losses.append(loss.detach())
+    grads_sq.append(grad_norm_sq(grads))
+
+    loss_t = mark_diverged(torch.stack(losses).to("cpu", torch.float64))  # the one read-back
+    gsq_t = torch.where(torch.isinf(loss_t), loss_t, torch.stack(grads_sq).to("cpu", torch.float64))
+    loss_np, gsq_np = loss_t.numpy(), gsq_t.numpy()
+    info = {**_describe(method), "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+    return Curves(method.name, seeds, loss_np, gsq_np, seconds, to_dict(task), info, note)
+
+
+def compare(
+    methods: Mapping[str, Method | BaselineConfig],
+    task: TaskConfig,
+    seeds: Iterable[int],
+    steps: int,
+    **kwargs: Any,
+) -> dict[str, Curves]:
+    """:func:`evaluate` every method on the same seeds; keys of ``methods`` become the names."""
+    seeds = list(seeds)
+    out = {}
+    for name, method in methods.items():
+        curves = evaluate(method, task, seeds, steps, **kwargs)
+        curves.name = name
+        out[name] = curves
+    return out

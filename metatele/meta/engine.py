@@ -1,0 +1,398 @@
+"""The unroll engine: B trajectories advanced in lock-step, truncated unrolls, meta-steps (SPEC §4).
+
+Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
+
+1. ``K`` inner steps of every trajectory at once: loss and gradient at ``W_t``, then the learned
+   optimizer's update and teleport (:meth:`LearnedOptimizer.step`). No host sync happens here:
+   divergence is tracked as a device mask ``alive`` (loss, gradient or weights non-finite).
+2. The meta-loss: per trajectory the sum over the unroll of the inner losses at
+   ``W_{t+1}..W_{t+K}`` (or of log-losses, optionally normalised by each task's initial loss),
+   averaged over the B trajectories, diverged trajectories masked out. So the meta-gradient of a
+   batch is the mean of the single-trajectory meta-gradients.
+3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
+   the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
+   the shared meta-parameters.
+4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
+   host reads the metrics; trajectories that finished their ``steps`` or diverged are replaced by
+   fresh tasks from the next training seeds (their LSTM state zeroed).
+
+The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
+:meth:`state_dict`, so a run can be resumed bit-for-bit (:mod:`metatele.meta.resume`).
+
+Data-parallel training (:mod:`metatele.meta.distributed`) runs one engine per rank with
+``rank``/``world_size``: each rank advances ``batch_size / world_size`` trajectories on its own
+interleaved training seeds (rank r of W uses ``train_seed_start + r, + r + W, + r + 2W, ...``),
+``grad_reducer`` averages the meta-gradients and ``stats_reducer`` sums the host counts, so
+every rank takes the same meta-step as one process with the whole batch would.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..configs import ConfigError
+from ..optimizers.learned import LearnedOptimizer, LearnedState
+from ..tasks.mlp import mlp_loss
+from ..symmetry.action import qr_factor
+from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
+from .config import MetaTrainConfig, resolve_device
+
+
+class DivergenceError(RuntimeError):
+    """Every trajectory diverged for ``diverge_patience`` consecutive meta-steps."""
+
+
+def _finite_rows(t: torch.Tensor) -> torch.Tensor:
+    """``[B, ...]`` → ``[B]`` bool: every entry of the row is finite."""
+    return torch.isfinite(t).flatten(1).all(1)
+
+
+@dataclass
+class Unroll:
+    """The result of one truncated unroll (before the trajectories are advanced)."""
+
+    W: list[torch.Tensor]
+    state: LearnedState
+    alive: torch.Tensor  # [B] bool: trajectory stayed finite during the unroll
+    final: torch.Tensor  # [B] loss at the last weights
+    meta_loss: torch.Tensor  # scalar, detached
+    K: int
+
+
+class UnrollEngine:
+    """Truncated unrolled meta-training of one :class:`LearnedOptimizer` over B trajectories.
+
+    Args:
+        config: the run's configuration.
+        optimizer: the learned optimizer to train (built from ``config`` when omitted).
+        device: overrides ``config.device``.
+        rank, world_size: this process's place in a data-parallel run (``0``, ``1``: alone). The
+            batch ``min(batch_size, trajectories)`` is split evenly over the ranks.
+    """
+
+    def __init__(
+        self,
+        config: MetaTrainConfig,
+        optimizer: LearnedOptimizer | None = None,
+        device: torch.device | str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        batch = min(config.batch_size, config.trajectories)
+        if batch % world_size:
+            raise ConfigError(
+                f"batch_size: the batch of {batch} trajectories (min(batch_size, trajectories)) must split "
+                f"evenly over the {world_size} data-parallel ranks; use a multiple of {world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.config = config
+        self.device = torch.device(device) if device is not None else resolve_device(config.device)
+        self.dtype = config.torch_dtype
+        torch.manual_seed(config.seed)
+        self.optimizer = optimizer or LearnedOptimizer(config.task, config.learned)
+        self.optimizer.to(device=self.device, dtype=self.dtype)
+        groups = []
+        if self.optimizer.update is not None:
+            groups.append({"params": list(self.optimizer.update.parameters()), "lr": config.lr_update})
+        if len(self.optimizer.teleports):
+            groups.append({"params": list(self.optimizer.teleports.parameters()), "lr": config.lr_teleport})
+        self.meta_opt = torch.optim.Adam(groups)
+        self.optimizer.output_hook = self._mask_dead
+        self.B = batch // world_size  # this rank's trajectories
+        self.rng = np.random.default_rng(config.seed)  # truncation lengths only
+        # host-side counters (deterministic, never read from the device)
+        self.meta_step_count = 0
+        #: next position in this rank's seed stream, offset by ``train_seed_start`` (the next seed
+        #: itself when ``world_size == 1``; see :meth:`_seed_of`)
+        self.next_seed = config.train_seed_start
+        self.trajectories_started = 0
+        self.trajectories_finished = 0
+        self.diverged_total = 0
+        self.all_dead_streak = 0
+        self.seeds = np.zeros(self.B, dtype=np.int64)
+        self.steps_done = np.zeros(self.B, dtype=np.int64)
+        self._alive_for_backward: torch.Tensor | None = None
+        #: called with the meta-parameters after backward, before clipping (distributed all-reduce)
+        self.grad_reducer: Callable[[list[torch.nn.Parameter]], None] | None = None
+        #: called once per meta-step with this rank's host sums ``[live trajectories, meta-loss
+        #: sum, log10-loss sum]``; returns the sums over all ranks (distributed runs)
+        self.stats_reducer: Callable[[list[float]], list[float]] | None = None
+        #: set by a data-parallel run: one past the largest training seed any rank has used
+        self.seed_end_all_ranks: int | None = None
+        #: metrics of the meta-steps taken before this engine was restored from a checkpoint
+        self.prior_history: list[dict[str, Any]] = []
+        self._start_all()
+
+    # -- trajectories ------------------------------------------------------------------------
+    def _seed_of(self, position: int) -> int:
+        """The training seed at ``position`` (≥ ``train_seed_start``) of this rank's stream."""
+        start = self.config.train_seed_start
+        return start + (position - start) * self.world_size + self.rank
+
+    def _fresh(self, count: int) -> TaskBatch:
+        seeds = [self._seed_of(p) for p in range(self.next_seed, self.next_seed + count)]
+        if seeds[-1] >= VALIDATION_SEED_OFFSET:  # host-side integers: no device sync
+            raise ValueError(f"training seed {seeds[-1]} reached the validation seeds (≥ {VALIDATION_SEED_OFFSET}); "
+                             "lower train_seed_start")
+        self.next_seed += count
+        self.trajectories_started += count
+        return sample_tasks(self.config.task, seeds, device=self.device, dtype=self.dtype)
+
+    def _start_all(self) -> None:
+        tasks = self._fresh(self.B)
+        self.X, self.Y = tasks.X, tasks.Y
+        self.W = [w.detach() for w in tasks.weights]
+        self.seeds[:] = tasks.seeds
+        c = self.config
+        if c.stagger:
+            # spread first trajectories over the horizon so that they do not finish together
+            # (by the slot's place in the whole batch of all ranks, as in one process)
+            W, r = self.world_size, self.rank
+            self.steps_done[:] = [((b * W + r) * c.steps // (self.B * W)) // c.unroll * c.unroll for b in range(self.B)]
+        else:
+            self.steps_done[:] = 0
+        self.loss0 = mlp_loss(self.W, self.X, self.Y).detach()
+        self.X_qr = qr_factor(self.X)  # the data are fixed along a trajectory
+        self.state = self.optimizer.initial_state(
+            self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W,
+            differentiable=True,
+        )
+
+    def _replace(self, slots: np.ndarray) -> None:
+        """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state."""
+        if self.config.learned.variant == "tele":
+            # lock-step: the base optimizer's state is shared by the batch, so the whole batch
+            # restarts when its trajectories finish (a diverged one stays masked until then)
+            if (self.steps_done >= self.config.steps).all():
+                self._start_all()
+            return
+        if len(slots) == 0:
+            return
+        tasks = self._fresh(len(slots))
+        idx = torch.as_tensor(slots, device=self.device)
+        self.X = self.X.index_copy(0, idx, tasks.X)
+        self.Y = self.Y.index_copy(0, idx, tasks.Y)
+        fresh_qr = qr_factor(tasks.X)
+        self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
+        self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
+        self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
+        keep = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        keep[idx] = False
+        self.state = self.state.reset(keep)
+        self.seeds[slots] = tasks.seeds
+        self.steps_done[slots] = 0
+
+    # -- one meta-step -----------------------------------------------------------------------
+    def _mask_dead(self, grad: torch.Tensor) -> torch.Tensor:
+        """Gradient hook on every LSTM output: zero the rows of diverged trajectories."""
+        alive = self._alive_for_backward
+        if alive is None:
+            return grad
+        shape = (-1,) + (1,) * (grad.dim() - 1)
+        return torch.where(alive.view(shape), grad, torch.zeros_like(grad))
+
+    def _unroll_length(self) -> int:
+        c = self.config
+        if c.truncation == "fixed":
+            return c.unroll
+        return int(round(math.exp(self.rng.uniform(math.log(c.unroll), math.log(c.unroll_max)))))
+
+    def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.config.normalize:
+            loss = loss / self.loss0
+        if self.config.meta_loss == "mean_log":
+            return torch.log(loss.clamp_min(1e-30))
+        return loss
+
+    def compute_meta_gradient(self) -> "Unroll":
+        """Run one truncated unroll from the current trajectories and backpropagate the meta-loss.
+
+        Leaves the meta-gradient in the meta-parameters' ``.grad`` (not yet clipped or applied)
+        and does not advance the trajectories; :meth:`meta_step` does both.
+        """
+        c = self.config
+        K = self._unroll_length()
+        W, state = self.W, self.state
+        alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        terms = []
+        for _ in range(K):
+            W, loss, grad_sq, state = self.optimizer.step(
+                W, self.X, self.Y, state, second_order=c.second_order, x_qr=self.X_qr
+            )
+            alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
+            terms.append(loss)
+        final = mlp_loss(W, self.X, self.Y)
+        for w in W:
+            alive = alive & _finite_rows(w)
+        alive = alive & torch.isfinite(final)
+        # losses at W_{t+1}..W_{t+K}: drop the loss at the (detached) start, add the final one
+        per_step = torch.stack(terms[1:] + [final])  # [K, B]
+        contrib = torch.where(alive.unsqueeze(0), self._meta_term(per_step), torch.zeros_like(per_step))
+        if c.meta_loss == "mean_log":
+            contrib = contrib / K
+        meta_loss = contrib.sum() / self.B
+
+        self._alive_for_backward = alive
+        self.meta_opt.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        self._alive_for_backward = None
+        return Unroll(W, state, alive, final, meta_loss.detach(), K)
+
+    @property
+    def meta_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.meta_opt.param_groups for p in g["params"]]
+
+    def meta_step(self) -> dict[str, Any]:
+        """Run one truncated unroll and one meta-update; returns host-side metrics."""
+        c = self.config
+        t0 = time.perf_counter()
+        u = self.compute_meta_gradient()
+        W, state, alive, final, meta_loss, K = u.W, u.state, u.alive, u.final, u.meta_loss, u.K
+        if self.grad_reducer is not None:  # e.g. all-reduce across data-parallel ranks
+            self.grad_reducer(self.meta_parameters)
+        params = self.meta_parameters
+        if c.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        finite_grad = torch.isfinite(norm)
+        for p in params:  # belt and braces: never let a non-finite meta-gradient through
+            if p.grad is not None:
+                p.grad = torch.where(finite_grad, p.grad, torch.zeros_like(p.grad))
+
+        with torch.no_grad():
+            log_loss = torch.where(alive, final.clamp_min(1e-30).log10(), torch.zeros_like(final)).sum()
+            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss])
+        # --- host sync: once per meta-step -------------------------------------------------
+        alive_host = alive.cpu().numpy()
+        meta_loss_h, norm_h, log_loss_h = stats.cpu().tolist()
+        n_alive = int(alive_host.sum())
+        totals = [float(n_alive), meta_loss_h * self.B, log_loss_h]
+        if self.stats_reducer is not None:  # sums over data-parallel ranks: every rank decides alike
+            totals = self.stats_reducer(totals)
+        n_alive = int(round(totals[0]))
+        if n_alive > 0:
+            self.meta_opt.step()
+            self.all_dead_streak = 0
+        else:
+            self.all_dead_streak += 1
+        self.meta_step_count += 1
+        self.W = [w.detach() for w in W]
+        self.state = state.detach()
+        self.steps_done += K
+        dead = np.flatnonzero(~alive_host)  # this rank's slots
+        finished = np.flatnonzero(alive_host & (self.steps_done >= c.steps))
+        self.diverged_total += len(dead)
+        self.trajectories_finished += len(finished)
+        metrics = {
+            "meta_step": self.meta_step_count,
+            "meta_loss": totals[1] / max(n_alive, 1),
+            "mean_log10_loss": totals[2] / max(n_alive, 1),
+            "meta_grad_norm": norm_h,
+            "diverged": int(len(dead)),
+            "diverged_total": self.diverged_total,
+            "trajectories_started": self.trajectories_started,
+            "trajectories_finished": self.trajectories_finished,
+            "unroll": K,
+            "seconds": time.perf_counter() - t0,
+        }
+        if self.all_dead_streak >= c.diverge_patience:
+            raise DivergenceError(
+                f"every one of the {self.B * self.world_size} trajectories diverged (non-finite loss, gradient or "
+                f"weights) in {self.all_dead_streak} consecutive meta-steps (up to meta-step {self.meta_step_count}); "
+                "the meta-parameters were not updated in those steps. Lower lr_update/lr_teleport, "
+                "enable grad_clip, normalize the meta-loss, or use meta_loss: mean_log."
+            )
+        self._replace(np.union1d(dead, finished).astype(np.int64))
+        return metrics
+
+    # -- resumable state ---------------------------------------------------------------------
+    @property
+    def checkpointable(self) -> bool:
+        """Whether :meth:`state_dict` can capture the run now.
+
+        Always, except for the ``tele`` variant: its hand-designed base optimizer (``higher``)
+        keeps state that cannot be saved, so it is checkpointable only between generations, when
+        the whole batch has just (re)started and that state is fresh.
+        """
+        return self.config.learned.variant != "tele" or bool((self.steps_done == 0).all())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit: tensors and host counters.
+
+        Tensors are references (not copies); numpy arrays and the numpy generator state are
+        returned as they are (:mod:`metatele.meta.resume` converts them for a pickle-free file).
+        """
+        if not self.checkpointable:
+            raise NotImplementedError(
+                "the 'tele' variant can be checkpointed only between generations (when every "
+                "trajectory has just started); see UnrollEngine.checkpointable"
+            )
+        s = self.state
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "meta_opt": self.meta_opt.state_dict(),
+            "X": self.X, "Y": self.Y, "W": list(self.W), "loss0": self.loss0,
+            "X_qr": list(self.X_qr),
+            "update_state": list(s.update) if s.update else None,
+            "teleport_state": [list(t) for t in s.teleport],
+            "counters": {
+                "meta_step_count": self.meta_step_count, "next_seed": self.next_seed,
+                "trajectories_started": self.trajectories_started,
+                "trajectories_finished": self.trajectories_finished,
+                "diverged_total": self.diverged_total, "all_dead_streak": self.all_dead_streak,
+            },
+            "rank": self.rank, "world_size": self.world_size,
+            "seeds": self.seeds.copy(), "steps_done": self.steps_done.copy(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (same config, same rank and world size)."""
+        where = (sd.get("rank", 0), sd.get("world_size", 1))
+        if where != (self.rank, self.world_size):
+            raise ValueError(
+                f"state of rank {where[0]} of {where[1]} cannot be loaded into rank {self.rank} of {self.world_size}"
+            )
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.meta_opt.load_state_dict(sd["meta_opt"])
+        to = lambda t: t.to(self.device)  # noqa: E731
+        self.X, self.Y, self.loss0 = to(sd["X"]), to(sd["Y"]), to(sd["loss0"])
+        self.X_qr = tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else qr_factor(self.X)
+        self.W = [to(w) for w in sd["W"]]
+        upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
+        base = None
+        if self.config.learned.variant == "tele":  # saved between generations: a fresh base optimizer
+            base = self.optimizer.initial_state(
+                self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W, differentiable=True,
+            ).base
+        self.state = LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]], base)
+        for k, v in sd["counters"].items():
+            setattr(self, k, v)
+        self.seeds[:] = sd["seeds"]
+        self.steps_done[:] = sd["steps_done"]
+        self.rng.bit_generator.state = sd["numpy_rng"]
+        torch.set_rng_state(sd["torch_rng"])
+        if sd.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(sd["cuda_rng"], self.device)
+
+    @property
+    def trained_seed_range(self) -> tuple[int, int]:
+        """``[start, end)`` of the training seeds consumed so far.
+
+        With several ranks: the range this rank's interleaved seeds span (as if every rank
+        started as many trajectories), or ``seed_end_all_ranks`` when the run has set it.
+        """
+        start = self.config.train_seed_start
+        if self.seed_end_all_ranks is not None:
+            return start, self.seed_end_all_ranks
+        return start, start + (self.next_seed - start) * self.world_size

@@ -1,0 +1,243 @@
+"""A learned optimizer: m1 and/or m2 assembled into one inner step (SPEC §3).
+
+Variants (``LearnedConfig.variant``):
+
+* ``update``: ``W ← W − m1(g)``.
+* ``update+tele``: ``W ← teleport(W − m1(g), T)`` with ``T = m2(g)``.
+* ``lr+tele``: ``W ← teleport(W − η g, T)`` with ``(T, η) = m2(g)``.
+* ``tele``: a hand-designed optimizer (``base``, through ``higher``) takes the step and m2
+  teleports after it.
+
+Step order as in the paper: gradient at ``W_t`` → update → teleport with ``T`` computed from that
+same gradient. :class:`LearnedOptimizer` holds the meta-parameters; :meth:`LearnedOptimizer.apply`
+is the one implementation of a step used by the unroll engine, the evaluator and the drop-in
+``torch.optim`` wrapper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .baselines import BaselineConfig, HandDesigned
+from ..configs import require
+from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
+from ..tasks.mlp import grad_norm_sq, loss_and_grads
+from ..symmetry.action import qr_factor, teleport
+from ..tasks.family import TaskConfig
+
+VARIANTS = ("update", "update+tele", "lr+tele", "tele")
+
+
+@dataclass
+class LearnedConfig:
+    """Which learned optimizer to build.
+
+    Attributes:
+        variant: ``update``, ``update+tele``, ``lr+tele`` or ``tele``.
+        lstm: sizes and options of the LSTMs.
+        teleport: m2 options (ε, step-size range, exact or first-order action).
+        base: the hand-designed optimizer under a ``tele`` variant.
+    """
+
+    variant: str = "update+tele"
+    lstm: LSTMConfig = field(default_factory=LSTMConfig)
+    teleport: TeleportConfig = field(default_factory=TeleportConfig)
+    base: BaselineConfig = field(default_factory=lambda: BaselineConfig(name="adam", lr=1e-2))
+
+    def __post_init__(self) -> None:
+        require(self.variant in VARIANTS, "learned.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant == "lr+tele" and not self.teleport.emit_lr:
+            self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
+
+    @property
+    def uses_update(self) -> bool:
+        return self.variant in ("update", "update+tele")
+
+    @property
+    def uses_teleport(self) -> bool:
+        return self.variant != "update"
+
+
+@dataclass
+class LearnedState:
+    """Per-trajectory recurrent state: m1's ``(h, c)`` and one ``(h, c)`` per m2; plus the
+    hand-designed optimizer of a ``tele`` variant (which is not per-trajectory resettable)."""
+
+    update: State | None
+    teleport: list[State]
+    base: HandDesigned | None = None
+
+    def detach(self) -> "LearnedState":
+        d = lambda s: (s[0].detach(), s[1].detach())  # noqa: E731
+        base = self.base.detach_() if self.base is not None else None
+        return LearnedState(d(self.update) if self.update else None, [d(s) for s in self.teleport], base)
+
+    def reset(self, keep: torch.Tensor) -> "LearnedState":
+        """Zero the state of trajectories where ``keep`` ``[B]`` is False."""
+        return LearnedState(
+            reset_state(self.update, keep) if self.update else None,
+            [reset_state(s, keep) for s in self.teleport],
+            self.base,
+        )
+
+
+def sanitize(t: torch.Tensor) -> torch.Tensor:
+    """Replace non-finite entries by 0 (what the LSTMs read for a diverged trajectory)."""
+    return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+
+
+class LearnedOptimizer(nn.Module):
+    """m1 (``update``) and the m2s (``teleports``, one per consecutive pair) of one variant.
+
+    Args:
+        task: the task family (fixes the weight shapes the LSTMs read and write).
+        config: the variant and its options.
+    """
+
+    def __init__(self, task: TaskConfig, config: LearnedConfig | None = None) -> None:
+        super().__init__()
+        self.task = task
+        self.config = config or LearnedConfig()
+        shapes = task.weight_shapes
+        self.update = UpdateLSTM(shapes, self.config.lstm) if self.config.uses_update else None
+        self.teleports = nn.ModuleList(
+            TeleportLSTM(shapes[m], shapes[m + 1], self.config.lstm, self.config.teleport)
+            for m in range(len(shapes) - 1)
+        ) if self.config.uses_teleport else nn.ModuleList()
+        if self.config.uses_teleport and len(shapes) < 2:
+            raise ValueError(f"variant {self.config.variant!r} needs at least two weight matrices, dims={task.dims}")
+        self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    def initial_state(
+        self,
+        batch_size: int,
+        device=None,
+        dtype=None,
+        X: torch.Tensor | None = None,
+        Y: torch.Tensor | None = None,
+        weights: Sequence[torch.Tensor] | None = None,
+        differentiable: bool = False,
+    ) -> LearnedState:
+        """Zero LSTM states for ``batch_size`` trajectories (and the base optimizer of ``tele``)."""
+        base = None
+        if self.config.variant == "tele":
+            if X is None or Y is None or weights is None:
+                raise ValueError("the 'tele' variant needs X, Y and weights to build its base optimizer")
+            base = HandDesigned(self.config.base, X, Y, weights, differentiable=differentiable)
+        return LearnedState(
+            self.update.initial_state(batch_size, device, dtype) if self.update else None,
+            [m2.initial_state(batch_size, device, dtype) for m2 in self.teleports],
+            base,
+        )
+
+    # -- one step ----------------------------------------------------------------------------
+    def _hooked(self, t: torch.Tensor) -> torch.Tensor:
+        if self.output_hook is not None and t.requires_grad:
+            t.register_hook(self.output_hook)
+        return t
+
+    def _teleport_outputs(self, grads: Sequence[torch.Tensor], state: LearnedState):
+        """Every m2 on its pair's gradients: ``(T per pair, step sizes, new m2 states)``."""
+        T, lrs, states = [], [], []
+        for m, m2 in enumerate(self.teleports):
+            t, lr, s = m2(grads[m], grads[m + 1], state.teleport[m])
+            T.append(self._hooked(t))
+            if lr is not None:
+                lrs.append(self._hooked(lr))
+            states.append(s)
+        return T, lrs, states
+
+    def apply(
+        self,
+        weights: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        X: torch.Tensor,
+        state: LearnedState,
+        x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], LearnedState]:
+        """One inner step from the gradients at ``weights``.
+
+        Args:
+            weights: list of ``[B, d_i, d_{i-1}]`` (may carry a graph to the meta-parameters).
+            grads: the gradients at ``weights`` (data, or with a graph for second order).
+                Ignored by the ``tele`` variant's base update, which computes its own.
+            X: ``[B, d0, n]``, the data the teleport is applied with.
+            state: recurrent state from :meth:`initial_state` or the previous step.
+            x_qr: optional precomputed QR of ``X`` (see :func:`metatele.symmetry.action.qr_factor`).
+
+        Returns:
+            ``(new_weights, new_state)``.
+        """
+        grads = [sanitize(g) for g in grads]
+        cfg = self.config
+        T, lrs, tele_states = self._teleport_outputs(grads, state)
+        update_state = state.update
+        if cfg.variant in ("update", "update+tele"):
+            updates, update_state = self.update(grads, state.update)
+            new = [w - self._hooked(u) for w, u in zip(weights, updates)]
+        elif cfg.variant == "lr+tele":
+            eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)  # geometric mean over pairs
+            new = [w - eta * g for w, g in zip(weights, grads)]
+        else:
+            raise RuntimeError("the 'tele' variant steps through apply_with_base()")
+        if T:
+            new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False, x_qr=x_qr)
+        return new, LearnedState(update_state, tele_states, state.base)
+
+    def step(
+        self,
+        weights: Sequence[torch.Tensor],
+        X: torch.Tensor,
+        Y: torch.Tensor,
+        state: LearnedState,
+        second_order: bool = False,
+        x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, LearnedState]:
+        """Loss and gradient at ``weights``, then :meth:`apply`.
+
+        Returns ``(new_weights, loss [B], squared gradient norm [B], new_state)``; the loss is
+        measured at ``weights`` and keeps its graph.
+        """
+        if self.config.variant == "tele":
+            return self._step_tele(weights, X, Y, state, x_qr)
+        loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
+        new, state = self.apply(weights, grads, X, state, x_qr)
+        return new, loss, grad_norm_sq(grads).detach(), state
+
+    def _step_tele(self, weights, X, Y, state, x_qr=None):
+        base = state.base
+        new, loss, gsq = base.step(weights)
+        grads = [sanitize(g.detach()) for g in base.last_grads]
+        T, _, tele_states = self._teleport_outputs(grads, state)
+        new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False, x_qr=x_qr)
+        return new, loss, gsq, LearnedState(None, tele_states, base)
+
+    # -- evaluator-facing --------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"LSTM({self.config.variant})"
+
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> "LearnedStepper":
+        """An inner optimizer for the evaluator: ``stepper.step(weights) -> (weights, loss, grad_sq)``."""
+        return LearnedStepper(self, X, Y, weights)
+
+
+class LearnedStepper:
+    """Runs a :class:`LearnedOptimizer` without meta-gradients on fixed tasks."""
+
+    def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
+        self.opt, self.X, self.Y = opt, X, Y
+        self.x_qr = qr_factor(X) if opt.config.uses_teleport else None
+        p = next(opt.parameters())
+        self.state = opt.initial_state(X.shape[0], X.device, p.dtype, X=X, Y=Y, weights=weights)
+
+    def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        W = [w.detach() for w in weights]
+        with torch.no_grad():  # no graph over the meta-parameters (inner gradients still work)
+            new, loss, gsq, state = self.opt.step(W, self.X, self.Y, self.state, x_qr=self.x_qr)
+        self.state = state.detach()
+        return [w.detach() for w in new], loss.detach(), gsq

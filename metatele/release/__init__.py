@@ -1,0 +1,1 @@
+"""Release: learned-optimizer checkpoints and their manifests."""

@@ -1,0 +1,483 @@
+"""``metatele benchmark``: the statistical protocol behind ``experiments/RESULTS.md``.
+
+A protocol (YAML → :class:`BenchmarkProtocol`) names task *settings*, learned *methods*
+(:class:`~metatele.meta.config.MetaTrainConfig` overrides on a shared ``base``), hand-designed
+*baselines*, the meta-training seeds, the unseen test seeds, the steps to report, the paired
+*comparisons* to state and the *ablations* (each one config switch, run on one setting).
+
+For every setting: tune the baselines on training seeds, meta-train every learned method once
+per meta-seed (saving each checkpoint), evaluate everything on the same unseen test seeds; then
+the ablation arms on their setting; then statistics (:mod:`metatele.studies.report`), ``results.json``,
+``curves.npz``, PNG figures and the markdown report. Runs whose configs are identical (e.g. an
+ablation reference equal to a main method) are trained once.
+
+The protocol itself (dataclasses, YAML loading, how a learned run's config is assembled) is in
+:mod:`metatele.studies.protocol`.
+
+Learned runs are independent and seeded, so they run in ``workers`` processes with ``threads``
+torch threads each (default: one single-thread process per CPU: on a 2-core machine that is far
+faster than two threads in one process, and the numbers are identical).
+
+Files: ``OUT/results.json`` (everything but the raw curves), ``OUT/curves.npz`` (every curve, see
+:func:`~metatele.studies.report.load_curves`), ``OUT/checkpoints/<section>/<method>/seed<k>.safetensors``,
+``<report dir>/figures/benchmark_<section>.png`` and the report (``OUT/RESULTS.md`` unless the
+protocol or ``--report`` says otherwise; the default protocol writes ``experiments/RESULTS.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..configs import ConfigError, require, to_dict
+from ..evaluation.evaluate import BaselineMethod, Curves, evaluate
+from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
+from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, goal_check, load_curves, method_stats,
+                     render_report, save_curves)
+from ..tasks.family import training_seeds
+from ..meta.config import MetaTrainConfig, resolve_device
+from ..evaluation.tuning import DEFAULT_LRS, grid_search
+
+__all__ = ["BenchmarkProtocol", "BenchmarkRun", "Job", "Setting", "Ablation", "Tuning", "load_protocol",
+           "run_benchmark", "run_job", "load_curves", "main", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs"
+DEFAULT_CONFIG, QUICK_CONFIG = CONFIG_DIR / "benchmark.yaml", CONFIG_DIR / "benchmark_quick.yaml"
+
+
+# -- running ----------------------------------------------------------------------------------
+def slug(name: str) -> str:
+    """A file-name-safe form of a method name: ``LSTM(update+tele)`` → ``LSTM-update+tele``."""
+    return re.sub(r"[^A-Za-z0-9+.=_-]+", "-", name).strip("-")
+
+
+def _available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass
+class Job:
+    """One learned run: meta-train ``config``, save its checkpoint, evaluate it on the test seeds."""
+
+    section: str
+    method: str
+    meta_seed: int
+    config: MetaTrainConfig
+    checkpoint: Path
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.config.to_dict(), sort_keys=True)
+
+
+def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: str, resume: bool = False,
+            progress: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Meta-train (or, with ``resume``, reload a matching checkpoint), evaluate, save the checkpoint.
+
+    Returns ``{"info", "curves", "timings"}``, or ``{"error", "timings"}`` when meta-training
+    diverged. A top-level function so that worker processes can run it.
+    """
+    from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ..meta.engine import DivergenceError
+    from ..meta.train import meta_train
+
+    if threads:
+        torch.set_num_threads(threads)
+    config, path = job.config, job.checkpoint
+    where = {"section": job.section, "method": job.method, "meta_seed": job.meta_seed}
+    device = resolve_device(config.device)
+    t0 = time.perf_counter()
+    ck = None
+    if resume and path.is_file():
+        try:
+            ck = load_checkpoint(path, device=device)
+        except CheckpointError:  # damaged or foreign: train again
+            ck = None
+    reused = ck is not None and ck.config.to_dict() == config.to_dict()
+    if reused:
+        opt, prov = ck.optimizer, ck.provenance
+        train_seeds, meta_steps = tuple(prov["training_seeds"][0]), prov["meta_steps"]
+        diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
+    else:
+        try:
+            result = meta_train(config, device=device, progress=progress)
+        except DivergenceError as e:
+            return {"error": f"DivergenceError: {e}", "timings": [
+                {"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "failed": True}]}
+        opt, train_seeds, meta_steps = result.optimizer, tuple(result.train_seeds), result.meta_steps
+        diverged, train_seconds = result.diverged_total, time.perf_counter() - t0
+    timings = [{"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "reused": reused,
+                "trajectory_steps": config.trajectories * config.steps}]
+    t0 = time.perf_counter()
+    curves = evaluate(opt.eval(), config.task, test_seeds, max(steps), device=device, dtype=config.torch_dtype,
+                      train_seeds=range(*train_seeds))
+    curves.name = job.method
+    timings.append({"stage": "evaluate", **where, "seconds": time.perf_counter() - t0})
+    if not reused:
+        save_checkpoint(path, opt, config,
+                        provenance={"training_seeds": [list(train_seeds)], "meta_steps": meta_steps,
+                                    "meta_seed": job.meta_seed, "train_seconds": round(train_seconds, 1),
+                                    "diverged_trajectories": diverged,
+                                    "benchmark": {"protocol": protocol_name, **where}},
+                        evaluation={"test_seeds": [test_seeds[0], test_seeds[-1] + 1],
+                                    "summary": clean(method_stats(curves, steps)["summary"])})
+    info = {"meta_seed": job.meta_seed, "checkpoint": str(path), "train_seeds": list(train_seeds),
+            "meta_steps": meta_steps, "train_seconds": train_seconds, "diverged_trajectories": diverged,
+            "reused": reused}
+    return {"info": info, "curves": curves, "timings": timings}
+
+
+class BenchmarkRun:
+    """Carries out a protocol: :meth:`run`, then :meth:`sections` for the statistics.
+
+    Args:
+        settings, ablations, methods: run only these (default: all; ``methods`` names learned
+            methods and baselines).
+        workers: processes for the learned runs (each with ``threads`` torch threads); 1 runs
+            them here, one after the other. Results do not depend on it (every run is seeded).
+    """
+
+    def __init__(self, protocol: BenchmarkProtocol, out: Path, progress: bool = True, resume: bool = False,
+                 settings: list[str] | None = None, ablations: list[str] | None = None,
+                 workers: int = 1, threads: int = 1, methods: list[str] | None = None) -> None:
+        self.p, self.out, self.progress, self.resume = protocol, Path(out), progress, resume
+        self.workers, self.threads = max(1, workers), max(1, threads)
+        for what, names, have in (("settings", settings, protocol.settings), ("ablations", ablations, protocol.ablations),
+                                  ("methods", methods, {**protocol.methods, **protocol.baselines})):
+            unknown = sorted(set(names or []) - set(have))
+            require(not unknown, f"--{what}", f"unknown {unknown}; the protocol has {sorted(have)}")
+        self.settings = list(protocol.settings) if settings is None else [s for s in protocol.settings if s in settings]
+        self.ablations = list(protocol.ablations) if ablations is None else [a for a in protocol.ablations if a in ablations]
+        self.methods = list(protocol.methods) if methods is None else [m for m in protocol.methods if m in methods]
+        self.baselines = list(protocol.baselines) if methods is None else [b for b in protocol.baselines if b in methods]
+        self.device = resolve_device(protocol.device)
+        self.seeds = protocol.eval_seeds()
+        self.timings: list[dict[str, Any]] = []
+        self.curves: dict[str, dict[str, Any]] = {}  # section → method → Curves | [Curves per meta-seed]
+        self.entries: dict[str, dict[str, dict[str, Any]]] = {}  # section → method → JSON entry
+
+    def jobs(self) -> list[Job]:
+        """Every learned run, in report order (identical configs appear more than once)."""
+        p, out = self.p, []
+        ck = self.out / "checkpoints"
+        for s in self.settings:
+            out += [Job(s, m, k, p.learned_config(s, m, k), ck / s / slug(m) / f"seed{k}.safetensors")
+                    for m in self.methods for k in p.meta_seeds]
+        for arm, (m, ab, ref) in p.ablation_arms(self.ablations).items():
+            out += [Job("ablations", arm, k, p.learned_config(p.ablation_setting, m, k, ab, ref),
+                        ck / "ablations" / slug(arm) / f"seed{k}.safetensors") for k in p.meta_seeds]
+        return out
+
+    def stages(self) -> list[str]:
+        """Labels of the stages: one per setting's baselines, one per distinct learned run."""
+        seen: set[str] = set()
+        runs = [j for j in self.jobs() if not (j.key in seen or seen.add(j.key))]
+        return [f"{s}: baselines" for s in self.settings] + [f"{j.section}: {j.method} seed {j.meta_seed}" for j in runs]
+
+    def _baselines(self, setting: str) -> None:
+        p, task = self.p, self.p.settings[setting].task
+        tuned: dict[str, Any] = {}
+        for name in self.baselines:
+            cfg, tune = p.baseline(name)
+            record = None
+            if tune:  # with its teleport on, if any: a teleport raises the gradient norm
+                key = json.dumps(to_dict(cfg), sort_keys=True)
+                if key not in tuned:
+                    t0 = time.perf_counter()
+                    tuned[key] = grid_search(cfg, task, training_seeds(p.tuning.seeds, p.tuning.seed_start),
+                                             p.tuning.steps, lrs=p.tuning.lrs or DEFAULT_LRS,
+                                             objective=p.tuning.objective, device=self.device)
+                    self.timings.append({"stage": "tune", "section": setting, "method": name,
+                                         "seconds": time.perf_counter() - t0})
+                record = tuned[key]
+                cfg = replace(cfg, lr=record.lr)
+            t0 = time.perf_counter()
+            c = evaluate(BaselineMethod(cfg, name), task, self.seeds, max(p.steps), device=self.device)
+            self.timings.append({"stage": "evaluate", "section": setting, "method": name,
+                                 "seconds": time.perf_counter() - t0})
+            self.curves.setdefault(setting, {})[name] = c
+            self.entries.setdefault(setting, {})[name] = {
+                "kind": "baseline", "config": to_dict(cfg), "tuning": record.to_dict() if record else None}
+
+    def run(self) -> dict[str, float]:
+        """Tune and evaluate the baselines, then run every distinct learned job; returns the wall
+        seconds of the two phases."""
+        torch.set_num_threads(self.threads)
+        bar = tqdm(total=len(self.stages()), desc="benchmark", unit="stage", disable=not self.progress,
+                   dynamic_ncols=True)
+        phases = {}
+        t0 = time.perf_counter()
+        for s in self.settings:
+            bar.set_postfix_str(f"{s}: baselines")
+            self._baselines(s)
+            bar.update(1)
+        phases["baselines: tune + evaluate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        jobs = self.jobs()
+        distinct = {}
+        for j in jobs:
+            distinct.setdefault(j.key, j)
+        args = (self.seeds, self.p.steps, self.p.name, self.resume)
+        results: dict[str, dict[str, Any]] = {}
+        if self.workers == 1:
+            for key, j in distinct.items():
+                bar.set_postfix_str(f"{j.section}: {j.method} seed {j.meta_seed}")
+                results[key] = run_job(j, *args, progress=self.progress and sys.stderr.isatty())
+                bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            def cost(j: Job) -> float:  # rough; longest first so that no worker is left with a long tail
+                c = j.config
+                return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_teleport) * (1 + c.second_order)
+
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process with live OpenMP threads
+            with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+                futures = {pool.submit(run_job, j, *args, False, self.threads): key
+                           for key, j in sorted(distinct.items(), key=lambda kv: -cost(kv[1]))}
+                for f in as_completed(futures):
+                    results[futures[f]] = f.result()
+                    j = distinct[futures[f]]
+                    bar.set_postfix_str(f"done {j.section}: {j.method} seed {j.meta_seed}")
+                    bar.update(1)
+        bar.close()
+        phases[f"learned: meta-train + evaluate ({len(distinct)} runs, {self.workers} worker(s))"] = time.perf_counter() - t0
+        for j in jobs:  # in report order; a run shared by two entries is recorded in both
+            r = results[j.key]
+            first = distinct[j.key] is j
+            if first:
+                self.timings += r["timings"]
+            entry = self.entries.setdefault(j.section, {}).setdefault(j.method, {
+                "kind": "learned", "meta_seeds_info": [], "failed": [],
+                "config": {k: v for k, v in j.config.to_dict().items() if k not in ("seed", "train_seed_start")}})
+            per_seed = self.curves.setdefault(j.section, {}).setdefault(j.method, [])
+            if "error" in r:
+                entry["failed"].append({"meta_seed": j.meta_seed, "error": r["error"]})
+                continue
+            shared = {} if first else {"shared_with": f"{distinct[j.key].section}/{distinct[j.key].method}"}
+            entry["meta_seeds_info"].append({**r["info"], **shared})
+            per_seed.append(r["curves"])
+        return phases
+
+    # -- assembling -------------------------------------------------------------------------
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Per section: kind, label, task, methods (entries with statistics), comparisons."""
+        p, out = self.p, {}
+        for name, methods in self.curves.items():
+            abl = name == "ablations"
+            setting = p.settings[p.ablation_setting if abl else name]
+            for m, c in methods.items():  # a method whose every meta-seed failed has no curves
+                self.entries[name][m].update(method_stats(c, p.steps) if c else {"summary": None})
+            flat = self.flat_curves(name)
+            sec = {"kind": "ablations" if abl else "setting", "task": to_dict(setting.task), "label": setting.label,
+                   "methods": self.entries[name]}
+            if abl:
+                chosen = {ab: a for ab, a in p.ablations.items() if ab in self.ablations}
+                sec["ablations"] = {ab: {"method": a.method, "reference": f"{a.method} [reference]",
+                                         "question": a.question} for ab, a in chosen.items()}
+                sec["comparisons"] = [{**c, "ablation": ab} for ab, a in chosen.items()
+                                      for c in compare_pairs(flat, [[ab, f"{a.method} [reference]"]], p.steps, p.alpha)]
+            else:
+                sec["comparisons"] = compare_pairs(flat, p.comparisons, p.steps, p.alpha)
+            out[name] = sec
+        return out
+
+    def flat_curves(self, section: str) -> dict[str, Curves]:
+        """Method → one curve (learned methods combined over meta-seeds)."""
+        return {m: (combine_meta_seeds(m, c) if isinstance(c, list) else c)
+                for m, c in self.curves[section].items() if c}
+
+    def labelled_curves(self) -> dict[str, dict[str, dict[str, Curves]]]:
+        """section → method → ``seed<k>`` / ``combined`` / ``baseline`` → Curves (for :func:`save_curves`)."""
+        out: dict[str, dict[str, dict[str, Curves]]] = {}
+        for sec, methods in self.curves.items():
+            for m, c in methods.items():
+                if isinstance(c, Curves):
+                    out.setdefault(sec, {})[m] = {"baseline": c}
+                elif c:
+                    infos = self.entries[sec][m]["meta_seeds_info"]
+                    out.setdefault(sec, {})[m] = {**{f"seed{i['meta_seed']}": x for i, x in zip(infos, c)},
+                                                  "combined": combine_meta_seeds(m, c)}
+        return out
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Platform, CPUs, threads, versions, git commit and load average (for the report)."""
+    from .._version import __version__
+    from ..release.checkpoint import _git_dirty, git_commit
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux: the model name says more than "x86_64"
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "processor": cpu,
+            "cpu_count": os.cpu_count(), "cpus_available": _available_cpus(), "torch": torch.__version__,
+            "numpy": np.__version__, "python": platform.python_version(),
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "metatele": __version__, "git_commit": git_commit(), "git_dirty": _git_dirty()}
+
+
+def _figure_title(name: str, section: Mapping[str, Any]) -> str:
+    return section["label"] + (" — ablations" if name == "ablations" else "")
+
+
+def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: str | os.PathLike | None = None,
+                  command: str = "", raw: Mapping[str, Any] | None = None, progress: bool = True,
+                  resume: bool = False, settings: list[str] | None = None, ablations: list[str] | None = None,
+                  workers: int | None = None, threads: int | None = None,
+                  methods: list[str] | None = None) -> dict[str, Any]:
+    """Run ``protocol``; write ``OUT/results.json``, ``OUT/curves.npz``, ``OUT/checkpoints/``,
+    figures next to the report (``<report dir>/figures/``) and the report (default
+    ``OUT/RESULTS.md``). Returns the results dict.
+
+    ``workers``/``threads`` default to the protocol's, else one worker per available CPU (one on
+    CUDA) with one torch thread each.
+    """
+
+    from ..evaluation.figures import plot_loss_vs_step
+
+    t0, started = time.perf_counter(), datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    out = Path(out)
+    report = Path(report) if report is not None else out / "RESULTS.md"
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = resolve_device(protocol.device).type == "cuda"
+    workers = workers or protocol.workers or (1 if cuda else _available_cpus())
+    threads = threads or protocol.threads or max(1, _available_cpus() // workers)
+    runner = BenchmarkRun(protocol, out, progress, resume, settings, ablations, workers, threads, methods)
+    machine = {**machine_info(runner.device), "workers": workers, "torch_threads": threads}
+    phases = runner.run()
+    t1 = time.perf_counter()
+    sections = runner.sections()
+    figures = {}
+    for name in sections:
+        path = report.parent / "figures" / f"benchmark_{slug(name)}.png"
+        plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]))
+        figures[name] = os.path.relpath(path, report.parent)
+    save_curves(out / "curves.npz", runner.labelled_curves(), runner.seeds)
+    results = clean({
+        "format": "metatele-benchmark-results", "format_version": 1, "command": command,
+        "protocol_name": protocol.name, "protocol": raw if raw is not None else to_dict(protocol),
+        "machine": machine, "started": started, "meta_seeds": protocol.meta_seeds,
+        "test_seeds": {"start": runner.seeds[0], "count": len(runner.seeds), "split": protocol.eval_split},
+        "steps": protocol.steps, "alpha": protocol.alpha, "sections": sections,
+        "curves_file": str(out / "curves.npz"), "results_file": str(out / "results.json"),
+        "figures": {k: str(report.parent / v) for k, v in figures.items()},
+    })
+    results["conclusions"] = conclusions(results)
+    results["goal"] = goal_check(results)
+    phases["statistics, figures, report"] = time.perf_counter() - t1
+    results["phases"] = phases
+    results["timings"] = clean(runner.timings)
+    results["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    results["wall_seconds"] = time.perf_counter() - t0
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=1, allow_nan=False)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(results, figures, yaml.safe_dump(results["protocol"], sort_keys=False,
+                                                                     allow_unicode=True)))
+    return results
+
+
+def render_only(out: Path, report: Path) -> int:
+    """Re-render ``report`` from ``out/results.json`` (recomputing the generated sentences), and
+    redraw its figures from ``out/curves.npz`` when that file is there."""
+    from ..evaluation.figures import plot_loss_vs_step
+
+    try:
+        results = json.loads((out / "results.json").read_text())
+    except FileNotFoundError:
+        print(f"metatele benchmark: error: no results at {out / 'results.json'}; run the benchmark first", file=sys.stderr)
+        return 2
+    if (out / "curves.npz").is_file():
+        saved = load_curves(out / "curves.npz")
+        for name, path in results.get("figures", {}).items():
+            sec = results["sections"][name]
+            curves = {m: saved[name][m].get("combined") or saved[name][m].get("baseline")
+                      for m in sec["methods"] if m in saved.get(name, {})}
+            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=_figure_title(name, sec))
+    results["conclusions"] = conclusions(results)
+    results["goal"] = goal_check(results)
+    figures = {k: os.path.relpath(v, report.parent) for k, v in results.get("figures", {}).items()}
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(results, figures, yaml.safe_dump(results["protocol"], sort_keys=False,
+                                                                     allow_unicode=True)))
+    print(f"report: {report} (re-rendered from {out / 'results.json'})")
+    return 0
+
+
+# -- command line -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="metatele benchmark",
+        description="The statistical benchmark protocol: meta-train every learned method on several meta-seeds, "
+        "tune baselines on training seeds, evaluate all on the same unseen test seeds, and write RESULTS.md "
+        "(tables with 95% CIs, paired tests, figures, conclusions), results.json, curves.npz and checkpoints.")
+    p.add_argument("--config", help=f"protocol YAML (default: {DEFAULT_CONFIG}, or {QUICK_CONFIG.name} with --quick)")
+    p.add_argument("--quick", action="store_true", help="the tiny protocol (seconds; used by the tests)")
+    p.add_argument("--out", help="output folder (default: the protocol's 'out')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a protocol key, e.g. --set base.trajectories=500 --set meta_seeds=[0,1,2,3] (repeatable)")
+    p.add_argument("--report", help="report path (default: the protocol's 'report', else OUT/RESULTS.md)")
+    p.add_argument("--settings", nargs="+", metavar="NAME", help="run only these settings")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these learned methods and baselines "
+                   "(ablations still train their own arms)")
+    p.add_argument("--ablations", nargs="+", metavar="NAME", help="run only these ablations ('none': skip all)")
+    p.add_argument("--workers", type=int, help="processes for the learned runs (default: protocol 'workers', else one "
+                   "per available CPU; 1 on CUDA). Results do not depend on it")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: protocol 'threads', else CPUs / workers)")
+    p.add_argument("--resume", action="store_true", help="reuse checkpoints in OUT whose config matches (evaluation reruns)")
+    p.add_argument("--dry-run", action="store_true", help="validate the protocol and print the stages, then exit")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-write the report from OUT/results.json (no training or evaluation; keeps the recorded times)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``metatele benchmark ARGS``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    config = args.config or str(QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
+    ablations = None if args.ablations is None else [a for a in args.ablations if a != "none"]
+    try:
+        for flag in ("workers", "threads"):
+            require(getattr(args, flag) is None or getattr(args, flag) >= 1, f"--{flag}", "must be ≥ 1")
+        protocol, raw = load_protocol(config, args.overrides)
+        out = Path(args.out or protocol.out)
+        runner = BenchmarkRun(protocol, out, False, False, args.settings, ablations, methods=args.methods)
+    except ConfigError as e:
+        print(f"metatele benchmark: error: {e}", file=sys.stderr)
+        return 2
+    report = Path(args.report) if args.report else (Path(protocol.report) if protocol.report else out / "RESULTS.md")
+    if args.dry_run:
+        stages = runner.stages()
+        print("\n".join(stages))
+        print(f"{len(stages)} stages ({len(runner.settings)} for baselines, {len(stages) - len(runner.settings)} distinct "
+              f"learned runs for {len(runner.jobs())} table entries); out {out}; report {report}")
+        return 0
+    if args.render_only:
+        return render_only(out, report)
+    command = "metatele benchmark" + (" " + shlex.join(argv) if argv else "")
+    results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
+                            resume=args.resume, settings=args.settings, ablations=ablations,
+                            workers=args.workers, threads=args.threads, methods=args.methods)
+    print("\n".join(results["conclusions"]))
+    print(f"\nreport: {report}; results: {out / 'results.json'}; wall time {results['wall_seconds'] / 60:.1f} min")
+    return 0

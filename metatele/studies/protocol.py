@@ -1,0 +1,241 @@
+"""The benchmark protocol: settings, learned methods, baselines, ablations, seeds (YAML → dataclasses).
+
+See ``experiments/configs/benchmark.yaml`` and :mod:`metatele.studies.benchmark`, which runs a protocol.
+Override order for a learned run: ``base`` → setting ``overrides`` → ``ablation_base`` (ablation
+arms only) → the method's overrides → the setting's ``method_overrides[method]`` →
+``ablation_reference`` (ablation arms only) → the ablation's ``overrides``; then ``task`` (the setting's), ``seed`` (the meta-seed) and
+``train_seed_start += meta_seed × SEED_STRIDE`` (each meta-seed trains on its own training tasks).
+Override dicts may use dotted keys (``learned.teleport.exact: false``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..optimizers.baselines import BaselineConfig
+from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, to_dict
+from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
+from ..meta.config import MetaTrainConfig
+from ..evaluation.tuning import OBJECTIVES
+
+EVAL_SPLITS = ("test", "validation")
+SEED_STRIDE = 1_000_000  #: meta-seed k trains on seeds from ``train_seed_start + k * SEED_STRIDE``
+#: meta-seeds stay below this, so their training seeds stay below the validation seeds
+MAX_META_SEED = VALIDATION_SEED_OFFSET // SEED_STRIDE - 1
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else v
+    return out
+
+
+def expand(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Dotted keys to nested dicts: ``{"learned.lstm.hidden": 64}`` → ``{"learned": {"lstm": {"hidden": 64}}}``."""
+    out: dict[str, Any] = {}
+    for key, v in (overrides or {}).items():
+        v = expand(v) if isinstance(v, Mapping) else v
+        for part in reversed(str(key).split(".")):
+            v = {part: v}
+        out = _merge(out, v)
+    return out
+
+
+# -- the protocol -----------------------------------------------------------------------------
+def _named(cls: type, data: Any, where: str) -> Any:
+    """``from_dict`` whose errors name where in the protocol they come from."""
+    try:
+        return from_dict(cls, data, where)
+    except ConfigError as e:
+        raise ConfigError(str(e) if where in str(e) else f"{where}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass
+class Setting:
+    """A task family to benchmark on, with optional scale overrides for its learned methods."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    label: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.task, dict):
+            self.task = from_dict(TaskConfig, self.task, "task")
+        require(isinstance(self.overrides, dict) and isinstance(self.method_overrides, dict), "overrides",
+                "overrides and method_overrides must be mappings")
+        self.label = self.label or f"{self.task.distribution} {self.task.dims}"
+
+
+@dataclass
+class Ablation:
+    """One switch: ``method`` (a learned method's name) with ``overrides``, against ``method`` without."""
+
+    method: str = "LSTM(update+tele)"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    question: str = ""
+
+
+@dataclass
+class Tuning:
+    """Grid search of the ``tune: true`` baselines' learning rate on training seeds."""
+
+    seeds: int = 20
+    seed_start: int = 0
+    steps: int = 100
+    objective: str = "mean_log_loss_final"
+    lrs: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        require(self.objective in OBJECTIVES, "tuning.objective", f"must be one of {OBJECTIVES}, got {self.objective!r}")
+        require(self.seeds >= 1 and self.steps >= 1, "tuning", f"seeds and steps must be ≥ 1, got {self.seeds}, {self.steps}")
+
+
+@dataclass
+class BenchmarkProtocol:
+    """What ``metatele benchmark`` runs (see ``experiments/configs/benchmark.yaml``).
+
+    Attributes:
+        name, description: shown in the report.
+        out, report: default output folder and report path (``None`` report: ``OUT/RESULTS.md``).
+        device: where everything runs. workers: processes for the learned runs (``None``: one per
+            available CPU, one on CUDA); threads: torch threads per worker (``None``: CPUs / workers).
+        meta_seeds: meta-training seeds of every learned method.
+        test_seeds, test_seed_start: ``unseen_seeds(test_seeds, test_seed_start)``, shared by all.
+        eval_split: ``test`` (the unseen test seeds: for reporting) or ``validation``
+            (``validation_seeds(test_seeds, test_seed_start)``: for selecting configurations,
+            see :mod:`metatele.studies.search`).
+        steps: steps reported (evaluation runs to the largest); alpha: significance level.
+        base: MetaTrainConfig overrides shared by every learned run.
+        settings, methods, baselines: name → :class:`Setting` / overrides / BaselineConfig fields
+            (plus ``tune: true`` to grid-tune ``lr``, with the baseline's teleport schedule on).
+        comparisons: ``[a, b]`` pairs stated in every setting that has both.
+        ablation_setting, ablation_base, ablations: where the ablations run, their shared scale
+            overrides, and name → :class:`Ablation`.
+        ablation_reference: overrides applied to both arms of every ablation after the method's
+            own, e.g. to ablate each switch from the paper's configuration when the main methods
+            use selected switches.
+    """
+
+    name: str = "benchmark"
+    description: str = ""
+    out: str = "runs/benchmark"
+    report: str | None = None
+    device: str = "cpu"
+    workers: int | None = None
+    threads: int | None = None
+    meta_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    test_seeds: int = 100
+    test_seed_start: int = 0
+    eval_split: str = "test"
+    steps: list[int] = field(default_factory=lambda: [10, 30, 100])
+    alpha: float = 0.05
+    base: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuning: Tuning = field(default_factory=Tuning)
+    comparisons: list[list[str]] = field(default_factory=list)
+    ablation_setting: str | None = None
+    ablation_base: dict[str, Any] = field(default_factory=dict)
+    ablation_reference: dict[str, Any] = field(default_factory=dict)
+    ablations: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.settings = {k: v if isinstance(v, Setting) else _named(Setting, v, f"settings.{k}")
+                         for k, v in (self.settings or {}).items()}
+        self.ablations = {k: v if isinstance(v, Ablation) else _named(Ablation, v, f"ablations.{k}")
+                          for k, v in (self.ablations or {}).items()}
+        self.methods, self.baselines = dict(self.methods or {}), dict(self.baselines or {})
+        ms = self.meta_seeds
+        require(isinstance(ms, list) and ms and len(set(ms)) == len(ms)
+                and all(isinstance(s, int) and 0 <= s < MAX_META_SEED for s in ms),
+                "meta_seeds", f"must be a non-empty list of distinct integers in [0, {MAX_META_SEED}), got {ms!r}")
+        require(isinstance(self.test_seeds, int) and self.test_seeds >= 2, "test_seeds", f"need ≥ 2, got {self.test_seeds!r}")
+        require(self.eval_split in EVAL_SPLITS, "eval_split", f"must be one of {EVAL_SPLITS}, got {self.eval_split!r}")
+        st = self.steps
+        require(isinstance(st, list) and st and all(isinstance(s, int) and s >= 1 for s in st) and st == sorted(set(st)),
+                "steps", f"must be increasing positive integers, got {st!r}")
+        require(0 < self.alpha < 1, "alpha", f"must be in (0, 1), got {self.alpha}")
+        require(bool(self.settings) and "ablations" not in self.settings, "settings",
+                "name at least one setting ('ablations' is reserved for the ablation section)")
+        for k in ("workers", "threads"):
+            v = getattr(self, k)
+            require(v is None or (isinstance(v, int) and v >= 1), k, f"must be a positive integer or null, got {v!r}")
+        names = set(self.methods) | set(self.baselines)
+        require(len(names) == len(self.methods) + len(self.baselines), "baselines", "names must differ from method names")
+        for pair in self.comparisons:
+            require(isinstance(pair, list) and len(pair) == 2 and all(p in names for p in pair), "comparisons",
+                    f"each must be [a, b] with names from methods/baselines {sorted(names)}, got {pair!r}")
+        for n, s in self.settings.items():
+            bad = set(s.method_overrides) - set(self.methods)
+            require(not bad, f"settings.{n}.method_overrides", f"unknown methods {sorted(bad)}")
+        if self.ablations:
+            require(self.ablation_setting in self.settings, "ablation_setting",
+                    f"must name a setting {sorted(self.settings)}, got {self.ablation_setting!r}")
+            for n, a in self.ablations.items():
+                require(a.method in self.methods, f"ablations.{n}.method", f"must name a method {sorted(self.methods)}, got {a.method!r}")
+                a.question = a.question or n
+        for n in self.baselines:  # validate every config now, before hours of work
+            self.baseline(n)
+        for s in self.settings:
+            for m in self.methods:
+                self.learned_config(s, m, self.meta_seeds[0])
+        for n in self.ablations:
+            self.learned_config(self.ablation_setting, self.ablations[n].method, self.meta_seeds[0], ablation=n)
+
+    def eval_seeds(self) -> list[int]:
+        """The seeds every method is evaluated on (test or validation split)."""
+        split = unseen_seeds if self.eval_split == "test" else validation_seeds
+        return list(split(self.test_seeds, self.test_seed_start))
+
+    def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
+                       reference: bool = False) -> MetaTrainConfig:
+        """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``."""
+        s = self.settings[setting]
+        parts = [self.base, s.overrides] + ([self.ablation_base] if ablation or reference else [])
+        parts += [self.methods[method], s.method_overrides.get(method, {})]
+        if ablation or reference:
+            parts.append(self.ablation_reference)
+        if ablation and not reference:
+            parts.append(self.ablations[ablation].overrides)
+        d: dict[str, Any] = {}
+        for p in parts:
+            d = _merge(d, expand(p))
+        d.update(task=to_dict(s.task), seed=meta_seed, device=self.device,
+                 train_seed_start=int(d.get("train_seed_start", 0)) + meta_seed * SEED_STRIDE)
+        where = f"{setting}/{method}" + (f"/ablation {ablation}" if ablation else "")
+        try:
+            return MetaTrainConfig.from_dict(d)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    def baseline(self, name: str) -> tuple[BaselineConfig, bool]:
+        """``(BaselineConfig, tune)`` of a baseline."""
+        spec = dict(self.baselines[name] or {})
+        tune = bool(spec.pop("tune", False))
+        try:
+            return from_dict(BaselineConfig, spec, f"baselines.{name}"), tune
+        except TypeError as e:
+            raise ConfigError(f"baselines.{name}: {e}") from None
+
+    def ablation_arms(self, names: list[str] | None = None) -> dict[str, tuple[str, str, bool]]:
+        """Arm name → ``(method, ablation, is_reference)`` for the ablations ``names`` (default:
+        all): one reference arm (``"<method> [reference]"``) per ablated method, then the arms."""
+        chosen = {n: a for n, a in self.ablations.items() if names is None or n in names}
+        arms: dict[str, tuple[str, str, bool]] = {}
+        for n, a in chosen.items():
+            arms.setdefault(f"{a.method} [reference]", (a.method, n, True))
+        arms.update({n: (a.method, n, False) for n, a in chosen.items()})
+        return arms
+
+
+def load_protocol(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[BenchmarkProtocol, dict[str, Any]]:
+    """Read a protocol YAML, apply ``key=value`` overrides; returns the protocol and its raw dict."""
+    data = load_yaml_mapping(str(path), "protocol")
+    data = apply_overrides(data, overrides or [])
+    return from_dict(BenchmarkProtocol, data), data

@@ -1,0 +1,332 @@
+"""``metatele search``: choose the learned-teleport configuration on validation seeds.
+
+A search is a benchmark protocol (:mod:`metatele.studies.protocol`) with ``eval_split: validation``,
+whose learned methods are named ``LSTM(<variant>) [<candidate>]``: a *candidate* is one set of
+switches applied to ``LSTM(update)`` and ``LSTM(update+tele)`` (and to ``LSTM(lr+tele)`` where
+it applies). :func:`run_search` runs the protocol (:func:`metatele.studies.benchmark.run_benchmark`, so
+every run is meta-trained on training seeds and evaluated on validation seeds, never on the test
+seeds), then ranks the candidates on the target of a learned teleport that reliably helps:
+
+* update+tele candidates (:func:`rank_update_candidates`): per setting, ``update+tele`` below
+  ``update`` with non-overlapping 95% CIs at each reported step, no upward drift (mean at the
+  last step ≤ at the one before) and no diverged validation seed; ranked by the number of those
+  criteria met over all settings, then by the mean difference ``update+tele − update``;
+* lr+tele candidates (:func:`rank_lr_candidates`): significantly lower than tuned GD at the last
+  step (paired test) in each setting; ranked by that count, then by the mean difference.
+
+The winners are written to ``experiments/SEARCH.md`` (tables of every candidate's criteria; the
+search's full tables and figures in ``experiments/search/``) and
+``experiments/configs/search_selected.yaml`` (their switches, which the benchmark protocol and the
+shipped configs use).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from ..configs import ConfigError
+from .report import LOWER, _at, _cell, ci_below, num, pval
+
+__all__ = ["candidate_name", "parse_method", "rank_update_candidates", "rank_lr_candidates", "rankings",
+           "render_search", "selection", "run_search", "main", "DEFAULT_SEARCH"]
+
+_METHOD = re.compile(r"^LSTM\((?P<variant>[^)]+)\) \[(?P<tag>[^\]]+)\]$")
+DEFAULT_SEARCH = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search.yaml"
+SEARCH_QUICK = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search_quick.yaml"
+
+
+def parse_method(name: str) -> tuple[str, str] | None:
+    """``"LSTM(update+tele) [paper]"`` → ``("update+tele", "paper")``; ``None`` for other names."""
+    m = _METHOD.match(name)
+    return (m["variant"], m["tag"]) if m else None
+
+
+def candidate_name(variant: str, tag: str) -> str:
+    return f"LSTM({variant}) [{tag}]"
+
+
+def _settings(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {n: s for n, s in results["sections"].items() if s["kind"] == "setting"}
+
+
+def _tags(results: Mapping[str, Any], variant: str) -> list[str]:
+    tags: list[str] = []
+    for sec in _settings(results).values():
+        for m in sec["methods"]:
+            p = parse_method(m)
+            if p and p[0] == variant and p[1] not in tags:
+                tags.append(p[1])
+    return tags
+
+
+def _stat(summary: Mapping[str, Any] | None, step: int) -> Mapping[str, Any] | None:
+    return _at(summary, step) if summary else None
+
+
+def rank_update_candidates(results: Mapping[str, Any], steps: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every candidate with both ``LSTM(update+tele) [c]`` and ``LSTM(update) [c]``, best first.
+
+    Each entry: ``tag``, ``met`` and ``total`` (criteria), ``mean_diff`` (mean over settings and
+    steps of ``update+tele − update``, ``None`` if a mean is missing) and ``settings``: per
+    setting the per-step means, CIs and verdicts, the drift and the divergence of update+tele.
+    """
+    steps = list(steps or results["steps"])
+    out = []
+    for tag in _tags(results, "update+tele"):
+        a, b = candidate_name("update+tele", tag), candidate_name("update", tag)
+        entry: dict[str, Any] = {"tag": tag, "a": a, "b": b, "met": 0, "total": 0, "settings": {}}
+        diffs: list[float] = []
+        for sname, sec in _settings(results).items():
+            ms = sec["methods"]
+            sa, sb = (ms.get(x, {}).get("summary") for x in (a, b))
+            row: dict[str, Any] = {"label": sec["label"], "steps": {}}
+            for s in steps:
+                x, y = _stat(sa, s), _stat(sb, s)
+                ok = ci_below(x, y)
+                row["steps"][s] = {"a": x, "b": y, "separated": ok}
+                entry["total"] += 1
+                entry["met"] += ok
+                if x and y and x["mean"] is not None and y["mean"] is not None:
+                    diffs.append(x["mean"] - y["mean"])
+                else:
+                    diffs.append(math.nan)
+            x0, x1 = (_stat(sa, steps[-2]), _stat(sa, steps[-1])) if len(steps) > 1 else (None, None)
+            row["no_drift"] = bool(x0 and x1 and x1["mean"] is not None and x0["mean"] is not None
+                                   and x1["mean"] <= x0["mean"])
+            row["diverged"] = sa["n_diverged"] if sa else None
+            row["no_divergence"] = row["diverged"] == 0
+            entry["met"] += row["no_drift"] + row["no_divergence"]
+            entry["total"] += 2
+            entry["settings"][sname] = row
+        entry["mean_diff"] = sum(diffs) / len(diffs) if diffs and all(math.isfinite(d) for d in diffs) else None
+        entry["reached"] = entry["met"] == entry["total"]
+        out.append(entry)
+    out.sort(key=lambda e: (-e["met"], e["mean_diff"] if e["mean_diff"] is not None else math.inf))
+    return out
+
+
+def rank_lr_candidates(results: Mapping[str, Any], gd: str = "gd(tuned)") -> list[dict[str, Any]]:
+    """Every ``LSTM(lr+tele) [c]`` compared with ``gd`` at the last step, best first.
+
+    Each entry: ``tag``, ``met``/``total`` (settings where it is significantly lower),
+    ``mean_diff`` (mean over settings of the paired mean difference) and per-setting comparisons.
+    """
+    last = results["steps"][-1]
+    out = []
+    for tag in _tags(results, "lr+tele"):
+        a = candidate_name("lr+tele", tag)
+        entry: dict[str, Any] = {"tag": tag, "a": a, "b": gd, "met": 0, "total": 0, "settings": {}}
+        diffs = []
+        for sname, sec in _settings(results).items():
+            c = next((c for c in sec["comparisons"] if c["a"] == a and c["b"] == gd and c["step"] == last), None)
+            entry["total"] += 1
+            if c is None:
+                diffs.append(math.nan)
+                continue
+            entry["met"] += c["decision"] == LOWER
+            diffs.append(c["mean_diff"] if c["mean_diff"] is not None else math.nan)
+            entry["settings"][sname] = {"label": sec["label"], "comparison": c}
+        entry["mean_diff"] = sum(diffs) / len(diffs) if diffs and all(math.isfinite(d) for d in diffs) else None
+        entry["reached"] = entry["met"] == entry["total"]
+        out.append(entry)
+    out.sort(key=lambda e: (-e["met"], e["mean_diff"] if e["mean_diff"] is not None else math.inf))
+    return out
+
+
+VARIANTS_OF = {"update+tele": ("update+tele", "update"), "lr+tele": ("lr+tele",)}
+
+
+def rankings(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """``{"update+tele": rank_update_candidates(...), "lr+tele": rank_lr_candidates(...)}``."""
+    return {"update+tele": rank_update_candidates(results), "lr+tele": rank_lr_candidates(results)}
+
+
+def selection(ranked_by: Mapping[str, list[dict[str, Any]]], protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """The winners of :func:`rankings` and their switches: ``{"update+tele": {...}, "lr+tele": {...}}``
+    where each has ``tag``, ``reached`` and ``methods`` (variant → the protocol's overrides of that
+    method, plus its per-setting overrides)."""
+    out: dict[str, Any] = {}
+    for key, ranked in ranked_by.items():
+        variants = VARIANTS_OF[key]
+        if not ranked:
+            continue
+        best = ranked[0]
+        methods = {}
+        for v in variants:
+            name = candidate_name(v, best["tag"])
+            methods[f"LSTM({v})"] = {
+                "overrides": protocol["methods"][name],
+                "setting_overrides": {s: spec["method_overrides"][name]
+                                      for s, spec in protocol["settings"].items()
+                                      if name in (spec.get("method_overrides") or {})}}
+        out[key] = {"tag": best["tag"], "reached": best["reached"], "met": best["met"], "total": best["total"],
+                    "mean_diff": best["mean_diff"], "methods": methods}
+    return out
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def render_search(results: Mapping[str, Any], command: str, ranked_by: Mapping[str, list[dict[str, Any]]],
+                  chosen: Mapping[str, Any], report_rel: str) -> str:
+    """The markdown of ``experiments/SEARCH.md`` from :func:`rankings` and :func:`selection`."""
+    steps = results["steps"]
+    ts = results["test_seeds"]
+    lines = [
+        "# Configuration search (validation seeds)", "",
+        f"Generated by `{command}` on {results['started']} in {results['wall_seconds'] / 60:.1f} min "
+        f"({results['machine']['processor']}, {results['machine']['workers']} worker(s)"
+        + ("; `--resume` reused the meta-training of earlier runs with identical configs, so this time covers only "
+           "the new runs and the re-evaluation of all" if "--resume" in command else "")
+        + "). Every learned run is "
+        f"meta-trained on training seeds ({len(results['meta_seeds'])} meta-seeds: "
+        f"{', '.join(map(str, results['meta_seeds']))}) and evaluated on the same **{ts['count']} validation "
+        f"seeds** [{ts['start']}, {ts['start'] + ts['count']}) — training-split tasks that meta-training never "
+        "draws. The test seeds of `experiments/RESULTS.md` are not used here. Full tables (per meta-seed, paired "
+        f"tests, figures): [{report_rel}]({report_rel}).", "",
+        "## LSTM(update+tele) against LSTM(update), per candidate", "",
+        "Criteria per setting: update+tele below update with non-overlapping 95% CIs at steps "
+        f"{', '.join(map(str, steps))}; no upward drift (step {steps[-1]} ≤ step {steps[-2]}); no diverged "
+        "validation seed. Ranked by criteria met, then by the mean difference (update+tele − update, log10).", "",
+    ]
+    ranked = ranked_by["update+tele"]
+    settings = _settings(results)
+    head = "| rank | candidate | criteria met | mean Δ | " + " | ".join(
+        f"{settings[s]['label']}: step {st} (tele vs no tele)" for s in settings for st in steps) + " | drift / diverged |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, e in enumerate(ranked, 1):
+        cells = []
+        for s in settings:
+            row = e["settings"][s]
+            cells += [f"{_cell(row['steps'][st]['a'])} vs {_cell(row['steps'][st]['b'])} "
+                      f"{_mark(row['steps'][st]['separated'])}" for st in steps]
+        dd = "; ".join(f"{_mark(r['no_drift'])} / {r['diverged']}" for r in e["settings"].values())
+        lines.append(f"| {i} | {e['tag']} | {e['met']}/{e['total']} | {num(e['mean_diff'], '+.3f')} | "
+                     + " | ".join(cells) + f" | {dd} |")
+    lines += ["", "## LSTM(lr+tele) against tuned GD, per candidate", "",
+              f"Criterion per setting: significantly lower than gd(tuned) at step {steps[-1]} (paired test: t-test, "
+              "sign test when a seed diverged).", "",
+              "| rank | candidate | settings met | mean Δ | " + " | ".join(settings[s]["label"] for s in settings) + " |",
+              "|" + "---|" * (4 + len(settings))]
+    for i, e in enumerate(ranked_by["lr+tele"], 1):
+        cells = []
+        for s in settings:
+            c = e["settings"].get(s, {}).get("comparison")
+            cells.append("–" if c is None else f"Δ {num(c['mean_diff'], '+.3f')}, {c['test']} p {pval(c['p'])}, "
+                         f"{c['decision']} (diverged {c['diverged_a']} vs {c['diverged_b']})")
+        lines.append(f"| {i} | {e['tag']} | {e['met']}/{e['total']} | {num(e['mean_diff'], '+.3f')} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "## Selected", ""]
+    for key, sel in chosen.items():
+        lines.append(f"- **{key}**: candidate `{sel['tag']}` ({sel['met']}/{sel['total']} criteria on validation "
+                     f"seeds; the target {'is' if sel['reached'] else 'is **not**'} met on validation seeds). Switches:")
+        for m, spec in sel["methods"].items():
+            extra = "".join(f"; on {s}: {o}" for s, o in spec["setting_overrides"].items())
+            lines.append(f"  - {m}: {spec['overrides']}{extra}")
+    lines += ["", "The selected switches are written to `experiments/configs/search_selected.yaml`; the benchmark "
+              "protocol (`experiments/configs/benchmark.yaml`) uses them for its main methods, and "
+              "`experiments/RESULTS.md` reports them on the test seeds.", ""]
+    return "\n".join(lines)
+
+
+def run_search(config: str | Path, out: str | Path | None = None, report: str | Path = "experiments/SEARCH.md",
+               selected: str | Path = "experiments/configs/search_selected.yaml", overrides: list[str] | None = None,
+               progress: bool = True, resume: bool = False, render_only: bool = False,
+               command: str = "metatele search", tables: str | Path | None = None) -> dict[str, Any]:
+    """Run (or, with ``render_only``, re-read) a search protocol, rank, write the report and the
+    selection; returns the selection.
+
+    ``tables``: where the full benchmark-style report of the search goes (per-meta-seed tables,
+    paired tests; its figures in ``<tables dir>/figures``); default ``<report dir>/search/RESULTS.md``.
+    """
+    from .benchmark import render_only as render_tables
+    from .benchmark import run_benchmark
+    from .protocol import load_protocol
+
+    protocol, raw = load_protocol(config, overrides)
+    if protocol.eval_split != "validation":
+        raise ConfigError(f"eval_split: a search must select on validation seeds, {config} says {protocol.eval_split!r}")
+    out, report, selected = Path(out or protocol.out), Path(report), Path(selected)
+    tables = Path(tables) if tables else report.parent / "search" / "RESULTS.md"
+    if render_only:
+        results = json.loads((out / "results.json").read_text())
+        figures = {}
+        for name, path in results.get("figures", {}).items():  # move the figures next to the tables
+            dst = tables.parent / "figures" / Path(path).name
+            if Path(path).resolve() != dst.resolve() and Path(path).is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dst)
+            figures[name] = str(dst)
+        results["figures"] = figures
+        (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+        render_tables(out, tables)
+    else:
+        results = run_benchmark(protocol, out, tables, command=command, raw=raw, progress=progress, resume=resume)
+    ranked_by = rankings(results)
+    chosen = selection(ranked_by, results["protocol"])
+    report.parent.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(tables, report.parent)
+    report.write_text(render_search(results, results.get("command") or command, ranked_by, chosen, rel))
+    selected.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Written by `{results.get('command') or command}` from {out / 'results.json'}: the candidates ranked "
+              f"best on validation seeds (see {report}).\n")
+    selected.write_text(header + yaml.safe_dump(chosen, sort_keys=False, allow_unicode=True))
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="metatele search",
+        description="Configuration search on validation seeds: run a search protocol (a benchmark protocol with "
+        "eval_split: validation and methods named 'LSTM(<variant>) [<candidate>]'), rank the candidates on the "
+        "learned-teleport target, write SEARCH.md and the selected switches.")
+    p.add_argument("--config", help=f"search protocol YAML (default: {DEFAULT_SEARCH}, or {SEARCH_QUICK.name} with --quick)")
+    p.add_argument("--quick", action="store_true", help="the tiny search protocol (seconds; used by the tests)")
+    p.add_argument("--out", help="output folder (default: the protocol's 'out')")
+    p.add_argument("--report", default=None, help="selection report (default: experiments/SEARCH.md; OUT/SEARCH.md with --quick)")
+    p.add_argument("--tables", default=None, help="the search's full tables and figures (default: <report dir>/search/"
+                   "RESULTS.md; OUT/RESULTS.md with --quick)")
+    p.add_argument("--selected", default=None, help="selected switches YAML (default: "
+                   "experiments/configs/search_selected.yaml; OUT/search_selected.yaml with --quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="reuse checkpoints in OUT whose config matches")
+    p.add_argument("--render-only", action="store_true", help="rank and write from OUT/results.json (no training)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``metatele search ARGS``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    config = args.config or str(SEARCH_QUICK if args.quick else DEFAULT_SEARCH)
+    try:
+        from .protocol import load_protocol
+
+        protocol, _ = load_protocol(config, args.overrides)
+        out = Path(args.out or protocol.out)
+        report = args.report or (out / "SEARCH.md" if args.quick else "experiments/SEARCH.md")
+        selected = args.selected or (out / "search_selected.yaml" if args.quick else "experiments/configs/search_selected.yaml")
+        if args.render_only and not (out / "results.json").is_file():
+            raise ConfigError(f"--render-only: no results at {out / 'results.json'}; run the search first")
+        tables = args.tables or (out / "RESULTS.md" if args.quick else None)
+        chosen = run_search(config, out, report, selected, args.overrides, progress=not args.no_progress,
+                            resume=args.resume, render_only=args.render_only,
+                            command="metatele search" + (" " + shlex.join(argv) if argv else ""), tables=tables)
+    except ConfigError as e:
+        print(f"metatele search: error: {e}", file=sys.stderr)
+        return 2
+    for key, sel in chosen.items():
+        print(f"{key}: selected candidate [{sel['tag']}] ({sel['met']}/{sel['total']} criteria on validation seeds)")
+    print(f"report: {report}; selection: {selected}")
+    return 0

@@ -1,0 +1,232 @@
+"""Task families: batches of LeakyReLU regression problems generated from integer seeds.
+
+A task is ``(X, Y, W_1..W_L)`` for sizes ``dims = [n, d0, d1, ..., dL]`` (SPEC §1):
+``X`` is ``[d0, n]``, ``Y`` is ``[dL, n]`` and ``W_i`` is ``[d_i, d_{i-1}]``. Tasks are stacked
+along a leading batch dimension ``B``.
+
+Each task is drawn from its own CPU generator seeded with its integer seed, then moved to the
+target device, so seed ``s`` yields bit-identical data whether it is sampled alone or inside a
+batch of 1000, on any device.
+
+Seeds are split into disjoint ranges: training seeds ``[0, TEST_SEED_OFFSET)`` and test
+("unseen") seeds ``[TEST_SEED_OFFSET, 2 * TEST_SEED_OFFSET)``. Meta-training draws only from the
+first, the evaluator only from the second, and checkpoints record which training seeds they used.
+The last million training seeds, ``[VALIDATION_SEED_OFFSET, TEST_SEED_OFFSET)``, are the
+validation seeds: never drawn by meta-training (which starts at ``train_seed_start`` and
+consumes a few thousand), used to select configurations without looking at the test seeds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from ..configs import require
+
+#: first seed of the test split; training seeds are ``[0, TEST_SEED_OFFSET)``.
+TEST_SEED_OFFSET = 1_000_000_000
+#: first validation seed (inside the training split, above every seed meta-training draws).
+VALIDATION_SEED_OFFSET = TEST_SEED_OFFSET - 1_000_000
+DISTRIBUTIONS = ("uniform", "gaussian")
+
+
+def validate_dims(dims: Sequence[int], field_name: str = "dims") -> list[int]:
+    """Check ``dims = [n, d0, ..., dL]`` (at least one weight matrix, all positive integers)."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
+        raise ValueError(f"{field_name} must be a list [n, d0, d1, ..., dL], got {dims!r}")
+    dims = list(dims)
+    require(
+        len(dims) >= 3,
+        field_name,
+        f"needs at least 3 entries [n, d0, d1] (samples, input width, one layer), got {dims}",
+    )
+    for i, d in enumerate(dims):
+        require(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0,
+            field_name,
+            f"entry {i} must be a positive integer, got {d!r} in {dims}",
+        )
+    return dims
+
+
+@dataclass
+class TaskConfig:
+    """The family of inner problems.
+
+    Attributes:
+        dims: ``[n, d0, d1, ..., dL]``; the paper uses ``[20, 20, 20, 20]``.
+        distribution: ``"uniform"`` (paper: every entry U[0, 1]) or ``"gaussian"``
+            (weights N(0, 1/fan_in), data and targets N(0, 1)).
+    """
+
+    dims: list[int] = field(default_factory=lambda: [20, 20, 20, 20])
+    distribution: str = "uniform"
+
+    def __post_init__(self) -> None:
+        self.dims = validate_dims(self.dims, "task.dims")
+        require(
+            self.distribution in DISTRIBUTIONS,
+            "task.distribution",
+            f"must be one of {DISTRIBUTIONS}, got {self.distribution!r}",
+        )
+
+    @property
+    def n_samples(self) -> int:
+        return self.dims[0]
+
+    @property
+    def widths(self) -> list[int]:
+        """``[d0, d1, ..., dL]``."""
+        return self.dims[1:]
+
+    @property
+    def weight_shapes(self) -> list[tuple[int, int]]:
+        """``[(d1, d0), (d2, d1), ...]``."""
+        w = self.widths
+        return [(w[i + 1], w[i]) for i in range(len(w) - 1)]
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of teleportable consecutive pairs ``L - 1``."""
+        return len(self.weight_shapes) - 1
+
+
+@dataclass
+class TaskBatch:
+    """B stacked tasks.
+
+    Attributes:
+        X: ``[B, d0, n]``; Y: ``[B, dL, n]``; weights: list of ``[B, d_i, d_{i-1}]``.
+        seeds: the integer seed of each task (``None`` for user-built tasks).
+    """
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    weights: list[torch.Tensor]
+    seeds: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        check_problem(self.weights, self.X, self.Y)
+
+    @property
+    def batch_size(self) -> int:
+        return self.X.shape[0]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TaskBatch":
+        return TaskBatch(
+            self.X.to(device=device, dtype=dtype),
+            self.Y.to(device=device, dtype=dtype),
+            [w.to(device=device, dtype=dtype) for w in self.weights],
+            self.seeds,
+        )
+
+    def check_finite(self) -> None:
+        """Raise ``ValueError`` naming the first tensor containing NaN or inf (host sync)."""
+        for name, t in [("X", self.X), ("Y", self.Y)] + [
+            (f"weights[{i}]", w) for i, w in enumerate(self.weights)
+        ]:
+            if not bool(torch.isfinite(t).all()):
+                bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(f"{name} contains NaN or inf (tasks {bad[:10]})")
+
+
+def check_problem(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor | None = None) -> None:
+    """Validate shapes of stacked weights and data (no host sync: shapes only).
+
+    Raises ``ValueError`` naming the offending tensor and the expected shape.
+    """
+    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
+        raise ValueError("weights must be a non-empty list of [B, d_i, d_{i-1}] tensors")
+    if X.dim() != 3:
+        raise ValueError(f"X must be [B, d0, n], got shape {tuple(X.shape)}")
+    B, d0, n = X.shape
+    prev = d0
+    for i, w in enumerate(weights):
+        if w.dim() != 3:
+            raise ValueError(f"weights[{i}] must be [B, d_out, d_in], got shape {tuple(w.shape)}")
+        if w.shape[0] != B:
+            raise ValueError(f"weights[{i}] has batch size {w.shape[0]} but X has {B}")
+        if w.shape[2] != prev:
+            raise ValueError(
+                f"weights[{i}] has input width {w.shape[2]} but the previous layer "
+                f"({'X' if i == 0 else f'weights[{i - 1}]'}) gives {prev}"
+            )
+        prev = w.shape[1]
+    if Y is not None:
+        if Y.dim() != 3 or Y.shape != (B, prev, n):
+            raise ValueError(f"Y must be [B, dL, n] = {(B, prev, n)}, got shape {tuple(Y.shape)}")
+
+
+def _sample_one(config: TaskConfig, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    n, widths = config.n_samples, config.widths
+    shapes = config.weight_shapes
+    if config.distribution == "uniform":
+        weights = [torch.rand(s, generator=gen, dtype=torch.float64) for s in shapes]
+        X = torch.rand(widths[0], n, generator=gen, dtype=torch.float64)
+        Y = torch.rand(widths[-1], n, generator=gen, dtype=torch.float64)
+    else:
+        weights = [torch.randn(s, generator=gen, dtype=torch.float64) / math.sqrt(s[1]) for s in shapes]
+        X = torch.randn(widths[0], n, generator=gen, dtype=torch.float64)
+        Y = torch.randn(widths[-1], n, generator=gen, dtype=torch.float64)
+    return X.to(dtype), Y.to(dtype), [w.to(dtype) for w in weights]
+
+
+def sample_tasks(
+    config: TaskConfig,
+    seeds: Iterable[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TaskBatch:
+    """Draw one task per seed and stack them.
+
+    Data are drawn in float64 on the CPU from ``torch.Generator().manual_seed(seed)`` and then
+    cast and moved, so a task depends only on its seed (not on the batch or the device).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: need at least one task")
+    for s in seeds:
+        if not 0 <= s < 2 * TEST_SEED_OFFSET:
+            raise ValueError(f"seed {s} is outside [0, {2 * TEST_SEED_OFFSET})")
+    parts = [_sample_one(config, s, dtype) for s in seeds]
+    X = torch.stack([p[0] for p in parts]).to(device)
+    Y = torch.stack([p[1] for p in parts]).to(device)
+    weights = [torch.stack([p[2][i] for p in parts]).to(device) for i in range(len(parts[0][2]))]
+    return TaskBatch(X, Y, weights, seeds)
+
+
+def training_seeds(count: int, start: int = 0) -> range:
+    """``count`` consecutive training seeds starting at ``start`` (inside the training split)."""
+    if start < 0 or start + count > TEST_SEED_OFFSET:
+        raise ValueError(f"training seeds must lie in [0, {TEST_SEED_OFFSET}), got [{start}, {start + count})")
+    return range(start, start + count)
+
+
+def unseen_seeds(count: int, start: int = 0) -> range:
+    """``count`` unseen test seeds: ``TEST_SEED_OFFSET + start + [0, count)``."""
+    if start < 0 or start + count > TEST_SEED_OFFSET:
+        raise ValueError(f"test seed offsets must lie in [0, {TEST_SEED_OFFSET}), got [{start}, {start + count})")
+    return range(TEST_SEED_OFFSET + start, TEST_SEED_OFFSET + start + count)
+
+
+def validation_seeds(count: int, start: int = 0) -> range:
+    """``count`` validation seeds: ``VALIDATION_SEED_OFFSET + start + [0, count)``.
+
+    Training-split tasks that meta-training never draws; select configurations on these.
+    """
+    span = TEST_SEED_OFFSET - VALIDATION_SEED_OFFSET
+    if start < 0 or start + count > span:
+        raise ValueError(f"validation seed offsets must lie in [0, {span}), got [{start}, {start + count})")
+    return range(VALIDATION_SEED_OFFSET + start, VALIDATION_SEED_OFFSET + start + count)
+
+
+def is_test_seed(seed: int) -> bool:
+    return TEST_SEED_OFFSET <= seed < 2 * TEST_SEED_OFFSET
+
+
+def is_validation_seed(seed: int) -> bool:
+    return VALIDATION_SEED_OFFSET <= seed < TEST_SEED_OFFSET

@@ -1,0 +1,86 @@
+"""The inner network: a bias-free LeakyReLU MLP on stacked weights (SPEC §1).
+
+``h_0 = X``, ``h_i = σ(W_i h_{i-1})`` for ``i < L``, output ``W_L h_{L-1}``, loss
+``½‖Y − W_L h_{L-1}‖_F²`` per task. All functions take a leading batch dimension ``B``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .family import check_problem
+
+#: negative slope of σ; σ⁻¹ is LeakyReLU with slope 1 / NEGATIVE_SLOPE.
+NEGATIVE_SLOPE = 0.1
+
+
+def sigma(x: torch.Tensor) -> torch.Tensor:
+    """σ = LeakyReLU(0.1)."""
+    return F.leaky_relu(x, NEGATIVE_SLOPE)
+
+
+def sigma_inv(x: torch.Tensor) -> torch.Tensor:
+    """σ⁻¹ = LeakyReLU(10), the exact inverse of :func:`sigma`."""
+    return F.leaky_relu(x, 1.0 / NEGATIVE_SLOPE)
+
+
+def layer_inputs(weights: Sequence[torch.Tensor], X: torch.Tensor) -> list[torch.Tensor]:
+    """``[h_0, ..., h_{L-1}]``, each ``[B, d_{i}, n]`` (``h_0 = X``)."""
+    hs = [X]
+    for W in weights[:-1]:
+        hs.append(sigma(W @ hs[-1]))
+    return hs
+
+
+def forward(weights: Sequence[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """Network output ``W_L h_{L-1}``: ``[B, dL, n]``."""
+    h = X
+    for W in weights[:-1]:
+        h = sigma(W @ h)
+    return weights[-1] @ h
+
+
+def mlp_loss(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Per-task loss ``½‖Y − W_L h_{L-1}‖_F²``.
+
+    Args:
+        weights: list of ``[B, d_i, d_{i-1}]``.
+        X: ``[B, d0, n]``.  Y: ``[B, dL, n]``.
+
+    Returns:
+        ``[B]``.
+    """
+    check_problem(weights, X, Y)
+    r = Y - forward(weights, X)
+    return 0.5 * r.square().sum(dim=(1, 2))
+
+
+def loss_and_grads(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per-task losses ``[B]`` and each task's own gradient (one backward of the summed loss).
+
+    The tasks are independent, so the gradient of ``loss.sum()`` w.r.t. the stacked weights is
+    every task's gradient. With ``create_graph=False`` the returned gradients are detached data
+    while the loss keeps its graph to the weights (what a first-order meta-gradient needs).
+    """
+    with torch.enable_grad():
+        # Differentiate w.r.t. fresh aliases of the weights: after a teleport, W_{m+1} is
+        # computed from W_m (through h_m), and autograd.grad w.r.t. the weights themselves
+        # would return total derivatives through the group action instead of ∂L/∂W_i.
+        leaves = [w.view_as(w) if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
+        loss = mlp_loss(leaves, X, Y)
+        grads = torch.autograd.grad(loss.sum(), leaves, create_graph=create_graph, retain_graph=True)
+    if not create_graph:
+        grads = tuple(g.detach() for g in grads)
+    return loss, list(grads)
+
+
+def grad_norm_sq(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared gradient norm over all layers, per task: ``[B]``."""
+    return sum(g.square().sum(dim=(1, 2)) for g in grads)
