@@ -25,7 +25,7 @@ from .baselines import BaselineConfig, HandDesigned
 from .configs import require
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from .mlp import grad_norm_sq, loss_and_grads
-from .symmetry import qr_factor, teleport
+from .symmetry import input_qr, teleport
 from .tasks import TaskConfig
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
@@ -231,7 +231,7 @@ class LearnedStepper:
 
     def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
         self.opt, self.X, self.Y = opt, X, Y
-        self.x_qr = qr_factor(X) if opt.config.uses_teleport else None
+        self.x_qr = input_qr(weights, X) if opt.config.uses_teleport else None
         p = next(opt.parameters())
         self.state = opt.initial_state(X.shape[0], X.device, p.dtype, X=X, Y=Y, weights=weights)
 
