@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .baselines import BASELINES, BaselineConfig, HandDesigned, run_baseline
 from .configs import ConfigError, from_dict, to_dict
 from .lstm import LSTMConfig, TeleportConfig, TeleportLSTM, UpdateLSTM
-from .mlp import forward, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv
+from .mlp import affine, augment, forward, join_bias, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv, split_bias
 from .strategies import (
     GradientAscentTeleport,
     RandomTeleport,
@@ -19,7 +19,9 @@ from .strategies import (
     TeleportStrategy,
     normalize_frobenius,
 )
-from .symmetry import SymmetryWarning, apply_pinv, group_action, loss_change, teleport
+from .symmetry import SymmetryWarning, apply_pinv, group_action, input_qr, loss_change, teleport
+from .teleport_grad import teleport_gradient
+from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport
 from .tasks import (
     TEST_SEED_OFFSET,
     VALIDATION_SEED_OFFSET,
@@ -33,7 +35,7 @@ from .tasks import (
     validation_seeds,
 )
 
-from .learned import VARIANTS, LearnedConfig, LearnedOptimizer
+from .learned import ARCHS, VARIANTS, LearnedConfig, LearnedOptimizer
 from .train_config import MetaTrainConfig, load_config
 from .engine import DivergenceError, UnrollEngine
 from .train import MetaTrainResult, meta_train
