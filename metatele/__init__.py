@@ -11,7 +11,7 @@ from ._version import __version__
 from .optimizers.baselines import BASELINES, BaselineConfig, HandDesigned, run_baseline
 from .configs import ConfigError, from_dict, to_dict
 from .optimizers.lstm import LSTMConfig, TeleportConfig, TeleportLSTM, UpdateLSTM
-from .tasks.mlp import forward, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv
+from .tasks.mlp import affine, augment, forward, join_bias, layer_inputs, loss_and_grads, mlp_loss, sigma, sigma_inv, split_bias
 from .symmetry.strategies import (
     GradientAscentTeleport,
     RandomTeleport,
@@ -19,7 +19,9 @@ from .symmetry.strategies import (
     TeleportStrategy,
     normalize_frobenius,
 )
-from .symmetry.action import SymmetryWarning, apply_pinv, group_action, loss_change, teleport
+from .symmetry.action import SymmetryWarning, apply_pinv, group_action, input_qr, loss_change, teleport
+from .symmetry.teleport_grad import teleport_gradient
+from .optimizers.coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport
 from .tasks.family import (
     TEST_SEED_OFFSET,
     VALIDATION_SEED_OFFSET,
@@ -33,7 +35,7 @@ from .tasks.family import (
     validation_seeds,
 )
 
-from .optimizers.learned import VARIANTS, LearnedConfig, LearnedOptimizer
+from .optimizers.learned import ARCHS, VARIANTS, LearnedConfig, LearnedOptimizer
 from .meta.config import MetaTrainConfig, load_config
 from .meta.engine import DivergenceError, UnrollEngine
 from .meta.train import MetaTrainResult, meta_train

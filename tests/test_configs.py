@@ -18,7 +18,7 @@ def test_to_dict_gives_plain_nested_python():
     data = to_dict(config)
     assert data["name"] == "adam" and data["betas"] == [0.9, 0.999]  # tuples become lists
     assert data["teleport"]["steps"] == [5] and data["teleport"]["strategy"] == "gradient_ascent"
-    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform"}
+    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform", "bias": False}
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_from_dict_rejects_an_unknown_key_naming_it_with_a_suggestion():
     message = str(info.value)
     assert "'dim'" in message
     assert "did you mean 'dims'" in message
-    assert "allowed keys: dims, distribution" in message
+    assert "allowed keys: bias, dims, distribution" in message
 
 
 def test_from_dict_rejects_an_unknown_key_without_a_close_match():

@@ -94,6 +94,11 @@ class MetaTrainConfig:
                 f"got {self.train_seed_start}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
+        bad = self.task.non_symmetric_pairs()
+        require(not (self.learned.uses_teleport and bad), "task.dims",
+                f"variant {self.learned.variant!r} teleports, but pairs {bad} have layer inputs that cannot "
+                f"hold n = {self.task.n_samples} samples (need n ≤ d_(m-1){' + 1 with biases' if self.task.bias else ''}"
+                f"; dims {self.task.dims}): the group action would not be a symmetry of the loss")
         if self.learned.variant == "tele":
             require(not self.stagger, "stagger",
                     "the 'tele' variant runs its hand-designed base optimizer in lock-step; set stagger: false")

@@ -38,7 +38,7 @@ import torch
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
 from ..tasks.mlp import mlp_loss
-from ..symmetry.action import qr_factor
+from ..symmetry.action import input_qr
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from .config import MetaTrainConfig, resolve_device
 
@@ -159,7 +159,7 @@ class UnrollEngine:
         else:
             self.steps_done[:] = 0
         self.loss0 = mlp_loss(self.W, self.X, self.Y).detach()
-        self.X_qr = qr_factor(self.X)  # the data are fixed along a trajectory
+        self.X_qr = input_qr(self.W, self.X)  # the data are fixed along a trajectory
         self.state = self.optimizer.initial_state(
             self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W,
             differentiable=True,
@@ -179,7 +179,7 @@ class UnrollEngine:
         idx = torch.as_tensor(slots, device=self.device)
         self.X = self.X.index_copy(0, idx, tasks.X)
         self.Y = self.Y.index_copy(0, idx, tasks.Y)
-        fresh_qr = qr_factor(tasks.X)
+        fresh_qr = input_qr(tasks.weights, tasks.X)
         self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
         self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
         self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
@@ -367,8 +367,8 @@ class UnrollEngine:
         self.meta_opt.load_state_dict(sd["meta_opt"])
         to = lambda t: t.to(self.device)  # noqa: E731
         self.X, self.Y, self.loss0 = to(sd["X"]), to(sd["Y"]), to(sd["loss0"])
-        self.X_qr = tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else qr_factor(self.X)
         self.W = [to(w) for w in sd["W"]]
+        self.X_qr = tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(self.W, self.X)
         upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
         base = None
         if self.config.learned.variant == "tele":  # saved between generations: a fresh base optimizer

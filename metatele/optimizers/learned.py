@@ -8,6 +8,10 @@ Variants (``LearnedConfig.variant``):
 * ``tele``: a hand-designed optimizer (``base``, through ``higher``) takes the step and m2
   teleports after it.
 
+Architectures (``LearnedConfig.arch``): ``paper``, the paper's full-vector LSTMs (tied to one
+network's sizes), and ``coordinatewise``, a per-coordinate m1 and a permutation-equivariant m2
+that run on any LeakyReLU network (see :mod:`metatele.optimizers.coordinatewise`).
+
 Step order as in the paper: gradient at ``W_t`` → update → teleport with ``T`` computed from that
 same gradient. :class:`LearnedOptimizer` holds the meta-parameters; :meth:`LearnedOptimizer.apply`
 is the one implementation of a step used by the unroll engine, the evaluator and the drop-in
@@ -23,12 +27,16 @@ from torch import nn
 
 from .baselines import BaselineConfig, HandDesigned
 from ..configs import require
+from .coordinatewise import (CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, safeguarded_teleport, sanitize,
+                             teleport_outputs)
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
-from ..symmetry.action import qr_factor, teleport
+from ..symmetry.action import input_qr, teleport
 from ..tasks.family import TaskConfig
+from ..symmetry.teleport_grad import LossFn, squared_loss
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
+ARCHS = ("paper", "coordinatewise")
 
 
 @dataclass
@@ -40,15 +48,22 @@ class LearnedConfig:
         lstm: sizes and options of the LSTMs.
         teleport: m2 options (ε, step-size range, exact or first-order action).
         base: the hand-designed optimizer under a ``tele`` variant.
+        arch: ``paper`` (full-vector LSTMs for one network size) or ``coordinatewise`` (shared
+            per-coordinate m1 and equivariant m2, for any network).
+        coordinatewise: options of the ``coordinatewise`` architecture (its m2 takes the
+            step-size range and the exact/first-order flag from ``teleport``).
     """
 
     variant: str = "update+tele"
     lstm: LSTMConfig = field(default_factory=LSTMConfig)
     teleport: TeleportConfig = field(default_factory=TeleportConfig)
     base: BaselineConfig = field(default_factory=lambda: BaselineConfig(name="adam", lr=1e-2))
+    arch: str = "paper"
+    coordinatewise: CoordinatewiseConfig = field(default_factory=CoordinatewiseConfig)
 
     def __post_init__(self) -> None:
         require(self.variant in VARIANTS, "learned.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
+        require(self.arch in ARCHS, "learned.arch", f"must be one of {ARCHS}, got {self.arch!r}")
         if self.variant == "lr+tele" and not self.teleport.emit_lr:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
 
@@ -84,11 +99,6 @@ class LearnedState:
         )
 
 
-def sanitize(t: torch.Tensor) -> torch.Tensor:
-    """Replace non-finite entries by 0 (what the LSTMs read for a diverged trajectory)."""
-    return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
-
-
 class LearnedOptimizer(nn.Module):
     """m1 (``update``) and the m2s (``teleports``, one per consecutive pair) of one variant.
 
@@ -102,6 +112,13 @@ class LearnedOptimizer(nn.Module):
         self.task = task
         self.config = config or LearnedConfig()
         shapes = task.weight_shapes
+        self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if self.config.arch == "coordinatewise":  # one shared m1 and one shared m2, for any network
+            cw, tele = self.config.coordinatewise, self.config.teleport
+            self.update = CoordinateUpdate(cw) if self.config.uses_update else None
+            lr_range = (tele.lr_min, tele.lr_max) if self.config.variant == "lr+tele" else None
+            self.teleports = nn.ModuleList([EquivariantTeleport(cw, lr_range)] if self.config.uses_teleport else [])
+            return
         self.update = UpdateLSTM(shapes, self.config.lstm) if self.config.uses_update else None
         self.teleports = nn.ModuleList(
             TeleportLSTM(shapes[m], shapes[m + 1], self.config.lstm, self.config.teleport)
@@ -109,7 +126,6 @@ class LearnedOptimizer(nn.Module):
         ) if self.config.uses_teleport else nn.ModuleList()
         if self.config.uses_teleport and len(shapes) < 2:
             raise ValueError(f"variant {self.config.variant!r} needs at least two weight matrices, dims={task.dims}")
-        self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     # -- state -------------------------------------------------------------------------------
     def initial_state(
@@ -128,6 +144,8 @@ class LearnedOptimizer(nn.Module):
             if X is None or Y is None or weights is None:
                 raise ValueError("the 'tele' variant needs X, Y and weights to build its base optimizer")
             base = HandDesigned(self.config.base, X, Y, weights, differentiable=differentiable)
+        if self.config.arch == "coordinatewise":  # states are sized by the network: made at the first step
+            return LearnedState(None, [], base)
         return LearnedState(
             self.update.initial_state(batch_size, device, dtype) if self.update else None,
             [m2.initial_state(batch_size, device, dtype) for m2 in self.teleports],
@@ -158,6 +176,7 @@ class LearnedOptimizer(nn.Module):
         X: torch.Tensor,
         state: LearnedState,
         x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loss_fn: LossFn | None = None,
     ) -> tuple[list[torch.Tensor], LearnedState]:
         """One inner step from the gradients at ``weights``.
 
@@ -168,12 +187,16 @@ class LearnedOptimizer(nn.Module):
             X: ``[B, d0, n]``, the data the teleport is applied with.
             state: recurrent state from :meth:`initial_state` or the previous step.
             x_qr: optional precomputed QR of ``X`` (see :func:`metatele.symmetry.action.qr_factor`).
+            loss_fn: the per-task loss of the weights (``[B]``); the ``coordinatewise`` m2 reads
+                its teleport gradient and its safeguard compares losses with it.
 
         Returns:
             ``(new_weights, new_state)``.
         """
         grads = [sanitize(g) for g in grads]
         cfg = self.config
+        if cfg.arch == "coordinatewise":
+            return self._apply_coordinatewise(weights, grads, X, state, x_qr, loss_fn)
         T, lrs, tele_states = self._teleport_outputs(grads, state)
         update_state = state.update
         if cfg.variant in ("update", "update+tele"):
@@ -205,20 +228,54 @@ class LearnedOptimizer(nn.Module):
         if self.config.variant == "tele":
             return self._step_tele(weights, X, Y, state, x_qr)
         loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
-        new, state = self.apply(weights, grads, X, state, x_qr)
+        new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
         return new, loss, grad_norm_sq(grads).detach(), state
 
     def _step_tele(self, weights, X, Y, state, x_qr=None):
         base = state.base
+        if self.config.arch == "coordinatewise":  # m2 reads the teleport gradient at W_t
+            loss_fn = squared_loss(X, Y)
+            T, _, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
+                                                 self.config.teleport.exact, x_qr, self._hooked)
+            new, loss, gsq = base.step(weights)
+            safe = loss_fn if self.config.coordinatewise.safeguard else None
+            new = safeguarded_teleport(new, X, T, safe, self.config.teleport.exact, x_qr)
+            return new, loss, gsq, LearnedState(None, tele_states, base)
         new, loss, gsq = base.step(weights)
         grads = [sanitize(g.detach()) for g in base.last_grads]
         T, _, tele_states = self._teleport_outputs(grads, state)
         new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False, x_qr=x_qr)
         return new, loss, gsq, LearnedState(None, tele_states, base)
 
+    def _apply_coordinatewise(self, weights, grads, X, state, x_qr, loss_fn):
+        """:meth:`apply` of the ``coordinatewise`` architecture: m2 reads the teleport gradient at
+        ``W_t`` (so the variants with a teleport need ``loss_fn``), m1 writes the update, the
+        update is taken and then the teleport (refused per task by the safeguard if it would
+        raise the loss)."""
+        cfg = self.config
+        T, lrs, tele_states = [], [], []
+        if cfg.uses_teleport:
+            if loss_fn is None:
+                raise ValueError(f"the coordinatewise {cfg.variant!r} optimizer needs loss_fn for its teleport gradient")
+            T, lrs, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
+                                                   cfg.teleport.exact, x_qr, self._hooked)
+        update_state = state.update
+        if cfg.variant in ("update", "update+tele"):
+            updates, update_state = self.update(weights, grads, state.update, X.shape[1])
+            new = [w - self._hooked(u) for w, u in zip(weights, updates)]
+        else:  # lr+tele
+            eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)  # geometric mean over pairs
+            new = [w - eta.to(g.dtype) * g for w, g in zip(weights, grads)]
+        if T:
+            safe = loss_fn if cfg.coordinatewise.safeguard else None
+            new = safeguarded_teleport(new, X, T, safe, cfg.teleport.exact, x_qr)
+        return new, LearnedState(update_state, tele_states, state.base)
+
     # -- evaluator-facing --------------------------------------------------------------------
     @property
     def name(self) -> str:
+        if self.config.arch == "coordinatewise":
+            return f"Coordinatewise({self.config.variant})"
         return f"LSTM({self.config.variant})"
 
     def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> "LearnedStepper":
@@ -231,7 +288,7 @@ class LearnedStepper:
 
     def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
         self.opt, self.X, self.Y = opt, X, Y
-        self.x_qr = qr_factor(X) if opt.config.uses_teleport else None
+        self.x_qr = input_qr(weights, X) if opt.config.uses_teleport else None
         p = next(opt.parameters())
         self.state = opt.initial_state(X.shape[0], X.device, p.dtype, X=X, Y=Y, weights=weights)
 

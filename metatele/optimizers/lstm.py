@@ -229,7 +229,7 @@ class TeleportLSTM(nn.Module):
     """m2 for one consecutive pair ``(W_m, W_{m+1})``: writes ``T`` ``[B, d_m, d_m]`` (and a step size).
 
     Args:
-        shape_v: ``(d_m, d_{m-1})``; shape_u: ``(d_{m+1}, d_m)``.
+        shape_v: ``(d_m, d_{m-1})``; shape_u: ``(d_{m+1}, d_m)`` (one more column each with biases).
     """
 
     def __init__(
@@ -242,7 +242,7 @@ class TeleportLSTM(nn.Module):
         super().__init__()
         self.config = config or LSTMConfig()
         self.tele = teleport or TeleportConfig()
-        if shape_v[0] != shape_u[1]:
+        if shape_v[0] not in (shape_u[1], shape_u[1] - 1):  # U may carry a bias column
             raise ValueError(f"pair shapes do not chain: V {shape_v}, U {shape_u}")
         self.d = shape_v[0]
         in_size = shape_v[0] * shape_v[1] + shape_u[0] * shape_u[1]

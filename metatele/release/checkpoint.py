@@ -412,11 +412,14 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
 
 
 def _check_task(path: Path, trained: MetaTrainConfig, task: TaskConfig) -> None:
+    if trained.learned.arch != "paper":  # shared per-coordinate networks run on any task
+        return
     if [tuple(s) for s in task.weight_shapes] != [tuple(s) for s in trained.task.weight_shapes]:
         raise CheckpointError(
             f"{path} was trained on task dims {trained.task.dims} (weight shapes "
             f"{trained.task.weight_shapes}); it cannot run on the requested task dims {task.dims} "
-            f"(weight shapes {task.weight_shapes})"
+            f"(weight shapes {task.weight_shapes}): the paper architecture's LSTMs read and write "
+            "vectors of one network's size. A learned.arch: coordinatewise checkpoint runs on any network"
         )
 
 
@@ -425,9 +428,11 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
 
     Args:
         path: the checkpoint file.
-        task: if given, the task the optimizer will run on; its weight shapes (``dims[1:]``) must
-            equal the training task's. The sample count ``n`` and the distribution may differ
-            (evaluation off the training distribution); ``optimizer.task`` stays the training task.
+        task: if given, the task the optimizer will run on. For the ``paper`` architecture its
+            weight shapes (``dims[1:]`` and ``bias``) must equal the training task's; the sample
+            count ``n`` and the distribution may differ (evaluation off the training
+            distribution), and ``optimizer.task`` stays the training task. A ``coordinatewise``
+            optimizer is built for ``task`` whatever its sizes (``optimizer.task`` is ``task``).
         device: where to put the meta-parameters (default: CPU). Their dtype is the saved one.
 
     Raises:
@@ -444,8 +449,9 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
     if task is not None:
         _check_task(path, config, task)
     tensors = verified_tensors(data, doc["payload_sha256"], str(path))
+    build_for = task if task is not None and config.learned.arch == "coordinatewise" else config.task
     with torch.random.fork_rng(devices=[]):  # building must not consume the caller's random stream
-        optimizer = LearnedOptimizer(config.task, config.learned)
+        optimizer = LearnedOptimizer(build_for, config.learned)
     expected = optimizer.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -18,6 +18,13 @@ symmetry: a :class:`SymmetryWarning` says so, and the SVD pseudo-inverse gives t
 ``exact=True`` (default) uses ``U g⁻¹`` by a linear solve; ``exact=False`` is the paper's
 first-order form ``U (2I − g)`` = ``U (I − T)`` for ``g = I + T``, which changes the loss by
 O(‖T‖²). Both share this one implementation.
+
+Biases (a layer stored as the augmented ``[V b]``, see :mod:`metatele.tasks.mlp`): the pair action
+treats ``[V b]`` as one matrix acting on the augmented input ``[h; 1ᵀ]``, so
+``[V' b'] = [V b] + (σ⁻¹(g σ(V h + b 1ᵀ)) − (V h + b 1ᵀ)) [h; 1ᵀ]⁺``, and ``U' = U g⁻¹`` acts on
+``U``'s weight columns only (its own bias is unchanged). The loss is invariant when ``[h; 1ᵀ]``
+has full column rank, which needs ``n ≤ d_{m-1} + 1``: a layer with a bias admits one sample
+more than one without.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from ..tasks.mlp import mlp_loss, sigma, sigma_inv
+from ..tasks.mlp import affine, augment, has_bias, join_bias, mlp_loss, sigma, sigma_inv, split_bias
 from ..tasks.family import check_problem
 
 
@@ -35,7 +42,11 @@ class SymmetryWarning(UserWarning):
 
 
 def non_symmetric_pairs(weights: Sequence[torch.Tensor], X: torch.Tensor) -> list[int]:
-    """Indices ``m`` (0-based pair index) whose layer input is narrower than the sample count."""
+    """Indices ``m`` (0-based pair index) whose layer input is narrower than the sample count.
+
+    The input width of ``W_m`` counts the bias column, so a layer with a bias is symmetric up
+    to ``n = d_{m-1} + 1`` samples.
+    """
     n = X.shape[-1]
     return [m for m in range(len(weights) - 1) if weights[m].shape[-1] < n]
 
@@ -72,6 +83,12 @@ def apply_pinv(
     return out.to(A.dtype)
 
 
+def input_qr(weights: Sequence[torch.Tensor], X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`qr_factor` of the first layer's input: ``X`` ``[B, d0, n]``, or ``[X; 1ᵀ]`` when
+    ``weights[0]`` is an augmented ``[W b]`` (what :func:`group_action` takes as ``x_qr``)."""
+    return qr_factor(augment(X) if has_bias(weights[0], X) else X)
+
+
 def _identity_like(T: torch.Tensor) -> torch.Tensor:
     return torch.eye(T.shape[-1], dtype=T.dtype, device=T.device).expand_as(T)
 
@@ -90,13 +107,15 @@ def group_action(
     already-transformed weights. ``g[m] = None`` leaves pair ``m`` untouched.
 
     Args:
-        weights: list of ``[B, d_i, d_{i-1}]``.
+        weights: list of ``[B, d_i, d_{i-1}]`` (``[B, d_i, d_{i-1} + 1]`` for ``[W b]`` with a bias).
         X: ``[B, d0, n]``.
         g: ``L − 1`` group elements (or ``None``).
         exact: ``U g⁻¹`` by a linear solve (default) or the first-order ``U (2I − g)``.
         warn: emit :class:`SymmetryWarning` when a pair's input is narrower than ``n``.
-        x_qr: optional precomputed :func:`qr_factor` of ``X``; the data do not change along a
-            trajectory, so callers that teleport often factor it once.
+        x_qr: optional precomputed :func:`qr_factor` of the first layer's input (``X``, or
+            ``[X; 1ᵀ]`` when the first layer has a bias: see :func:`input_qr`); the data do not
+            change along a trajectory, so callers that teleport often factor it once. A
+            factorisation of the wrong height is ignored (recomputed).
 
     Returns:
         The new weights (the input list is not modified).
@@ -126,17 +145,22 @@ def group_action(
                     f"got {tuple(gm.shape)}"
                 )
             V, U = new[m], new[m + 1]
-            Vh = V @ h
+            Vh = affine(V, h)
             A = sigma_inv(gm @ sigma(Vh))
             # V' = V + (A − V h) h⁺: V' h = A whenever h⁺ h = I (the spec's V' = A h⁺ then), and
-            # V' = V at g = I even when n < d (A h⁺ alone would project V onto the data span)
-            new[m] = V + apply_pinv(A - Vh, h, x_qr if m == 0 else None)
+            # V' = V at g = I even when n < d (A h⁺ alone would project V onto the data span).
+            # With a bias, V is [V b] and h is the augmented [h; 1ᵀ].
+            h_in = augment(h) if has_bias(V, h) else h
+            qr = x_qr if m == 0 and x_qr is not None and x_qr[0].shape[-2] == h_in.shape[-2] else None
+            new[m] = V + apply_pinv(A - Vh, h_in, qr)
+            U_w, U_b = split_bias(U, d)  # g acts on U's weight columns; its bias stays
             if exact:
                 # solve_ex: no error check, so no host sync and no exception on a singular element
-                new[m + 1] = torch.linalg.solve_ex(gm, U, left=False)[0]
+                U_w = torch.linalg.solve_ex(gm, U_w, left=False)[0]
             else:
-                new[m + 1] = U @ (2 * _identity_like(gm) - gm)
-        h = sigma(new[m] @ h)
+                U_w = U_w @ (2 * _identity_like(gm) - gm)
+            new[m + 1] = join_bias(U_w, U_b)
+        h = sigma(affine(new[m], h))
     return new
 
 

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 
 from ..configs import require
-from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from .action import teleport
+from .teleport_grad import mlp_teleport_gradient
 
 STRATEGIES = ("random", "gradient_ascent")
 
@@ -71,15 +71,11 @@ class RandomTeleport(TeleportStrategy):
 def grad_norm_ascent_direction(
     weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor, exact: bool = True
 ) -> list[torch.Tensor]:
-    """``∂‖∇L(g·W)‖²/∂T`` at ``T = 0`` for every pair: list of ``[B, d_m, d_m]`` (per task)."""
-    with torch.enable_grad():
-        W0 = [w.detach() for w in weights]
-        T = [torch.zeros(w.shape[0], w.shape[1], w.shape[1], dtype=w.dtype, device=w.device, requires_grad=True)
-             for w in W0[:-1]]
-        Wt = teleport(W0, X, T, exact=exact, warn=False)
-        _, grads = loss_and_grads(Wt, X, Y, create_graph=True)
-        objective = grad_norm_sq(grads).sum()
-        return list(torch.autograd.grad(objective, T))
+    """``∂‖∇L(g·W)‖²/∂T`` at ``T = 0`` for every pair: list of ``[B, d_m, d_m]`` (per task).
+
+    See :func:`metatele.symmetry.teleport_grad.teleport_gradient`.
+    """
+    return mlp_teleport_gradient(weights, X, Y, exact=exact)
 
 
 class GradientAscentTeleport(TeleportStrategy):

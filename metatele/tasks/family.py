@@ -2,7 +2,8 @@
 
 A task is ``(X, Y, W_1..W_L)`` for sizes ``dims = [n, d0, d1, ..., dL]`` (SPEC §1):
 ``X`` is ``[d0, n]``, ``Y`` is ``[dL, n]`` and ``W_i`` is ``[d_i, d_{i-1}]``. Tasks are stacked
-along a leading batch dimension ``B``.
+along a leading batch dimension ``B``. With ``bias=True`` every layer has a bias, stored as the
+last column of an augmented ``[W_i b_i]`` of shape ``[d_i, d_{i-1} + 1]`` (see :mod:`metatele.tasks.mlp`).
 
 Each task is drawn from its own CPU generator seeded with its integer seed, then moved to the
 target device, so seed ``s`` yields bit-identical data whether it is sampled alone or inside a
@@ -59,10 +60,14 @@ class TaskConfig:
         dims: ``[n, d0, d1, ..., dL]``; the paper uses ``[20, 20, 20, 20]``.
         distribution: ``"uniform"`` (paper: every entry U[0, 1]) or ``"gaussian"``
             (weights N(0, 1/fan_in), data and targets N(0, 1)).
+        bias: every layer has a bias (the paper's network has none). Biases are drawn after the
+            weights and data from the same seed (U[0, 1], or N(0, 1/fan_in) for ``gaussian``),
+            so a task with biases is the bias-free task of the same seed plus a bias column.
     """
 
     dims: list[int] = field(default_factory=lambda: [20, 20, 20, 20])
     distribution: str = "uniform"
+    bias: bool = False
 
     def __post_init__(self) -> None:
         self.dims = validate_dims(self.dims, "task.dims")
@@ -71,6 +76,7 @@ class TaskConfig:
             "task.distribution",
             f"must be one of {DISTRIBUTIONS}, got {self.distribution!r}",
         )
+        require(isinstance(self.bias, bool), "task.bias", f"must be true or false, got {self.bias!r}")
 
     @property
     def n_samples(self) -> int:
@@ -83,9 +89,14 @@ class TaskConfig:
 
     @property
     def weight_shapes(self) -> list[tuple[int, int]]:
-        """``[(d1, d0), (d2, d1), ...]``."""
-        w = self.widths
-        return [(w[i + 1], w[i]) for i in range(len(w) - 1)]
+        """``[(d1, d0), (d2, d1), ...]``; with biases ``[(d1, d0 + 1), (d2, d1 + 1), ...]``."""
+        w, b = self.widths, int(self.bias)
+        return [(w[i + 1], w[i] + b) for i in range(len(w) - 1)]
+
+    def non_symmetric_pairs(self) -> list[int]:
+        """Pairs (0-based) whose layer input cannot have full column rank: ``n > d_{m-1}``
+        (``n > d_{m-1} + 1`` with biases). Teleporting those changes the loss."""
+        return [m for m in range(self.n_pairs) if self.weight_shapes[m][1] < self.n_samples]
 
     @property
     def n_pairs(self) -> int:
@@ -148,10 +159,10 @@ def check_problem(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Ten
             raise ValueError(f"weights[{i}] must be [B, d_out, d_in], got shape {tuple(w.shape)}")
         if w.shape[0] != B:
             raise ValueError(f"weights[{i}] has batch size {w.shape[0]} but X has {B}")
-        if w.shape[2] != prev:
+        if w.shape[2] not in (prev, prev + 1):  # prev + 1: an augmented [W b] with a bias column
             raise ValueError(
                 f"weights[{i}] has input width {w.shape[2]} but the previous layer "
-                f"({'X' if i == 0 else f'weights[{i - 1}]'}) gives {prev}"
+                f"({'X' if i == 0 else f'weights[{i - 1}]'}) gives {prev} (or {prev + 1} for [W b] with a bias)"
             )
         prev = w.shape[1]
     if Y is not None:
@@ -163,7 +174,7 @@ def _sample_one(config: TaskConfig, seed: int, dtype: torch.dtype) -> tuple[torc
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
     n, widths = config.n_samples, config.widths
-    shapes = config.weight_shapes
+    shapes = [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)]  # without the bias column
     if config.distribution == "uniform":
         weights = [torch.rand(s, generator=gen, dtype=torch.float64) for s in shapes]
         X = torch.rand(widths[0], n, generator=gen, dtype=torch.float64)
@@ -172,6 +183,12 @@ def _sample_one(config: TaskConfig, seed: int, dtype: torch.dtype) -> tuple[torc
         weights = [torch.randn(s, generator=gen, dtype=torch.float64) / math.sqrt(s[1]) for s in shapes]
         X = torch.randn(widths[0], n, generator=gen, dtype=torch.float64)
         Y = torch.randn(widths[-1], n, generator=gen, dtype=torch.float64)
+    if config.bias:  # drawn last, so the weights and data equal the bias-free task's
+        if config.distribution == "uniform":
+            biases = [torch.rand(s[0], 1, generator=gen, dtype=torch.float64) for s in shapes]
+        else:
+            biases = [torch.randn(s[0], 1, generator=gen, dtype=torch.float64) / math.sqrt(s[1]) for s in shapes]
+        weights = [torch.cat([w, b], dim=1) for w, b in zip(weights, biases)]
     return X.to(dtype), Y.to(dtype), [w.to(dtype) for w in weights]
 
 

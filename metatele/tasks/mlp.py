@@ -1,7 +1,14 @@
-"""The inner network: a bias-free LeakyReLU MLP on stacked weights (SPEC §1).
+"""The inner network: a LeakyReLU MLP on stacked weights (SPEC §1).
 
 ``h_0 = X``, ``h_i = σ(W_i h_{i-1})`` for ``i < L``, output ``W_L h_{L-1}``, loss
 ``½‖Y − W_L h_{L-1}‖_F²`` per task. All functions take a leading batch dimension ``B``.
+
+Biases: a layer with a bias is stored as one augmented matrix ``[V b]`` of shape
+``[B, d_i, d_{i-1} + 1]`` (the bias is the last column) acting on the augmented input
+``[h; 1ᵀ]``, so ``[V b] [h; 1ᵀ] = V h + b 1ᵀ``. Whether a layer has a bias is read from its
+shape (input width one more than the previous layer's output), so every function here, the
+group action, the optimizers and the gradients take either form (and a mix of both) without
+a flag, and a bias-free network computes exactly what it did before biases existed.
 """
 from __future__ import annotations
 
@@ -26,27 +33,56 @@ def sigma_inv(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 1.0 / NEGATIVE_SLOPE)
 
 
+def has_bias(W: torch.Tensor, h: torch.Tensor) -> bool:
+    """Whether ``W`` (``[B, d_out, d_in(+1)]``) is an augmented ``[V b]`` for the input ``h`` ``[B, d_in, n]``."""
+    return W.shape[-1] == h.shape[-2] + 1
+
+
+def augment(h: torch.Tensor) -> torch.Tensor:
+    """``[h; 1ᵀ]``: a layer input ``[B, d, n]`` with a row of ones appended, ``[B, d + 1, n]``."""
+    return torch.cat([h, torch.ones_like(h[..., :1, :])], dim=-2)
+
+
+def affine(W: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Pre-activation ``W h`` (bias-free) or ``V h + b 1ᵀ`` (``W = [V b]``): ``[B, d_out, n]``."""
+    if has_bias(W, h):
+        return W[..., :-1] @ h + W[..., -1:]
+    return W @ h
+
+
+def split_bias(W: torch.Tensor, d_in: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[V b]`` → ``(V [B, d_out, d_in], b [B, d_out])``; a bias-free ``W`` gives ``(W, None)``."""
+    if W.shape[-1] == d_in + 1:
+        return W[..., :-1], W[..., -1]
+    return W, None
+
+
+def join_bias(V: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``(V [B, d_out, d_in], b [B, d_out])`` → the augmented ``[V b]`` (``V`` itself when ``b`` is None)."""
+    return V if b is None else torch.cat([V, b.unsqueeze(-1)], dim=-1)
+
+
 def layer_inputs(weights: Sequence[torch.Tensor], X: torch.Tensor) -> list[torch.Tensor]:
     """``[h_0, ..., h_{L-1}]``, each ``[B, d_{i}, n]`` (``h_0 = X``)."""
     hs = [X]
     for W in weights[:-1]:
-        hs.append(sigma(W @ hs[-1]))
+        hs.append(sigma(affine(W, hs[-1])))
     return hs
 
 
 def forward(weights: Sequence[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
-    """Network output ``W_L h_{L-1}``: ``[B, dL, n]``."""
+    """Network output ``W_L h_{L-1}`` (plus ``b_L`` with a bias): ``[B, dL, n]``."""
     h = X
     for W in weights[:-1]:
-        h = sigma(W @ h)
-    return weights[-1] @ h
+        h = sigma(affine(W, h))
+    return affine(weights[-1], h)
 
 
 def mlp_loss(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """Per-task loss ``½‖Y − W_L h_{L-1}‖_F²``.
 
     Args:
-        weights: list of ``[B, d_i, d_{i-1}]``.
+        weights: list of ``[B, d_i, d_{i-1}]`` (``[B, d_i, d_{i-1} + 1]`` for a layer with a bias).
         X: ``[B, d0, n]``.  Y: ``[B, dL, n]``.
 
     Returns:

@@ -1,0 +1,354 @@
+"""Learned optimizers that run on any LeakyReLU network: a per-coordinate m1, an equivariant m2.
+
+The paper's LSTMs read the whole flattened gradient of one network, so they are tied to its
+sizes. The two modules here share their weights across coordinates instead, which makes one
+set of meta-parameters apply to any widths, any depth, with or without biases.
+
+**m1, per coordinate** (:class:`CoordinateUpdate`). Every weight and bias coordinate keeps an
+optimizer state: momenta of the gradient at several time scales ``m_β`` (β = 0.5, 0.9, 0.99 by
+default) and a second moment ``v`` (β₂ = 0.999), bias-corrected as in Adam. From these a small
+MLP, the same for every coordinate, reads nine scale-free features:
+
+1. ``g / (√v̂ + ε)`` and 2–4. ``m̂_β / (√v̂ + ε)`` for each β (momenta in units of the RMS gradient);
+5. ``g / rms(g)`` and 6. ``m̂_0.9 / rms(m̂_0.9)`` (normalised over the coordinate's tensor);
+7. ``log √v̂ − mean log √v̂`` over the tensor (is this coordinate's gradient large for its layer);
+8. ``w / rms(w)`` (the coordinate's value, normalised over its tensor);
+9. ``1`` for a bias coordinate, ``0`` for a weight.
+
+and writes two numbers ``(a, b)``. The update is
+``lr · exp(s_mag · tanh a) · (m̂_0.9 / (√v̂ + ε) + s_dir · tanh b)``: Adam's step with a bounded
+correction of its size (a factor within ``e^{±s_mag}``) and of its direction. The MLP's last
+layer starts at zero, so an untrained m1 *is* Adam at rate ``lr``; meta-training learns a
+correction and can never write an unbounded step. The per-tensor statistics are the only loop
+(over the L layers); every coordinate of every task is processed in one batched MLP call.
+
+**m2, equivariant** (:class:`EquivariantTeleport`). For a pair ``(V, U) = (W_m, W_{m+1})`` of
+any width ``d`` it reads, for every entry ``(i, j)`` of a ``[d, d]`` matrix, features built from
+the teleport gradient ``G`` (see :mod:`metatele.symmetry.teleport_grad`) and the pair's gradients: ``G``
+and ``Gᵀ`` (normalised by their RMS), the row and column means of that normalised ``G``, a
+running average of it, the gradient Gram matrices ``∇V ∇Vᵀ`` and ``∇Uᵀ ∇U`` (normalised), and
+whether ``i = j``. Every one of these maps to ``P (·) Pᵀ`` when the hidden units are permuted by
+``P``, and the MLP acts on each entry with the same weights, so the output ``T`` maps to
+``P T Pᵀ``: m2 is permutation-equivariant by construction and works for any width. Its
+direction is ``Ĝ + s_dir · out`` (the gradient-ascent direction, corrected), its Frobenius norm
+``norm_max · sigmoid(c + mean_ij out')``, learned and bounded, starting at ``norm_init``.
+
+A teleport happens on the steps where the trajectory's step count is a multiple of ``every``
+(1: every step); with ``safeguard`` a teleport that would raise a task's loss is not taken
+(a per-task choice on the device, no host sync).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..configs import require
+from .lstm import State, flatten, log_space
+from ..symmetry.strategies import normalize_frobenius
+from ..symmetry.action import teleport
+from ..symmetry.teleport_grad import LossFn, teleport_gradient
+
+#: the number of per-coordinate features m1 reads (see the module docstring)
+N_UPDATE_FEATURES = 9
+#: the number of per-entry features m2 reads
+N_TELEPORT_FEATURES = 8
+#: clamp on every feature, so that a diverging trajectory cannot feed the MLPs huge inputs
+FEATURE_CLAMP = 10.0
+TINY = 1e-30
+
+
+@dataclass
+class CoordinatewiseConfig:
+    """Options of the per-coordinate m1 and the equivariant m2 (``learned.arch: coordinatewise``).
+
+    Attributes:
+        hidden: hidden units of each MLP layer (m1 and m2).
+        layers: hidden layers of each MLP.
+        lr: the base step size of m1 (it starts as Adam at this rate).
+        betas: time scales of the gradient momenta m1 reads (the second is the direction's).
+        beta2: decay of the second moment.
+        eps: Adam's denominator epsilon.
+        magnitude_scale: bound of m1's log step-size correction (factor within ``e^{±s}``).
+        direction_scale: bound of m1's direction correction (in units of the Adam direction).
+        tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``.
+        tele_direction_scale: weight of m2's learned correction of the gradient-ascent direction.
+        tele_beta: decay of the running average of the normalised teleport gradient.
+        every: teleport on steps that are multiples of ``every`` (per trajectory).
+        safeguard: do not take a teleport that raises a task's loss.
+    """
+
+    hidden: int = 32
+    layers: int = 2
+    lr: float = 0.03
+    betas: tuple[float, float, float] = (0.5, 0.9, 0.99)
+    beta2: float = 0.999
+    eps: float = 1e-8
+    magnitude_scale: float = 1.0
+    direction_scale: float = 0.5
+    tele_norm_init: float = 0.01
+    tele_norm_max: float = 0.2
+    tele_direction_scale: float = 1.0
+    tele_beta: float = 0.9
+    every: int = 1
+    safeguard: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        require(self.hidden >= 1, "coordinatewise.hidden", f"must be ≥ 1, got {self.hidden}")
+        require(self.layers >= 1, "coordinatewise.layers", f"must be ≥ 1, got {self.layers}")
+        require(self.lr > 0, "coordinatewise.lr", f"must be > 0, got {self.lr}")
+        require(len(self.betas) == 3 and all(0 <= b < 1 for b in self.betas), "coordinatewise.betas",
+                f"must be three numbers in [0, 1), got {self.betas}")
+        require(0 <= self.beta2 < 1, "coordinatewise.beta2", f"must be in [0, 1), got {self.beta2}")
+        require(self.eps > 0, "coordinatewise.eps", f"must be > 0, got {self.eps}")
+        require(self.magnitude_scale >= 0, "coordinatewise.magnitude_scale", f"must be ≥ 0, got {self.magnitude_scale}")
+        require(self.direction_scale >= 0, "coordinatewise.direction_scale", f"must be ≥ 0, got {self.direction_scale}")
+        require(0 < self.tele_norm_init < self.tele_norm_max, "coordinatewise.tele_norm_init/tele_norm_max",
+                f"need 0 < tele_norm_init < tele_norm_max, got {self.tele_norm_init}, {self.tele_norm_max}")
+        require(self.tele_direction_scale >= 0, "coordinatewise.tele_direction_scale",
+                f"must be ≥ 0, got {self.tele_direction_scale}")
+        require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
+        require(isinstance(self.every, int) and self.every >= 1, "coordinatewise.every",
+                f"must be a positive integer, got {self.every!r}")
+
+
+def coordinate_mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` hidden ReLU layers of width ``hidden``; the output layer starts at zero."""
+    mods: list[nn.Module] = []
+    width = n_in
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    head = nn.Linear(width, n_out)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(*mods, head)
+
+
+def _per_tensor(x: torch.Tensor, sizes: Sequence[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply a per-task reduction ``fn`` (``[B, p] → [B, 1]``) to each tensor's slice of ``x``
+    ``[B, P]`` and broadcast it back over that tensor's coordinates: ``[B, P]``."""
+    return torch.cat([fn(part).expand_as(part) for part in x.split(list(sizes), dim=1)], dim=1)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.square().mean(dim=1, keepdim=True).add(TINY).sqrt()
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=1, keepdim=True)
+
+
+def bias_mask(weights: Sequence[torch.Tensor], d0: int) -> torch.Tensor:
+    """``[P]`` float: 1 for the bias coordinates of the flattened weights, 0 for weights.
+
+    A layer is recognised as ``[W b]`` when its input width is one more than the previous
+    layer's output (``d0`` for the first layer).
+    """
+    parts, prev = [], d0
+    for W in weights:
+        d_out, d_in = W.shape[1], W.shape[2]
+        m = torch.zeros(d_out, d_in, dtype=W.dtype, device=W.device)
+        if d_in == prev + 1:
+            m[:, -1] = 1
+        parts.append(m.flatten())
+        prev = d_out
+    return torch.cat(parts)
+
+
+class CoordinateUpdate(nn.Module):
+    """m1 per coordinate: the same small MLP for every weight and bias coordinate of any network.
+
+    State per trajectory (a pair, so it is reset and detached like an LSTM state): the moments
+    ``[4, B, P]`` (``m_β`` for the three betas, then ``v``) and the step count ``[1, B, 1]``,
+    where ``P`` is the number of coordinates of the network.
+    """
+
+    def __init__(self, config: CoordinatewiseConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CoordinatewiseConfig()
+        self.net = coordinate_mlp(N_UPDATE_FEATURES, 2, self.config.hidden, self.config.layers)
+
+    def initial_state(self, weights: Sequence[torch.Tensor], dtype=None) -> State:
+        """Zero state for the network ``weights`` (list of ``[B, d_i, d_{i-1}(+1)]``)."""
+        B, P = weights[0].shape[0], sum(w[0].numel() for w in weights)
+        dev, dt = weights[0].device, dtype or weights[0].dtype
+        return torch.zeros(4, B, P, device=dev, dtype=dt), torch.zeros(1, B, 1, device=dev, dtype=dt)
+
+    def features(
+        self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: State, d0: int
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """The nine features ``[B, P, 9]``, the Adam direction ``m̂_0.9 / (√v̂ + ε)`` ``[B, P]``
+        and the new state. ``d0`` is the network's input width (to recognise bias columns)."""
+        cfg = self.config
+        moments, t = state
+        g = flatten(grads).to(moments.dtype)
+        w = flatten(weights).to(moments.dtype)
+        sizes = [x[0].numel() for x in grads]
+        t = t + 1
+        decay = torch.tensor(list(cfg.betas) + [cfg.beta2], dtype=moments.dtype, device=moments.device).view(4, 1, 1)
+        target = torch.stack([g, g, g, g.square()])
+        moments = decay * moments + (1 - decay) * target
+        corrected = moments / (1 - decay ** t)  # Adam's bias correction, per trajectory
+        m, v = corrected[:3], corrected[3]
+        root = v.sqrt()
+        denom = root + cfg.eps
+        feats = [g / denom, m[0] / denom, m[1] / denom, m[2] / denom,
+                 g / _per_tensor(g, sizes, _rms), m[1] / _per_tensor(m[1], sizes, _rms)]
+        log_root = root.add(TINY).log()
+        feats.append(log_root - _per_tensor(log_root, sizes, _mean))
+        feats.append(w / _per_tensor(w, sizes, _rms))
+        feats.append(bias_mask(grads, d0).to(g.dtype).expand_as(g))
+        x = torch.stack(feats, dim=-1).clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
+        return x, m[1] / denom, (moments, t)
+
+    def forward(
+        self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: State | None, d0: int
+    ) -> tuple[list[torch.Tensor], State]:
+        """``grads`` at ``weights`` (lists of ``[B, d_i, d_{i-1}(+1)]``) → updates of the same
+        shapes (``W ← W − update``) and the new state (``None``: a fresh trajectory)."""
+        cfg = self.config
+        if state is None:
+            state = self.initial_state(weights, next(self.parameters()).dtype)
+        x, direction, state = self.features(weights, grads, state, d0)
+        out = self.net(x)  # [B, P, 2]
+        scale = torch.exp(cfg.magnitude_scale * torch.tanh(out[..., 0]))
+        flat = cfg.lr * scale * (direction + cfg.direction_scale * torch.tanh(out[..., 1]))
+        updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
+        return updates, state
+
+
+def pair_features(
+    G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, avg: torch.Tensor
+) -> torch.Tensor:
+    """Per-entry features of one pair, ``[B, d, d, 8]``; every one maps to ``P (·) Pᵀ``.
+
+    Args:
+        G: the pair's teleport gradient ``[B, d, d]``.
+        grad_v: gradient of ``W_m`` ``[B, d, d_{m-1}(+1)]``; grad_u: of ``W_{m+1}``, weight
+            columns only, ``[B, d_{m+1}, d]``.
+        avg: running average of the normalised ``G`` ``[B, d, d]``.
+    """
+    d = G.shape[-1]
+    nrm = lambda x: x / x.flatten(1).square().mean(1).add(TINY).sqrt().view(-1, 1, 1)  # noqa: E731
+    Gn = nrm(G)
+    rows = Gn.mean(dim=2, keepdim=True).expand_as(Gn)
+    cols = Gn.mean(dim=1, keepdim=True).expand_as(Gn)
+    gram_v = nrm(grad_v @ grad_v.mT)
+    gram_u = nrm(grad_u.mT @ grad_u)
+    eye = torch.eye(d, dtype=G.dtype, device=G.device).expand_as(G)
+    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye], dim=-1)
+    return x.clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
+
+
+class EquivariantTeleport(nn.Module):
+    """m2 for pairs of any width: one MLP over the entries ``(i, j)`` of ``[d_m, d_m]`` matrices.
+
+    Outputs per entry: a direction correction, a norm logit (averaged over the entries, so it is
+    permutation-invariant) and, for ``lr+tele``, a step-size logit (averaged likewise). State per
+    pair and trajectory: the running average of the normalised ``G`` ``[1, B, d²]`` and the step
+    count ``[1, B, 1]``.
+
+    Args:
+        config: the coordinatewise options.
+        lr_range: ``(lr_min, lr_max)`` of the emitted step size (``None``: no step size).
+    """
+
+    def __init__(self, config: CoordinatewiseConfig | None = None, lr_range: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.config = config or CoordinatewiseConfig()
+        self.lr_range = lr_range
+        self.net = coordinate_mlp(N_TELEPORT_FEATURES, 2 + int(lr_range is not None), self.config.hidden, self.config.layers)
+        c = self.config
+        # sigmoid(offset) · norm_max = norm_init at the start
+        self.register_buffer("norm_offset", torch.tensor(math.log(c.tele_norm_init / (c.tele_norm_max - c.tele_norm_init))))
+
+    def initial_state(self, G: torch.Tensor) -> State:
+        """Zero state for a pair whose teleport gradient is ``G`` ``[B, d, d]``."""
+        B, d = G.shape[0], G.shape[-1]
+        z = torch.zeros(1, B, d * d, dtype=self.norm_offset.dtype, device=G.device)
+        return z, torch.zeros(1, B, 1, dtype=z.dtype, device=G.device)
+
+    def forward(
+        self, G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, state: State | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """→ ``(T [B, d, d], step size [B] or None, new state)``; ``T`` is zero on the steps the
+        schedule skips. ``grad_u`` is the gradient of ``W_{m+1}`` (its bias column is ignored)."""
+        cfg = self.config
+        if state is None:
+            state = self.initial_state(G)
+        B, d = G.shape[0], G.shape[-1]
+        avg_flat, t = state
+        dt = avg_flat.dtype
+        G, grad_v, grad_u = G.to(dt), grad_v.to(dt), grad_u[..., :d].to(dt)
+        Gn = G / G.flatten(1).square().mean(1).add(TINY).sqrt().view(-1, 1, 1)
+        avg = cfg.tele_beta * avg_flat.view(B, d, d) + (1 - cfg.tele_beta) * Gn
+        out = self.net(pair_features(G, grad_v, grad_u, avg))  # [B, d, d, k]
+        direction = Gn + cfg.tele_direction_scale * out[..., 0]
+        norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2)))
+        on = (torch.remainder(t.view(B), cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
+        T = normalize_frobenius(direction, norm * on)
+        lr = None
+        if self.lr_range is not None:
+            lr = log_space(out[..., 2].mean(dim=(1, 2)), *self.lr_range)
+        return T, lr, (avg.reshape(1, B, d * d), t + 1)
+
+
+# -- one inner step ------------------------------------------------------------------------------
+Hook = Callable[[torch.Tensor], torch.Tensor]
+
+
+def teleport_outputs(
+    m2: EquivariantTeleport,
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    loss_fn: LossFn,
+    states: Sequence[State],
+    exact: bool = True,
+    x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    hook: Hook = lambda t: t,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[State]]:
+    """m2 on every pair of the network at ``weights``: ``(T per pair, step sizes, new states)``.
+
+    Reads the teleport gradient ``G`` (one batched double backward for all pairs, treated as
+    data) and the gradients at ``weights``. ``states`` empty: fresh trajectories.
+    """
+    G, _, grads = teleport_gradient(weights, X, loss_fn, exact=exact, x_qr=x_qr)
+    G = [sanitize(g) for g in G]
+    grads = [sanitize(g) for g in grads]
+    T, lrs, new_states = [], [], []
+    for m in range(len(weights) - 1):
+        t, lr, s = m2(G[m], grads[m], grads[m + 1], states[m] if states else None)
+        T.append(hook(t.to(weights[m].dtype)))
+        if lr is not None:
+            lrs.append(hook(lr))
+        new_states.append(s)
+    return T, lrs, new_states
+
+
+def safeguarded_teleport(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    T: Sequence[torch.Tensor],
+    loss_fn: LossFn | None,
+    exact: bool = True,
+    x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Teleport ``weights`` by ``T``; with ``loss_fn`` given, a task whose loss the teleport
+    would raise keeps its weights (a per-task ``torch.where``, no host sync)."""
+    new = teleport(weights, X, T, exact=exact, warn=False, x_qr=x_qr)
+    if loss_fn is None:
+        return new
+    with torch.no_grad():
+        take = loss_fn(new) <= loss_fn(weights)  # NaN after the teleport: not taken
+    k = take.view(-1, 1, 1)
+    return [torch.where(k, a, b) for a, b in zip(new, weights)]
+
+
+def sanitize(t: torch.Tensor) -> torch.Tensor:
+    """Replace non-finite entries by 0 (what the networks read for a diverged trajectory)."""
+    return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
