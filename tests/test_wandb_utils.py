@@ -12,11 +12,13 @@ import torch
 wandb = pytest.importorskip("wandb")
 
 from metatele.storage import wandb_log as wu  # noqa: E402
+from metatele.studies.experiment import checkpoint_metadata  # noqa: E402
 from metatele.release.checkpoint import save_checkpoint  # noqa: E402
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
 from metatele.optimizers.lstm import LSTMConfig  # noqa: E402
 from metatele.tasks.family import TaskConfig  # noqa: E402
 from metatele.meta.config import MetaTrainConfig  # noqa: E402
+from wandb_reader import read_offline_run  # noqa: E402
 
 
 def _local(address) -> bool:
@@ -91,7 +93,7 @@ def test_offline_run_records_group_job_type_and_config(offline):
     run_dir = finished(run)
     assert run_dir.parent == offline / "wandb" and run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("run-*.wandb"))
-    record = wu.read_offline_run(run_dir)
+    record = read_offline_run(run_dir)
     assert (record["group"], record["job_type"], record["name"]) == ("g1", "train", "first")
     assert record["project"] == "metatele"
     assert record["config"]["task"] == {"dims": [3, 4, 3, 2], "distribution": "uniform"}
@@ -119,7 +121,7 @@ def test_comparison_group_writes_one_run_per_method_and_a_summary(offline):
     assert len({d for d in dirs.values()}) == 4
     assert len(list((offline / "wandb").glob("offline-run-*"))) == 4
     for method, c in curves.items():
-        record = wu.read_offline_run(dirs[method])
+        record = read_offline_run(dirs[method])
         assert (record["group"], record["job_type"], record["name"]) == ("cmp-test", "compare", method)
         assert record["config"]["method"] == method and record["config"]["steps"] == steps
         history = record["history"]
@@ -131,7 +133,7 @@ def test_comparison_group_writes_one_run_per_method_and_a_summary(offline):
             assert row["loss/median"] == pytest.approx(np.median(loss[t]))
             assert row["loss/diverged_frac"] == pytest.approx(1 - finite[t].mean())
             assert ("grad_sq/mean" in row) == ("grad_sq" in c)
-    summary = wu.read_offline_run(dirs["summary"])
+    summary = read_offline_run(dirs["summary"])
     assert (summary["group"], summary["job_type"]) == ("cmp-test", "compare-summary")
     assert summary["config"]["methods"] == list(curves)
     assert summary["config"]["_wandb"]["visualize"]["mean_log10_loss"]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
@@ -154,14 +156,14 @@ def test_checkpoint_artifact_is_logged_as_a_model(offline, tmp_path):
                              learned=LearnedConfig(lstm=LSTMConfig(hidden=16)), trajectories=8)
     path = save_checkpoint(tmp_path / "opt.safetensors", LearnedOptimizer(config.task, config.learned), config)
     run = wu.init_run(job_type="train", config=config, dir=offline)
-    artifact = wu.log_checkpoint_artifact(run, path, "lstm-update-tele", {"mean_loss": 1.5})
+    artifact = wu.log_checkpoint_artifact(run, path, "lstm-update-tele", {**checkpoint_metadata(path), "mean_loss": 1.5})
     assert artifact.type == "model"
-    record = wu.read_offline_run(finished(run))
+    record = read_offline_run(finished(run))
     models = [a for a in record["artifacts"] if a["type"] == "model"]
     assert [a["name"] for a in models] == ["lstm-update-tele"]
     meta = models[0]["metadata"]
     assert meta["mean_loss"] == 1.5 and meta["variant"] == "update+tele" and meta["dims"] == [3, 4, 3, 2]
-    assert meta["training_seeds"] == [[0, 8]]
+    assert meta["training_seeds"] == [[0, 8]] and meta["checkpoint"] == str(path) and len(meta["payload_sha256"]) == 64
 
 
 def test_disabled_mode_writes_nothing(offline, monkeypatch):

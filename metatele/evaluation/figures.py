@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .evaluate import Curves
+from .evaluate import LOG_FLOOR, Curves
 
 BANDS = ("ci", "quantile", "none")
 
@@ -140,7 +140,7 @@ def plot_gradsq_vs_loss(curves_by_name: Mapping[str, Curves], path: str, title: 
     styles = _styles(curves_by_name)
     for name, c in curves_by_name.items():
         logl = c.log_loss
-        logg = np.log10(np.maximum(c.grad_sq, 1e-300))
+        logg = np.log10(np.maximum(c.grad_sq, LOG_FLOOR))
         ok = np.isfinite(logl) & np.isfinite(logg)
         mean_l = np.array([logl[t][ok[t]].mean() if ok[t].any() else np.nan for t in range(len(logl))])
         mean_g = np.array([logg[t][ok[t]].mean() if ok[t].any() else np.nan for t in range(len(logg))])

@@ -17,7 +17,7 @@ import torch
 
 from ..optimizers.baselines import BASELINES, BaselineConfig, HandDesigned
 from ..configs import to_dict
-from .evaluate import mark_diverged
+from .evaluate import LOG_FLOOR, mark_diverged
 from ..tasks.mlp import mlp_loss
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks
 
@@ -87,7 +87,7 @@ def check_training_seeds(seeds: Iterable[int]) -> list[int]:
 
 def _log_losses(curve: torch.Tensor) -> torch.Tensor:
     """``[T + 1, B]`` losses → log10, +inf from each task's divergence on (the evaluator's rule)."""
-    return mark_diverged(curve).clamp_min(1e-300).log10()
+    return mark_diverged(curve).clamp_min(LOG_FLOOR).log10()
 
 
 def grid_search(

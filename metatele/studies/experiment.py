@@ -21,16 +21,18 @@ from typing import Any, Callable
 import torch
 
 from ..optimizers.baselines import BASELINES, BaselineConfig
-from ..release.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..release.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from ..configs import require, to_dict
 from ..evaluation.evaluate import BaselineMethod, Curves, compare
-from ..evaluation.stats import markdown_table, paired_comparison, results_to_json, summarize, verdict
+from ..evaluation.stats import markdown_table, results_to_json, summarize
+from ..storage.wandb_log import init_run, log_checkpoint_artifact, log_comparison_group, run_dir
 from ..evaluation.figures import plot_gradsq_vs_loss, plot_loss_vs_step, plot_loss_vs_time
 from ..symmetry.strategies import TeleportSchedule
 from ..tasks.family import TaskConfig, training_seeds, unseen_seeds
 from ..meta.train import MetaTrainResult, meta_train
 from ..meta.config import MetaTrainConfig
 from ..evaluation.tuning import tune_all
+from .aggregate import compare_pairs
 
 
 def _log(msg: str) -> None:
@@ -38,6 +40,20 @@ def _log(msg: str) -> None:
 
 
 # -- meta-training ---------------------------------------------------------------------------
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a saved checkpoint (for wandb): its path, format version, variant, task
+    dims, training seeds and payload sha256; only the path for a file that is not a metatele
+    checkpoint."""
+    try:
+        doc = read_metadata(path)
+    except CheckpointError:
+        return {"checkpoint": str(path)}
+    cfg = doc["config"]
+    return {"checkpoint": str(path), "format_version": doc["format_version"], "variant": cfg["learned"]["variant"],
+            "dims": cfg["task"]["dims"], "training_seeds": doc["provenance"].get("training_seeds"),
+            "payload_sha256": doc["payload_sha256"]}
+
+
 def train_and_save(
     config: MetaTrainConfig,
     out: str | os.PathLike,
@@ -53,8 +69,6 @@ def train_and_save(
     Logs per-meta-step metrics and the checkpoint (as a ``model`` artifact) to wandb.
     Returns the result and the checkpoint path.
     """
-    from ..storage.wandb_log import init_run, log_checkpoint_artifact, run_dir
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     run = init_run(project, group or f"train-{config.learned.variant}", "meta-train", config,
@@ -86,7 +100,8 @@ def train_and_save(
         with open(out / "config.json", "w") as f:
             json.dump(to_dict(config), f, indent=1)
         run.summary["train_seconds"] = seconds
-        log_checkpoint_artifact(run, ckpt, name=f"{config.learned.variant.replace('+', '-')}-seed{config.seed}")
+        log_checkpoint_artifact(run, ckpt, name=f"{config.learned.variant.replace('+', '-')}-seed{config.seed}",
+                                metadata=checkpoint_metadata(ckpt))
         where = run_dir(run)
     finally:
         run.finish()
@@ -210,8 +225,6 @@ def run_comparison(
 
     Returns a dict with the results JSON (``results``), the markdown (``table``) and the paths.
     """
-    from ..storage.wandb_log import log_comparison_group
-
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     task = config.task
@@ -230,19 +243,11 @@ def run_comparison(
                                         allow_overlap=config.allow_overlap)
     pairs = [(a, b) for a, b in config.pairs if a in curves and b in curves]
     results = results_to_json(curves, config.at_steps, tuning=records)
-    results["comparisons"] = [
-        {**c, "verdict": verdict(c)}
-        for a, b in pairs for s in config.at_steps if s <= config.steps
-        for c in [paired_comparison(curves[a], curves[b], s)]
-    ]
+    results["comparisons"] = compare_pairs(curves, pairs, config.at_steps)
     results["hyperparameters"] = {n: to_dict(m.config) for n, m in methods.items() if isinstance(m, BaselineMethod)}
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=1, allow_nan=False)
-    table = markdown_table(curves, config.at_steps)
-    if pairs:
-        table += ("\nPaired t-tests of log10-loss on the same seeds (α = 0.05, no multiple-comparison "
-                  "correction; Δ < 0 means the first method is lower; when seeds diverged, a sign test over "
-                  "all seeds decides):\n\n" + "".join(f"- {c['verdict']}\n" for c in results["comparisons"]))
+    table = markdown_table(curves, config.at_steps, comparisons=results["comparisons"])
     tuned_lines = [f"- {n}: lr = {m.config.lr:.3g}" + (f", momentum = {m.config.momentum}" if m.config.name == "momentum" else "")
                    for n, m in methods.items() if isinstance(m, BaselineMethod)]
     table += "\nBaseline hyper-parameters (tuned on training seeds only):\n\n" + "\n".join(tuned_lines) + "\n"
