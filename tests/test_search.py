@@ -14,7 +14,8 @@ from metatele.configs import ConfigError
 from metatele.evaluation.evaluate import check_seeds
 from metatele.optimizers.lstm import LSTMConfig, UpdateLSTM, log_space
 from metatele.evaluation.identity import baseline_id, learned_id
-from metatele.studies.search import method_ids, rank_lr_candidates, rank_update_candidates, run_search
+from metatele.studies.aggregate import method_ids
+from metatele.studies.search import rank_lr_candidates, rank_update_candidates, run_search
 from metatele.tasks.family import (TEST_SEED_OFFSET, VALIDATION_SEED_OFFSET, is_test_seed, is_validation_seed,
                             training_seeds, unseen_seeds, validation_seeds)
 from metatele.meta.train import meta_train
@@ -164,7 +165,7 @@ def test_candidates_come_from_the_recorded_identities_not_from_the_names():
     entries["tele, renamed"]["id"] = learned_id("tele, renamed", "update+tele", "good").to_dict()
     ranked = rank_update_candidates(results)
     assert [(e["tag"], e["a"], e["b"]) for e in ranked] == [("good", "tele, renamed", "LSTM(update) [good]")]
-    assert method_ids(results)["tele, renamed"].teleport and not method_ids(results)["LSTM(update) [good]"].teleport
+    assert method_ids(results, "u")["tele, renamed"].teleport and not method_ids(results, "u")["LSTM(update) [good]"].teleport
 
 
 def test_lr_candidates_need_a_significant_win_over_tuned_gd_in_every_setting():

@@ -20,8 +20,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..configs import from_dict
 from ..evaluation.evaluate import LOG_FLOOR, Curves
+from ..evaluation.identity import MethodId
 from ..evaluation.stats import LOWER, decision, paired_comparison, summarize, verdict
+from .protocol import BenchmarkProtocol
 
 
 # -- curves across meta-seeds ----------------------------------------------------------------
@@ -79,7 +82,22 @@ def compare_pairs(curves: Mapping[str, Curves], pairs: Iterable[Sequence[str]], 
     return out
 
 
-# -- reading summaries -----------------------------------------------------------------------
+# -- reading results -------------------------------------------------------------------------
+def method_ids(results: Mapping[str, Any], section: str) -> dict[str, MethodId]:
+    """Method name → :class:`MethodId` in one section of ``results``: the ``id`` each entry
+    carries; for results written before entries carried one, rebuilt from the recorded protocol
+    (:meth:`~metatele.studies.protocol.BenchmarkProtocol.method_id`)."""
+    out: dict[str, MethodId] = {}
+    protocol = None
+    for m, entry in results["sections"][section]["methods"].items():
+        if entry.get("id"):
+            out[m] = MethodId.from_dict(entry["id"])
+        else:
+            protocol = protocol or from_dict(BenchmarkProtocol, dict(results["protocol"]))
+            out[m] = protocol.method_id(m, section)
+    return out
+
+
 def at_step(summary: Mapping[str, Any] | None, step: int) -> Mapping[str, Any] | None:
     """The statistics of ``summary`` (a :func:`~metatele.evaluation.stats.summarize` dict, maybe
     read back from JSON) at ``step``; ``None`` when not measured."""

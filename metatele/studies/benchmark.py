@@ -48,13 +48,14 @@ from tqdm.auto import tqdm
 from ..configs import ConfigError, require, to_dict
 from ..evaluation.evaluate import BaselineMethod, Curves, evaluate, to_json
 from ..evaluation.figures import plot_loss_vs_step
+from ..evaluation.identity import MethodId
 from ..evaluation.tuning import DEFAULT_LRS, grid_search
 from ..meta import train as meta_training
 from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..tasks.family import training_seeds
-from .aggregate import combine_meta_seeds, compare_pairs, load_curves, method_stats, save_curves
+from .aggregate import combine_meta_seeds, compare_pairs, load_curves, method_ids, method_stats, save_curves
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import conclusions, goal_check, render_report
 
@@ -365,7 +366,8 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     figures = {}
     for name in sections:
         path = report.parent / "figures" / f"benchmark_{slug(name)}.png"
-        plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]))
+        plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]),
+                          ids={m: MethodId.from_dict(e["id"]) for m, e in sections[name]["methods"].items()})
         figures[name] = os.path.relpath(path, report.parent)
     save_curves(out / "curves.npz", runner.labelled_curves(), runner.seeds)
     results = to_json({
@@ -407,7 +409,8 @@ def render_only(out: Path, report: Path) -> int:
             sec = results["sections"][name]
             curves = {m: saved[name][m].get("combined") or saved[name][m].get("baseline")
                       for m in sec["methods"] if m in saved.get(name, {})}
-            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=_figure_title(name, sec))
+            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=_figure_title(name, sec),
+                              ids=method_ids(results, name))
     results["conclusions"] = conclusions(results)
     results["goal"] = goal_check(results)
     figures = {k: os.path.relpath(v, report.parent) for k, v in results.get("figures", {}).items()}

@@ -33,15 +33,15 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..configs import ConfigError, from_dict
+from ..configs import ConfigError
 from ..evaluation.format import cell, num, pval
 from ..evaluation.identity import MethodId
-from .aggregate import lr_target, lr_target_met, update_target
+from .aggregate import lr_target, lr_target_met, method_ids, update_target
 from .benchmark import render_only as render_tables
 from .benchmark import run_benchmark
-from .protocol import BenchmarkProtocol, load_protocol
+from .protocol import load_protocol
 
-__all__ = ["method_ids", "rank_update_candidates", "rank_lr_candidates", "rankings", "render_search", "selection",
+__all__ = ["rank_update_candidates", "rank_lr_candidates", "rankings", "render_search", "selection",
            "run_search", "main", "DEFAULT_SEARCH"]
 
 DEFAULT_SEARCH = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search.yaml"
@@ -52,21 +52,11 @@ def _settings(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {n: s for n, s in results["sections"].items() if s["kind"] == "setting"}
 
 
-def method_ids(results: Mapping[str, Any]) -> dict[str, MethodId]:
-    """Method name → :class:`MethodId` over the settings of ``results``: the ``id`` each entry
-    carries; for results written before entries carried one, rebuilt from the recorded protocol
-    (:meth:`BenchmarkProtocol.method_id`)."""
+def _method_ids(results: Mapping[str, Any]) -> dict[str, MethodId]:
+    """Method name → :class:`MethodId` over every setting of ``results``."""
     out: dict[str, MethodId] = {}
-    protocol = None
-    for sname, sec in _settings(results).items():
-        for m, entry in sec["methods"].items():
-            if m in out:
-                continue
-            if entry.get("id"):
-                out[m] = MethodId.from_dict(entry["id"])
-            else:
-                protocol = protocol or from_dict(BenchmarkProtocol, dict(results["protocol"]))
-                out[m] = protocol.method_id(m, sname)
+    for sname in _settings(results):
+        out = {**method_ids(results, sname), **out}
     return out
 
 
@@ -85,7 +75,7 @@ def rank_update_candidates(results: Mapping[str, Any], steps: Sequence[int] | No
     (per-step statistics and separation, drift, divergence) and its ``label``.
     """
     steps = list(steps or results["steps"])
-    ids = method_ids(results)
+    ids = _method_ids(results)
     plain = _candidates(ids, "update")
     out = []
     for tag, a in _candidates(ids, "update+tele").items():
@@ -120,7 +110,7 @@ def rank_lr_candidates(results: Mapping[str, Any], gd: str = "gd(tuned)") -> lis
     """
     last = results["steps"][-1]
     out = []
-    for tag, a in _candidates(method_ids(results), "lr+tele").items():
+    for tag, a in _candidates(_method_ids(results), "lr+tele").items():
         entry: dict[str, Any] = {"tag": tag, "a": a, "b": gd, "met": 0, "total": 0, "settings": {}}
         diffs = []
         for sname, sec in _settings(results).items():
