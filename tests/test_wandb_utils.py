@@ -105,50 +105,33 @@ def test_offline_run_records_group_job_type_and_config(offline):
 
 
 def test_comparison_group_writes_one_run_per_method_and_a_summary(offline):
-    rng = np.random.default_rng(0)
-    steps, K = 4, 3
-    curves = {
-        "GD": {"loss": rng.uniform(1, 100, (steps + 1, K)), "grad_sq": rng.uniform(0, 1, (steps + 1, K))},
-        "LSTM(update)": {"loss": torch.rand(steps + 1, K) + 0.1},
-        "LSTM(update,tele)": {"loss": (rng.uniform(1, 10, (steps + 1, K))).tolist()},
-    }
-    curves["LSTM(update,tele)"]["loss"][2][1] = float("inf")  # one diverged trajectory
-    rows = [{"method": m, "final_mean_log10": float(np.log10(np.asarray(c["loss"], dtype=float)[-1]).mean())}
-            for m, c in curves.items()]
-    dirs = wu.log_comparison_group("metatele", "cmp-test", curves, rows, config={"steps": steps, "K": K}, dir=offline)
+    steps = 4
+    histories = {m: [{"loss/mean_log10": float(k + t), "time/seconds": 0.1 * t, "note": "skipped"}
+                     for t in range(steps + 1)] for k, m in enumerate(["GD", "LSTM(update)", "LSTM(update+tele)"])}
+    rows = [{"method": m, "final_mean_log10": h[-1]["loss/mean_log10"]} for m, h in histories.items()]
+    dirs = wu.log_comparison_group("metatele", "cmp-test", histories, rows, config={"steps": steps},
+                                   method_configs={"GD": {"hyperparameters": {"lr": 0.1}}}, dir=offline)
     wandb.teardown()
-    assert set(dirs) == set(curves) | {"summary"}
+    assert set(dirs) == set(histories) | {"summary"}
     assert len({d for d in dirs.values()}) == 4
     assert len(list((offline / "wandb").glob("offline-run-*"))) == 4
-    for method, c in curves.items():
+    for method, history in histories.items():
         record = read_offline_run(dirs[method])
         assert (record["group"], record["job_type"], record["name"]) == ("cmp-test", "compare", method)
         assert record["config"]["method"] == method and record["config"]["steps"] == steps
-        history = record["history"]
-        assert [row["_step"] for row in history] == list(range(steps + 1))
-        loss = np.asarray(c["loss"], dtype=float)
-        finite = np.isfinite(loss)
-        for t, row in enumerate(history):
-            assert row["loss/mean_log10"] == pytest.approx(np.log10(loss[t][finite[t]]).mean())
-            assert row["loss/median"] == pytest.approx(np.median(loss[t]))
-            assert row["loss/diverged_frac"] == pytest.approx(1 - finite[t].mean())
-            assert ("grad_sq/mean" in row) == ("grad_sq" in c)
+        assert ("hyperparameters" in record["config"]) == (method == "GD")
+        assert [row["_step"] for row in record["history"]] == list(range(steps + 1))
+        for row, sent in zip(record["history"], history):
+            assert row["loss/mean_log10"] == sent["loss/mean_log10"] and row["time/seconds"] == sent["time/seconds"]
+            assert "note" not in row
+        assert record["summary"]["final/loss/mean_log10"] == history[-1]["loss/mean_log10"]
+    assert read_offline_run(dirs["GD"])["config"]["hyperparameters"] == {"lr": 0.1}
     summary = read_offline_run(dirs["summary"])
     assert (summary["group"], summary["job_type"]) == ("cmp-test", "compare-summary")
-    assert summary["config"]["methods"] == list(curves)
+    assert summary["config"]["methods"] == list(histories)
     assert summary["config"]["_wandb"]["visualize"]["mean_log10_loss"]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
     assert summary["summary"]["summary"]["_type"] == "table-file"
     assert summary["summary"]["summary"]["nrows"] == len(rows)
-
-
-def test_curve_statistics_count_diverged_trajectories():
-    loss = [[1.0, 100.0], [10.0, float("nan")], [float("inf"), float("inf")]]
-    stats = wu.curve_statistics(loss, grad_sq=[[1.0, 3.0], [2.0, float("inf")], [float("nan")] * 2])
-    np.testing.assert_allclose(stats["mean_log10_loss"][:2], [1.0, 1.0])
-    assert math.isnan(stats["mean_log10_loss"][2])
-    np.testing.assert_allclose(stats["median_loss"], [50.5, np.inf, np.inf])
-    np.testing.assert_allclose(stats["diverged_frac"], [0.0, 0.5, 1.0])
-    np.testing.assert_allclose(stats["mean_grad_sq"][:2], [2.0, 2.0])
 
 
 def test_checkpoint_artifact_is_logged_as_a_model(offline, tmp_path):
@@ -173,7 +156,7 @@ def test_disabled_mode_writes_nothing(offline, monkeypatch):
     assert wu.run_dir(run) is None
     run.finish()
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment alone also disables
-    dirs = wu.log_comparison_group("metatele", "g", {"GD": {"loss": [[1.0], [0.5]]}}, [{"method": "GD"}], dir=offline)
+    dirs = wu.log_comparison_group("metatele", "g", {"GD": [{"loss/mean_log10": 0.0}]}, [{"method": "GD"}], dir=offline)
     assert dirs == {"GD": None, "summary": None}
     assert not offline.exists() or not any(offline.rglob("*"))
 

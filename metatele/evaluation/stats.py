@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 from .evaluate import Curves, to_json
-from .format import cell, interval, num, p_is
+from .format import cell, interval, num, p_is, pct
 
 #: the three outcomes of a paired comparison of ``a`` against ``b`` (see :func:`decision`)
 LOWER, HIGHER, NO_DIFF = "lower", "higher", "no significant difference"
@@ -76,6 +76,44 @@ def summarize(curves: Curves, at_steps: Sequence[int] = (10, 30, 100), threshold
             "median_steps_if_reached": float(np.median(first[reached])) if reached.any() else None,
         }
     return out
+
+
+def report_steps(at_steps: Sequence[int], steps: int) -> list[int]:
+    """The steps a table of a ``steps``-step run reports: those of ``at_steps`` in ``1..steps``,
+    and always ``steps`` itself (so a 5-step run reports step 5, not an empty table)."""
+    return sorted({int(s) for s in at_steps if 0 < s <= steps} | {int(steps)})
+
+
+def step_statistics(curves: Curves, level: float = 0.95) -> dict[str, np.ndarray]:
+    """Per-step statistics of one method over its seeds, arrays of length ``steps + 1``.
+
+    ``mean_log10_loss`` with its Student-t ``ci_low``/``ci_high`` (over the seeds not diverged;
+    NaN when none, or fewer than two for the interval), ``median_loss`` (a diverged seed counts
+    as ``inf``), ``diverged_frac``, ``mean_grad_sq`` (over finite values) and ``seconds`` (the
+    evaluator's measured wall-clock time of the batch).
+    """
+    logl, T = curves.log_loss, curves.steps + 1
+    mean, lo, hi = (np.full(T, np.nan) for _ in range(3))
+    for t in range(T):
+        mean[t], lo[t], hi[t] = mean_ci(logl[t], level)
+    g = np.where(np.isfinite(curves.grad_sq), curves.grad_sq, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step where every seed diverged
+        mean_g = np.nanmean(g, axis=1)
+    return {"mean_log10_loss": mean, "ci_low": lo, "ci_high": hi, "median_loss": np.median(curves.loss, axis=1),
+            "diverged_frac": curves.diverged.mean(1).astype(np.float64), "mean_grad_sq": mean_g,
+            "seconds": np.asarray(curves.time, dtype=np.float64)}
+
+
+def step_history(curves: Curves) -> list[dict[str, float]]:
+    """:func:`step_statistics` as one row of metrics per step (``loss/mean_log10``,
+    ``loss/ci95_low``, ``loss/ci95_high``, ``loss/median``, ``loss/diverged_frac``,
+    ``grad_sq/mean``, ``time/seconds``), for logging a curve to wandb."""
+    st = step_statistics(curves)
+    keys = {"loss/mean_log10": "mean_log10_loss", "loss/ci95_low": "ci_low", "loss/ci95_high": "ci_high",
+            "loss/median": "median_loss", "loss/diverged_frac": "diverged_frac", "grad_sq/mean": "mean_grad_sq",
+            "time/seconds": "seconds"}
+    return [{k: float(st[v][t]) for k, v in keys.items()} for t in range(curves.steps + 1)]
 
 
 def _aligned(a: Curves, b: Curves) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +232,11 @@ def markdown_table(
     ``comparisons`` (each with a ``verdict``) when given and not empty."""
     summaries = {n: summarize(c, at_steps) for n, c in curves.items()}
     shown = [s for s in at_steps if any(s in sm["at_step"] for sm in summaries.values())]
-    head = "| method | seeds | " + " | ".join(f"log10 loss @ {s}" for s in shown) + " | diverged |"
-    lines = [head, "|" + "---|" * (len(shown) + 3)]
+    head = ["method", "seeds", *(f"log10 loss @ {s}" for s in shown), "diverged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, sm in summaries.items():
         cells = [cell(sm["at_step"].get(s)) for s in shown]
-        lines.append(f"| {name} | {sm['n_seeds']} | " + " | ".join(cells) + f" | {sm['diverged_fraction']:.0%} |")
+        lines.append("| " + " | ".join([name, str(sm["n_seeds"]), *cells, pct(sm["diverged_fraction"])]) + " |")
     warns = [f"- {n}: {sm['overlap_warning']}" for n, sm in summaries.items() if sm["overlap_warning"]]
     if warns:
         lines += ["", "**Warning:**"] + warns

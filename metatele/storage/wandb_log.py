@@ -8,8 +8,9 @@ disabled modes system-metric sampling (which may probe cloud metadata endpoints)
 
 * :func:`init_run` starts a run (metatele's configs are dataclasses: they are sent as dicts).
 * :func:`log_history` logs a list of per-step metric rows.
-* :func:`log_comparison_group` writes one run per method of an evaluation, grouped so that the
-  UI overlays their curves, plus one summary run with a line-series chart and a table.
+* :func:`log_comparison_group` writes one run per method of an evaluation (its per-step metrics
+  and config), grouped so that the UI overlays their curves, plus one summary run with a
+  line-series chart and a table.
 * :func:`log_checkpoint_artifact` attaches a checkpoint as a ``model`` artifact.
 """
 from __future__ import annotations
@@ -158,37 +159,6 @@ def log_history(run, history: Sequence[Mapping[str, Any]], step_key: str = "step
         run.log(_metrics(row), step=step)
 
 
-def curve_statistics(loss: Any, grad_sq: Any | None = None) -> dict[str, np.ndarray]:
-    """Per-step statistics of ``K`` loss curves ``[steps + 1][K]``.
-
-    Returns arrays of length ``steps + 1``: ``mean_log10_loss`` (over the trajectories whose
-    loss is finite; NaN if none), ``median_loss`` (diverged trajectories count as ``inf``),
-    ``diverged_frac``, and ``mean_grad_sq`` (over finite values) when ``grad_sq`` is given.
-    """
-    L = np.asarray(loss, dtype=np.float64)
-    if L.ndim == 1:
-        L = L[:, None]
-    if L.ndim != 2:
-        raise ValueError(f"loss must be [steps + 1][K], got shape {L.shape}")
-    finite = np.isfinite(L)
-    L_inf = np.where(finite, L, np.inf)
-    logs = np.where(finite, np.log10(np.maximum(np.where(finite, L, 1.0), np.finfo(np.float64).tiny)), 0.0)
-    count = finite.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stats = {
-            "mean_log10_loss": np.where(count > 0, logs.sum(1) / np.maximum(count, 1), np.nan),
-            "median_loss": np.median(L_inf, axis=1),
-            "diverged_frac": 1.0 - count / L.shape[1],
-        }
-        if grad_sq is not None:
-            G = np.asarray(grad_sq, dtype=np.float64)
-            if G.ndim == 1:
-                G = G[:, None]
-            gf = np.isfinite(G)
-            stats["mean_grad_sq"] = np.where(gf.any(1), np.where(gf, G, 0.0).sum(1) / np.maximum(gf.sum(1), 1), np.nan)
-    return stats
-
-
 def _table(rows: Sequence[Mapping[str, Any]]):
     import wandb
 
@@ -202,26 +172,29 @@ def _table(rows: Sequence[Mapping[str, Any]]):
 def log_comparison_group(
     project: str,
     group: str,
-    curves_by_name: Mapping[str, Mapping[str, Any]],
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
     summary_rows: Sequence[Mapping[str, Any]],
     config: Mapping[str, Any] | Any = None,
+    method_configs: Mapping[str, Mapping[str, Any]] | None = None,
     mode: str | None = None,
     dir: str | os.PathLike | None = None,
 ) -> dict[str, Path | None]:
     """Write one run per method of a comparison, plus one summary run, in one group.
 
-    Each method's run (``job_type='compare'``, name = the method) logs, at ``step=t``,
-    ``loss/mean_log10``, ``loss/median``, ``loss/diverged_frac`` and (with ``grad_sq``)
-    ``grad_sq/mean`` (see :func:`curve_statistics`), so the UI overlays the methods' curves.
-    The summary run (``job_type='compare-summary'``) holds a ``wandb.plot.line_series`` chart of
-    every method's mean log10 loss and a ``wandb.Table`` of ``summary_rows``.
+    Each method's run (``job_type='compare'``, name = the method) logs its ``history``, row ``t``
+    at ``step=t`` (e.g. :func:`metatele.evaluation.stats.step_history`: mean log10 loss with its
+    95% CI, median, diverged fraction, mean ‖∇L‖², the measured wall-clock time), so the UI
+    overlays the methods' curves; its summary holds the last row under ``final/``. The summary
+    run (``job_type='compare-summary'``) holds a ``wandb.plot.line_series`` chart of every
+    method's ``loss/mean_log10`` and a ``wandb.Table`` of ``summary_rows``.
 
     Args:
         project, group: where the runs go.
-        curves_by_name: ``{method: {"loss": [steps + 1][K], "grad_sq": [steps + 1][K] (optional)}}``
-            (array-likes: lists, numpy arrays or tensors).
+        histories: ``{method: [metrics at step 0, at step 1, ...]}`` (numbers; others are skipped).
         summary_rows: one dict per row of the summary table (e.g. per method and step).
         config: the evaluation config, sent to every run (each also gets ``method``).
+        method_configs: per method, more config for its own run (e.g. its tuned hyper-parameters,
+            its checkpoint and sha256).
         mode, dir: as in :func:`init_run`.
 
     Returns:
@@ -233,39 +206,32 @@ def log_comparison_group(
     base = _plain(config) if config is not None else {}
     if not isinstance(base, dict):
         raise TypeError(f"config must be a mapping or a config dataclass, got {type(config).__name__}")
-    if "summary" in curves_by_name:
+    if "summary" in histories:
         raise ValueError("'summary' is reserved for the summary run; rename that method")
+    mode = resolve_mode(mode)
     dirs: dict[str, Path | None] = {}
-    means: dict[str, np.ndarray] = {}
-    for method, curves in curves_by_name.items():
-        if "loss" not in curves:
-            raise ValueError(f"curves_by_name[{method!r}] needs a 'loss' array [steps + 1][K]")
-        stats = curve_statistics(_plain(curves["loss"]), _plain(curves["grad_sq"]) if curves.get("grad_sq") is not None else None)
-        means[method] = stats["mean_log10_loss"]
-        run = init_run(project, group, "compare", {**base, "method": method}, name=method, mode=mode, dir=dir)
+    means: dict[str, list[float]] = {}
+    for method, history in histories.items():
+        rows = [_metrics(row) for row in history]
+        means[method] = [float(r.get("loss/mean_log10", math.nan)) for r in rows]
+        extra = _plain((method_configs or {}).get(method) or {})
+        run = init_run(project, group, "compare", {**base, **extra, "method": method}, name=method, mode=mode, dir=dir)
         try:
-            for t in range(len(stats["mean_log10_loss"])):
-                row = {
-                    "loss/mean_log10": stats["mean_log10_loss"][t],
-                    "loss/median": stats["median_loss"][t],
-                    "loss/diverged_frac": stats["diverged_frac"][t],
-                }
-                if "mean_grad_sq" in stats:
-                    row["grad_sq/mean"] = stats["mean_grad_sq"][t]
-                run.log({k: float(v) for k, v in row.items()}, step=t)
-            run.summary["final/mean_log10_loss"] = float(stats["mean_log10_loss"][-1])
-            run.summary["final/median_loss"] = float(stats["median_loss"][-1])
+            for t, row in enumerate(rows):
+                run.log(row, step=t)
+            for k, v in (rows[-1] if rows else {}).items():
+                run.summary[f"final/{k}"] = v
             dirs[method] = run_dir(run)
         finally:
             run.finish()
-    run = init_run(project, group, "compare-summary", {**base, "methods": list(curves_by_name)},
+    run = init_run(project, group, "compare-summary", {**base, "methods": list(histories)},
                    name=f"{group}-summary", mode=mode, dir=dir)
     try:
         names = list(means)
         if names:
             chart = wandb.plot.line_series(
                 xs=[list(range(len(means[m]))) for m in names],
-                ys=[[float(v) if math.isfinite(v) else None for v in means[m]] for m in names],
+                ys=[[v if math.isfinite(v) else None for v in means[m]] for m in names],
                 keys=names,
                 title=f"{group}: mean log10 loss on unseen seeds",
                 xname="step",

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..evaluation.format import cell, num, p_is, pct, pval
 from ..evaluation.stats import HIGHER, LOWER, NO_DIFF
+from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
 
 D = ".3f"  # differences of log10-loss
@@ -251,6 +252,19 @@ def goal_check(results: Mapping[str, Any], a: str = "LSTM(update+tele)", b: str 
 
 
 # -- the report -------------------------------------------------------------------------------
+def _tuning_horizon(sec: Mapping[str, Any]) -> str:
+    """`` (grid search for 100 steps, objective mean_log_loss_final)`` from the section's tuning records."""
+    t = next((e["tuning"] for e in sec["methods"].values() if e["kind"] == "baseline" and e.get("tuning")), None)
+    if not t:
+        return ""
+    return f" ({t['method']} search for {t['steps']} steps, objective {t['objective']})"
+
+
+def _edge_flag(tuning: Mapping[str, Any]) -> str:
+    note = edge_note(tuning.get("edge"), tuning.get("extensions") or 0)
+    return f" (**{note}**)" if note else ""
+
+
 def _timing_lines(results: Mapping[str, Any]) -> list[str]:
     lines = ["| phase | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} s |" for k, v in results["phases"].items()]
@@ -367,10 +381,10 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         out += [f"## {title}", ""]
         if sec["kind"] == "setting":
             out += [f"Setting `{name}`: task dims {sec['task']['dims']}, distribution {sec['task']['distribution']}.", ""]
-            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" for n, e in sec["methods"].items()
+            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" + _edge_flag(e["tuning"]) for n, e in sec["methods"].items()
                      if e["kind"] == "baseline" and e.get("tuning")]
             if tuned:
-                out += ["Tuned on training seeds: " + "; ".join(tuned) + ".", ""]
+                out += [f"Tuned on training seeds{_tuning_horizon(sec)}: " + "; ".join(tuned) + ".", ""]
         else:
             out += ["Each arm changes one switch of a method and is compared (paired) with that method at the same "
                     "scale, `<method> [reference]`.", "", "| arm | compared with | question (arm vs reference) |",
