@@ -112,6 +112,17 @@ def parse_value(text: str) -> Any:
     return yaml.load(text, Loader=Loader)
 
 
+def _section(node: dict[str, Any], parts: list[str], key: str, what: str = "--set") -> dict[str, Any]:
+    """The nested dict at ``parts`` under ``node``, creating missing or unset (None) sections."""
+    for p in parts:
+        if node.get(p) is None:  # a missing or unset (None) optional section
+            node[p] = {}
+        node = node[p]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what} {key}: '{p}' is not a section")
+    return node
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` / ``a.b=value`` strings to a nested config dict (copy)."""
     import copy
@@ -122,14 +133,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            if node.get(p) is None:  # a missing or unset (None) optional section
-                node[p] = {}
-            node = node[p]
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: '{p}' is not a section")
-        node[parts[-1]] = parse_value(text)
+        _section(out, parts[:-1], key)[parts[-1]] = parse_value(text)
+    return out
+
+
+def merge_overrides(data: dict[str, Any], overrides: Any) -> dict[str, Any]:
+    """Apply a mapping of overrides to a nested config dict (copy), by the rules of
+    :func:`apply_overrides`: a dotted key ``a.b`` sets a nested field, and a mapping value is
+    merged into the section it names (``{"learned": {"lstm": {"hidden": 64}}}`` changes only
+    ``hidden``) rather than replacing it."""
+    import copy
+
+    out = copy.deepcopy(data)
+
+    def merge(node: dict[str, Any], items: Any) -> None:
+        for key, value in items.items():
+            parts = str(key).split(".")
+            if isinstance(value, dict):
+                merge(_section(node, parts, str(key), "override"), value)
+            else:
+                _section(node, parts[:-1], str(key), "override")[parts[-1]] = copy.deepcopy(value)
+
+    merge(out, overrides or {})
     return out
 
 

@@ -13,7 +13,9 @@ from metatele import cli
 from metatele.configs import ConfigError
 from metatele.evaluation.evaluate import check_seeds
 from metatele.optimizers.lstm import LSTMConfig, UpdateLSTM, log_space
-from metatele.studies.search import parse_method, rank_lr_candidates, rank_update_candidates, run_search
+from metatele.evaluation.identity import baseline_id, learned_id
+from metatele.studies.aggregate import method_ids
+from metatele.studies.search import rank_lr_candidates, rank_update_candidates, run_search
 from metatele.tasks.family import (TEST_SEED_OFFSET, VALIDATION_SEED_OFFSET, is_test_seed, is_validation_seed,
                             training_seeds, unseen_seeds, validation_seeds)
 from metatele.meta.train import meta_train
@@ -116,17 +118,26 @@ def test_meta_training_with_the_m1_switches_lowers_the_meta_loss(switches):
 
 
 # -- ranking ----------------------------------------------------------------------------------
-def _stat(mean, half=0.05):
-    return {"mean": mean, "ci95": [mean - half, mean + half]}
+def _stat(mean, half=0.05, diverged=0):
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n_diverged": diverged}
 
 
 def _summary(means, diverged=0):
-    return {"at_step": {str(s): _stat(m) for s, m in zip((10, 30, 100), means)}, "n_diverged": diverged}
+    return {"at_step": {str(s): _stat(m, diverged=diverged) for s, m in zip((10, 30, 100), means)},
+            "n_diverged": diverged}
+
+
+def _id(name):
+    """Identities as the benchmark records them (the names here follow the search's convention)."""
+    if not name.startswith("LSTM("):
+        return baseline_id(name).to_dict()
+    variant, tag = name[len("LSTM("):].split(") [")
+    return learned_id(name, variant, tag[:-1]).to_dict()
 
 
 def _results(settings):
     return {"steps": [10, 30, 100], "sections": {
-        name: {"kind": "setting", "label": name, "methods": {m: {"summary": s} for m, s in ms.items()},
+        name: {"kind": "setting", "label": name, "methods": {m: {"summary": s, "id": _id(m)} for m, s in ms.items()},
                "comparisons": comps} for name, (ms, comps) in settings.items()}}
 
 
@@ -144,7 +155,17 @@ def test_update_candidates_are_ranked_by_the_target_criteria():
     assert not ranked[2]["settings"]["u"]["no_drift"] and ranked[2]["met"] == 8
     assert ranked[1]["mean_diff"] < ranked[2]["mean_diff"]  # same count: the larger gain ranks first
     assert ranked[3]["met"] == 4  # overlapping CIs: only drift and divergence criteria
-    assert parse_method("LSTM(update+tele) [a b]") == ("update+tele", "a b") and parse_method("gd(tuned)") is None
+
+
+def test_candidates_come_from_the_recorded_identities_not_from_the_names():
+    ms = {"LSTM(update+tele) [good]": _summary([1.0, 0.8, 0.7]), "LSTM(update) [good]": _summary([1.2, 1.0, 0.9])}
+    results = _results({"u": (ms, [])})
+    entries = results["sections"]["u"]["methods"]
+    entries["tele, renamed"] = entries.pop("LSTM(update+tele) [good]")
+    entries["tele, renamed"]["id"] = learned_id("tele, renamed", "update+tele", "good").to_dict()
+    ranked = rank_update_candidates(results)
+    assert [(e["tag"], e["a"], e["b"]) for e in ranked] == [("good", "tele, renamed", "LSTM(update) [good]")]
+    assert method_ids(results, "u")["tele, renamed"].teleport and not method_ids(results, "u")["LSTM(update) [good]"].teleport
 
 
 def test_lr_candidates_need_a_significant_win_over_tuned_gd_in_every_setting():
@@ -153,8 +174,8 @@ def test_lr_candidates_need_a_significant_win_over_tuned_gd_in_every_setting():
 
     a, b = "LSTM(lr+tele) [a]", "LSTM(lr+tele) [b]"
     res = _results({
-        "u": ({a: {"summary": None}, b: {"summary": None}}, [comp(a, "lower", -0.1), comp(b, "lower", -0.3)]),
-        "g": ({a: {"summary": None}, b: {"summary": None}}, [comp(a, "lower", -0.1), comp(b, "higher", 0.2)]),
+        "u": ({a: None, b: None}, [comp(a, "lower", -0.1), comp(b, "lower", -0.3)]),
+        "g": ({a: None, b: None}, [comp(a, "lower", -0.1), comp(b, "higher", 0.2)]),
     })
     ranked = rank_lr_candidates(res)
     assert [e["tag"] for e in ranked] == ["a", "b"] and ranked[0]["reached"] and not ranked[1]["reached"]

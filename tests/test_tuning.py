@@ -33,6 +33,21 @@ def test_grid_search_picks_the_known_good_learning_rate(monkeypatch):
     assert result.seeds == list(training_seeds(6))
 
 
+def test_a_pick_on_the_edge_of_the_grid_extends_it_and_a_pick_still_there_is_flagged():
+    seeds = training_seeds(4)
+    # far too small rates for GD on this task: the best is the largest, so the grid grows upwards
+    result = grid_search(BaselineConfig(name="gd"), PAPER, seeds, 20, lrs=[1e-8, 1e-7, 1e-6])
+    tried = [g["lr"] for g in result.grid]
+    assert result.extensions >= 1 and max(tried) > 1e-6 and result.lr > 1e-6
+    assert tried[3:5] == pytest.approx([1e-5, 1e-4])  # two points per extension, the grid's own ratio
+    once = grid_search(BaselineConfig(name="gd"), PAPER, seeds, 20, lrs=[1e-8, 1e-7, 1e-6], extend=1)
+    assert once.extensions == 1 and once.lr == pytest.approx(1e-4) and once.edge == "high"
+    assert "high edge of the grid (after 1 extensions)" in once.edge_note()
+    assert once.to_dict()["edge"] == "high"
+    inside = grid_search(BaselineConfig(name="gd"), PAPER, seeds, 20, lrs=[1e-5, 1e-4, 3e-4, 1e-2])
+    assert inside.extensions == 0 and inside.edge is None and inside.edge_note() == ""
+
+
 def test_grid_search_refuses_test_seeds():
     with pytest.raises(ValueError, match="training seeds only"):
         grid_search(BaselineConfig(), SMALL, unseen_seeds(3), 5, lrs=[1e-3])
@@ -50,7 +65,7 @@ def test_grid_as_one_batch_matches_separate_runs():
 
 def test_grid_search_tunes_momentum_too():
     result = grid_search(BaselineConfig(name="momentum"), SMALL, training_seeds(3), 10,
-                         lrs=[1e-4, 1e-3], momenta=[0.0, 0.9])
+                         lrs=[1e-4, 1e-3], momenta=[0.0, 0.9], extend=0)
     assert len(result.grid) == 4 and {g["momentum"] for g in result.grid} == {0.0, 0.9}
     best = min(result.grid, key=lambda g: g["score"])
     assert (result.config.lr, result.config.momentum) == (best["lr"], best["momentum"])
@@ -80,7 +95,7 @@ def test_hypergradient_halves_lr_when_the_unroll_diverges():
 
 
 def test_tune_all_returns_configs_and_json_records():
-    configs, records = tune_all(SMALL, training_seeds(2), 5, names=("gd", "adam"), lrs=[1e-3, 1e-2])
+    configs, records = tune_all(SMALL, training_seeds(2), 5, names=("gd", "adam"), lrs=[1e-3, 1e-2], extend=0)
     assert set(configs) == set(records) == {"gd", "adam"}
     assert configs["adam"].name == "adam" and configs["adam"].lr in (1e-3, 1e-2)
     curves = {n: evaluate(c, SMALL, unseen_seeds(2), 3) for n, c in configs.items()}

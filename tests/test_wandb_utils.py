@@ -12,11 +12,13 @@ import torch
 wandb = pytest.importorskip("wandb")
 
 from metatele.storage import wandb_log as wu  # noqa: E402
+from metatele.studies.experiment import checkpoint_metadata  # noqa: E402
 from metatele.release.checkpoint import save_checkpoint  # noqa: E402
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
 from metatele.optimizers.lstm import LSTMConfig  # noqa: E402
 from metatele.tasks.family import TaskConfig  # noqa: E402
 from metatele.meta.config import MetaTrainConfig  # noqa: E402
+from wandb_reader import read_offline_run  # noqa: E402
 
 
 def _local(address) -> bool:
@@ -91,7 +93,7 @@ def test_offline_run_records_group_job_type_and_config(offline):
     run_dir = finished(run)
     assert run_dir.parent == offline / "wandb" and run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("run-*.wandb"))
-    record = wu.read_offline_run(run_dir)
+    record = read_offline_run(run_dir)
     assert (record["group"], record["job_type"], record["name"]) == ("g1", "train", "first")
     assert record["project"] == "metatele"
     assert record["config"]["task"] == {"dims": [3, 4, 3, 2], "distribution": "uniform", "bias": False}
@@ -103,50 +105,33 @@ def test_offline_run_records_group_job_type_and_config(offline):
 
 
 def test_comparison_group_writes_one_run_per_method_and_a_summary(offline):
-    rng = np.random.default_rng(0)
-    steps, K = 4, 3
-    curves = {
-        "GD": {"loss": rng.uniform(1, 100, (steps + 1, K)), "grad_sq": rng.uniform(0, 1, (steps + 1, K))},
-        "LSTM(update)": {"loss": torch.rand(steps + 1, K) + 0.1},
-        "LSTM(update,tele)": {"loss": (rng.uniform(1, 10, (steps + 1, K))).tolist()},
-    }
-    curves["LSTM(update,tele)"]["loss"][2][1] = float("inf")  # one diverged trajectory
-    rows = [{"method": m, "final_mean_log10": float(np.log10(np.asarray(c["loss"], dtype=float)[-1]).mean())}
-            for m, c in curves.items()]
-    dirs = wu.log_comparison_group("metatele", "cmp-test", curves, rows, config={"steps": steps, "K": K}, dir=offline)
+    steps = 4
+    histories = {m: [{"loss/mean_log10": float(k + t), "time/seconds": 0.1 * t, "note": "skipped"}
+                     for t in range(steps + 1)] for k, m in enumerate(["GD", "LSTM(update)", "LSTM(update+tele)"])}
+    rows = [{"method": m, "final_mean_log10": h[-1]["loss/mean_log10"]} for m, h in histories.items()]
+    dirs = wu.log_comparison_group("metatele", "cmp-test", histories, rows, config={"steps": steps},
+                                   method_configs={"GD": {"hyperparameters": {"lr": 0.1}}}, dir=offline)
     wandb.teardown()
-    assert set(dirs) == set(curves) | {"summary"}
+    assert set(dirs) == set(histories) | {"summary"}
     assert len({d for d in dirs.values()}) == 4
     assert len(list((offline / "wandb").glob("offline-run-*"))) == 4
-    for method, c in curves.items():
-        record = wu.read_offline_run(dirs[method])
+    for method, history in histories.items():
+        record = read_offline_run(dirs[method])
         assert (record["group"], record["job_type"], record["name"]) == ("cmp-test", "compare", method)
         assert record["config"]["method"] == method and record["config"]["steps"] == steps
-        history = record["history"]
-        assert [row["_step"] for row in history] == list(range(steps + 1))
-        loss = np.asarray(c["loss"], dtype=float)
-        finite = np.isfinite(loss)
-        for t, row in enumerate(history):
-            assert row["loss/mean_log10"] == pytest.approx(np.log10(loss[t][finite[t]]).mean())
-            assert row["loss/median"] == pytest.approx(np.median(loss[t]))
-            assert row["loss/diverged_frac"] == pytest.approx(1 - finite[t].mean())
-            assert ("grad_sq/mean" in row) == ("grad_sq" in c)
-    summary = wu.read_offline_run(dirs["summary"])
+        assert ("hyperparameters" in record["config"]) == (method == "GD")
+        assert [row["_step"] for row in record["history"]] == list(range(steps + 1))
+        for row, sent in zip(record["history"], history):
+            assert row["loss/mean_log10"] == sent["loss/mean_log10"] and row["time/seconds"] == sent["time/seconds"]
+            assert "note" not in row
+        assert record["summary"]["final/loss/mean_log10"] == history[-1]["loss/mean_log10"]
+    assert read_offline_run(dirs["GD"])["config"]["hyperparameters"] == {"lr": 0.1}
+    summary = read_offline_run(dirs["summary"])
     assert (summary["group"], summary["job_type"]) == ("cmp-test", "compare-summary")
-    assert summary["config"]["methods"] == list(curves)
+    assert summary["config"]["methods"] == list(histories)
     assert summary["config"]["_wandb"]["visualize"]["mean_log10_loss"]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
     assert summary["summary"]["summary"]["_type"] == "table-file"
     assert summary["summary"]["summary"]["nrows"] == len(rows)
-
-
-def test_curve_statistics_count_diverged_trajectories():
-    loss = [[1.0, 100.0], [10.0, float("nan")], [float("inf"), float("inf")]]
-    stats = wu.curve_statistics(loss, grad_sq=[[1.0, 3.0], [2.0, float("inf")], [float("nan")] * 2])
-    np.testing.assert_allclose(stats["mean_log10_loss"][:2], [1.0, 1.0])
-    assert math.isnan(stats["mean_log10_loss"][2])
-    np.testing.assert_allclose(stats["median_loss"], [50.5, np.inf, np.inf])
-    np.testing.assert_allclose(stats["diverged_frac"], [0.0, 0.5, 1.0])
-    np.testing.assert_allclose(stats["mean_grad_sq"][:2], [2.0, 2.0])
 
 
 def test_checkpoint_artifact_is_logged_as_a_model(offline, tmp_path):
@@ -154,14 +139,14 @@ def test_checkpoint_artifact_is_logged_as_a_model(offline, tmp_path):
                              learned=LearnedConfig(lstm=LSTMConfig(hidden=16)), trajectories=8)
     path = save_checkpoint(tmp_path / "opt.safetensors", LearnedOptimizer(config.task, config.learned), config)
     run = wu.init_run(job_type="train", config=config, dir=offline)
-    artifact = wu.log_checkpoint_artifact(run, path, "lstm-update-tele", {"mean_loss": 1.5})
+    artifact = wu.log_checkpoint_artifact(run, path, "lstm-update-tele", {**checkpoint_metadata(path), "mean_loss": 1.5})
     assert artifact.type == "model"
-    record = wu.read_offline_run(finished(run))
+    record = read_offline_run(finished(run))
     models = [a for a in record["artifacts"] if a["type"] == "model"]
     assert [a["name"] for a in models] == ["lstm-update-tele"]
     meta = models[0]["metadata"]
     assert meta["mean_loss"] == 1.5 and meta["variant"] == "update+tele" and meta["dims"] == [3, 4, 3, 2]
-    assert meta["training_seeds"] == [[0, 8]]
+    assert meta["training_seeds"] == [[0, 8]] and meta["checkpoint"] == str(path) and len(meta["payload_sha256"]) == 64
 
 
 def test_disabled_mode_writes_nothing(offline, monkeypatch):
@@ -171,7 +156,7 @@ def test_disabled_mode_writes_nothing(offline, monkeypatch):
     assert wu.run_dir(run) is None
     run.finish()
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the environment alone also disables
-    dirs = wu.log_comparison_group("metatele", "g", {"GD": {"loss": [[1.0], [0.5]]}}, [{"method": "GD"}], dir=offline)
+    dirs = wu.log_comparison_group("metatele", "g", {"GD": [{"loss/mean_log10": 0.0}]}, [{"method": "GD"}], dir=offline)
     assert dirs == {"GD": None, "summary": None}
     assert not offline.exists() or not any(offline.rglob("*"))
 

@@ -27,7 +27,8 @@ from ..tasks.family import TaskConfig, is_test_seed, is_validation_seed, sample_
 
 #: a loss above this (or non-finite) marks a task as diverged from that step on.
 DIVERGED_LOSS = 1e30
-_TINY = 1e-300  # floor before log10 so that an exact zero loss stays finite
+#: floor applied before ``log10`` of a loss or squared gradient norm, so that an exact zero stays finite.
+LOG_FLOOR = 1e-300
 
 
 class Stepper(Protocol):
@@ -99,7 +100,7 @@ class Curves:
     @property
     def log_loss(self) -> np.ndarray:
         """``log10`` of the loss, ``[steps + 1, K]`` (``inf`` where diverged)."""
-        return np.log10(np.maximum(self.loss, _TINY))
+        return np.log10(np.maximum(self.loss, LOG_FLOOR))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict; non-finite numbers (diverged entries) become ``None``."""

@@ -3,21 +3,34 @@
 Lines are the mean of ``log10`` loss over non-diverged seeds (a geometric mean on the log axis);
 bands are a 95% Student-t confidence interval of that mean, or the 25–75% quantiles. Methods with
 diverged seeds say so in their legend entry.
+
+Styles follow each method's :class:`~metatele.evaluation.identity.MethodId`: one colour per base
+method (a method and its teleporting twin share it), a solid line without teleport and a dashed
+one with it (the legend says so), thicker lines for learned optimizers. With many methods, learned
+optimizers and hand-designed baselines are drawn in two panels on a shared y axis.
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from pathlib import Path
+from typing import Callable, Mapping
 
-import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from scipy import stats
 
-from .evaluate import Curves
+from .evaluate import LOG_FLOOR, Curves
+from .identity import MethodId, baseline_id
 
 BANDS = ("ci", "quantile", "none")
+#: more methods than this in one figure: learned optimizers and baselines get a panel each
+MAX_PER_PANEL = 7
+#: saturated colours that stay distinct from one another on white (tab10, then Dark2)
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#7f7f7f", "#bcbd22", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d")
+TELEPORT_STYLE, PLAIN_STYLE = "--", "-"
 
 
 def _band_stats(logv: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,27 +55,44 @@ def _label(c: Curves) -> str:
     return c.name + (f" ({k}/{len(c.seeds)} diverged)" if k else "")
 
 
-def _styles(names) -> dict[str, dict]:
-    """A distinct colour per method (tab20 beyond 10 methods); learned optimizers solid and
-    thicker, teleporting baselines dashed, other baselines dotted."""
-    names = list(names)
-    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
-    out = {}
-    for i, n in enumerate(names):
-        learned = n.startswith("LSTM")
-        style = "-" if learned else ("--" if "tele" in n else ":")
-        out[n] = {"color": cmap(i % cmap.N), "linestyle": style, "linewidth": 2.0 if learned else 1.4}
-    return out
+def _ids(curves_by_name: Mapping[str, Curves], ids: Mapping[str, MethodId] | None) -> dict[str, MethodId]:
+    """Every curve's identity: from ``ids``, else a baseline of its own (its own colour, solid)."""
+    return {n: (ids or {}).get(n) or baseline_id(n) for n in curves_by_name}
 
 
-def _legend(fig: Figure, ax) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+def styles(ids: Mapping[str, MethodId]) -> dict[str, dict]:
+    """Line style per method: a colour per base method (in order of appearance), dashed when the
+    method teleports, solid otherwise; learned optimizers thicker."""
+    colours: dict[str, str] = {}
+    for i in ids.values():
+        colours.setdefault(i.base, PALETTE[len(colours) % len(PALETTE)])
+    return {n: {"color": colours[i.base], "linestyle": TELEPORT_STYLE if i.teleport else PLAIN_STYLE,
+                "linewidth": 2.2 if i.learned else 1.5} for n, i in ids.items()}
+
+
+def panels(ids: Mapping[str, MethodId]) -> list[tuple[str, list[str]]]:
+    """``[(title, method names)]``: one panel, or with more than :data:`MAX_PER_PANEL` methods of
+    both kinds, learned optimizers and hand-designed baselines apart."""
+    learned = [n for n, i in ids.items() if i.learned]
+    baselines = [n for n, i in ids.items() if not i.learned]
+    if len(ids) <= MAX_PER_PANEL or not learned or not baselines:
+        return [("", list(ids))]
+    return [("learned optimizers", learned), ("hand-designed baselines", baselines)]
+
+
+def _legend(ax, ids: Mapping[str, MethodId], names: list[str]) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    kinds = {ids[n].teleport for n in names}
+    if len(kinds) == 2:  # say what the line styles mean
+        handles += [Line2D([], [], color="black", linestyle=PLAIN_STYLE), Line2D([], [], color="black", linestyle=TELEPORT_STYLE)]
+        labels += ["solid: no teleport", "dashed: with teleport"]
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
 
 
 def _save(fig: Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=120)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     return path
 
 
@@ -73,86 +103,137 @@ def _check(curves_by_name: Mapping[str, Curves], band: str) -> None:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
 
 
-def loss_ylim(log_means: list[np.ndarray]) -> tuple[float, float] | None:
-    """y range of a loss plot from the methods' mean log10-loss curves: one decade below the
-    lowest mean; above, one decade over the highest mean but at most two over the highest start.
-    So the band of a method whose seeds diverge does not squash the others (its curve leaves the
-    plot instead). ``None`` when no mean is finite."""
+def loss_ylim(log_means: list[np.ndarray], margin: float = 0.1) -> tuple[float, float] | None:
+    """y range of a loss plot from the methods' mean log10-loss curves: from the lowest mean to
+    the highest, but at most one decade above the highest start, with ``margin`` of the span
+    (in decades, at least 0.1) on each side. So the range is set by the data, and a method whose
+    seeds diverge does not squash the others (its curve leaves the plot instead). ``None`` when
+    no mean is finite."""
     finite = np.concatenate([m[np.isfinite(m)] for m in log_means]) if log_means else np.array([])
     starts = [m[0] for m in log_means if m.size and np.isfinite(m[0])]
     if not finite.size or not starts:
         return None
-    return 10 ** (finite.min() - 1), 10 ** min(finite.max() + 1, max(starts) + 2)
+    lo, hi = finite.min(), min(finite.max(), max(starts) + 1)
+    pad = max(margin * (hi - lo), 0.1)
+    return 10 ** (lo - pad), 10 ** (hi + pad)
 
 
-def _loss_plot(curves_by_name: Mapping[str, Curves], path: str, x_of, xlabel: str, title: str, band: str) -> str:
+def _figure(n_panels: int) -> tuple[Figure, list]:
+    fig = Figure(figsize=(6.4 * n_panels, 5.6))
+    axes = [fig.add_subplot(1, n_panels, 1)]
+    for k in range(1, n_panels):
+        axes.append(fig.add_subplot(1, n_panels, k + 1, sharey=axes[0]))
+    return fig, axes
+
+
+def _loss_plot(curves_by_name: Mapping[str, Curves], path: str, x_of: Callable[[Curves], np.ndarray], xlabel: str,
+               title: str, band: str, ids: Mapping[str, MethodId] | None) -> str:
     _check(curves_by_name, band)
-    fig = Figure(figsize=(9.0, 4.8))
-    ax = fig.add_subplot()
-    styles = _styles(curves_by_name)
+    ids = _ids(curves_by_name, ids)
+    style = styles(ids)
+    groups = panels(ids)
+    fig, axes = _figure(len(groups))
     means = []
-    for name, c in curves_by_name.items():
-        x = x_of(c)
-        mean, lo, hi = _band_stats(c.log_loss, band)
-        means.append(mean)
-        (line,) = ax.plot(x, 10 ** mean, label=_label(c), **styles[name])
-        if band != "none":
-            ax.fill_between(x, 10 ** lo, 10 ** hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_yscale("log")
+    for ax, (panel, names) in zip(axes, groups):
+        for name in names:
+            c = curves_by_name[name]
+            x = x_of(c)
+            mean, lo, hi = _band_stats(c.log_loss, band)
+            means.append(mean)
+            (line,) = ax.plot(x, 10 ** mean, label=_label(c), **style[name])
+            if band != "none":
+                ax.fill_between(x, 10 ** lo, 10 ** hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        if panel:
+            ax.set_title(panel, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        _legend(ax, ids, names)
     limits = loss_ylim(means)
     if limits is not None:
-        ax.set_ylim(*limits)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss (geometric mean over seeds)")
+        axes[0].set_ylim(*limits)
+    axes[0].set_ylabel("loss (geometric mean over seeds)")
     n = {len(c.seeds) for c in curves_by_name.values()}
     spread = {"ci": "95% CI", "quantile": "25–75% quantiles", "none": "no band"}[band]
-    ax.set_title(f"{title} ({'/'.join(map(str, sorted(n)))} seeds, band: {spread})")
-    _legend(fig, ax)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    fig.suptitle(f"{title} ({'/'.join(map(str, sorted(n)))} seeds, band: {spread})")
     return _save(fig, path)
 
 
-def plot_loss_vs_step(curves_by_name: Mapping[str, Curves], path: str, band: str = "ci", title: str = "Loss vs step") -> str:
+def plot_loss_vs_step(curves_by_name: Mapping[str, Curves], path: str, band: str = "ci", title: str = "Loss vs step",
+                      ids: Mapping[str, MethodId] | None = None) -> str:
     """Loss (log scale) against inner step, one line per method; returns ``path``.
 
     Args:
         band: ``ci`` (95% CI of the mean log-loss), ``quantile`` (25–75%) or ``none``.
+        ids: each method's identity (colour by base method, dashed when it teleports); a method
+            without one gets its own colour and a solid line.
     """
-    return _loss_plot(curves_by_name, path, lambda c: np.arange(c.steps + 1), "step", title, band)
+    return _loss_plot(curves_by_name, path, lambda c: np.arange(c.steps + 1), "step", title, band, ids)
 
 
-def plot_loss_vs_time(curves_by_name: Mapping[str, Curves], path: str, band: str = "ci", title: str = "Loss vs wall-clock time") -> str:
+def plot_loss_vs_time(curves_by_name: Mapping[str, Curves], path: str, band: str = "ci",
+                      title: str = "Loss vs wall-clock time", ids: Mapping[str, MethodId] | None = None) -> str:
     """Loss (log scale) against the batch's cumulative wall-clock seconds; returns ``path``.
 
     All seeds of a method run as one batch, so the x-axis is the time of that batch (the same
     for every seed), not a per-task time.
     """
-    return _loss_plot(curves_by_name, path, lambda c: np.asarray(c.time), "wall-clock time of the batch (s)", title, band)
+    return _loss_plot(curves_by_name, path, lambda c: np.asarray(c.time), "wall-clock time of the batch (s)", title,
+                      band, ids)
 
 
-def plot_gradsq_vs_loss(curves_by_name: Mapping[str, Curves], path: str, title: str = "Squared gradient norm vs loss", points: bool = True) -> str:
-    """‖∇L‖² against loss (log–log): per method the path of the per-step geometric means, and
-    (``points``) every (task, step) pair as faint dots; returns ``path``."""
+def _binned_median(logl: np.ndarray, logg: np.ndarray, bins: int) -> tuple[np.ndarray, ...]:
+    """Median and 25–75% quantiles of ``logg`` in ``bins`` equal bins of ``logl`` (bins with
+    fewer than 3 points are dropped); returns ``(bin centre, median, q25, q75)``."""
+    edges = np.linspace(logl.min(), logl.max(), bins + 1)
+    if edges[0] == edges[-1]:
+        return (np.array([edges[0]]), *np.quantile(logg, [0.5, 0.25, 0.75])[:, None])
+    which = np.clip(np.digitize(logl, edges) - 1, 0, bins - 1)
+    rows = [(np.median(logl[which == b]), *np.quantile(logg[which == b], [0.5, 0.25, 0.75]))
+            for b in range(bins) if (which == b).sum() >= 3]
+    return tuple(np.array(r) for r in zip(*rows)) if rows else (np.array([]),) * 4
+
+
+def plot_gradsq_vs_loss(curves_by_name: Mapping[str, Curves], path: str, title: str = "Squared gradient norm vs loss",
+                        ids: Mapping[str, MethodId] | None = None, bins: int = 30) -> str:
+    """‖∇L‖² against loss (log–log): per method, the median of ‖∇L(W_t)‖² over all (task, step)
+    pairs whose loss falls in each of ``bins`` log-spaced loss bins, with its 25–75% band;
+    returns ``path``."""
     _check(curves_by_name, "none")
-    fig = Figure(figsize=(9.0, 4.8))
-    ax = fig.add_subplot()
-    styles = _styles(curves_by_name)
-    for name, c in curves_by_name.items():
-        logl = c.log_loss
-        logg = np.log10(np.maximum(c.grad_sq, 1e-300))
-        ok = np.isfinite(logl) & np.isfinite(logg)
-        mean_l = np.array([logl[t][ok[t]].mean() if ok[t].any() else np.nan for t in range(len(logl))])
-        mean_g = np.array([logg[t][ok[t]].mean() if ok[t].any() else np.nan for t in range(len(logg))])
-        (line,) = ax.plot(10 ** mean_l, 10 ** mean_g, marker=".", markersize=3, label=_label(c), **styles[name])
-        if points:
-            ax.scatter(c.loss[ok], c.grad_sq[ok], s=2, alpha=0.15, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("loss L(W_t)")
-    ax.set_ylabel("squared gradient norm ‖∇L(W_t)‖²")
-    ax.set_title(title)
-    _legend(fig, ax)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    ids = _ids(curves_by_name, ids)
+    style = styles(ids)
+    groups = panels(ids)
+    fig, axes = _figure(len(groups))
+    for ax, (panel, names) in zip(axes, groups):
+        for name in names:
+            c = curves_by_name[name]
+            logl = c.log_loss
+            logg = np.log10(np.maximum(c.grad_sq, LOG_FLOOR))
+            ok = np.isfinite(logl) & np.isfinite(logg)
+            if not ok.any():
+                continue
+            x, med, q25, q75 = _binned_median(logl[ok], logg[ok], bins)
+            (line,) = ax.plot(10 ** x, 10 ** med, label=_label(c), **style[name])
+            ax.fill_between(10 ** x, 10 ** q25, 10 ** q75, color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("loss L(W_t)")
+        if panel:
+            ax.set_title(panel, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        _legend(ax, ids, names)
+    axes[0].set_ylabel("squared gradient norm ‖∇L(W_t)‖² (median, 25–75%)")
+    fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_comparison(curves_by_name: Mapping[str, Curves], folder: str | os.PathLike,
+                    ids: Mapping[str, MethodId] | None = None) -> dict[str, str]:
+    """The three figures of a comparison in ``folder``: ``loss_vs_step.png``, ``loss_vs_time.png``
+    and ``gradsq_vs_loss.png``; returns name → path."""
+    folder = Path(folder)
+    return {
+        "loss_vs_step": plot_loss_vs_step(curves_by_name, str(folder / "loss_vs_step.png"), ids=ids),
+        "loss_vs_time": plot_loss_vs_time(curves_by_name, str(folder / "loss_vs_time.png"), ids=ids),
+        "gradsq_vs_loss": plot_gradsq_vs_loss(curves_by_name, str(folder / "gradsq_vs_loss.png"), ids=ids),
+    }

@@ -16,6 +16,10 @@ import numpy as np
 from scipy import stats
 
 from .evaluate import Curves, to_json
+from .format import cell, interval, num, p_is, pct
+
+#: the three outcomes of a paired comparison of ``a`` against ``b`` (see :func:`decision`)
+LOWER, HIGHER, NO_DIFF = "lower", "higher", "no significant difference"
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -74,6 +78,44 @@ def summarize(curves: Curves, at_steps: Sequence[int] = (10, 30, 100), threshold
     return out
 
 
+def report_steps(at_steps: Sequence[int], steps: int) -> list[int]:
+    """The steps a table of a ``steps``-step run reports: those of ``at_steps`` in ``1..steps``,
+    and always ``steps`` itself (so a 5-step run reports step 5, not an empty table)."""
+    return sorted({int(s) for s in at_steps if 0 < s <= steps} | {int(steps)})
+
+
+def step_statistics(curves: Curves, level: float = 0.95) -> dict[str, np.ndarray]:
+    """Per-step statistics of one method over its seeds, arrays of length ``steps + 1``.
+
+    ``mean_log10_loss`` with its Student-t ``ci_low``/``ci_high`` (over the seeds not diverged;
+    NaN when none, or fewer than two for the interval), ``median_loss`` (a diverged seed counts
+    as ``inf``), ``diverged_frac``, ``mean_grad_sq`` (over finite values) and ``seconds`` (the
+    evaluator's measured wall-clock time of the batch).
+    """
+    logl, T = curves.log_loss, curves.steps + 1
+    mean, lo, hi = (np.full(T, np.nan) for _ in range(3))
+    for t in range(T):
+        mean[t], lo[t], hi[t] = mean_ci(logl[t], level)
+    g = np.where(np.isfinite(curves.grad_sq), curves.grad_sq, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step where every seed diverged
+        mean_g = np.nanmean(g, axis=1)
+    return {"mean_log10_loss": mean, "ci_low": lo, "ci_high": hi, "median_loss": np.median(curves.loss, axis=1),
+            "diverged_frac": curves.diverged.mean(1).astype(np.float64), "mean_grad_sq": mean_g,
+            "seconds": np.asarray(curves.time, dtype=np.float64)}
+
+
+def step_history(curves: Curves) -> list[dict[str, float]]:
+    """:func:`step_statistics` as one row of metrics per step (``loss/mean_log10``,
+    ``loss/ci95_low``, ``loss/ci95_high``, ``loss/median``, ``loss/diverged_frac``,
+    ``grad_sq/mean``, ``time/seconds``), for logging a curve to wandb."""
+    st = step_statistics(curves)
+    keys = {"loss/mean_log10": "mean_log10_loss", "loss/ci95_low": "ci_low", "loss/ci95_high": "ci_high",
+            "loss/median": "median_loss", "loss/diverged_frac": "diverged_frac", "grad_sq/mean": "mean_grad_sq",
+            "time/seconds": "seconds"}
+    return [{k: float(st[v][t]) for k, v in keys.items()} for t in range(curves.steps + 1)]
+
+
 def _aligned(a: Curves, b: Curves) -> tuple[np.ndarray, np.ndarray]:
     if sorted(a.seeds) != sorted(b.seeds):
         raise ValueError(f"paired comparison needs the same seeds: {a.name!r} and {b.name!r} differ")
@@ -115,34 +157,34 @@ def paired_comparison(curves_a: Curves, curves_b: Curves, step: int) -> dict[str
     }
 
 
-def _num(x: float | None, fmt: str = ".2f") -> str:
-    if x is None or not math.isfinite(x):
-        return "nan"
-    return format(x, fmt).replace("-", "−", 1) if x < 0 else format(x, fmt)
+def decision(comparison: Mapping[str, Any], alpha: float = 0.05) -> str:
+    """:data:`LOWER`, :data:`HIGHER` or :data:`NO_DIFF`: whether ``a``'s log10-loss is significantly
+    lower or higher than ``b``'s in a :func:`paired_comparison`, at level ``alpha``.
 
-
-def verdict(comparison: Mapping[str, Any], alpha: float = 0.05) -> str:
-    """One line stating what a :func:`paired_comparison` measured and whether a beats b.
-
-    The decision uses the paired t-test when no seed diverged, and the sign test over all seeds
-    when some did (a diverged run is worse than any finite one, but has no log-loss difference).
+    The paired t-test decides when no seed diverged; when some did, the sign test over all seeds
+    decides (a diverged run is worse than any finite one, but has no log-loss difference). A
+    missing or non-finite p-value is no significant difference.
     """
     c = comparison
     use_sign = c["n_excluded"] > 0
     p = c["p_sign"] if use_sign else c["p_value"]
-    if math.isfinite(p) and p < alpha:
-        better = c["wins"] > c["losses"] if use_sign else c["mean_diff"] < 0
-        word = "better" if better else "worse"
-    else:
-        word = "no significant difference"
-    lo, hi = c["ci95"]
-    line = (f"{c['a']} vs {c['b']} at step {c['step']}: mean Δlog10 = {_num(c['mean_diff'])} "
-            f"[{_num(lo)}, {_num(hi)}]")
-    if use_sign:
+    if p is None or not math.isfinite(p) or p >= alpha:
+        return NO_DIFF
+    lower = c["wins"] > c["losses"] if use_sign else c["mean_diff"] < 0
+    return LOWER if lower else HIGHER
+
+
+def verdict(comparison: Mapping[str, Any], alpha: float = 0.05) -> str:
+    """One line stating what a :func:`paired_comparison` measured and its :func:`decision`, ending
+    in ``→ better``, ``→ worse`` or ``→ no significant difference`` (for ``a``)."""
+    c = comparison
+    word = {LOWER: "better", HIGHER: "worse"}.get(decision(c, alpha), NO_DIFF)
+    line = f"{c['a']} vs {c['b']} at step {c['step']}: mean Δlog10 = {num(c['mean_diff'])} {interval(c['ci95'])}"
+    if c["n_excluded"] > 0:
         line += (f" over the {c['n']} seeds where neither diverged (diverged: {c['diverged_a']} vs "
-                 f"{c['diverged_b']}), sign test p = {c['p_sign']:.2g}")
+                 f"{c['diverged_b']}), sign test {p_is(c['p_sign'])}")
     else:
-        line += f", p = {c['p_value']:.2g}"
+        line += f", {p_is(c['p_value'])}"
     return line + f", better on {c['wins']}/{c['n_seeds']} seeds → {word}"
 
 
@@ -171,12 +213,10 @@ def verdicts(
 
 
 # -- reports ----------------------------------------------------------------------------------
-def _cell(st: Mapping[str, Any]) -> str:
-    if st["n"] == 0:
-        return "all diverged"
-    if st["n"] == 1:
-        return f"{_num(st['mean'])} (1 seed)"
-    return f"{_num(st['mean'])} [{_num(st['ci95'][0])}, {_num(st['ci95'][1])}]"
+def paired_tests_note(alpha: float = 0.05) -> str:
+    """The sentence that introduces a list of :func:`verdict` lines in a report."""
+    return (f"Paired t-tests of log10-loss on the same seeds (α = {alpha}, no multiple-comparison correction; "
+            "Δ < 0 means the first method is lower; when seeds diverged, a sign test over all seeds decides):")
 
 
 def markdown_table(
@@ -185,27 +225,24 @@ def markdown_table(
     a: str | None = None,
     b: str | Sequence[str] | None = None,
     alpha: float = 0.05,
+    comparisons: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """Markdown: one row per method (mean log10-loss [95% CI] per step, diverged fraction), and
-    when ``a`` is given, a section of paired-test verdicts of ``a`` against ``b``."""
+    """Markdown: one row per method (mean log10-loss [95% CI] per step, diverged fraction), and a
+    section of paired-test verdicts: of ``a`` against ``b`` when ``a`` is given, else of
+    ``comparisons`` (each with a ``verdict``) when given and not empty."""
     summaries = {n: summarize(c, at_steps) for n, c in curves.items()}
     shown = [s for s in at_steps if any(s in sm["at_step"] for sm in summaries.values())]
-    head = "| method | seeds | " + " | ".join(f"log10 loss @ {s}" for s in shown) + " | diverged |"
-    lines = [head, "|" + "---|" * (len(shown) + 3)]
+    head = ["method", "seeds", *(f"log10 loss @ {s}" for s in shown), "diverged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, sm in summaries.items():
-        cells = []
-        for s in shown:
-            st = sm["at_step"].get(s)
-            cells.append("—" if st is None else _cell(st))
-        lines.append(f"| {name} | {sm['n_seeds']} | " + " | ".join(cells) + f" | {sm['diverged_fraction']:.0%} |")
+        cells = [cell(sm["at_step"].get(s)) for s in shown]
+        lines.append("| " + " | ".join([name, str(sm["n_seeds"]), *cells, pct(sm["diverged_fraction"])]) + " |")
     warns = [f"- {n}: {sm['overlap_warning']}" for n, sm in summaries.items() if sm["overlap_warning"]]
     if warns:
         lines += ["", "**Warning:**"] + warns
-    if a is not None:
-        lines += ["", f"Paired t-tests of log10-loss on the same seeds (α = {alpha}, no multiple-comparison "
-                      "correction; Δ < 0 means the first method is lower; when seeds diverged, a sign test over all "
-                      "seeds decides):", ""]
-        lines += [f"- {v}" for v in verdicts(curves, a, b, at_steps, alpha)]
+    said = verdicts(curves, a, b, at_steps, alpha) if a is not None else [c["verdict"] for c in comparisons or []]
+    if said:
+        lines += ["", paired_tests_note(alpha), ""] + [f"- {v}" for v in said]
     return "\n".join(lines) + "\n"
 
 

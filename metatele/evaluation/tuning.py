@@ -17,7 +17,7 @@ import torch
 
 from ..optimizers.baselines import BASELINES, BaselineConfig, HandDesigned
 from ..configs import to_dict
-from .evaluate import mark_diverged
+from .evaluate import LOG_FLOOR, mark_diverged
 from ..tasks.mlp import mlp_loss
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks
 
@@ -26,6 +26,14 @@ DEFAULT_LRS: tuple[float, ...] = tuple(10.0 ** (k / 2) for k in range(-14, 1))
 #: default momentum grid for the ``momentum`` baseline.
 DEFAULT_MOMENTA: tuple[float, ...] = (0.5, 0.9, 0.99)
 OBJECTIVES = ("mean_log_loss_final", "mean_log_loss")
+#: what each objective minimises, in words (for reports)
+OBJECTIVE_TEXT = {
+    "mean_log_loss_final": "the mean over seeds of log10 loss after the last step",
+    "mean_log_loss": "the mean over seeds and steps of log10 loss",
+    "sum_log_loss_unroll": "the mean over seeds of log loss, summed over the unroll",
+}
+#: how many times :func:`grid_search` extends its learning-rate grid past an edge where the best lies
+MAX_EXTENSIONS = 3
 
 
 @dataclass
@@ -39,8 +47,12 @@ class TuneResult:
             averaged over all steps; ``hypergradient``: mean log-loss summed over the unroll).
         seeds: the training seeds used.
         steps: unroll length per evaluation.
-        grid: ``[{lr, momentum, score, diverged_fraction}]`` (``score`` = inf when any run diverged).
+        grid: ``[{lr, momentum, score, diverged_fraction}]`` (``score`` = inf when any run diverged),
+            including the points of any extension.
         trajectory: hypergradient only: ``[{meta_step, lr, objective}]``.
+        extensions: grid only: how many times the grid was extended past an edge.
+        edge: grid only: ``"low"`` or ``"high"`` when the chosen ``lr`` is still the smallest or
+            largest one tried (after the extensions): the best rate may lie beyond the grid.
     """
 
     config: BaselineConfig
@@ -50,6 +62,8 @@ class TuneResult:
     steps: int
     grid: list[dict[str, Any]] = field(default_factory=list)
     trajectory: list[dict[str, Any]] = field(default_factory=list)
+    extensions: int = 0
+    edge: str | None = None
 
     @property
     def lr(self) -> float:
@@ -64,7 +78,19 @@ class TuneResult:
             "seeds": _seed_summary(self.seeds), "steps": self.steps,
             "grid": [{k: clean(v) for k, v in g.items()} for g in self.grid],
             "trajectory": [{k: clean(v) for k, v in t.items()} for t in self.trajectory],
+            "extensions": self.extensions, "edge": self.edge,
         }
+
+    def edge_note(self) -> str:
+        """``""``, or why the pick is doubtful: ``at the low edge of the grid (after 3 extensions)``."""
+        return edge_note(self.edge, self.extensions)
+
+
+def edge_note(edge: str | None, extensions: int = 0) -> str:
+    """``""`` for a pick inside its grid, else ``at the <edge> edge of the grid (after n extensions)``."""
+    if edge is None:
+        return ""
+    return f"at the {edge} edge of the grid" + (f" (after {extensions} extensions)" if extensions else "")
 
 
 def _seed_summary(seeds: list[int]) -> dict[str, Any] | list[int]:
@@ -87,7 +113,14 @@ def check_training_seeds(seeds: Iterable[int]) -> list[int]:
 
 def _log_losses(curve: torch.Tensor) -> torch.Tensor:
     """``[T + 1, B]`` losses → log10, +inf from each task's divergence on (the evaluator's rule)."""
-    return mark_diverged(curve).clamp_min(1e-300).log10()
+    return mark_diverged(curve).clamp_min(LOG_FLOOR).log10()
+
+
+def _edge(lr: float, tried: Sequence[float]) -> str | None:
+    """``"low"``/``"high"`` when ``lr`` is the smallest/largest of ``tried`` (of several)."""
+    if len(set(tried)) < 2:
+        return None
+    return "low" if lr == min(tried) else "high" if lr == max(tried) else None
 
 
 def grid_search(
@@ -100,22 +133,28 @@ def grid_search(
     objective: str = "mean_log_loss_final",
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    extend: int = MAX_EXTENSIONS,
 ) -> TuneResult:
     """Pick the learning rate (and momentum, for ``momentum``) minimising ``objective`` on training seeds.
 
     Every ``(lr, seed)`` pair is one task of a single batch, run ``steps`` steps with a per-task
     ``lr`` ``[B]``. (``higher``'s SGD cannot take a per-task momentum, so for ``momentum`` the batch
     is repeated once per momentum value.) A grid point whose run diverges on any seed scores +inf.
+    When the best ``lr`` is the smallest or largest tried, the grid is extended by two more
+    points past that edge, with the grid's own ratio between points, up to ``extend`` times; a
+    pick still on the edge is flagged in :attr:`TuneResult.edge`.
 
     Args:
         config: the optimizer to tune (its other hyper-parameters are kept).
         task: the task family.
         seeds: training seeds (test seeds are refused).
-        steps: steps per run.
+        steps: steps per run: the horizon whose loss is minimised; use the evaluation's own number
+            of steps, since the best rate for a short run is not the best for a long one.
         lrs: learning rates to try.
         momenta: momentum values to try (``momentum`` only; default :data:`DEFAULT_MOMENTA`).
         objective: ``mean_log_loss_final`` (mean over seeds of log10 loss after ``steps``) or
             ``mean_log_loss`` (mean over seeds and steps 0..steps of log10 loss).
+        extend: at most this many extensions past an edge (0: the grid as given).
 
     Returns:
         :class:`TuneResult` with ``config = replace(config, lr=best[, momentum=best])``.
@@ -133,34 +172,52 @@ def grid_search(
     else:
         momenta_list = [None]
     batch = sample_tasks(task, seeds, device=device, dtype=dtype)
-    G, S = len(lrs), len(seeds)
-    X, Y = batch.X.repeat(G, 1, 1), batch.Y.repeat(G, 1, 1)
-    W0 = [w.repeat(G, 1, 1) for w in batch.weights]  # index g * S + s
-    lr_t = torch.tensor(lrs, device=X.device, dtype=dtype).repeat_interleave(S)
+    S = len(seeds)
 
-    grid = []
-    for mom in momenta_list:
-        cfg = config if mom is None else replace(config, momentum=mom)
-        opt = HandDesigned(cfg, X, Y, W0, lr=lr_t)
-        W, losses = W0, []
-        for _ in range(steps):
-            W, loss, _ = opt.step(W)
-            W = [w.detach() for w in W]
-            losses.append(loss)
-        with torch.no_grad():
-            losses.append(mlp_loss(W, X, Y))
-        logl = _log_losses(torch.stack(losses).to("cpu", torch.float64))  # [T + 1, G * S], one read-back
-        per_task = logl[-1] if objective == "mean_log_loss_final" else logl.mean(0)
-        per_task = per_task.view(G, S)
-        diverged = torch.isinf(per_task).double().mean(1)
-        scores = per_task.mean(1)
-        for g, lr in enumerate(lrs):
-            grid.append({"lr": lr, "momentum": mom, "score": float(scores[g]), "diverged_fraction": float(diverged[g])})
+    def run(points: list[float]) -> list[dict[str, Any]]:
+        G = len(points)
+        X, Y = batch.X.repeat(G, 1, 1), batch.Y.repeat(G, 1, 1)
+        W0 = [w.repeat(G, 1, 1) for w in batch.weights]  # index g * S + s
+        lr_t = torch.tensor(points, device=X.device, dtype=dtype).repeat_interleave(S)
+        rows = []
+        for mom in momenta_list:
+            cfg = config if mom is None else replace(config, momentum=mom)
+            opt = HandDesigned(cfg, X, Y, W0, lr=lr_t)
+            W, losses = W0, []
+            for _ in range(steps):
+                W, loss, _ = opt.step(W)
+                W = [w.detach() for w in W]
+                losses.append(loss)
+            with torch.no_grad():
+                losses.append(mlp_loss(W, X, Y))
+            logl = _log_losses(torch.stack(losses).to("cpu", torch.float64))  # [T + 1, G * S], one read-back
+            per_task = logl[-1] if objective == "mean_log_loss_final" else logl.mean(0)
+            per_task = per_task.view(G, S)
+            diverged = torch.isinf(per_task).double().mean(1)
+            scores = per_task.mean(1)
+            for g, lr in enumerate(points):
+                rows.append({"lr": lr, "momentum": mom, "score": float(scores[g]), "diverged_fraction": float(diverged[g])})
+        return rows
+
+    grid = run(lrs)
+    tried = list(lrs)
+    ratio = (max(lrs) / min(lrs)) ** (1 / (len(set(lrs)) - 1)) if len(set(lrs)) > 1 else math.sqrt(10.0)
+    extensions = 0
     best = min(grid, key=lambda r: r["score"])
+    while extensions < extend and math.isfinite(best["score"]) and _edge(best["lr"], tried):
+        if _edge(best["lr"], tried) == "low":
+            new = [min(tried) / ratio, min(tried) / ratio ** 2]
+        else:
+            new = [max(tried) * ratio, max(tried) * ratio ** 2]
+        grid += run(new)
+        tried += new
+        extensions += 1
+        best = min(grid, key=lambda r: r["score"])
     if not math.isfinite(best["score"]):
         raise ValueError(f"every grid point diverged for {config.name!r} in {steps} steps; try smaller lrs")
     tuned = replace(config, lr=best["lr"]) if best["momentum"] is None else replace(config, lr=best["lr"], momentum=best["momentum"])
-    return TuneResult(tuned, "grid", objective, seeds, steps, grid=grid)
+    return TuneResult(tuned, "grid", objective, seeds, steps, grid=grid, extensions=extensions,
+                      edge=_edge(best["lr"], tried))
 
 
 def hypergradient_tune(

@@ -7,7 +7,7 @@ A protocol (YAML → :class:`BenchmarkProtocol`) names task *settings*, learned 
 
 For every setting: tune the baselines on training seeds, meta-train every learned method once
 per meta-seed (saving each checkpoint), evaluate everything on the same unseen test seeds; then
-the ablation arms on their setting; then statistics (:mod:`metatele.studies.report`), ``results.json``,
+the ablation arms on their setting; then statistics (:mod:`metatele.studies.aggregate`), ``results.json``,
 ``curves.npz``, PNG figures and the markdown report. Runs whose configs are identical (e.g. an
 ablation reference equal to a main method) are trained once.
 
@@ -19,7 +19,7 @@ torch threads each (default: one single-thread process per CPU: on a 2-core mach
 faster than two threads in one process, and the numbers are identical).
 
 Files: ``OUT/results.json`` (everything but the raw curves), ``OUT/curves.npz`` (every curve, see
-:func:`~metatele.studies.report.load_curves`), ``OUT/checkpoints/<section>/<method>/seed<k>.safetensors``,
+:func:`~metatele.studies.aggregate.load_curves`), ``OUT/checkpoints/<section>/<method>/seed<k>.safetensors``,
 ``<report dir>/figures/benchmark_<section>.png`` and the report (``OUT/RESULTS.md`` unless the
 protocol or ``--report`` says otherwise; the default protocol writes ``experiments/RESULTS.md``).
 """
@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import re
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,13 +46,18 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..configs import ConfigError, require, to_dict
-from ..evaluation.evaluate import BaselineMethod, Curves, evaluate
-from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
-from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, goal_check, load_curves, method_stats,
-                     render_report, save_curves)
-from ..tasks.family import training_seeds
-from ..meta.config import MetaTrainConfig, resolve_device
+from ..evaluation.evaluate import BaselineMethod, Curves, evaluate, to_json
+from ..evaluation.figures import plot_loss_vs_step
+from ..evaluation.identity import MethodId
 from ..evaluation.tuning import DEFAULT_LRS, grid_search
+from ..meta import train as meta_training
+from ..meta.config import MetaTrainConfig, resolve_device
+from ..meta.engine import DivergenceError
+from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..tasks.family import training_seeds
+from .aggregate import combine_meta_seeds, compare_pairs, load_curves, method_ids, method_stats, save_curves
+from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
+from .report import conclusions, goal_check, render_report
 
 __all__ = ["BenchmarkProtocol", "BenchmarkRun", "Job", "Setting", "Ablation", "Tuning", "load_protocol",
            "run_benchmark", "run_job", "load_curves", "main", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
@@ -91,10 +98,6 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
     Returns ``{"info", "curves", "timings"}``, or ``{"error", "timings"}`` when meta-training
     diverged. A top-level function so that worker processes can run it.
     """
-    from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from ..meta.engine import DivergenceError
-    from ..meta.train import meta_train
-
     if threads:
         torch.set_num_threads(threads)
     config, path = job.config, job.checkpoint
@@ -114,7 +117,7 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
         diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
     else:
         try:
-            result = meta_train(config, device=device, progress=progress)
+            result = meta_training.meta_train(config, device=device, progress=progress)
         except DivergenceError as e:
             return {"error": f"DivergenceError: {e}", "timings": [
                 {"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "failed": True}]}
@@ -134,7 +137,7 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
                                     "diverged_trajectories": diverged,
                                     "benchmark": {"protocol": protocol_name, **where}},
                         evaluation={"test_seeds": [test_seeds[0], test_seeds[-1] + 1],
-                                    "summary": clean(method_stats(curves, steps)["summary"])})
+                                    "summary": to_json(method_stats(curves, steps)["summary"])})
     info = {"meta_seed": job.meta_seed, "checkpoint": str(path), "train_seeds": list(train_seeds),
             "meta_steps": meta_steps, "train_seconds": train_seconds, "diverged_trajectories": diverged,
             "reused": reused}
@@ -211,7 +214,8 @@ class BenchmarkRun:
                                  "seconds": time.perf_counter() - t0})
             self.curves.setdefault(setting, {})[name] = c
             self.entries.setdefault(setting, {})[name] = {
-                "kind": "baseline", "config": to_dict(cfg), "tuning": record.to_dict() if record else None}
+                "kind": "baseline", "id": p.method_id(name).to_dict(), "config": to_dict(cfg),
+                "tuning": record.to_dict() if record else None}
 
     def run(self) -> dict[str, float]:
         """Tune and evaluate the baselines, then run every distinct learned job; returns the wall
@@ -239,9 +243,6 @@ class BenchmarkRun:
                 results[key] = run_job(j, *args, progress=self.progress and sys.stderr.isatty())
                 bar.update(1)
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             def cost(j: Job) -> float:  # rough; longest first so that no worker is left with a long tail
                 c = j.config
                 return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_teleport) * (1 + c.second_order)
@@ -263,7 +264,7 @@ class BenchmarkRun:
             if first:
                 self.timings += r["timings"]
             entry = self.entries.setdefault(j.section, {}).setdefault(j.method, {
-                "kind": "learned", "meta_seeds_info": [], "failed": [],
+                "kind": "learned", "id": self.p.method_id(j.method, j.section).to_dict(), "meta_seeds_info": [], "failed": [],
                 "config": {k: v for k, v in j.config.to_dict().items() if k not in ("seed", "train_seed_start")}})
             per_seed = self.curves.setdefault(j.section, {}).setdefault(j.method, [])
             if "error" in r:
@@ -350,9 +351,6 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     ``workers``/``threads`` default to the protocol's, else one worker per available CPU (one on
     CUDA) with one torch thread each.
     """
-
-    from ..evaluation.figures import plot_loss_vs_step
-
     t0, started = time.perf_counter(), datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     out = Path(out)
     report = Path(report) if report is not None else out / "RESULTS.md"
@@ -368,10 +366,11 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     figures = {}
     for name in sections:
         path = report.parent / "figures" / f"benchmark_{slug(name)}.png"
-        plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]))
+        plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]),
+                          ids={m: MethodId.from_dict(e["id"]) for m, e in sections[name]["methods"].items()})
         figures[name] = os.path.relpath(path, report.parent)
     save_curves(out / "curves.npz", runner.labelled_curves(), runner.seeds)
-    results = clean({
+    results = to_json({
         "format": "metatele-benchmark-results", "format_version": 1, "command": command,
         "protocol_name": protocol.name, "protocol": raw if raw is not None else to_dict(protocol),
         "machine": machine, "started": started, "meta_seeds": protocol.meta_seeds,
@@ -384,7 +383,7 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     results["goal"] = goal_check(results)
     phases["statistics, figures, report"] = time.perf_counter() - t1
     results["phases"] = phases
-    results["timings"] = clean(runner.timings)
+    results["timings"] = to_json(runner.timings)
     results["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     results["wall_seconds"] = time.perf_counter() - t0
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -399,8 +398,6 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
 def render_only(out: Path, report: Path) -> int:
     """Re-render ``report`` from ``out/results.json`` (recomputing the generated sentences), and
     redraw its figures from ``out/curves.npz`` when that file is there."""
-    from ..evaluation.figures import plot_loss_vs_step
-
     try:
         results = json.loads((out / "results.json").read_text())
     except FileNotFoundError:
@@ -412,7 +409,8 @@ def render_only(out: Path, report: Path) -> int:
             sec = results["sections"][name]
             curves = {m: saved[name][m].get("combined") or saved[name][m].get("baseline")
                       for m in sec["methods"] if m in saved.get(name, {})}
-            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=_figure_title(name, sec))
+            plot_loss_vs_step({m: c for m, c in curves.items() if c is not None}, path, title=_figure_title(name, sec),
+                              ids=method_ids(results, name))
     results["conclusions"] = conclusions(results)
     results["goal"] = goal_check(results)
     figures = {k: os.path.relpath(v, report.parent) for k, v in results.get("figures", {}).items()}

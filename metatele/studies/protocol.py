@@ -10,13 +10,14 @@ Override dicts may use dotted keys (``learned.teleport.exact: false``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ..optimizers.baselines import BaselineConfig
-from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, to_dict
+from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, merge_overrides, require, to_dict
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
 from ..meta.config import MetaTrainConfig
+from ..evaluation.identity import MethodId, baseline_id, learned_id
 from ..evaluation.tuning import OBJECTIVES
 
 EVAL_SPLITS = ("test", "validation")
@@ -25,22 +26,10 @@ SEED_STRIDE = 1_000_000  #: meta-seed k trains on seeds from ``train_seed_start 
 MAX_META_SEED = VALIDATION_SEED_OFFSET // SEED_STRIDE - 1
 
 
-def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else v
-    return out
-
-
 def expand(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Dotted keys to nested dicts: ``{"learned.lstm.hidden": 64}`` → ``{"learned": {"lstm": {"hidden": 64}}}``."""
-    out: dict[str, Any] = {}
-    for key, v in (overrides or {}).items():
-        v = expand(v) if isinstance(v, Mapping) else v
-        for part in reversed(str(key).split(".")):
-            v = {part: v}
-        out = _merge(out, v)
-    return out
+    """Dotted keys to nested dicts: ``{"learned.lstm.hidden": 64}`` → ``{"learned": {"lstm": {"hidden": 64}}}``
+    (:func:`metatele.configs.merge_overrides` on an empty dict)."""
+    return merge_overrides({}, overrides or {})
 
 
 # -- the protocol -----------------------------------------------------------------------------
@@ -205,7 +194,7 @@ class BenchmarkProtocol:
             parts.append(self.ablations[ablation].overrides)
         d: dict[str, Any] = {}
         for p in parts:
-            d = _merge(d, expand(p))
+            d = merge_overrides(d, p)
         d.update(task=to_dict(s.task), seed=meta_seed, device=self.device,
                  train_seed_start=int(d.get("train_seed_start", 0)) + meta_seed * SEED_STRIDE)
         where = f"{setting}/{method}" + (f"/ablation {ablation}" if ablation else "")
@@ -223,6 +212,23 @@ class BenchmarkProtocol:
         except TypeError as e:
             raise ConfigError(f"baselines.{name}: {e}") from None
 
+    def method_id(self, name: str, section: str | None = None) -> MethodId:
+        """The identity of a method, baseline or ablation arm (``section='ablations'``) of the
+        protocol, from its config: a learned run's variant, a baseline's teleport and the
+        baseline it adds that teleport to (the one with the same config and no teleport)."""
+        if name in self.baselines:
+            cfg, tune = self.baseline(name)
+            if cfg.teleport is None:
+                return baseline_id(name)
+            plain = next((b for b in self.baselines if self.baseline(b) == (replace(cfg, teleport=None), tune)), None)
+            return baseline_id(name, teleport=True, base=plain)
+        if section == "ablations":
+            method, ablation, reference = self.ablation_arms()[name]
+            config = self.learned_config(self.ablation_setting, method, self.meta_seeds[0], ablation, reference)
+        else:
+            config = self.learned_config(section or next(iter(self.settings)), name, self.meta_seeds[0])
+        return learned_id(name, config.learned.variant, candidate_of(name))
+
     def ablation_arms(self, names: list[str] | None = None) -> dict[str, tuple[str, str, bool]]:
         """Arm name → ``(method, ablation, is_reference)`` for the ablations ``names`` (default:
         all): one reference arm (``"<method> [reference]"``) per ablated method, then the arms."""
@@ -232,6 +238,16 @@ class BenchmarkProtocol:
             arms.setdefault(f"{a.method} [reference]", (a.method, n, True))
         arms.update({n: (a.method, n, False) for n, a in chosen.items()})
         return arms
+
+
+def candidate_of(name: str) -> str | None:
+    """The candidate (tag) of a protocol's method: ``skip`` for ``LSTM(update+tele) [skip]``.
+
+    A protocol names a method's candidate in brackets at the end of its name; this is the one
+    place that reads it, when the protocol is turned into :class:`MethodId` records.
+    """
+    head, sep, tail = name.rpartition(" [")
+    return tail[:-1] if sep and head and tail.endswith("]") and len(tail) > 1 else None
 
 
 def load_protocol(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[BenchmarkProtocol, dict[str, Any]]:

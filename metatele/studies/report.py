@@ -1,202 +1,51 @@
-"""Statistics and the written report of ``metatele benchmark`` (see :mod:`metatele.studies.benchmark`).
+"""The written report of ``metatele benchmark``: ``RESULTS.md`` (see :mod:`metatele.studies.benchmark`).
 
-* :func:`combine_meta_seeds` turns one learned method's curves (one per meta-training seed, all
-  on the same test seeds) into one curve whose log10-loss is, per test seed, the mean over
-  meta-seeds. Paired tests on it stay paired over test seeds; :func:`method_stats` also keeps each
-  meta-seed's own summary, so the noise of meta-training stays visible.
-* :func:`compare_pairs` runs :func:`~metatele.evaluation.stats.paired_comparison` for the pairs a protocol
-  names and adds the verdict and a one-word :func:`decision`.
-* :func:`conclusions` writes plain-language sentences from those measured decisions (nothing
-  is hard-coded), and :func:`render_report` writes the whole ``RESULTS.md``.
+* :func:`methods_table`, :func:`spread_table` and :func:`comparisons_table` write the tables of one
+  section; :func:`conclusions` and :func:`summary_lines` write plain-language sentences from the
+  measured decisions (nothing is hard-coded); :func:`goal_check` states the teleport target
+  (:func:`~metatele.studies.aggregate.update_target`) per setting; :func:`render_report` writes the
+  whole ``RESULTS.md``.
 
-Everything here works on the JSON-ready results dict that :mod:`metatele.studies.benchmark` builds.
+Everything here works on the JSON-ready results dict that :mod:`metatele.studies.benchmark` builds,
+with the statistics of :mod:`metatele.studies.aggregate`.
 """
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation.evaluate import Curves, to_json
-from ..evaluation.stats import paired_comparison, summarize, verdict
+from ..evaluation.format import cell, num, p_is, pct, pval
+from ..evaluation.stats import HIGHER, LOWER, NO_DIFF
+from ..evaluation.tuning import edge_note
+from .aggregate import at_step, lr_target, lr_target_met, update_target
 
-LOWER, HIGHER, NO_DIFF = "lower", "higher", "no significant difference"
 D = ".3f"  # differences of log10-loss
 
 
-# -- statistics -------------------------------------------------------------------------------
-def combine_meta_seeds(name: str, per_seed: Sequence[Curves]) -> Curves:
-    """One curve from a learned method's per-meta-seed curves on the same test seeds.
-
-    ``log10`` of the combined loss is the mean over meta-seeds of ``log10`` loss, per test seed
-    and step (a geometric mean of the losses). A test seed on which any meta-seed diverged is
-    diverged in the combined curve. ``grad_sq`` is combined the same way; ``time`` is averaged.
-    """
-    if not per_seed:
-        raise ValueError(f"{name}: no meta-seed curves to combine")
-    seeds = list(per_seed[0].seeds)
-    for c in per_seed[1:]:
-        if list(c.seeds) != seeds or c.loss.shape != per_seed[0].loss.shape:
-            raise ValueError(f"{name}: meta-seed curves must share test seeds (same order) and steps")
-
-    def geo(arrays: list[np.ndarray]) -> np.ndarray:
-        logs = np.stack([np.log10(np.maximum(a, 1e-300)) for a in arrays])
-        mean = logs.mean(0)  # +inf where any meta-seed diverged
-        with np.errstate(over="ignore"):
-            return np.where(np.isfinite(mean), 10.0 ** mean, np.inf)
-
-    info = {"combined_from": [c.info for c in per_seed], "meta_seeds": len(per_seed)}
-    return Curves(name, seeds, geo([c.loss for c in per_seed]), geo([c.grad_sq for c in per_seed]),
-                  np.mean([c.time for c in per_seed], axis=0), dict(per_seed[0].task), info,
-                  next((c.overlap_warning for c in per_seed if c.overlap_warning), None))
-
-
-def method_stats(curves: Curves | Sequence[Curves], steps: Sequence[int]) -> dict[str, Any]:
-    """``{"summary": summarize(...), "meta_seeds": [summary per meta-seed]}``; a single curve
-    (a baseline) has no ``meta_seeds`` entry; a list is combined first."""
-    if isinstance(curves, Curves):
-        return {"summary": summarize(curves, steps)}
-    combined = combine_meta_seeds(curves[0].name, curves)
-    return {"summary": summarize(combined, steps), "meta_seeds": [summarize(c, steps) for c in curves]}
-
-
-def decision(comparison: Mapping[str, Any], alpha: float = 0.05) -> str:
-    """``lower``, ``higher`` or ``no significant difference`` for ``a`` against ``b``.
-
-    The same rule as :func:`~metatele.evaluation.stats.verdict`: the paired t-test decides when no seed
-    diverged, the sign test over all seeds when some did.
-    """
-    c = comparison
-    use_sign = c["n_excluded"] > 0
-    p = c["p_sign"] if use_sign else c["p_value"]
-    if p is None or not math.isfinite(p) or p >= alpha:
-        return NO_DIFF
-    lower = c["wins"] > c["losses"] if use_sign else c["mean_diff"] < 0
-    return LOWER if lower else HIGHER
-
-
-def compare_pairs(curves: Mapping[str, Curves], pairs: Iterable[Sequence[str]], steps: Sequence[int],
-                  alpha: float = 0.05) -> list[dict[str, Any]]:
-    """Paired comparisons ``a − b`` at every step in ``steps`` (that both curves reach), for the
-    pairs whose two methods are in ``curves``. Each has ``verdict``, ``decision``, ``test`` and
-    the deciding ``p``."""
-    out = []
-    for a, b in pairs:
-        if a not in curves or b not in curves:
-            continue
-        for s in steps:
-            if s > min(curves[a].steps, curves[b].steps):
-                continue
-            c = paired_comparison(curves[a], curves[b], s)
-            sign = c["n_excluded"] > 0
-            out.append({**c, "test": "sign" if sign else "t", "p": c["p_sign"] if sign else c["p_value"],
-                        "decision": decision(c, alpha), "verdict": verdict(c, alpha)})
-    return out
-
-
-def save_curves(path: str | os.PathLike, curves: Mapping[str, Mapping[str, Mapping[str, Curves]]],
-                test_seeds: Sequence[int]) -> None:
-    """Write section → method → label → Curves into one ``.npz`` with arrays
-    ``section/method/label/{loss,grad_sq,time}`` and ``test_seeds``. Every curve must be on
-    exactly ``test_seeds`` (in that order), which is what makes the comparisons paired."""
-    arrays: dict[str, np.ndarray] = {"test_seeds": np.asarray(test_seeds, dtype=np.int64)}
-    for sec, methods in curves.items():
-        for m, labelled in methods.items():
-            for label, c in labelled.items():
-                if list(c.seeds) != list(test_seeds):
-                    raise ValueError(f"{sec}/{m}/{label} was not evaluated on the shared test seeds")
-                for f in ("loss", "grad_sq", "time"):
-                    arrays[f"{sec}/{m}/{label}/{f}"] = getattr(c, f)
-    np.savez_compressed(path, **arrays)
-
-
-def load_curves(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Curves]]]:
-    """Read a :func:`save_curves` file: section → method → label (``seed<k>``, ``combined`` or
-    ``baseline``) → Curves."""
-    out: dict[str, dict[str, dict[str, Curves]]] = {}
-    with np.load(path) as z:
-        seeds = [int(s) for s in z["test_seeds"]]
-        for key in z.files:
-            if key.endswith("/loss"):
-                stem = key[: -len("/loss")]
-                sec, m, label = stem.split("/")[0], "/".join(stem.split("/")[1:-1]), stem.split("/")[-1]
-                out.setdefault(sec, {}).setdefault(m, {})[label] = Curves(
-                    m, seeds, z[key], z[f"{stem}/grad_sq"], z[f"{stem}/time"])
-    return out
-
-
-#: JSON-ready copy of results (numpy values made plain, NaN/inf → ``None``, keys → ``str``).
-clean = to_json
-
-
-# -- formatting -------------------------------------------------------------------------------
-def num(x: float | None, fmt: str = ".2f") -> str:
-    """A number with a true minus sign; ``nan`` for missing values."""
-    if x is None or not math.isfinite(x):
-        return "nan"
-    s = format(x, fmt)
-    return s.replace("-", "−", 1) if s.startswith("-") else s
-
-
-def pval(p: float | None) -> str:
-    """A p-value to two significant digits (``< 1e-12`` below that)."""
-    if p is None or not math.isfinite(p):
-        return "nan"
-    return "< 1e-12" if p < 1e-12 else format(p, ".2g")
-
-
-def p_is(p: float | None) -> str:
-    """``p = 0.0031`` or ``p < 1e-12``."""
-    text = pval(p)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
-
-
-def _at(summary: Mapping[str, Any], step: int) -> Mapping[str, Any] | None:
-    return summary["at_step"].get(str(step), summary["at_step"].get(step))
-
-
-def ci_below(x: Mapping[str, Any] | None, y: Mapping[str, Any] | None) -> bool:
-    """Whether the 95% CI of step statistics ``x`` lies wholly below that of ``y``."""
-    return bool(x and y and x["ci95"][1] is not None and y["ci95"][0] is not None and x["ci95"][1] < y["ci95"][0])
-
-
-def _cell(st: Mapping[str, Any] | None) -> str:
-    if st is None:
-        return "—"
-    if st["n"] == 0:
-        return "all diverged"
-    lo, hi = st["ci95"]
-    return f"{num(st['mean'])} [{num(lo)}, {num(hi)}]"
-
-
 def _seed_means(entry: Mapping[str, Any], step: int) -> list[float | None]:
-    return [(_at(m, step) or {}).get("mean") for m in entry.get("meta_seeds", [])]
-
-
-def _pct(x: float | None) -> str:
-    return "nan" if x is None else f"{100 * x:.0f}%"
+    return [(at_step(m, step) or {}).get("mean") for m in entry.get("meta_seeds", [])]
 
 
 def methods_table(section: Mapping[str, Any], steps: Sequence[int]) -> str:
     """Methods × steps: mean log10-loss [95% CI] over test seeds (learned methods: averaged over
     meta-seeds, with each meta-seed's mean below), and the diverged fraction at the last step."""
     methods = {n: m for n, m in section["methods"].items() if m.get("summary")}
-    shown = [s for s in steps if any(_at(m["summary"], s) for m in methods.values())]
+    shown = [s for s in steps if any(at_step(m["summary"], s) for m in methods.values())]
     lines = ["| method | " + " | ".join(f"log10 loss @ {s}" for s in shown) + " | diverged |",
              "|---|" + "---|" * (len(shown) + 1)]
     for name, m in methods.items():
         cells = []
         for s in shown:
-            cell = _cell(_at(m["summary"], s))
+            text = cell(at_step(m["summary"], s))
             means = _seed_means(m, s)
             if means:
-                cell += "<br>(meta-seeds: " + " / ".join(num(v) for v in means) + ")"
-            cells.append(cell)
-        div = _pct(m["summary"]["diverged_fraction"])
+                text += "<br>(meta-seeds: " + " / ".join(num(v) for v in means) + ")"
+            cells.append(text)
+        div = pct(m["summary"]["diverged_fraction"])
         if m.get("meta_seeds"):
-            div += "<br>(" + " / ".join(_pct(x["diverged_fraction"]) for x in m["meta_seeds"]) + ")"
+            div += "<br>(" + " / ".join(pct(x["diverged_fraction"]) for x in m["meta_seeds"]) + ")"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {div} |")
     return "\n".join(lines) + "\n"
 
@@ -284,8 +133,8 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
             frac = (entry.get("summary") or {}).get("diverged_fraction")
             if frac:
                 per = entry.get("meta_seeds")
-                tail = f" (per meta-seed: {' / '.join(_pct(x['diverged_fraction']) for x in per)})" if per else ""
-                out.append(f"On {sec['label']}, {m} diverged on {_pct(frac)} of the test seeds by step "
+                tail = f" (per meta-seed: {' / '.join(pct(x['diverged_fraction']) for x in per)})" if per else ""
+                out.append(f"On {sec['label']}, {m} diverged on {pct(frac)} of the test seeds by step "
                            f"{entry['summary']['steps']}{tail}.")
         spreads = []
         for m, entry in sec["methods"].items():
@@ -355,14 +204,19 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
 def goal_check(results: Mapping[str, Any], a: str = "LSTM(update+tele)", b: str = "LSTM(update)",
                lr_method: str = "LSTM(lr+tele)", gd: str = "gd(tuned)", steps: Sequence[int] = (10, 30, 100)) -> list[str]:
     """Check the target of a learned teleport that reliably helps, per setting, from the numbers.
 
-    Per setting: ``a`` beats ``b`` with non-overlapping 95% CIs at each of ``steps``; ``a`` does
-    not drift upward (mean log10 loss at the last of ``steps`` ≤ at the one before); ``lr_method``
-    is significantly lower than ``gd`` at the last of ``steps``. Returns one line per setting and a
-    closing line.
+    Per setting: ``a`` against ``b`` meets :func:`~metatele.studies.aggregate.update_target` at
+    ``steps`` (non-overlapping 95% CIs at each, no upward drift, no diverged seed by the last),
+    and ``lr_method`` is significantly lower than ``gd`` at the last of ``steps``
+    (:func:`~metatele.studies.aggregate.lr_target`). Returns one line per setting and a closing
+    line.
     """
     lines, reached = [], []
     for name, sec in results["sections"].items():
@@ -372,32 +226,23 @@ def goal_check(results: Mapping[str, Any], a: str = "LSTM(update+tele)", b: str 
         sa, sb = (ms.get(x, {}).get("summary") for x in (a, b))
         if not sa or not sb:
             continue
-        parts, ok = [], True
-        for s in steps:
-            x, y = _at(sa, s), _at(sb, s)
-            if x is None or y is None:
-                continue
-            sep = ci_below(x, y)
-            ok &= sep
-            parts.append(f"step {s}: {_cell(x)} vs {_cell(y)} {'✓' if sep else '✗'}")
-        x0, x1 = _at(sa, steps[-2]), _at(sa, steps[-1])
-        drift_ok = x0 is not None and x1 is not None and x1["mean"] <= x0["mean"]
-        ok &= drift_ok
-        drift = (f"no upward drift ({num(x0['mean'])} at step {steps[-2]} → {num(x1['mean'])} at {steps[-1]}) "
-                 f"{'✓' if drift_ok else '✗'}") if x0 and x1 else "drift: n/a"
-        lr = [c for c in sec["comparisons"] if c["a"] == lr_method and c["b"] == gd and c["step"] == steps[-1]]
-        if lr:
-            lr_ok = lr[0]["decision"] == LOWER
-            ok &= lr_ok
-            lr_txt = f"{lr_method} vs {gd} at step {steps[-1]}: {_phrase(lr[0])} {'✓' if lr_ok else '✗'}"
-        else:
-            lr_txt = f"{lr_method} vs {gd}: not measured"
+        t = update_target(sa, sb, steps)
+        parts = [f"step {s}: {cell(r['a'])} vs {cell(r['b'])} {_mark(r['separated'])}" for s, r in t["steps"].items()]
+        drift = (f"no upward drift ({num(t['drift'][0])} at step {steps[-2]} → {num(t['drift'][1])} at {steps[-1]}) "
+                 f"{_mark(t['no_drift'])}") if t["drift"] else "drift: n/a"
+        diverged = (f"no diverged seed by step {steps[-1]} ({t['diverged']} diverged) {_mark(t['no_divergence'])}"
+                    if t["diverged"] is not None else "divergence: n/a")
+        lr = lr_target(sec["comparisons"], lr_method, gd, steps[-1])
+        lr_ok = lr_target_met(lr)
+        lr_txt = (f"{lr_method} vs {gd} at step {steps[-1]}: {_phrase(lr)} {_mark(lr_ok)}" if lr else
+                  f"{lr_method} vs {gd}: not measured")
+        ok = t["reached"] and lr_ok
         late = ""
         if sa.get("diverged_fraction") and sa["steps"] > steps[-1]:  # divergence after the target's steps
-            late = (f" Beyond step {steps[-1]}: {a} diverges on {_pct(sa['diverged_fraction'])} of the test seeds "
-                    f"by step {sa['steps']} ({b}: {_pct(sb.get('diverged_fraction') or 0)}).")
+            late = (f" Beyond step {steps[-1]}: {a} diverges on {pct(sa['diverged_fraction'])} of the test seeds "
+                    f"by step {sa['steps']} ({b}: {pct(sb.get('diverged_fraction') or 0)}).")
         lines.append(f"{sec['label']}: {a} vs {b} (non-overlapping CIs) — " + "; ".join(parts)
-                     + f"; {drift}; {lr_txt}. **{'Reached' if ok else 'Not reached'}.**{late}")
+                     + f"; {drift}; {diverged}; {lr_txt}. **{'Reached' if ok else 'Not reached'}.**{late}")
         if ok:
             reached.append(sec["label"])
     if lines:
@@ -407,6 +252,19 @@ def goal_check(results: Mapping[str, Any], a: str = "LSTM(update+tele)", b: str 
 
 
 # -- the report -------------------------------------------------------------------------------
+def _tuning_horizon(sec: Mapping[str, Any]) -> str:
+    """`` (grid search for 100 steps, objective mean_log_loss_final)`` from the section's tuning records."""
+    t = next((e["tuning"] for e in sec["methods"].values() if e["kind"] == "baseline" and e.get("tuning")), None)
+    if not t:
+        return ""
+    return f" ({t['method']} search for {t['steps']} steps, objective {t['objective']})"
+
+
+def _edge_flag(tuning: Mapping[str, Any]) -> str:
+    note = edge_note(tuning.get("edge"), tuning.get("extensions") or 0)
+    return f" (**{note}**)" if note else ""
+
+
 def _timing_lines(results: Mapping[str, Any]) -> list[str]:
     lines = ["| phase | wall time |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} s |" for k, v in results["phases"].items()]
@@ -453,7 +311,7 @@ def _checkpoint_lines(results: Mapping[str, Any]) -> list[str]:
                 continue
             scored = []
             for info, sm in zip(e["meta_seeds_info"], e.get("meta_seeds", [])):
-                st = _at(sm, min(last, sm["steps"]))
+                st = at_step(sm, min(last, sm["steps"]))
                 scored.append((st["mean"] if st and st["mean"] is not None else math.inf, info))
             best, info = min(scored, key=lambda x: x[0])
             lines.append(f"| {sec_name} | {m} | seed {info['meta_seed']} ({num(best)}) | `{info['checkpoint']}` |")
@@ -514,7 +372,8 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         "",
         *(["## Target: a learned teleport that reliably helps", "",
            "LSTM(update+tele) below LSTM(update) with non-overlapping 95% CIs at steps 10, 30 and 100, no upward "
-           "drift (step 100 ≤ step 30), and LSTM(lr+tele) significantly below tuned GD at step 100:", "",
+           "drift (step 100 ≤ step 30), no diverged seed by step 100, and LSTM(lr+tele) significantly below tuned GD at "
+           "step 100:", "",
            *[f"- {s}" for s in results["goal"]], ""] if results.get("goal") else []),
     ]
     for name, sec in results["sections"].items():
@@ -522,10 +381,10 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         out += [f"## {title}", ""]
         if sec["kind"] == "setting":
             out += [f"Setting `{name}`: task dims {sec['task']['dims']}, distribution {sec['task']['distribution']}.", ""]
-            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" for n, e in sec["methods"].items()
+            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" + _edge_flag(e["tuning"]) for n, e in sec["methods"].items()
                      if e["kind"] == "baseline" and e.get("tuning")]
             if tuned:
-                out += ["Tuned on training seeds: " + "; ".join(tuned) + ".", ""]
+                out += [f"Tuned on training seeds{_tuning_horizon(sec)}: " + "; ".join(tuned) + ".", ""]
         else:
             out += ["Each arm changes one switch of a method and is compared (paired) with that method at the same "
                     "scale, `<method> [reference]`.", "", "| arm | compared with | question (arm vs reference) |",

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -35,79 +34,66 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..configs import ConfigError
-from .report import LOWER, _at, _cell, ci_below, num, pval
+from ..evaluation.format import cell, num, pval
+from ..evaluation.identity import MethodId
+from .aggregate import lr_target, lr_target_met, method_ids, update_target
+from .benchmark import render_only as render_tables
+from .benchmark import run_benchmark
+from .protocol import load_protocol
 
-__all__ = ["candidate_name", "parse_method", "rank_update_candidates", "rank_lr_candidates", "rankings",
-           "render_search", "selection", "run_search", "main", "DEFAULT_SEARCH"]
+__all__ = ["rank_update_candidates", "rank_lr_candidates", "rankings", "render_search", "selection",
+           "run_search", "main", "DEFAULT_SEARCH"]
 
-_METHOD = re.compile(r"^LSTM\((?P<variant>[^)]+)\) \[(?P<tag>[^\]]+)\]$")
 DEFAULT_SEARCH = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search.yaml"
 SEARCH_QUICK = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search_quick.yaml"
-
-
-def parse_method(name: str) -> tuple[str, str] | None:
-    """``"LSTM(update+tele) [paper]"`` → ``("update+tele", "paper")``; ``None`` for other names."""
-    m = _METHOD.match(name)
-    return (m["variant"], m["tag"]) if m else None
-
-
-def candidate_name(variant: str, tag: str) -> str:
-    return f"LSTM({variant}) [{tag}]"
 
 
 def _settings(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {n: s for n, s in results["sections"].items() if s["kind"] == "setting"}
 
 
-def _tags(results: Mapping[str, Any], variant: str) -> list[str]:
-    tags: list[str] = []
-    for sec in _settings(results).values():
-        for m in sec["methods"]:
-            p = parse_method(m)
-            if p and p[0] == variant and p[1] not in tags:
-                tags.append(p[1])
-    return tags
+def _method_ids(results: Mapping[str, Any]) -> dict[str, MethodId]:
+    """Method name → :class:`MethodId` over every setting of ``results``."""
+    out: dict[str, MethodId] = {}
+    for sname in _settings(results):
+        out = {**method_ids(results, sname), **out}
+    return out
 
 
-def _stat(summary: Mapping[str, Any] | None, step: int) -> Mapping[str, Any] | None:
-    return _at(summary, step) if summary else None
+def _candidates(ids: Mapping[str, MethodId], variant: str) -> dict[str, str]:
+    """Candidate → method name, for the learned methods of ``variant`` (in results order)."""
+    return {i.candidate: name for name, i in ids.items() if i.variant == variant and i.candidate is not None}
 
 
 def rank_update_candidates(results: Mapping[str, Any], steps: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """Every candidate with both ``LSTM(update+tele) [c]`` and ``LSTM(update) [c]``, best first.
+    """Every candidate with both an ``update+tele`` and an ``update`` method, best first.
 
-    Each entry: ``tag``, ``met`` and ``total`` (criteria), ``mean_diff`` (mean over settings and
-    steps of ``update+tele − update``, ``None`` if a mean is missing) and ``settings``: per
-    setting the per-step means, CIs and verdicts, the drift and the divergence of update+tele.
+    Each entry: ``tag`` (the candidate), ``a``/``b`` (its two method names), ``met`` and
+    ``total`` (criteria of :func:`~metatele.studies.aggregate.update_target`, summed over
+    settings), ``reached``, ``mean_diff`` (mean over settings and steps of ``update+tele −
+    update``, ``None`` if a mean is missing) and ``settings``: per setting the target's record
+    (per-step statistics and separation, drift, divergence) and its ``label``.
     """
     steps = list(steps or results["steps"])
+    ids = _method_ids(results)
+    plain = _candidates(ids, "update")
     out = []
-    for tag in _tags(results, "update+tele"):
-        a, b = candidate_name("update+tele", tag), candidate_name("update", tag)
+    for tag, a in _candidates(ids, "update+tele").items():
+        if tag not in plain:
+            continue
+        b = plain[tag]
         entry: dict[str, Any] = {"tag": tag, "a": a, "b": b, "met": 0, "total": 0, "settings": {}}
         diffs: list[float] = []
         for sname, sec in _settings(results).items():
             ms = sec["methods"]
-            sa, sb = (ms.get(x, {}).get("summary") for x in (a, b))
-            row: dict[str, Any] = {"label": sec["label"], "steps": {}}
-            for s in steps:
-                x, y = _stat(sa, s), _stat(sb, s)
-                ok = ci_below(x, y)
-                row["steps"][s] = {"a": x, "b": y, "separated": ok}
-                entry["total"] += 1
-                entry["met"] += ok
-                if x and y and x["mean"] is not None and y["mean"] is not None:
-                    diffs.append(x["mean"] - y["mean"])
-                else:
-                    diffs.append(math.nan)
-            x0, x1 = (_stat(sa, steps[-2]), _stat(sa, steps[-1])) if len(steps) > 1 else (None, None)
-            row["no_drift"] = bool(x0 and x1 and x1["mean"] is not None and x0["mean"] is not None
-                                   and x1["mean"] <= x0["mean"])
-            row["diverged"] = sa["n_diverged"] if sa else None
-            row["no_divergence"] = row["diverged"] == 0
-            entry["met"] += row["no_drift"] + row["no_divergence"]
-            entry["total"] += 2
-            entry["settings"][sname] = row
+            row = update_target(ms.get(a, {}).get("summary"), ms.get(b, {}).get("summary"), steps)
+            for r in row["steps"].values():
+                x, y = r["a"], r["b"]
+                ok = x and y and x["mean"] is not None and y["mean"] is not None
+                diffs.append(x["mean"] - y["mean"] if ok else math.nan)
+            entry["met"] += row["met"]
+            entry["total"] += row["total"]
+            entry["settings"][sname] = {"label": sec["label"], **row}
         entry["mean_diff"] = sum(diffs) / len(diffs) if diffs and all(math.isfinite(d) for d in diffs) else None
         entry["reached"] = entry["met"] == entry["total"]
         out.append(entry)
@@ -116,24 +102,24 @@ def rank_update_candidates(results: Mapping[str, Any], steps: Sequence[int] | No
 
 
 def rank_lr_candidates(results: Mapping[str, Any], gd: str = "gd(tuned)") -> list[dict[str, Any]]:
-    """Every ``LSTM(lr+tele) [c]`` compared with ``gd`` at the last step, best first.
+    """Every ``lr+tele`` candidate compared with ``gd`` at the last step, best first.
 
-    Each entry: ``tag``, ``met``/``total`` (settings where it is significantly lower),
-    ``mean_diff`` (mean over settings of the paired mean difference) and per-setting comparisons.
+    Each entry: ``tag``, ``met``/``total`` (settings where it is significantly lower,
+    :func:`~metatele.studies.aggregate.lr_target`), ``mean_diff`` (mean over settings of the
+    paired mean difference) and per-setting comparisons.
     """
     last = results["steps"][-1]
     out = []
-    for tag in _tags(results, "lr+tele"):
-        a = candidate_name("lr+tele", tag)
+    for tag, a in _candidates(_method_ids(results), "lr+tele").items():
         entry: dict[str, Any] = {"tag": tag, "a": a, "b": gd, "met": 0, "total": 0, "settings": {}}
         diffs = []
         for sname, sec in _settings(results).items():
-            c = next((c for c in sec["comparisons"] if c["a"] == a and c["b"] == gd and c["step"] == last), None)
+            c = lr_target(sec["comparisons"], a, gd, last)
             entry["total"] += 1
             if c is None:
                 diffs.append(math.nan)
                 continue
-            entry["met"] += c["decision"] == LOWER
+            entry["met"] += lr_target_met(c)
             diffs.append(c["mean_diff"] if c["mean_diff"] is not None else math.nan)
             entry["settings"][sname] = {"label": sec["label"], "comparison": c}
         entry["mean_diff"] = sum(diffs) / len(diffs) if diffs and all(math.isfinite(d) for d in diffs) else None
@@ -141,9 +127,6 @@ def rank_lr_candidates(results: Mapping[str, Any], gd: str = "gd(tuned)") -> lis
         out.append(entry)
     out.sort(key=lambda e: (-e["met"], e["mean_diff"] if e["mean_diff"] is not None else math.inf))
     return out
-
-
-VARIANTS_OF = {"update+tele": ("update+tele", "update"), "lr+tele": ("lr+tele",)}
 
 
 def rankings(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -157,13 +140,12 @@ def selection(ranked_by: Mapping[str, list[dict[str, Any]]], protocol: Mapping[s
     method, plus its per-setting overrides)."""
     out: dict[str, Any] = {}
     for key, ranked in ranked_by.items():
-        variants = VARIANTS_OF[key]
         if not ranked:
             continue
         best = ranked[0]
+        names = {"update+tele": best["a"], "update": best["b"]} if key == "update+tele" else {key: best["a"]}
         methods = {}
-        for v in variants:
-            name = candidate_name(v, best["tag"])
+        for v, name in names.items():
             methods[f"LSTM({v})"] = {
                 "overrides": protocol["methods"][name],
                 "setting_overrides": {s: spec["method_overrides"][name]
@@ -209,7 +191,7 @@ def render_search(results: Mapping[str, Any], command: str, ranked_by: Mapping[s
         cells = []
         for s in settings:
             row = e["settings"][s]
-            cells += [f"{_cell(row['steps'][st]['a'])} vs {_cell(row['steps'][st]['b'])} "
+            cells += [f"{cell(row['steps'][st]['a'])} vs {cell(row['steps'][st]['b'])} "
                       f"{_mark(row['steps'][st]['separated'])}" for st in steps]
         dd = "; ".join(f"{_mark(r['no_drift'])} / {r['diverged']}" for r in e["settings"].values())
         lines.append(f"| {i} | {e['tag']} | {e['met']}/{e['total']} | {num(e['mean_diff'], '+.3f')} | "
@@ -250,10 +232,6 @@ def run_search(config: str | Path, out: str | Path | None = None, report: str | 
     ``tables``: where the full benchmark-style report of the search goes (per-meta-seed tables,
     paired tests; its figures in ``<tables dir>/figures``); default ``<report dir>/search/RESULTS.md``.
     """
-    from .benchmark import render_only as render_tables
-    from .benchmark import run_benchmark
-    from .protocol import load_protocol
-
     protocol, raw = load_protocol(config, overrides)
     if protocol.eval_split != "validation":
         raise ConfigError(f"eval_split: a search must select on validation seeds, {config} says {protocol.eval_split!r}")
