@@ -7,6 +7,7 @@ import yaml
 
 from metatele import load_checkpoint
 from metatele.cli import main
+from metatele.configs import defaults_dir
 from metatele.studies.demo import QUICK, demo_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def test_help_lists_subcommands_and_config_defaults(capsys):
 
 
 def test_quick_yaml_is_the_embedded_demo_config():
-    with open(ROOT / "experiments/configs/quick.yaml") as f:
+    with open(defaults_dir() / "quick.yaml") as f:
         assert yaml.safe_load(f) == QUICK
     assert set(demo_configs()) == {"update", "update+tele", "lr+tele"}
 
@@ -44,7 +45,7 @@ def test_quick_yaml_is_the_embedded_demo_config():
 def test_shipped_configs_are_valid(name):
     from metatele import load_config
 
-    config = load_config(str(ROOT / f"experiments/configs/{name}.yaml"))
+    config = load_config(name)
     assert config.task.dims == [20, 20, 20, 20]
 
 
@@ -53,7 +54,7 @@ def test_paper_configs_match_the_paper_protocol():
 
     sizes = {"update_tele": (700, 100), "update": (600, 100), "lr_tele": (30, 300)}
     for name, (trajectories, steps) in sizes.items():
-        c = load_config(str(ROOT / f"experiments/configs/{name}.yaml"))
+        c = load_config(name)
         assert (c.trajectories, c.steps, c.unroll, c.learned.lstm.hidden) == (trajectories, steps, 10, 300)
 
 

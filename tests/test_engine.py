@@ -54,14 +54,14 @@ def test_second_order_differs_from_first_order():
 
 def test_nan_in_one_trajectory_is_masked_counted_and_restarted():
     eng = UnrollEngine(small_config(trajectories=100))
-    eng.W[0][1] = float("nan")  # poison trajectory 1
-    seed_before = int(eng.seeds[1])
+    eng.trajectories.W[0][1] = float("nan")  # poison trajectory 1
+    seed_before = int(eng.trajectories.seeds[1])
     metrics = eng.meta_step()
     assert metrics["diverged"] == 1 and eng.diverged_total == 1
     for p in eng.meta_parameters:
         assert torch.isfinite(p).all()
-    assert int(eng.seeds[1]) != seed_before  # restarted from a new training seed
-    assert all(torch.isfinite(w).all() for w in eng.W)
+    assert int(eng.trajectories.seeds[1]) != seed_before  # restarted from a new training seed
+    assert all(torch.isfinite(w).all() for w in eng.trajectories.W)
     # training goes on normally afterwards
     metrics = eng.meta_step()
     assert metrics["diverged"] == 0
@@ -69,7 +69,7 @@ def test_nan_in_one_trajectory_is_masked_counted_and_restarted():
 
 def test_nan_gradient_from_one_task_does_not_reach_meta_parameters():
     eng = UnrollEngine(small_config())
-    eng.X[2] = float("inf")  # every computation of task 2 is non-finite from the start
+    eng.trajectories.X[2] = float("inf")  # every computation of task 2 is non-finite from the start
     eng.compute_meta_gradient()
     assert all(torch.isfinite(p.grad).all() for p in eng.meta_parameters)
 
@@ -79,7 +79,7 @@ def test_all_trajectories_diverging_stops_with_clear_message():
     before = [p.detach().clone() for p in eng.meta_parameters]
 
     def poison():
-        for w in eng.W:
+        for w in eng.trajectories.W:
             w.fill_(float("nan"))
 
     poison()
@@ -111,7 +111,7 @@ def test_finished_trajectories_are_replaced_by_fresh_training_seeds():
 
 def test_staggered_starts_spread_the_batch():
     eng = UnrollEngine(small_config(stagger=True, steps=12, unroll=3, batch_size=4, trajectories=100))
-    assert len(set(eng.steps_done.tolist())) > 1
+    assert len(set(eng.trajectories.steps_done.tolist())) > 1
     eng.meta_step()
     # the trajectory that started furthest along finishes first
     assert eng.trajectories_finished >= 1

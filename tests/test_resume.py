@@ -18,16 +18,8 @@ import yaml
 from metatele import cli
 from metatele.release.checkpoint import load_checkpoint
 from metatele.meta.engine import UnrollEngine
-from metatele.meta.resume import (
-    STATE_DIR,
-    ResumeError,
-    TrainingCheckpointer,
-    decode,
-    latest_state,
-    load_training_state,
-    resumable_callback,
-    state_files,
-)
+from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
+from metatele.meta.state import STATE_DIR, ResumeError, decode, latest_state, load_training_state, state_files
 from metatele.meta.train import meta_train
 from metatele.meta.config import MetaTrainConfig
 
@@ -66,8 +58,8 @@ def test_training_state_restores_the_engine_bit_for_bit(tmp_path):
         ma, mb = a.meta_step(), b.meta_step()
         assert ma["unroll"] == mb["unroll"] and ma["meta_loss"] == mb["meta_loss"]
     assert params_equal(a.optimizer.state_dict(), b.optimizer.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(a.W, b.W))
-    assert (a.seeds == b.seeds).all() and a.next_seed == b.next_seed
+    assert all(torch.equal(x, y) for x, y in zip(a.trajectories.W, b.trajectories.W))
+    assert (a.trajectories.seeds == b.trajectories.seeds).all() and a.next_seed == b.next_seed
 
 
 def test_checkpoints_rotate_keeping_the_newest_n(tmp_path):
@@ -197,9 +189,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result_bitwise(reference, tm
 def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_path, monkeypatch, capsys):
     cfg_file, reference_run = reference
     out = tmp_path / "run"
-    import metatele.studies.experiment as experiment
-
-    train_and_save = experiment.train_and_save
+    train_and_save = cli.train_and_save
 
     def terminated_at_meta_step_13(*args, callback, **kw):
         def cb(engine, metrics):
@@ -209,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_p
 
         return train_and_save(*args, callback=cb, **kw)
 
-    monkeypatch.setattr(experiment, "train_and_save", terminated_at_meta_step_13)
+    monkeypatch.setattr(cli, "train_and_save", terminated_at_meta_step_13)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         cli.main(train_args(cfg_file, out))

@@ -1,6 +1,6 @@
-"""The meta-training configuration (SPEC §4): one dataclass, defaults = the paper's values.
+"""The meta-training configuration: one dataclass, defaults = the paper's values.
 
-The same object is read from YAML (``experiments/configs/*.yaml``), overridden from the command
+The same object is read from YAML (a file, or a shipped default in ``metatele/defaults/``), overridden from the command
 line (``--set key=value``), saved inside checkpoints and sent to wandb as ``config``.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..configs import ConfigError, from_dict, require, to_dict
+from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, resolve_config, to_dict
 from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 
@@ -119,10 +119,9 @@ class MetaTrainConfig:
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:
-    """Read a YAML config file, apply ``key=value`` overrides, validate."""
-    from ..configs import apply_overrides, load_yaml_mapping
-
-    data = load_yaml_mapping(path, "config")
+    """Read a YAML config (a file, or a shipped default by name: ``update_tele``), apply
+    ``key=value`` overrides, validate."""
+    data = load_yaml_mapping(str(resolve_config(path)), "config")
     return MetaTrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 

@@ -1,4 +1,4 @@
-"""The unroll engine: B trajectories advanced in lock-step, truncated unrolls, meta-steps (SPEC §4).
+"""The unroll engine: B trajectories advanced in lock-step, truncated unrolls, meta-steps.
 
 Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
 
@@ -17,7 +17,7 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    fresh tasks from the next training seeds (their LSTM state zeroed).
 
 The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
-:meth:`state_dict`, so a run can be resumed bit-for-bit (:mod:`metatele.meta.resume`).
+:meth:`state_dict`, so a run can be resumed bit-for-bit (:mod:`metatele.meta.state`, :mod:`metatele.meta.checkpointer`).
 
 Data-parallel training (:mod:`metatele.meta.distributed`) runs one engine per rank with
 ``rank``/``world_size``: each rank advances ``batch_size / world_size`` trajectories on its own
@@ -37,10 +37,10 @@ import torch
 
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
-from ..tasks.mlp import mlp_loss
-from ..symmetry.action import qr_factor
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
+from ..tasks.mlp import mlp_loss
 from .config import MetaTrainConfig, resolve_device
+from .trajectories import Trajectories, staggered_steps
 
 
 class DivergenceError(RuntimeError):
@@ -75,6 +75,10 @@ class UnrollEngine:
             batch ``min(batch_size, trajectories)`` is split evenly over the ranks.
     """
 
+    #: the host counters saved by :meth:`state_dict`
+    COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
+                "diverged_total", "all_dead_streak")
+
     def __init__(
         self,
         config: MetaTrainConfig,
@@ -104,6 +108,7 @@ class UnrollEngine:
         if len(self.optimizer.teleports):
             groups.append({"params": list(self.optimizer.teleports.parameters()), "lr": config.lr_teleport})
         self.meta_opt = torch.optim.Adam(groups)
+        self.trajectories: Trajectories  # set by _start_all below
         self.optimizer.output_hook = self._mask_dead
         self.B = batch // world_size  # this rank's trajectories
         self.rng = np.random.default_rng(config.seed)  # truncation lengths only
@@ -116,8 +121,6 @@ class UnrollEngine:
         self.trajectories_finished = 0
         self.diverged_total = 0
         self.all_dead_streak = 0
-        self.seeds = np.zeros(self.B, dtype=np.int64)
-        self.steps_done = np.zeros(self.B, dtype=np.int64)
         self._alive_for_backward: torch.Tensor | None = None
         #: called with the meta-parameters after backward, before clipping (distributed all-reduce)
         self.grad_reducer: Callable[[list[torch.nn.Parameter]], None] | None = None
@@ -145,49 +148,26 @@ class UnrollEngine:
         self.trajectories_started += count
         return sample_tasks(self.config.task, seeds, device=self.device, dtype=self.dtype)
 
+    def _initial_state(self, tasks: TaskBatch, W: list[torch.Tensor]) -> LearnedState:
+        return self.optimizer.initial_state(self.B, self.device, self.dtype, X=tasks.X, Y=tasks.Y, weights=W,
+                                            differentiable=True)
+
     def _start_all(self) -> None:
-        tasks = self._fresh(self.B)
-        self.X, self.Y = tasks.X, tasks.Y
-        self.W = [w.detach() for w in tasks.weights]
-        self.seeds[:] = tasks.seeds
+        """Start a whole batch of trajectories from the next training seeds."""
         c = self.config
-        if c.stagger:
-            # spread first trajectories over the horizon so that they do not finish together
-            # (by the slot's place in the whole batch of all ranks, as in one process)
-            W, r = self.world_size, self.rank
-            self.steps_done[:] = [((b * W + r) * c.steps // (self.B * W)) // c.unroll * c.unroll for b in range(self.B)]
-        else:
-            self.steps_done[:] = 0
-        self.loss0 = mlp_loss(self.W, self.X, self.Y).detach()
-        self.X_qr = qr_factor(self.X)  # the data are fixed along a trajectory
-        self.state = self.optimizer.initial_state(
-            self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W,
-            differentiable=True,
-        )
+        stagger = staggered_steps(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
+        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger)
 
     def _replace(self, slots: np.ndarray) -> None:
         """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state."""
         if self.config.learned.variant == "tele":
             # lock-step: the base optimizer's state is shared by the batch, so the whole batch
             # restarts when its trajectories finish (a diverged one stays masked until then)
-            if (self.steps_done >= self.config.steps).all():
+            if (self.trajectories.steps_done >= self.config.steps).all():
                 self._start_all()
             return
-        if len(slots) == 0:
-            return
-        tasks = self._fresh(len(slots))
-        idx = torch.as_tensor(slots, device=self.device)
-        self.X = self.X.index_copy(0, idx, tasks.X)
-        self.Y = self.Y.index_copy(0, idx, tasks.Y)
-        fresh_qr = qr_factor(tasks.X)
-        self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
-        self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
-        self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
-        keep = torch.ones(self.B, dtype=torch.bool, device=self.device)
-        keep[idx] = False
-        self.state = self.state.reset(keep)
-        self.seeds[slots] = tasks.seeds
-        self.steps_done[slots] = 0
+        if len(slots):
+            self.trajectories.reset(slots, self._fresh(len(slots)))
 
     # -- one meta-step -----------------------------------------------------------------------
     def _mask_dead(self, grad: torch.Tensor) -> torch.Tensor:
@@ -206,7 +186,7 @@ class UnrollEngine:
 
     def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
         if self.config.normalize:
-            loss = loss / self.loss0
+            loss = loss / self.trajectories.loss0
         if self.config.meta_loss == "mean_log":
             return torch.log(loss.clamp_min(1e-30))
         return loss
@@ -219,16 +199,17 @@ class UnrollEngine:
         """
         c = self.config
         K = self._unroll_length()
-        W, state = self.W, self.state
+        tr = self.trajectories
+        W, state = tr.W, tr.state
         alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
         terms = []
         for _ in range(K):
             W, loss, grad_sq, state = self.optimizer.step(
-                W, self.X, self.Y, state, second_order=c.second_order, x_qr=self.X_qr
+                W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr
             )
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
-        final = mlp_loss(W, self.X, self.Y)
+        final = mlp_loss(W, tr.X, tr.Y)
         for w in W:
             alive = alive & _finite_rows(w)
         alive = alive & torch.isfinite(final)
@@ -284,11 +265,9 @@ class UnrollEngine:
         else:
             self.all_dead_streak += 1
         self.meta_step_count += 1
-        self.W = [w.detach() for w in W]
-        self.state = state.detach()
-        self.steps_done += K
+        self.trajectories.advance(W, state, K)
         dead = np.flatnonzero(~alive_host)  # this rank's slots
-        finished = np.flatnonzero(alive_host & (self.steps_done >= c.steps))
+        finished = np.flatnonzero(alive_host & (self.trajectories.steps_done >= c.steps))
         self.diverged_total += len(dead)
         self.trajectories_finished += len(finished)
         metrics = {
@@ -322,35 +301,25 @@ class UnrollEngine:
         keeps state that cannot be saved, so it is checkpointable only between generations, when
         the whole batch has just (re)started and that state is fresh.
         """
-        return self.config.learned.variant != "tele" or bool((self.steps_done == 0).all())
+        return self.config.learned.variant != "tele" or bool((self.trajectories.steps_done == 0).all())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit: tensors and host counters.
 
         Tensors are references (not copies); numpy arrays and the numpy generator state are
-        returned as they are (:mod:`metatele.meta.resume` converts them for a pickle-free file).
+        returned as they are (:mod:`metatele.meta.state` converts them for a pickle-free file).
         """
         if not self.checkpointable:
             raise NotImplementedError(
                 "the 'tele' variant can be checkpointed only between generations (when every "
                 "trajectory has just started); see UnrollEngine.checkpointable"
             )
-        s = self.state
         return {
             "optimizer": self.optimizer.state_dict(),
             "meta_opt": self.meta_opt.state_dict(),
-            "X": self.X, "Y": self.Y, "W": list(self.W), "loss0": self.loss0,
-            "X_qr": list(self.X_qr),
-            "update_state": list(s.update) if s.update else None,
-            "teleport_state": [list(t) for t in s.teleport],
-            "counters": {
-                "meta_step_count": self.meta_step_count, "next_seed": self.next_seed,
-                "trajectories_started": self.trajectories_started,
-                "trajectories_finished": self.trajectories_finished,
-                "diverged_total": self.diverged_total, "all_dead_streak": self.all_dead_streak,
-            },
+            **self.trajectories.state_dict(),
+            "counters": {k: getattr(self, k) for k in self.COUNTERS},
             "rank": self.rank, "world_size": self.world_size,
-            "seeds": self.seeds.copy(), "steps_done": self.steps_done.copy(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -365,21 +334,12 @@ class UnrollEngine:
             )
         self.optimizer.load_state_dict(sd["optimizer"])
         self.meta_opt.load_state_dict(sd["meta_opt"])
-        to = lambda t: t.to(self.device)  # noqa: E731
-        self.X, self.Y, self.loss0 = to(sd["X"]), to(sd["Y"]), to(sd["loss0"])
-        self.X_qr = tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else qr_factor(self.X)
-        self.W = [to(w) for w in sd["W"]]
-        upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
-        base = None
-        if self.config.learned.variant == "tele":  # saved between generations: a fresh base optimizer
-            base = self.optimizer.initial_state(
-                self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W, differentiable=True,
-            ).base
-        self.state = LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]], base)
+        # the 'tele' variant is saved between generations: its base optimizer starts fresh
+        base = (lambda tr: self._initial_state(TaskBatch(tr.X, tr.Y, tr.W), tr.W).base) \
+            if self.config.learned.variant == "tele" else None
+        self.trajectories = Trajectories.from_state_dict(sd, self.device, base)
         for k, v in sd["counters"].items():
             setattr(self, k, v)
-        self.seeds[:] = sd["seeds"]
-        self.steps_done[:] = sd["steps_done"]
         self.rng.bit_generator.state = sd["numpy_rng"]
         torch.set_rng_state(sd["torch_rng"])
         if sd.get("cuda_rng") is not None and self.device.type == "cuda":

@@ -1,15 +1,15 @@
 """``meta_train(config)``: run the unroll engine for the configured number of meta-steps."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .engine import UnrollEngine
 from ..optimizers.learned import LearnedOptimizer
 from .config import MetaTrainConfig
+from .engine import UnrollEngine
 
 
 @dataclass
@@ -31,7 +31,6 @@ class MetaTrainResult:
     train_seeds: tuple[int, int]
     meta_steps: int
     diverged_total: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def meta_train(

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation.evaluate import Curves, to_json
+from ..evaluation.evaluate import Curves
+from ..storage.jsonable import to_json
 from ..evaluation.stats import paired_comparison, summarize, verdict
 
 LOWER, HIGHER, NO_DIFF = "lower", "higher", "no significant difference"
