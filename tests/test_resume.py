@@ -213,3 +213,33 @@ def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_p
     assert cli.main(train_args(cfg_file, out, "--resume")) == 0
     assert "resuming from meta-step 13 of 150" in capsys.readouterr().err
     assert_same_run(reference_run, out)
+
+
+def test_total_training_time_survives_a_resume(reference, tmp_path, monkeypatch, capsys):
+    """A resumed run records the time of every segment (up to the checkpoint it resumed from)."""
+    import itertools
+
+    import metatele.meta.train as train_mod
+
+    cfg_file, _ = reference
+    out = tmp_path / "run"
+    train_and_save = cli.train_and_save
+
+    def stopped_at_meta_step_13(*args, callback, **kw):
+        def cb(engine, metrics):
+            if engine.meta_step_count == 13:
+                os.kill(os.getpid(), signal.SIGTERM)
+            callback(engine, metrics)
+
+        return train_and_save(*args, callback=cb, **kw)
+
+    clock = itertools.count()  # a fake clock: one second per reading
+    monkeypatch.setattr(train_mod, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(cli, "train_and_save", stopped_at_meta_step_13)
+    with pytest.raises(SystemExit):
+        cli.main(train_args(cfg_file, out))
+    monkeypatch.setattr(cli, "train_and_save", train_and_save)
+    clock = itertools.count()  # the second process's clock starts afresh
+    assert cli.main(train_args(cfg_file, out, "--resume")) == 0
+    total = MetaTrainConfig.from_dict(CONFIG).meta_steps
+    assert load_checkpoint(out / "checkpoint.safetensors").provenance["train_seconds"] == float(total)  # 13 + 137

@@ -77,7 +77,7 @@ class UnrollEngine:
 
     #: the host counters saved by :meth:`state_dict`
     COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
-                "diverged_total", "all_dead_streak")
+                "diverged_total", "all_dead_streak", "train_seconds")
 
     def __init__(
         self,
@@ -121,6 +121,9 @@ class UnrollEngine:
         self.trajectories_finished = 0
         self.diverged_total = 0
         self.all_dead_streak = 0
+        #: wall-clock seconds of meta-training so far, over every segment of a resumed run (kept
+        #: by :func:`metatele.meta.train.meta_train`)
+        self.train_seconds = 0.0
         self._alive_for_backward: torch.Tensor | None = None
         #: called with the meta-parameters after backward, before clipping (distributed all-reduce)
         self.grad_reducer: Callable[[list[torch.nn.Parameter]], None] | None = None

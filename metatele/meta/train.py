@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Callable
 
 import torch
@@ -23,6 +24,8 @@ class MetaTrainResult:
         train_seeds: ``[start, end)`` of the training-task seeds it consumed.
         meta_steps: meta-steps taken.
         diverged_total: trajectories masked out and restarted because they diverged.
+        train_seconds: wall-clock seconds of meta-training, summed over every segment of a resumed
+            run (up to the checkpoint each segment was resumed from).
     """
 
     optimizer: LearnedOptimizer
@@ -31,6 +34,18 @@ class MetaTrainResult:
     train_seeds: tuple[int, int]
     meta_steps: int
     diverged_total: int
+    train_seconds: float
+
+    def provenance(self) -> dict[str, Any]:
+        """What the run records in its checkpoint (``provenance`` of
+        :func:`metatele.release.checkpoint.save_checkpoint`)."""
+        return {
+            "training_seeds": [list(self.train_seeds)],
+            "meta_steps": self.meta_steps,
+            "diverged_trajectories": self.diverged_total,
+            "train_seconds": round(self.train_seconds, 1),
+            "meta_seed": self.config.seed,
+        }
 
 
 def meta_train(
@@ -61,9 +76,11 @@ def meta_train(
     history: list[dict[str, Any]] = []
     bar = tqdm(total=total, initial=engine.meta_step_count, disable=not progress, desc=f"meta-train {config.learned.variant}",
                unit="meta-step", dynamic_ncols=True)
+    t0, before = perf_counter(), engine.train_seconds  # a resumed engine carries its earlier time
     try:
         while engine.meta_step_count < total:
             metrics = engine.meta_step()
+            engine.train_seconds = before + perf_counter() - t0
             history.append(metrics)
             if callback is not None:
                 callback(engine, metrics)
@@ -79,4 +96,5 @@ def meta_train(
         train_seeds=engine.trained_seed_range,
         meta_steps=engine.meta_step_count,
         diverged_total=engine.diverged_total,
+        train_seconds=engine.train_seconds,
     )

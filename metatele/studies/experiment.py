@@ -65,22 +65,13 @@ def train_and_save(
         if callback is not None:
             callback(engine, metrics)
 
-    t0 = time.perf_counter()
     try:
         result = meta_train(config, progress=progress, callback=log_step, engine=engine)
-        seconds = time.perf_counter() - t0
+        seconds = result.train_seconds  # every segment of a resumed run
         if engine is not None and getattr(engine, "prior_history", None):  # a resumed run: whole history
             result.history = list(engine.prior_history) + result.history
-        ckpt = save_checkpoint(
-            out / "checkpoint.safetensors", result.optimizer, config,
-            provenance={
-                "training_seeds": [list(result.train_seeds)],
-                "meta_steps": result.meta_steps,
-                "diverged_trajectories": result.diverged_total,
-                "train_seconds": round(seconds, 1),
-                "meta_seed": config.seed,
-            },
-        )
+        ckpt = save_checkpoint(out / "checkpoint.safetensors", result.optimizer, config,
+                               provenance=result.provenance())
         with open(out / "history.json", "w") as f:
             json.dump(result.history, f, indent=1)
         with open(out / "config.json", "w") as f:
