@@ -120,8 +120,11 @@ def _config_keys_help() -> str:
 
 
 def _shipped_help(prefix: str = "") -> str:
-    names = [n for n in default_names() if n.startswith(prefix)] if prefix else default_names()
-    return f"shipped: {', '.join(names)} (in {defaults_dir()})"
+    """The shipped names starting with ``prefix`` (none: the training configs) and where they are."""
+    studies = ("benchmark", "search")
+    names = [n for n in default_names() if n != "search_selected"
+             and (n.startswith(prefix) if prefix else not n.startswith(studies))]
+    return f"shipped: {', '.join(names)}; in {defaults_dir()}"
 
 
 def _add_wandb_options(p: argparse.ArgumentParser, group: bool = True) -> None:

@@ -1,4 +1,5 @@
 """The command line and the experiment glue, end to end on tiny problems (wandb offline into tmp)."""
+import argparse
 import json
 from pathlib import Path
 
@@ -106,9 +107,110 @@ def test_eval_refuses_training_seeds_unless_overridden(offline, capsys):
     assert main(["eval", str(out / "checkpoint.safetensors"), "--out", str(offline / "ev"), "--seeds", "4",
                  "--steps", "3", "--wandb", "disabled"]) == 0
     assert (offline / "ev" / "results.json").exists()
+    table = (offline / "ev" / "results.md").read_text()  # the paper's GD is not called tuned
+    assert "gd(lr=0.0003) at the paper's fixed rate, not tuned" in table and "tuned on training seeds" not in table
 
 
 def test_bad_config_key_is_a_clear_cli_error(offline, capsys):
     assert main(["train", "--out", str(offline / "x"), "--set", "learned.lstm.hiden=8"]) == 2
     err = capsys.readouterr().err
     assert "hiden" in err and "hidden" in err
+
+
+# -- help and messages -------------------------------------------------------------------------
+def _parsers():
+    from metatele.cli import build_distributed_parser, build_parser
+
+    top = build_parser()
+    (sub,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"metatele": top, **{f"metatele {k}": v for k, v in sub.choices.items()},
+            "train_distributed.py": build_distributed_parser()}
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    for name, parser in _parsers().items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) \
+                    and action.dest != "help":
+                assert f"(default: {action.default}" in " ".join(text.split()), (name, action.dest)
+
+
+def test_train_help_explains_the_config_keys_from_the_dataclass_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "normalize: false # divide every task's losses by its loss at the start of its trajectory" in out
+    assert "stagger: false # spread the first trajectories' start steps" in out
+    assert "base: # the hand-designed optimizer under a tele variant" in out
+    assert "--save-every SAVE_EVERY meta-steps between training-state checkpoints" in out and "(default: 50)" in out
+    assert str(defaults_dir()) in out  # where the shipped configs are
+
+
+def test_higher_rmsprop_warning_does_not_leak():
+    import warnings
+
+    import metatele as mt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mt.evaluate(mt.BaselineMethod(mt.BaselineConfig("rmsprop", lr=1e-3)), mt.TaskConfig(dims=[4, 6, 6, 6]),
+                    list(mt.unseen_seeds(2)), 2)
+    assert not [w for w in caught if "RMSprop" in str(w.message)]
+
+
+# -- arguments checked before any work; no debris ---------------------------------------------------
+def test_a_bad_wandb_mode_fails_before_any_work_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(out), "--wandb", "onlin", "--set", "trajectories=4"])
+    assert e.value.code == 2 and "--wandb: invalid choice: 'onlin'" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setenv("WANDB_MODE", "onlin")  # the same mistake in the environment
+    assert main(["train", "--out", str(out), "--set", "trajectories=4", "--no-progress"]) == 2
+    assert "WANDB_MODE must be one of" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    from metatele import cli
+    from metatele.meta.engine import DivergenceError
+
+    def diverges(*args, **kwargs):
+        raise DivergenceError("every one of the trajectories diverged")
+
+    monkeypatch.setattr(cli, "train_and_save", diverges)
+    out = tmp_path / "deep" / "out"
+    assert main(["train", "--out", str(out), "--set", "trajectories=4", "--wandb", "disabled"]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "missing.safetensors"], "no such file: missing.safetensors"),
+    (["compare", "missing.safetensors"], "no such file: missing.safetensors"),
+    (["eval", "CKPT", "--steps", "0"], "--steps: must be ≥ 1"),
+    (["compare", "CKPT", "--seeds", "1"], "--seeds: need at least 2 seeds"),
+    (["compare", "CKPT", "--baselines", "sgd"], "invalid choice: 'sgd'"),
+    (["bench", "--batch-sizes", "0"], "--batch-sizes: must be ≥ 1"),
+    (["train", "--seed", "-1"], "--seed: must be ≥ 0"),
+])
+def test_bad_arguments_are_refused_by_the_parser(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("CKPT").write_bytes(b"not read: the parser refuses first")
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "bench" else argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_checkpoint_is_refused_before_tuning_or_writing(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04 a pickle")
+    out = tmp_path / "out"
+    assert main(["compare", str(bad), "--out", str(out), "--wandb", "disabled"]) == 2
+    assert "never unpickles" in capsys.readouterr().err and not out.exists()

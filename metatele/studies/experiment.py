@@ -236,7 +236,10 @@ def run_comparison(
                   "all seeds decides):\n\n" + "".join(f"- {c['verdict']}\n" for c in results["comparisons"]))
     tuned_lines = [f"- {n}: lr = {m.config.lr:.3g}" + (f", momentum = {m.config.momentum}" if m.config.name == "momentum" else "")
                    for n, m in methods.items() if isinstance(m, BaselineMethod)]
-    table += "\nBaseline hyper-parameters (tuned on training seeds only):\n\n" + "\n".join(tuned_lines) + "\n"
+    how = [("tuned on training seeds only" if config.tune != "none" else "their defaults, not tuned")] if config.baselines else []
+    how += [f"gd(lr={config.paper_gd_lr:g}) at the paper's fixed rate, not tuned"] if config.paper_gd_lr is not None else []
+    label = f" ({'; '.join(how)})" if how else ""
+    table += f"\nBaseline hyper-parameters{label}:\n\n" + "\n".join(tuned_lines) + "\n"
     header = (f"# Comparison on {len(seeds)} unseen seeds, {config.steps} steps\n\n"
               f"Task: dims {task.dims}, distribution {task.distribution}. Mean log10 loss with 95% CI.\n\n")
     (out / "results.md").write_text(header + table)
