@@ -48,6 +48,10 @@ class MetaTrainConfig:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         dtype: ``float32`` or ``float64``.
         log_every: meta-steps between host reads of the metrics (and progress updates).
+        allow_non_symmetric: train a teleporting variant even where its group action is not a
+            symmetry of the loss (more samples than a teleported pair's layer input is wide, see
+            :func:`non_symmetric_pairs`). Refused by default; with it, training warns once and
+            records the relative loss change of a teleport in the history and the checkpoint.
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -71,6 +75,7 @@ class MetaTrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     log_every: int = 1
+    allow_non_symmetric: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -94,6 +99,14 @@ class MetaTrainConfig:
                 f"got {self.train_seed_start}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
+        require(isinstance(self.allow_non_symmetric, bool), "allow_non_symmetric",
+                f"must be true or false, got {self.allow_non_symmetric!r}")
+        if self.learned.uses_teleport and not self.allow_non_symmetric:
+            bad = non_symmetric_pairs(self.task)
+            require(not bad, "task.dims", f"{describe_non_symmetric(self.task, bad)}; the {self.learned.variant} "
+                    "variant's teleport would then change the loss. Use at least as many units as samples in "
+                    "every teleported layer input, or set allow_non_symmetric: true to train anyway (the "
+                    "loss change is then measured and recorded)")
         if self.learned.variant == "tele":
             require(not self.stagger, "stagger",
                     "the 'tele' variant runs its hand-designed base optimizer in lock-step; set stagger: false")
@@ -116,6 +129,24 @@ class MetaTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MetaTrainConfig":
         return from_dict(cls, data)
+
+
+def non_symmetric_pairs(task: TaskConfig) -> list[tuple[int, int]]:
+    """``(pair, input width)`` of every consecutive layer pair whose group action is not a symmetry.
+
+    Pair ``m`` (0-based) teleports ``(W_{m+1}, W_{m+2})`` through the hidden layer between them;
+    the action preserves the loss only if the pair's layer input (``[d_m, n]``, the data for
+    ``m = 0``) has a left inverse, i.e. ``n ≤ d_m``, for ``dims = [n, d0, ..., dL]``. This is the
+    one place the rule is written.
+    """
+    n = task.dims[0]
+    return [(m, d) for m, d in enumerate(task.dims[1:-2]) if n > d]
+
+
+def describe_non_symmetric(task: TaskConfig, pairs: list[tuple[int, int]]) -> str:
+    """A sentence naming the pairs of :func:`non_symmetric_pairs`, their widths and ``n``."""
+    what = ", ".join(f"pair {m} (W_{m + 1}, W_{m + 2}: layer input width {d})" for m, d in pairs)
+    return f"{what} {'is' if len(pairs) == 1 else 'are'} narrower than the n = {task.dims[0]} samples of dims {task.dims}"
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,9 +38,11 @@ import torch
 
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
+from ..symmetry.action import SymmetryWarning, loss_change
+from ..symmetry.strategies import normalize_frobenius
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
-from .config import MetaTrainConfig, resolve_device
+from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device
 from .trajectories import Trajectories, staggered_steps
 
 
@@ -134,7 +137,31 @@ class UnrollEngine:
         self.seed_end_all_ranks: int | None = None
         #: metrics of the meta-steps taken before this engine was restored from a checkpoint
         self.prior_history: list[dict[str, Any]] = []
+        #: fixed teleports of norm eps (one per pair) whose loss change is measured every meta-step
+        #: when the config allows a teleport that is not a symmetry (``None`` otherwise)
+        self.symmetry_probe = self._symmetry_probe()
         self._start_all()
+
+    def _symmetry_probe(self) -> list[torch.Tensor] | None:
+        c = self.config
+        pairs = non_symmetric_pairs(c.task)
+        if not (c.learned.uses_teleport and pairs):
+            return None
+        warnings.warn(
+            f"{describe_non_symmetric(c.task, pairs)}: the teleport is not a symmetry of the loss "
+            "(allow_non_symmetric: true); the relative loss change of a teleport of norm eps is recorded "
+            "every meta-step as 'teleport_loss_change'", SymmetryWarning, stacklevel=3)
+        gen = torch.Generator().manual_seed(c.seed)  # its own generator: the run's random stream is untouched
+        return [normalize_frobenius(torch.randn(1, d, d, generator=gen, dtype=torch.float64), c.learned.teleport.eps)
+                .to(self.device, self.dtype) for d in c.task.dims[2:-1]]
+
+    def _probe_loss_change(self) -> torch.Tensor:
+        """Max over the trajectories of ``|ΔL / L|`` of the probe teleport at their current weights."""
+        tr = self.trajectories
+        with torch.no_grad():
+            T = [t.expand(self.B, -1, -1) for t in self.symmetry_probe]
+            change = loss_change(tr.W, tr.X, tr.Y, T, exact=self.config.learned.teleport.exact).abs()
+            return torch.where(torch.isfinite(change), change, torch.zeros_like(change)).max()
 
     # -- trajectories ------------------------------------------------------------------------
     def _seed_of(self, position: int) -> int:
@@ -237,6 +264,7 @@ class UnrollEngine:
         """Run one truncated unroll and one meta-update; returns host-side metrics."""
         c = self.config
         t0 = time.perf_counter()
+        probe = self._probe_loss_change() if self.symmetry_probe is not None else None
         u = self.compute_meta_gradient()
         W, state, alive, final, meta_loss, K = u.W, u.state, u.alive, u.final, u.meta_loss, u.K
         if self.grad_reducer is not None:  # e.g. all-reduce across data-parallel ranks
@@ -253,10 +281,11 @@ class UnrollEngine:
 
         with torch.no_grad():
             log_loss = torch.where(alive, final.clamp_min(1e-30).log10(), torch.zeros_like(final)).sum()
-            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss])
+            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss]
+                                + ([probe.to(meta_loss.dtype)] if probe is not None else []))
         # --- host sync: once per meta-step -------------------------------------------------
         alive_host = alive.cpu().numpy()
-        meta_loss_h, norm_h, log_loss_h = stats.cpu().tolist()
+        meta_loss_h, norm_h, log_loss_h, *probe_h = stats.cpu().tolist()
         n_alive = int(alive_host.sum())
         totals = [float(n_alive), meta_loss_h * self.B, log_loss_h]
         if self.stats_reducer is not None:  # sums over data-parallel ranks: every rank decides alike
@@ -285,6 +314,8 @@ class UnrollEngine:
             "unroll": K,
             "seconds": time.perf_counter() - t0,
         }
+        if probe_h:  # a teleport that is not a symmetry (allow_non_symmetric): what it changes
+            metrics["teleport_loss_change"] = probe_h[0]
         if self.all_dead_streak >= c.diverge_patience:
             raise DivergenceError(
                 f"every one of the {self.B * self.world_size} trajectories diverged (non-finite loss, gradient or "

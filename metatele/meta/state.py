@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..configs import to_dict
+from ..configs import ConfigError, to_dict
 from ..storage.container import Container, ContainerError
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
@@ -167,6 +167,10 @@ def config_differences(saved: dict[str, Any], config: MetaTrainConfig) -> list[s
             out.update(flat(v, f"{prefix}.{k}" if prefix else k))
         return out
 
+    try:  # keys added to the config since the state was written take their defaults
+        saved = to_dict(MetaTrainConfig.from_dict(saved))
+    except (ConfigError, TypeError, ValueError):
+        pass  # compare as saved
     a, b = flat(saved), flat(to_dict(config))
     return [f"{k} (saved {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r})"
             for k in sorted(set(a) | set(b)) if k not in RESUME_MUTABLE and a.get(k) != b.get(k)]

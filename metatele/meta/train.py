@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..optimizers.learned import LearnedOptimizer
-from .config import MetaTrainConfig
+from .config import MetaTrainConfig, non_symmetric_pairs
 from .engine import UnrollEngine
 
 
@@ -39,13 +39,21 @@ class MetaTrainResult:
     def provenance(self) -> dict[str, Any]:
         """What the run records in its checkpoint (``provenance`` of
         :func:`metatele.release.checkpoint.save_checkpoint`)."""
-        return {
+        prov: dict[str, Any] = {
             "training_seeds": [list(self.train_seeds)],
             "meta_steps": self.meta_steps,
             "diverged_trajectories": self.diverged_total,
             "train_seconds": round(self.train_seconds, 1),
             "meta_seed": self.config.seed,
         }
+        changes = [row["teleport_loss_change"] for row in self.history if "teleport_loss_change" in row]
+        if changes:  # allow_non_symmetric: the teleport was not a symmetry; how much it changed the loss
+            prov["non_symmetric_teleport"] = {
+                "pairs": [{"pair": m, "input_width": d} for m, d in non_symmetric_pairs(self.config.task)],
+                "samples": self.config.task.dims[0],
+                "max_relative_loss_change": max(changes),
+            }
+        return prov
 
 
 def meta_train(
