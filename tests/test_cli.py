@@ -214,3 +214,17 @@ def test_a_damaged_checkpoint_is_refused_before_tuning_or_writing(tmp_path, caps
     out = tmp_path / "out"
     assert main(["compare", str(bad), "--out", str(out), "--wandb", "disabled"]) == 2
     assert "never unpickles" in capsys.readouterr().err and not out.exists()
+
+
+def test_train_records_exactly_the_trajectories_and_seeds_it_trained(tmp_path):
+    """10 trajectories in batches of 4: 10 are trained (the last batch is partial), seeds [0, 10)."""
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--no-progress", "--wandb", "disabled"]
+    for t in ("task.dims=[6,6,6,6]", "learned.lstm.hidden=8", "trajectories=10", "steps=4", "unroll=2",
+              "batch_size=4", "device=cpu"):
+        args += ["--set", t]
+    assert main(args) == 0
+    prov = load_checkpoint(out / "checkpoint.safetensors").provenance
+    assert prov["training_seeds"] == [[0, 10]] and prov["n_training_seeds"] == 10
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["trajectories_started"] == history[-1]["trajectories_finished"] == 10

@@ -20,7 +20,7 @@ PROMISES = [
      lambda m: float(m[1]) < float(m[2]) and float(m[3]) < 0),
     (r"loss after / before teleport: 1 ± (\d)e-(\d\d)\n(\d+) meta-steps on training seeds \(0, (\d+)\) → "
      r"runs/mine\.safetensors",
-     lambda m: int(m[2]) >= 12 and int(m[4]) >= 100),
+     lambda m: int(m[2]) >= 12 and int(m[4]) == 100),  # exactly the 100 trajectories trained
     (r"loss ([\d.]+) → ([\d.]+) after 100 steps", lambda m: float(m[2]) < float(m[1])),
 ]
 

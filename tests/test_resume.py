@@ -69,7 +69,7 @@ def test_checkpoints_rotate_keeping_the_newest_n(tmp_path):
     assert [s for s, _ in state_files(tmp_path)] == [12, 10, 8]
     path, _, doc, _ = latest_state(tmp_path)
     assert doc["meta_step"] == 12 and len(doc["history"]) == 12
-    assert doc["training_seeds"] == [[0, 28]]  # every file records the seeds it was trained on
+    assert doc["training_seeds"] == [[0, 24]]  # exactly the 24 trajectories trained, in every file
     assert not list((tmp_path / STATE_DIR).glob(".*.tmp"))
 
 

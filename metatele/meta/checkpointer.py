@@ -113,7 +113,7 @@ class TrainingCheckpointer:
         self.history.append(metrics)
         step, total = engine.meta_step_count, self.config.meta_steps
         stop = self.comm.stop_requested if self.comm is not None else bool(self.stop.signum)
-        self._pending |= step % self.every == 0 or step >= total or stop
+        self._pending |= step % self.every == 0 or engine.done or stop
         if self._pending and engine.checkpointable:
             try:
                 self.save(engine)
@@ -130,7 +130,7 @@ class TrainingCheckpointer:
                 say(f"stopped by a signal after meta-step {step}/{total}; kept {where}. "
                     "Continue with the same command and --resume.")
             raise SystemExit(128 + signum)
-        if step >= total:
+        if engine.done:
             if self.comm is not None:  # the seeds any rank used, for the final checkpoint
                 engine.seed_end_all_ranks = self.comm.max_int(
                     seed_end(engine.next_seed, engine.rank, engine.world_size, engine.config.train_seed_start))

@@ -5,9 +5,12 @@ line (``--set key=value``), saved inside checkpoints and sent to wandb as ``conf
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, resolve_config, to_dict
@@ -26,8 +29,10 @@ class MetaTrainConfig:
     Attributes:
         task: the inner problems (dims, distribution).
         learned: the variant and its LSTMs.
-        trajectories: training trajectories (each starts from a fresh training seed; paper: 700
-            for update+tele, 600 for update, 30 for lr+tele).
+        trajectories: training trajectories, each from a fresh training seed and trained for
+            ``steps`` inner steps (exactly this many: seeds ``train_seed_start`` to
+            ``train_seed_start + trajectories − 1``; paper: 700 for update+tele, 600 for update,
+            30 for lr+tele).
         steps: inner steps per trajectory (paper: 100, or 300 for lr+tele).
         unroll: truncation length K (paper: 10).
         truncation: ``fixed`` (every unroll has K steps) or ``log_uniform`` (each unroll's
@@ -118,10 +123,15 @@ class MetaTrainConfig:
 
     @property
     def meta_steps(self) -> int:
-        """Meta-steps needed to run ``trajectories × steps`` trajectory-steps with B × K per step."""
-        B = min(self.batch_size, self.trajectories)
-        total = self.trajectories * self.steps
-        return -(-total // (B * self.unroll))
+        """Meta-steps that train exactly ``trajectories`` trajectories of ``steps`` inner steps.
+
+        The batch ``B = min(batch_size, trajectories)`` is refilled with fresh training seeds
+        until ``trajectories`` have started; slots then fall idle, and the run ends when the last
+        trajectory finishes. This is the plan when no trajectory diverges (a diverged one is
+        replaced early, which can end the run sooner); the engine itself stops when it is done.
+        """
+        return planned_meta_steps(self.trajectories, min(self.batch_size, self.trajectories), self.steps,
+                                  self.unroll, self.truncation, self.unroll_max, self.stagger, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -129,6 +139,46 @@ class MetaTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MetaTrainConfig":
         return from_dict(cls, data)
+
+
+def start_offsets(B: int, rank: int, world_size: int, steps: int, unroll: int) -> np.ndarray:
+    """``stagger``'s start offsets ``[B]``: a first batch spread over the horizon of ``steps``.
+
+    Slot ``b`` of rank ``r`` gets the offset of its place ``b·W + r`` in the whole batch of all
+    ranks (as in one process), rounded down to a multiple of ``unroll``.
+    """
+    total = B * world_size
+    return np.array([((b * world_size + rank) * steps // total) // unroll * unroll for b in range(B)], dtype=np.int64)
+
+
+def truncation_lengths(truncation: str, unroll: int, unroll_max: int, seed: int) -> Iterator[int]:
+    """The unroll length K of every meta-step, in order (the engine draws them the same way)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        if truncation == "fixed":
+            yield unroll
+        else:
+            yield int(round(math.exp(rng.uniform(math.log(unroll), math.log(unroll_max)))))
+
+
+@functools.lru_cache(maxsize=64)
+def planned_meta_steps(trajectories: int, B: int, steps: int, unroll: int, truncation: str, unroll_max: int,
+                       stagger: bool, seed: int) -> int:
+    """Meta-steps of the engine's schedule (see :attr:`MetaTrainConfig.meta_steps`), simulated on
+    host integers: B slots, each refilled from the budget of ``trajectories`` when it finishes."""
+    done = start_offsets(B, 0, 1, steps, unroll) if stagger else np.zeros(B, dtype=np.int64)
+    active = np.ones(B, dtype=bool)
+    budget, count = trajectories - B, 0
+    lengths = truncation_lengths(truncation, unroll, unroll_max, seed)
+    while active.any():
+        count += 1
+        done[active] += next(lengths)
+        finished = np.flatnonzero(active & (done >= steps))
+        take = min(len(finished), budget)
+        budget -= take
+        done[finished[:take]] = 0
+        active[finished[take:]] = False
+    return count
 
 
 def non_symmetric_pairs(task: TaskConfig) -> list[tuple[int, int]]:

@@ -42,8 +42,8 @@ from ..symmetry.action import SymmetryWarning, loss_change
 from ..symmetry.strategies import normalize_frobenius
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
-from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device
-from .trajectories import Trajectories, staggered_steps
+from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets
+from .trajectories import Trajectories
 
 
 class DivergenceError(RuntimeError):
@@ -80,7 +80,7 @@ class UnrollEngine:
 
     #: the host counters saved by :meth:`state_dict`
     COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
-                "diverged_total", "all_dead_streak", "train_seconds")
+                "diverged_total", "all_dead_streak", "train_seconds", "done")
 
     def __init__(
         self,
@@ -120,6 +120,10 @@ class UnrollEngine:
         #: next position in this rank's seed stream, offset by ``train_seed_start`` (the next seed
         #: itself when ``world_size == 1``; see :meth:`_seed_of`)
         self.next_seed = config.train_seed_start
+        #: one past the last position of this rank's stream: its share of the ``trajectories`` seeds
+        self.seed_limit = config.train_seed_start + len(range(rank, config.trajectories, world_size))
+        #: every trajectory of the run (on every rank) has been trained: the run is over
+        self.done = False
         self.trajectories_started = 0
         self.trajectories_finished = 0
         self.diverged_total = 0
@@ -131,7 +135,8 @@ class UnrollEngine:
         #: called with the meta-parameters after backward, before clipping (distributed all-reduce)
         self.grad_reducer: Callable[[list[torch.nn.Parameter]], None] | None = None
         #: called once per meta-step with this rank's host sums ``[live trajectories, meta-loss
-        #: sum, log10-loss sum]``; returns the sums over all ranks (distributed runs)
+        #: sum, log10-loss sum, slots active after the step]``; returns the sums over all ranks
+        #: (distributed runs)
         self.stats_reducer: Callable[[list[float]], list[float]] | None = None
         #: set by a data-parallel run: one past the largest training seed any rank has used
         self.seed_end_all_ranks: int | None = None
@@ -169,7 +174,16 @@ class UnrollEngine:
         start = self.config.train_seed_start
         return start + (position - start) * self.world_size + self.rank
 
-    def _fresh(self, count: int) -> TaskBatch:
+    @property
+    def seeds_left(self) -> int:
+        """Training seeds of this rank's share of ``trajectories`` not started yet."""
+        return self.seed_limit - self.next_seed
+
+    def _fresh(self, count: int) -> TaskBatch | None:
+        """Tasks from the next ``count`` training seeds, fewer when the run's seeds run out (``None``: none left)."""
+        count = min(count, self.seeds_left)
+        if count == 0:
+            return None
         seeds = [self._seed_of(p) for p in range(self.next_seed, self.next_seed + count)]
         if seeds[-1] >= VALIDATION_SEED_OFFSET:  # host-side integers: no device sync
             raise ValueError(f"training seed {seeds[-1]} reached the validation seeds (≥ {VALIDATION_SEED_OFFSET}); "
@@ -183,21 +197,36 @@ class UnrollEngine:
                                             differentiable=True)
 
     def _start_all(self) -> None:
-        """Start a whole batch of trajectories from the next training seeds."""
+        """Start a whole batch of trajectories from the next training seeds (the slots beyond the
+        seeds left stay idle)."""
         c = self.config
-        stagger = staggered_steps(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
-        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger)
+        stagger = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
+        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger, B=self.B)
 
     def _replace(self, slots: np.ndarray) -> None:
-        """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state."""
+        """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
+        run's seeds are used up, the slots fall idle."""
         if self.config.learned.variant == "tele":
             # lock-step: the base optimizer's state is shared by the batch, so the whole batch
             # restarts when its trajectories finish (a diverged one stays masked until then)
             if (self.trajectories.steps_done >= self.config.steps).all():
-                self._start_all()
+                if self.seeds_left:
+                    self._start_all()
+                else:
+                    self.trajectories.active[:] = False
             return
         if len(slots):
             self.trajectories.reset(slots, self._fresh(len(slots)))
+
+    def _active_after(self, alive: np.ndarray, K: int) -> int:
+        """How many slots will hold a trajectory after this meta-step's replacements (host only)."""
+        tr = self.trajectories
+        if self.config.learned.variant == "tele":
+            if (tr.steps_done + K >= self.config.steps).all():
+                return min(self.B, self.seeds_left)
+            return int(tr.active.sum())
+        ending = int((tr.active & ~(alive & (tr.steps_done + K < self.config.steps))).sum())
+        return int(tr.active.sum()) - ending + min(ending, self.seeds_left)
 
     # -- one meta-step -----------------------------------------------------------------------
     def _mask_dead(self, grad: torch.Tensor) -> torch.Tensor:
@@ -231,7 +260,10 @@ class UnrollEngine:
         K = self._unroll_length()
         tr = self.trajectories
         W, state = tr.W, tr.state
-        alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        if tr.active.all():
+            alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        else:  # idle slots (the run's seeds are used up) are masked like diverged ones
+            alive = torch.as_tensor(tr.active, device=self.device)
         terms = []
         for _ in range(K):
             W, loss, grad_sq, state = self.optimizer.step(
@@ -287,10 +319,11 @@ class UnrollEngine:
         alive_host = alive.cpu().numpy()
         meta_loss_h, norm_h, log_loss_h, *probe_h = stats.cpu().tolist()
         n_alive = int(alive_host.sum())
-        totals = [float(n_alive), meta_loss_h * self.B, log_loss_h]
+        totals = [float(n_alive), meta_loss_h * self.B, log_loss_h, float(self._active_after(alive_host, K))]
         if self.stats_reducer is not None:  # sums over data-parallel ranks: every rank decides alike
             totals = self.stats_reducer(totals)
         n_alive = int(round(totals[0]))
+        self.done = round(totals[3]) == 0  # no slot of any rank holds a trajectory any more
         if n_alive > 0:
             self.meta_opt.step()
             self.all_dead_streak = 0
@@ -298,7 +331,7 @@ class UnrollEngine:
             self.all_dead_streak += 1
         self.meta_step_count += 1
         self.trajectories.advance(W, state, K)
-        dead = np.flatnonzero(~alive_host)  # this rank's slots
+        dead = np.flatnonzero(~alive_host & self.trajectories.active)  # this rank's slots (idle ones are not dead)
         finished = np.flatnonzero(alive_host & (self.trajectories.steps_done >= c.steps))
         self.diverged_total += len(dead)
         self.trajectories_finished += len(finished)

@@ -1,4 +1,4 @@
-"""``meta_train(config)``: run the unroll engine for the configured number of meta-steps."""
+"""``meta_train(config)``: run the unroll engine until every trajectory of the run is trained."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -86,7 +86,7 @@ def meta_train(
                unit="meta-step", dynamic_ncols=True)
     t0, before = perf_counter(), engine.train_seconds  # a resumed engine carries its earlier time
     try:
-        while engine.meta_step_count < total:
+        while not engine.done:
             metrics = engine.meta_step()
             engine.train_seconds = before + perf_counter() - t0
             history.append(metrics)

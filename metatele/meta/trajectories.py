@@ -2,8 +2,9 @@
 
 As in learned_optimization's truncated steps, the state carries every trajectory's task, current
 weights, recurrent LSTM state and progress; finished or diverged trajectories are replaced in
-place (:meth:`Trajectories.reset`), and the first batch's start offsets can be staggered
-(:func:`staggered_steps`) so that the batch does not run in lockstep.
+place (:meth:`Trajectories.reset`) while the run's budget of training seeds lasts, after which
+their slots fall idle (``active``); the first batch's start offsets can be staggered
+(:func:`metatele.meta.config.start_offsets`) so that the batch does not run in lockstep.
 """
 from __future__ import annotations
 
@@ -17,16 +18,6 @@ from ..optimizers.learned import LearnedState
 from ..symmetry.action import qr_factor
 from ..tasks.family import TaskBatch
 from ..tasks.mlp import mlp_loss
-
-
-def staggered_steps(B: int, rank: int, world_size: int, steps: int, unroll: int) -> np.ndarray:
-    """Start offsets ``[B]`` that spread a first batch over the horizon of ``steps`` inner steps.
-
-    Slot ``b`` of rank ``r`` gets the offset of its place ``b·W + r`` in the whole batch of all
-    ranks (as in one process), rounded down to a multiple of ``unroll``.
-    """
-    total = B * world_size
-    return np.array([((b * world_size + rank) * steps // total) // unroll * unroll for b in range(B)], dtype=np.int64)
 
 
 @dataclass
@@ -44,6 +35,8 @@ class Trajectories:
         state: the learned optimizer's recurrent state (m1's and the m2s' ``(h, c)``).
         seeds: ``[B]`` int64, each trajectory's training seed.
         steps_done: ``[B]`` int64, inner steps each trajectory has taken.
+        active: ``[B]`` bool, the slot holds a trajectory still to be trained (an idle slot, once
+            the run's seeds are used up, is computed but masked out of the meta-loss).
     """
 
     X: torch.Tensor
@@ -54,30 +47,46 @@ class Trajectories:
     state: LearnedState
     seeds: np.ndarray
     steps_done: np.ndarray
+    active: np.ndarray
 
     #: the fields saved as they are by :meth:`state_dict` (``state`` is saved as its parts)
-    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done")
+    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active")
 
     @classmethod
     def start(cls, tasks: TaskBatch, initial_state: Callable[[TaskBatch, list[torch.Tensor]], LearnedState],
-              steps_done: np.ndarray | None = None) -> "Trajectories":
-        """Trajectories at the start of ``tasks`` (``steps_done`` default 0; see :func:`staggered_steps`)."""
+              steps_done: np.ndarray | None = None, B: int | None = None) -> "Trajectories":
+        """Trajectories at the start of ``tasks`` (``steps_done`` default 0; see
+        :func:`metatele.meta.config.start_offsets`). With ``B`` larger than the number of tasks,
+        the remaining slots are idle copies of the first task (a lock-step batch keeps its size)."""
+        k = tasks.X.shape[0]
+        B = k if B is None else B
+        active = np.arange(B) < k
+        if B > k:
+            pad = torch.zeros(B - k, dtype=torch.long, device=tasks.X.device)
+            tasks = TaskBatch(torch.cat([tasks.X, tasks.X[pad]]), torch.cat([tasks.Y, tasks.Y[pad]]),
+                              [torch.cat([w, w[pad]]) for w in tasks.weights],
+                              list(tasks.seeds) + [int(tasks.seeds[0])] * (B - k))
         W = [w.detach() for w in tasks.weights]
-        B = tasks.X.shape[0]
         return cls(
             X=tasks.X, Y=tasks.Y, W=W, loss0=mlp_loss(W, tasks.X, tasks.Y).detach(), X_qr=qr_factor(tasks.X),
             state=initial_state(tasks, W),
             seeds=np.asarray(tasks.seeds, dtype=np.int64).copy(),
             steps_done=np.zeros(B, dtype=np.int64) if steps_done is None else np.asarray(steps_done, dtype=np.int64),
+            active=active,
         )
 
     @property
     def B(self) -> int:
         return self.X.shape[0]
 
-    def reset(self, slots: np.ndarray, tasks: TaskBatch) -> None:
-        """Give the trajectories in ``slots`` (host indices) the fresh ``tasks`` and zero their
-        recurrent state; the others are untouched."""
+    def reset(self, slots: np.ndarray, tasks: TaskBatch | None) -> None:
+        """Give the first ``len(tasks)`` of ``slots`` (host indices) the fresh ``tasks`` and zero
+        their recurrent state; the rest of ``slots`` fall idle; other slots are untouched."""
+        k = 0 if tasks is None else tasks.X.shape[0]
+        self.active[slots[k:]] = False
+        if k == 0:
+            return
+        slots = slots[:k]
         idx = torch.as_tensor(slots, device=self.X.device)
         self.X = self.X.index_copy(0, idx, tasks.X)
         self.Y = self.Y.index_copy(0, idx, tasks.Y)
@@ -120,6 +129,8 @@ class Trajectories:
             state=LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]]),
             seeds=np.asarray(sd["seeds"], dtype=np.int64).copy(),
             steps_done=np.asarray(sd["steps_done"], dtype=np.int64).copy(),
+            active=np.asarray(sd["active"], dtype=bool).copy() if sd.get("active") is not None
+            else np.ones(len(sd["seeds"]), dtype=bool),
         )
         if base is not None:
             out.state.base = base(out)
