@@ -151,14 +151,20 @@ def start_offsets(B: int, rank: int, world_size: int, steps: int, unroll: int) -
     return np.array([((b * world_size + rank) * steps // total) // unroll * unroll for b in range(B)], dtype=np.int64)
 
 
+def unroll_length(rng: np.random.Generator, truncation: str, unroll: int, unroll_max: int) -> int:
+    """One meta-step's truncation length K: ``unroll`` (``fixed``), or drawn from ``rng``
+    log-uniformly in ``[unroll, unroll_max]`` (``log_uniform``)."""
+    if truncation == "fixed":
+        return unroll
+    return int(round(math.exp(rng.uniform(math.log(unroll), math.log(unroll_max)))))
+
+
 def truncation_lengths(truncation: str, unroll: int, unroll_max: int, seed: int) -> Iterator[int]:
-    """The unroll length K of every meta-step, in order (the engine draws them the same way)."""
+    """The truncation length K of every meta-step, in order: the engine's, whose generator is
+    ``np.random.default_rng(seed)`` and draws nothing else."""
     rng = np.random.default_rng(seed)
     while True:
-        if truncation == "fixed":
-            yield unroll
-        else:
-            yield int(round(math.exp(rng.uniform(math.log(unroll), math.log(unroll_max)))))
+        yield unroll_length(rng, truncation, unroll, unroll_max)
 
 
 @functools.lru_cache(maxsize=64)

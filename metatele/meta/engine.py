@@ -14,10 +14,13 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    the shared meta-parameters.
 4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
    host reads the metrics; trajectories that finished their ``steps`` or diverged are replaced by
-   fresh tasks from the next training seeds (their LSTM state zeroed).
+   fresh tasks from the next training seeds (their LSTM state zeroed) until ``trajectories`` have
+   started; their slots then fall idle (masked like diverged ones), and the run is :attr:`done`
+   when the last trajectory has finished.
 
 The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
-:meth:`state_dict`, so a run can be resumed bit-for-bit (:mod:`metatele.meta.state`, :mod:`metatele.meta.checkpointer`).
+:meth:`state_dict`, so a run can be resumed bit-for-bit (files: :mod:`metatele.meta.state`; when
+and how they are written: :mod:`metatele.meta.checkpointer`).
 
 Data-parallel training (:mod:`metatele.meta.distributed`) runs one engine per rank with
 ``rank``/``world_size``: each rank advances ``batch_size / world_size`` trajectories on its own
@@ -27,7 +30,6 @@ every rank takes the same meta-step as one process with the whole batch would.
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +44,8 @@ from ..symmetry.action import SymmetryWarning, loss_change
 from ..symmetry.strategies import normalize_frobenius
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
-from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets
+from .config import (MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets,
+                     unroll_length)
 from .trajectories import Trajectories
 
 
@@ -239,9 +242,7 @@ class UnrollEngine:
 
     def _unroll_length(self) -> int:
         c = self.config
-        if c.truncation == "fixed":
-            return c.unroll
-        return int(round(math.exp(self.rng.uniform(math.log(c.unroll), math.log(c.unroll_max)))))
+        return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max)
 
     def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
         if self.config.normalize:
