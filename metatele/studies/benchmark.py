@@ -35,12 +35,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..configs import ConfigError, defaults_dir, require, to_dict
+from ..configs import defaults_dir, require, to_dict
 from ..evaluation.evaluate import BaselineMethod, Curves, evaluate
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import (clean, combine_meta_seeds, compare_pairs, conclusions, goal_check, load_curves, method_stats,
