@@ -2,9 +2,9 @@
 
 The shipped checkpoints are produced by (see README, "Shipped checkpoints"):
 
-    metatele train --config experiments/configs/ship/update_tele.yaml --out runs/ship/update_tele
-    metatele train --config experiments/configs/ship/update.yaml      --out runs/ship/update
-    metatele train --config experiments/configs/ship/lr_tele.yaml     --out runs/ship/lr_tele
+    metatele train --config ship/update_tele --out runs/ship/update_tele
+    metatele train --config ship/update      --out runs/ship/update
+    metatele train --config ship/lr_tele     --out runs/ship/lr_tele
     python experiments/ship_checkpoints.py --runs runs/ship --out checkpoints
 
 This script copies each run's checkpoint to ``checkpoints/<name>.safetensors``, runs the comparison
@@ -14,7 +14,7 @@ against tuned baselines on 100 unseen seeds (``runs/ship/compare``), and writes
 The configurations selected by ``metatele search`` (experiments/SEARCH.md) are shipped the same
 way, one task family per comparison, e.g.
 
-    metatele train --config experiments/configs/ship/selected_update_tele_uniform.yaml \
+    metatele train --config ship/selected_update_tele_uniform \
         --out runs/ship/selected_update_tele_uniform
     python experiments/ship_checkpoints.py --names selected_update_tele_uniform selected_update_uniform \
         --compare-out runs/ship/compare_selected_uniform
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--wandb", default=None)
     p.add_argument("--names", nargs="+", default=list(NAMES),
-                   help="runs to ship (RUNS/<name>/checkpoint.safetensors; config experiments/configs/ship/<name>.yaml); "
+                   help="runs to ship (RUNS/<name>/checkpoint.safetensors; config ship/<name>, shipped in metatele/defaults); "
                    "compared together, so they must share a task family")
     p.add_argument("--compare-out", help="comparison folder (default: RUNS/compare)")
     args = p.parse_args(argv)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                  "test": [unseen_seeds(args.seeds)[0], unseen_seeds(args.seeds)[-1] + 1],
                  "meta_seed": ckpt.config.seed}
         write_manifest(out / f"{name}.manifest.json", [path], config=ckpt.config, seeds=seeds, metrics=metrics,
-                       extra={"commands": [f"metatele train --config experiments/configs/ship/{name}.yaml --out {runs / name}",
+                       extra={"commands": [f"metatele train --config ship/{name} --out {runs / name}",
                                            "python experiments/ship_checkpoints.py " + " ".join(sys.argv[1:] if argv is None else argv)],
                               "provenance": ckpt.provenance})
         print(f"shipped {path} ({method}) with {out / f'{name}.manifest.json'}")

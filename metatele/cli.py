@@ -1,162 +1,357 @@
-"""The ``metatele`` command line: thin wrappers that parse a config, call the library and log.
+"""The ``metatele`` command line: every parser of the package, and thin handlers that parse a
+config, call the library and log.
 
 Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint against GD on
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
 ``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
 ``bench`` (meta-training throughput), ``benchmark`` (the statistical protocol behind
 ``experiments/RESULTS.md``) and ``search`` (configuration selection on validation seeds).
+``experiments/train_distributed.py`` (data-parallel ``train`` under torchrun) is
+:func:`train_distributed_main`.
+
+Every argument is checked before any work starts; a command that fails exits with status 2 and
+one ``metatele <command>: error: ...`` line.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
 
 from ._version import __version__
-from .configs import ConfigError, to_dict
+from .configs import ConfigError, apply_overrides, default_names, defaults_dir, field_docs, to_dict
+from .meta.checkpointer import resumable_callback
+from .meta.config import MetaTrainConfig, load_config
+from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distributed
+from .meta.engine import DivergenceError
+from .meta.state import STATE_DIR
+from .optimizers.baselines import BASELINES
+from .release.checkpoint import read_metadata
+from .storage.container import ContainerError
+from .storage.wandb_log import MODES, resolve_mode
+from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, BenchmarkRun, load_protocol, render_only, run_benchmark
+from .studies.demo import demo_configs
+from .studies.experiment import CompareConfig, run_comparison, train_and_save
+from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
+from .studies.throughput import run_benchmark as run_throughput
+from .tasks.family import TaskConfig
 
-WANDB_HELP = "wandb mode: online, offline or disabled (default: $WANDB_MODE, else offline)"
+#: the failures a command reports as one ``error:`` line (exit status 2) instead of a traceback
+USER_ERRORS = (ConfigError, ContainerError, DivergenceError, ValueError, FileNotFoundError)
 
 
-def _config_help() -> str:
-    import yaml
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and appends ``(default: X)`` where an option has a real default."""
 
-    from .meta.config import MetaTrainConfig
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" not in text and default not in (None, False, [], argparse.SUPPRESS)
+                and (action.option_strings or action.nargs in ("?", "*"))):
+            text += " (default: %(default)s)"
+        return text
 
-    doc = yaml.safe_dump(to_dict(MetaTrainConfig()), sort_keys=False, default_flow_style=None)
-    return ("configuration keys and their defaults (the paper's values); any can be set in the YAML "
-            "file or with --set key=value (nested: --set learned.lstm.hidden=64):\n\n  "
-            + doc.replace("\n", "\n  "))
+
+# -- argument types: checked by argparse, before any work ------------------------------------------
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="metatele",
-        description="Learning to teleport: meta-train LSTM optimizers that update and teleport "
-        "LeakyReLU networks, evaluate them on unseen seeds, and compare against baselines.",
-    )
-    parser.add_argument("--version", action="version", version=f"metatele {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def nonnegative_int(text: str) -> int:
+    """An integer ≥ 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
 
-    p = sub.add_parser("train", help="meta-train a learned optimizer from a YAML config",
-                       epilog=_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML config (experiments/configs/*.yaml); default: the paper's update+tele")
-    p.add_argument("--out", required=True, help="output folder (checkpoint, history, config, wandb)")
+
+def at_least_two(text: str) -> int:
+    """An integer ≥ 2 (argparse type; confidence intervals need two seeds)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"need at least 2 seeds for confidence intervals, got {value}")
+    return value
+
+
+def existing_file(text: str) -> str:
+    """A path to an existing file (argparse type)."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}" + (" (a directory)" if Path(text).is_dir() else ""))
+    return text
+
+
+# -- shared options ------------------------------------------------------------------------------
+def _config_keys_help() -> str:
+    """The config keys, their defaults (the paper's values) and meanings, from the dataclasses."""
+    lines = ["configuration keys, their defaults (the paper's values) and meanings; any can be set in the "
+             "YAML file or with --set key=value (nested: --set learned.lstm.hidden=64):", ""]
+
+    def walk(cls: type, value: Any, indent: str) -> None:
+        docs = field_docs(cls)
+        for name, v in vars(value).items():
+            meaning = " ".join(docs.get(name, "").replace("``", "").split())
+            if hasattr(v, "__dataclass_fields__"):
+                lines.append(f"{indent}{name}:  # {meaning}" if meaning else f"{indent}{name}:")
+                walk(type(v), v, indent + "  ")
+            else:
+                shown = yaml.safe_dump(to_dict(v), default_flow_style=True).strip().removesuffix("...").strip()
+                lines.append(f"{indent}{name}: {shown}" + (f"  # {meaning}" if meaning else ""))
+
+    walk(MetaTrainConfig, MetaTrainConfig(), "  ")
+    return "\n".join(lines)
+
+
+def _shipped_help(prefix: str = "") -> str:
+    """The shipped names starting with ``prefix`` (none: the training configs) and where they are."""
+    studies = ("benchmark", "search")
+    names = [n for n in default_names() if n != "search_selected"
+             and (n.startswith(prefix) if prefix else not n.startswith(studies))]
+    return f"shipped: {', '.join(names)}; in {defaults_dir()}"
+
+
+def _add_wandb_options(p: argparse.ArgumentParser, group: bool = True) -> None:
+    p.add_argument("--wandb", choices=MODES, help="wandb mode (default: $WANDB_MODE, else offline; offline runs "
+                   "are written under the output folder and uploaded later with `wandb sync`)")
+    p.add_argument("--project", default="metatele", help="wandb project")
+    if group:
+        p.add_argument("--group", help="wandb group of the run(s) (default: one named after the command)")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``metatele train`` (also those of ``experiments/train_distributed.py``)."""
+    p.add_argument("--config", help="YAML config: a file, or a shipped default by name, e.g. update_tele "
+                   f"({_shipped_help()}). Default: the paper's update+tele (the defaults below)")
+    p.add_argument("--out", required=True, help="output folder: checkpoint.safetensors, history.json, "
+                   f"config.json, {STATE_DIR}/, wandb/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (overrides the config)")
-    p.add_argument("--seed", type=int, help="meta-parameter seed (overrides the config)")
+                   help="override a config key (repeatable; keys below)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (overrides the config's device)")
+    p.add_argument("--seed", type=nonnegative_int, help="meta-parameter seed (overrides the config's seed)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest training-state checkpoint that loads "
                         "cleanly (a fresh start if there is none); the config must be the saved one")
-    p.add_argument("--save-every", type=int, default=50,
-                   help="meta-steps between training-state checkpoints (also written at the end and on "
-                        "SIGINT/SIGTERM) in --out/training_state")
-    p.add_argument("--keep", type=int, default=3, help="training-state checkpoints to keep")
-    p.add_argument("--wandb", help=WANDB_HELP)
-    p.add_argument("--project", default="metatele")
-    p.add_argument("--group")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--save-every", type=positive_int, default=50,
+                   help=f"meta-steps between training-state checkpoints in --out/{STATE_DIR} (also written at "
+                        "the end and on SIGINT/SIGTERM)")
+    p.add_argument("--keep", type=positive_int, default=3, help="training-state checkpoints to keep")
+    _add_wandb_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("eval", help="evaluate one checkpoint against GD on unseen seeds")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seeds", type=int, default=100, help="number of unseen test seeds")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--allow-overlap", action="store_true", help="allow test seeds the checkpoint was trained on")
-    p.add_argument("--wandb", help=WANDB_HELP)
-    p.add_argument("--project", default="metatele")
-    p.add_argument("--group")
 
-    p = sub.add_parser("compare", help="compare checkpoints against tuned baselines (JSON, table, figures, wandb)")
-    p.add_argument("checkpoints", nargs="*", help="checkpoint files")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seeds", type=int, default=100)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--baselines", nargs="*", default=None, help="hand-designed optimizers (default: all)")
-    p.add_argument("--tune", default="grid", choices=["grid", "hypergradient", "none"])
+def _add_compare_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder: results.json, results.md, figures/, wandb/")
+    p.add_argument("--seeds", type=at_least_two, default=100, help="number of unseen test seeds")
+    p.add_argument("--steps", type=positive_int, default=100, help="inner steps of every optimizer")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="evaluate even on test seeds a checkpoint was trained on (flagged in the output)")
+
+
+def _add_study_options(p: argparse.ArgumentParser, what: str, default: Path, quick: Path) -> None:
+    p.add_argument("--config", help=f"{what} YAML: a file or a shipped name (default: {default.stem}, or "
+                   f"{quick.stem} with --quick; {_shipped_help(default.stem)})")
+    p.add_argument("--quick", action="store_true", help=f"the tiny {what} (seconds; used by the tests)")
+    p.add_argument("--out", help="output folder (default: the protocol's 'out')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a protocol key, e.g. --set base.trajectories=500 --set meta_seeds=[0,1,2,3] "
+                   "(repeatable)")
+    p.add_argument("--resume", action="store_true", help="reuse checkpoints in OUT whose config matches "
+                   "(evaluation reruns)")
+    p.add_argument("--render-only", action="store_true", help="re-write the report from OUT/results.json "
+                   "(no training or evaluation; keeps the recorded times)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``metatele`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="metatele", formatter_class=HelpFormatter,
+        description="Learning to teleport: meta-train LSTM optimizers that update and teleport "
+        "LeakyReLU networks, evaluate them on unseen seeds, and compare against baselines.",
+        epilog=f"Shipped default configs and protocols (package data): {defaults_dir()}")
+    parser.add_argument("--version", action="version", version=f"metatele {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub_kw = {"formatter_class": HelpFormatter}
+
+    p = sub.add_parser("train", help="meta-train a learned optimizer from a YAML config",
+                       epilog=_config_keys_help(), **sub_kw)
+    add_train_options(p)
+
+    p = sub.add_parser("eval", help="evaluate one checkpoint against GD at the paper's rate on unseen seeds",
+                       description="Evaluate one checkpoint and plain GD at the paper's fixed rate (3e-4, not "
+                       "tuned) on the same unseen test seeds.", **sub_kw)
+    p.add_argument("checkpoint", type=existing_file, help="checkpoint file (.safetensors)")
+    _add_compare_options(p)
+    _add_wandb_options(p)
+
+    p = sub.add_parser("compare", help="compare checkpoints against tuned baselines (JSON, table, figures, wandb)",
+                       **sub_kw)
+    p.add_argument("checkpoints", nargs="*", type=existing_file, help="checkpoint files")
+    _add_compare_options(p)
+    p.add_argument("--baselines", nargs="*", default=None, choices=BASELINES, metavar="NAME",
+                   help=f"hand-designed optimizers, each tuned on training seeds ({', '.join(BASELINES)}; "
+                   "default: all)")
+    p.add_argument("--tune", default="grid", choices=["grid", "hypergradient", "none"],
+                   help="how the baselines' hyper-parameters are tuned on training seeds (none: their defaults)")
     p.add_argument("--no-teleport-baselines", action="store_true", help="skip baselines with gradient-ascent teleport")
-    p.add_argument("--dims", type=int, nargs="+", help="task dims (default: the checkpoints')")
-    p.add_argument("--distribution", choices=["uniform", "gaussian"])
-    p.add_argument("--allow-overlap", action="store_true")
-    p.add_argument("--wandb", help=WANDB_HELP)
-    p.add_argument("--project", default="metatele")
-    p.add_argument("--group")
+    p.add_argument("--dims", type=positive_int, nargs="+", help="task dims (default: the checkpoints')")
+    p.add_argument("--distribution", choices=["uniform", "gaussian"], help="task distribution (default: the checkpoints')")
+    _add_wandb_options(p)
 
-    p = sub.add_parser("demo", help="the main job: short meta-training of each variant, then a comparison")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--wandb", help=WANDB_HELP)
-    p.add_argument("--project", default="metatele")
+    p = sub.add_parser("demo", help="the main job: short meta-training of each variant, then a comparison", **sub_kw)
+    p.add_argument("--out", default="runs/demo", help="output folder (one subfolder per run, compare/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every demo run's config, e.g. --set trajectories=100 (repeatable)")
+    _add_wandb_options(p, group=False)
 
     p = sub.add_parser("benchmark", help="the statistical benchmark protocol behind experiments/RESULTS.md",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele benchmark --help`")
+                       description="The statistical benchmark protocol: meta-train every learned method on several "
+                       "meta-seeds, tune baselines on training seeds, evaluate all on the same unseen test seeds, and "
+                       "write RESULTS.md (tables with 95% CIs, paired tests, figures, conclusions), results.json, "
+                       "curves.npz and checkpoints.", **sub_kw)
+    _add_study_options(p, "protocol", DEFAULT_CONFIG, QUICK_CONFIG)
+    p.add_argument("--report", help="report path (default: the protocol's 'report', else OUT/RESULTS.md)")
+    p.add_argument("--settings", nargs="+", metavar="NAME", help="run only these settings")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these learned methods and baselines "
+                   "(ablations still train their own arms)")
+    p.add_argument("--ablations", nargs="+", metavar="NAME", help="run only these ablations ('none': skip all)")
+    p.add_argument("--workers", type=positive_int, help="processes for the learned runs (default: protocol "
+                   "'workers', else one per available CPU; 1 on CUDA). Results do not depend on it")
+    p.add_argument("--threads", type=positive_int, help="torch threads per worker (default: protocol 'threads', "
+                   "else CPUs / workers)")
+    p.add_argument("--dry-run", action="store_true", help="validate the protocol and print the stages, then exit")
 
     p = sub.add_parser("search", help="configuration search on validation seeds (experiments/SEARCH.md)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele search --help`")
+                       description="Configuration search on validation seeds: run a search protocol (a benchmark "
+                       "protocol with eval_split: validation and methods named 'LSTM(<variant>) [<candidate>]'), rank "
+                       "the candidates on the learned-teleport target, write SEARCH.md and the selected switches.",
+                       **sub_kw)
+    _add_study_options(p, "search protocol", DEFAULT_SEARCH, SEARCH_QUICK)
+    p.add_argument("--report", help="selection report (default: experiments/SEARCH.md; OUT/SEARCH.md with --quick)")
+    p.add_argument("--tables", help="the search's full tables and figures (default: <report dir>/search/"
+                   "RESULTS.md; OUT/RESULTS.md with --quick)")
+    p.add_argument("--selected", help="selected switches YAML (default: <report dir>/search_selected.yaml; the "
+                   "shipped selection that the benchmark and ship configs use is "
+                   f"{defaults_dir() / 'search_selected.yaml'}: copy a new selection there to adopt it)")
 
-    p = sub.add_parser("bench", help="meta-training throughput (trajectory-steps/s) at several batch sizes")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256, 1024])
-    p.add_argument("--variant", default="update+tele")
-    p.add_argument("--hidden", type=int, default=300)
-    p.add_argument("--unrolls", type=int, default=3, help="timed meta-steps per batch size")
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser("bench", help="meta-training throughput (trajectory-steps/s) at several batch sizes", **sub_kw)
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64, 256, 1024],
+                   help="batch sizes B to time")
+    p.add_argument("--variant", default="update+tele", choices=["update", "update+tele", "lr+tele", "tele"],
+                   help="learned optimizer variant")
+    p.add_argument("--hidden", type=positive_int, default=300, help="LSTM hidden units")
+    p.add_argument("--unrolls", type=positive_int, default=3, help="timed meta-steps per batch size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     return parser
 
 
-def _train(args) -> int:
-    from .meta.config import load_config, MetaTrainConfig
-    from .configs import apply_overrides
+def build_distributed_parser() -> argparse.ArgumentParser:
+    """The parser of ``experiments/train_distributed.py``: ``metatele train``'s options, plus
+    ``--backend`` and ``--timeout``."""
+    p = argparse.ArgumentParser(
+        prog="train_distributed.py", formatter_class=HelpFormatter, epilog=_config_keys_help(),
+        description="Data-parallel meta-training (launch with torchrun; each rank uses cuda:LOCAL_RANK when the "
+                    "config asks for CUDA). Same options as `metatele train` (rank 0 writes --out and logs to "
+                    "wandb), plus --backend and --timeout.")
+    add_train_options(p)
+    p.add_argument("--backend", choices=["gloo", "nccl"], help="default: nccl on CUDA, gloo on CPU")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds before a silent rank makes the others fail")
+    return p
 
+
+# -- handlers --------------------------------------------------------------------------------------
+def _train_config(args: argparse.Namespace) -> MetaTrainConfig:
+    """The run's config: the YAML (or the defaults), ``--set``, ``--device`` and ``--seed``."""
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"device={args.device}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.config:
-        config = load_config(args.config, overrides)
-    else:
-        config = MetaTrainConfig.from_dict(apply_overrides({}, overrides))
-    from .meta.resume import resumable_callback
-    from .studies.experiment import train_and_save  # after the config is validated: a bad one fails fast
+        return load_config(args.config, overrides)
+    return MetaTrainConfig.from_dict(apply_overrides({}, overrides))
 
-    engine, callback = resumable_callback(config, Path(args.out), resume=args.resume,
-                                          every=args.save_every, keep=args.keep)
+
+@contextlib.contextmanager
+def _no_debris(out: Path) -> Iterator[None]:
+    """On failure, remove the folders this command created under ``out`` if they are still empty."""
+    created = [p for p in (out, out / STATE_DIR) if not p.exists()]
     try:
-        train_and_save(config, args.out, wandb_mode=args.wandb, project=args.project, group=args.group,
-                       progress=not args.no_progress, callback=callback, engine=engine)
-    finally:
-        callback.close()  # restore the SIGINT/SIGTERM handlers
+        yield
+    except BaseException:
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds on an empty folder
+        raise
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _train_config(args)
+    out = Path(args.out)
+    with _no_debris(out):
+        engine, callback = resumable_callback(config, out, resume=args.resume, every=args.save_every, keep=args.keep)
+        try:
+            train_and_save(config, out, wandb_mode=args.wandb, project=args.project, group=args.group,
+                           progress=not args.no_progress, callback=callback, engine=engine)
+        finally:
+            callback.close()  # restore the SIGINT/SIGTERM handlers
     return 0
 
 
-def _compare(args, checkpoints, baselines, out, tune="grid", teleport=True) -> int:
-    from .studies.experiment import CompareConfig, run_comparison
-    from .tasks.family import TaskConfig
+def _check_checkpoints(paths: list[str]) -> list[dict[str, Any]]:
+    """Every checkpoint's verified metadata, before any tuning or evaluation starts."""
+    return [read_metadata(p) for p in paths]
 
+
+def _compare(args: argparse.Namespace, checkpoints: list[str], baselines: list[str], tune: str,
+             teleport: bool, paper_gd: bool = True) -> int:
+    docs = _check_checkpoints(checkpoints)
     task = None
-    if getattr(args, "dims", None) or getattr(args, "distribution", None):
-        from .release.checkpoint import load_checkpoint
-
-        ref = load_checkpoint(checkpoints[0]).config.task if checkpoints else TaskConfig()
+    if args.dims or args.distribution:
+        ref = TaskConfig(**docs[0]["config"]["task"]) if docs else TaskConfig()
         task = TaskConfig(dims=args.dims or ref.dims, distribution=args.distribution or ref.distribution)
     cfg = CompareConfig(task=task, checkpoints=list(checkpoints), baselines=baselines, tune=tune,
                         teleport_baselines=teleport, seeds=args.seeds, steps=args.steps,
                         at_steps=[s for s in (10, 30, 100, 300) if s <= args.steps],
                         allow_overlap=args.allow_overlap)
-    run_comparison(cfg, out, wandb_mode=args.wandb, project=args.project, group=args.group)
+    run_comparison(cfg, args.out, wandb_mode=args.wandb, project=args.project, group=args.group)
     return 0
 
 
-def _demo(args) -> int:
-    from .studies.experiment import CompareConfig, run_comparison, train_and_save
-    from .studies.demo import demo_configs
+def _eval(args: argparse.Namespace) -> int:
+    args.dims = args.distribution = None
+    return _compare(args, [args.checkpoint], [], tune="none", teleport=False)
 
+
+def _compare_cmd(args: argparse.Namespace) -> int:
+    baselines = list(BASELINES) if args.baselines is None else args.baselines
+    return _compare(args, args.checkpoints, baselines, tune=args.tune, teleport=not args.no_teleport_baselines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    configs = {name: MetaTrainConfig.from_dict(apply_overrides(cfg.to_dict(), args.overrides))
+               for name, cfg in demo_configs().items()}  # every config checked before the first run
     out = Path(args.out)
     ckpts = []
-    for name, cfg in demo_configs().items():
+    for name, cfg in configs.items():
         _, path = train_and_save(cfg, out / name, wandb_mode=args.wandb, project=args.project, group="demo-train")
         ckpts.append(str(path))
     cfg = CompareConfig(checkpoints=ckpts, seeds=100, steps=100, tune="grid", tune_steps=50,
@@ -167,53 +362,100 @@ def _demo(args) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
+    config = args.config or str(QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
+    ablations = None if args.ablations is None else [a for a in args.ablations if a != "none"]
+    protocol, raw = load_protocol(config, args.overrides)
+    out = Path(args.out or protocol.out)
+    runner = BenchmarkRun(protocol, out, False, False, args.settings, ablations, methods=args.methods)
+    report = Path(args.report) if args.report else (Path(protocol.report) if protocol.report else out / "RESULTS.md")
+    if args.dry_run:
+        stages = runner.stages()
+        print("\n".join(stages))
+        print(f"{len(stages)} stages ({len(runner.settings)} for baselines, {len(stages) - len(runner.settings)} distinct "
+              f"learned runs for {len(runner.jobs())} table entries); out {out}; report {report}")
+        return 0
+    if args.render_only:
+        return render_only(out, report)
+    command = "metatele benchmark" + (" " + shlex.join(argv) if argv else "")
+    results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
+                            resume=args.resume, settings=args.settings, ablations=ablations,
+                            workers=args.workers, threads=args.threads, methods=args.methods)
+    print("\n".join(results["conclusions"]))
+    print(f"\nreport: {report}; results: {out / 'results.json'}; wall time {results['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+def _search(args: argparse.Namespace, argv: list[str]) -> int:
+    config = args.config or str(SEARCH_QUICK if args.quick else DEFAULT_SEARCH)
+    protocol, _ = load_protocol(config, args.overrides)
+    out = Path(args.out or protocol.out)
+    report = Path(args.report) if args.report else (out / "SEARCH.md" if args.quick else Path("experiments/SEARCH.md"))
+    selected = Path(args.selected) if args.selected else report.parent / "search_selected.yaml"
+    if args.render_only and not (out / "results.json").is_file():
+        raise ConfigError(f"--render-only: no results at {out / 'results.json'}; run the search first")
+    tables = args.tables or (out / "RESULTS.md" if args.quick else None)
+    chosen = run_search(config, out, report, selected, args.overrides, progress=not args.no_progress,
+                        resume=args.resume, render_only=args.render_only,
+                        command="metatele search" + (" " + shlex.join(argv) if argv else ""), tables=tables)
+    for key, sel in chosen.items():
+        print(f"{key}: selected candidate [{sel['tag']}] ({sel['met']}/{sel['total']} criteria on validation seeds)")
+    print(f"report: {report}; selection: {selected}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
+                   device=args.device)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``metatele ARGS``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["benchmark"]:  # its own parser (metatele.studies.benchmark) owns every option
-        from .studies.benchmark import main as benchmark_main
-
-        return benchmark_main(argv[1:])
-    if argv[:1] == ["search"]:  # likewise (metatele.studies.search)
-        from .studies.search import main as search_main
-
-        return search_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     os.environ.setdefault("WANDB_SILENT", "true")
+    rest = argv[argv.index(args.command) + 1:]  # the subcommand's own arguments, as typed
+    handlers: dict[str, Callable[[], int]] = {
+        "train": lambda: _train(args), "eval": lambda: _eval(args), "compare": lambda: _compare_cmd(args),
+        "demo": lambda: _demo(args), "benchmark": lambda: _benchmark(args, rest),
+        "search": lambda: _search(args, rest), "bench": lambda: _bench(args),
+    }
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "eval":
-            args.dims = args.distribution = None
-            return _compare(args, [args.checkpoint], [], args.out, tune="none", teleport=False)
-        if args.command == "compare":
-            from .optimizers.baselines import BASELINES
-
-            baselines = list(BASELINES) if args.baselines is None else args.baselines
-            return _compare(args, args.checkpoints, baselines, args.out, tune=args.tune,
-                            teleport=not args.no_teleport_baselines)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "bench":
-            from .studies.throughput import run_benchmark
-
-            run_benchmark(args.batch_sizes, variant=args.variant, hidden=args.hidden,
-                          unrolls=args.unrolls, device=args.device)
-            return 0
-    except (ConfigError, FileNotFoundError) as e:
+        if hasattr(args, "wandb"):
+            resolve_mode(args.wandb)  # a bad $WANDB_MODE fails now, not after the training
+        return handlers[args.command]()
+    except USER_ERRORS as e:
         print(f"metatele {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # clear one-line errors for the library's own failures
-        from .release.checkpoint import CheckpointError
-        from .meta.engine import DivergenceError
 
-        if isinstance(e, (CheckpointError, DivergenceError, ValueError)):
-            print(f"metatele {args.command}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+
+def train_distributed_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``experiments/train_distributed.py`` (run under torchrun); returns the exit status."""
+    args = build_distributed_parser().parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        config = _train_config(args)
+        resolve_mode(args.wandb)
+        if rank == "0":  # wandb's slow import before the group forms, so that no rank waits on it
+            importlib.import_module("wandb")
+        save = functools.partial(train_and_save, out=args.out, wandb_mode=args.wandb, project=args.project,
+                                 group=args.group, progress=not args.no_progress)
+        train_distributed(config, args.out, resume=args.resume, every=args.save_every, keep=args.keep,
+                          rank0_train=lambda cfg, callback, engine: save(cfg, callback=callback, engine=engine)[0],
+                          progress=not args.no_progress, backend=args.backend, timeout_s=args.timeout)
+    except DistributedError as e:
+        print(f"train_distributed [rank {rank}]: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except USER_ERRORS as e:
+        if rank == "0":  # the same on every rank: say it once
+            print(f"train_distributed: error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -7,11 +7,18 @@ names the key and lists the allowed ones, so a typo never silently falls back to
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import importlib.resources
+import os
+import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 C = TypeVar("C")
 
@@ -75,10 +82,39 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     return cls(**kwargs)
 
 
+def defaults_dir() -> Path:
+    """The folder of the shipped default configs and protocols (package data ``metatele/defaults``)."""
+    return Path(str(importlib.resources.files("metatele") / "defaults"))
+
+
+def default_names() -> list[str]:
+    """Names of the shipped defaults (``update_tele``, ``benchmark_quick``, ``ship/update_tele``, ...)."""
+    root = defaults_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | os.PathLike, what: str = "config") -> Path:
+    """The YAML file meant by ``name_or_path``: an existing file, else a shipped default by name.
+
+    ``update_tele``, ``update_tele.yaml`` and ``ship/update_tele`` name files in
+    :func:`defaults_dir`; a path that exists is taken as it is (it wins over a shipped name).
+
+    Raises:
+        ConfigError: neither a file nor a shipped name; the message lists the shipped names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml")
+    shipped = defaults_dir() / f"{name}.yaml"
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"{what} file not found: {name_or_path} (neither a file nor a shipped default; shipped "
+                      f"defaults in {defaults_dir()}: {', '.join(default_names())})")
+
+
 def load_yaml_mapping(path: str, what: str = "config") -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; clear :class:`ConfigError` otherwise."""
-    import yaml
-
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -97,10 +133,6 @@ def parse_value(text: str) -> Any:
     Numbers in exponent notation without a dot (``3e-4``, ``1e5``), which YAML 1.1 reads as
     strings, are read as floats.
     """
-    import re
-
-    import yaml
-
     class Loader(yaml.SafeLoader):
         pass
 
@@ -125,8 +157,6 @@ def _section(node: dict[str, Any], parts: list[str], key: str, what: str = "--se
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` / ``a.b=value`` strings to a nested config dict (copy)."""
-    import copy
-
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -162,3 +192,38 @@ def require(cond: bool, field: str, message: str) -> None:
     """Raise :class:`ConfigError` naming ``field`` unless ``cond`` holds."""
     if not cond:
         raise ConfigError(f"{field}: {message}")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's meaning, from the ``Attributes:`` section of dataclass ``cls``'s docstring.
+
+    A line ``name: text`` (or ``a, b: text`` for several fields) starts an entry; more deeply
+    indented lines continue it. Fields the docstring does not describe are absent.
+    """
+    docs: dict[str, str] = {}
+    lines = (cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:")
+    except StopIteration:
+        return docs
+    fields = {f.name for f in dataclasses.fields(cls)}
+    names: list[str] = []
+    indent = None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = depth
+        if depth < indent:
+            break
+        head, sep, text = line.strip().partition(":")
+        entry = [n.strip() for n in head.split(",")]
+        if depth == indent and sep and all(n in fields for n in entry):
+            names = entry
+            for n in names:
+                docs[n] = text.strip()
+        elif names:
+            for n in names:
+                docs[n] += " " + line.strip()
+    return docs

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_fast_update_tele_config_trains_in_minutes_and_beats_gd_at_step_30():
-    config = load_config(str(ROOT / "experiments/configs/fast_update_tele.yaml"), ["device=cpu"])
+    config = load_config("fast_update_tele", ["device=cpu"])
     assert config.trajectories == 2000 and config.steps == 100 and config.learned.lstm.hidden == 300
     t0 = time.perf_counter()
     result = meta_train(config, progress=False)

@@ -11,12 +11,17 @@ import pytest
 import torch
 
 from metatele import cli
-from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol, main
+from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
 from metatele.release.checkpoint import load_checkpoint
 from metatele.evaluation.evaluate import Curves, evaluate
 from metatele.evaluation.stats import decision, paired_comparison, summarize
 from metatele.studies.aggregate import combine_meta_seeds, compare_pairs, load_curves, save_curves
 from metatele.tasks.family import TEST_SEED_OFFSET, unseen_seeds
+
+
+def main(argv: list[str]) -> int:
+    """``metatele benchmark ARGV`` (its parser is in metatele.cli)."""
+    return cli.main(["benchmark", *argv])
 
 WORSE = "gd(tiny)"  # a baseline configured to be clearly worse than tuned GD
 EXTRA = [

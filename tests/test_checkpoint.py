@@ -1,6 +1,7 @@
 """Checkpoints: safetensors + JSON, atomic writes, clear errors, never unpickle."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load, save
 
 import metatele
 from metatele.release import checkpoint as ck
@@ -22,6 +24,8 @@ from metatele.release.checkpoint import (
     seed_ranges,
 )
 from metatele.release.manifest import verify_manifest, write_manifest
+from metatele.storage.container import file_sha256, payload_sha256
+from metatele.storage.provenance import git_commit
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
 from metatele.optimizers.lstm import LSTMConfig
 from metatele.tasks.family import TEST_SEED_OFFSET, TaskConfig
@@ -119,7 +123,7 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch, s
 
     for target in ("replace", "fsync"):
         with monkeypatch.context() as m:
-            m.setattr(ck.os, target, boom)
+            m.setattr(os, target, boom)
             with pytest.raises(OSError, match="disk full"):
                 save_checkpoint(path, changed, config)
         assert path.read_bytes() == before
@@ -172,17 +176,17 @@ def test_corrupted_bytes_raise_everywhere_in_the_file(tmp_path, saved):
 
 def _rewrite(path: Path, out: Path, edit_doc=None, edit_tensors=None) -> Path:
     """Re-encode a checkpoint with an edited document/tensors and consistent hashes."""
-    from safetensors.torch import load
-
     data = path.read_bytes()
     doc = read_metadata(path)
     tensors = load(data)
     if edit_tensors:
         edit_tensors(tensors)
-    doc["payload_sha256"] = ck.payload_sha256(tensors)
+    doc["payload_sha256"] = payload_sha256(tensors)
     if edit_doc:
         edit_doc(doc)
-    out.write_bytes(ck._encode(tensors, doc))
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))  # the container's layout, by hand
+    metadata = {"format": ck.FORMAT, "metatele": text, "metatele_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    out.write_bytes(save(tensors, metadata=metadata))
     return out
 
 
@@ -279,8 +283,8 @@ def test_loading_does_not_consume_the_global_random_stream(saved):
 
 
 def test_git_commit_is_none_outside_a_repository(tmp_path):
-    assert ck.git_commit(tmp_path) is None
-    assert ck.git_commit(tmp_path / "does-not-exist") is None
+    assert git_commit(tmp_path) is None
+    assert git_commit(tmp_path / "does-not-exist") is None
 
 
 def test_manifest_records_files_and_detects_changes(tmp_path, saved):
@@ -299,7 +303,7 @@ def test_manifest_records_files_and_detects_changes(tmp_path, saved):
     assert doc["metrics"] == {"mean_loss": 1.25, "curve": [3.0, 2.0]}
     entries = {e["path"]: e for e in doc["files"]}
     assert set(entries) == {"opt.safetensors", "notes.txt"}
-    assert entries["notes.txt"]["sha256"] == ck.file_sha256(notes) and "checkpoint" not in entries["notes.txt"]
+    assert entries["notes.txt"]["sha256"] == file_sha256(notes) and "checkpoint" not in entries["notes.txt"]
     assert entries["opt.safetensors"]["checkpoint"]["training_seeds"] == [[0, 8]]
     assert verify_manifest(tmp_path)["files"] == doc["files"]
     notes.write_text("changed")

@@ -1,4 +1,5 @@
 """The command line and the experiment glue, end to end on tiny problems (wandb offline into tmp)."""
+import argparse
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import yaml
 
 from metatele import load_checkpoint
 from metatele.cli import main
+from metatele.configs import defaults_dir
 from metatele.studies.demo import QUICK, demo_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ def test_help_lists_subcommands_and_config_defaults(capsys):
 
 
 def test_quick_yaml_is_the_embedded_demo_config():
-    with open(ROOT / "experiments/configs/quick.yaml") as f:
+    with open(defaults_dir() / "quick.yaml") as f:
         assert yaml.safe_load(f) == QUICK
     assert set(demo_configs()) == {"update", "update+tele", "lr+tele"}
 
@@ -44,7 +46,7 @@ def test_quick_yaml_is_the_embedded_demo_config():
 def test_shipped_configs_are_valid(name):
     from metatele import load_config
 
-    config = load_config(str(ROOT / f"experiments/configs/{name}.yaml"))
+    config = load_config(name)
     assert config.task.dims == [20, 20, 20, 20]
 
 
@@ -53,7 +55,7 @@ def test_paper_configs_match_the_paper_protocol():
 
     sizes = {"update_tele": (700, 100), "update": (600, 100), "lr_tele": (30, 300)}
     for name, (trajectories, steps) in sizes.items():
-        c = load_config(str(ROOT / f"experiments/configs/{name}.yaml"))
+        c = load_config(name)
         assert (c.trajectories, c.steps, c.unroll, c.learned.lstm.hidden) == (trajectories, steps, 10, 300)
 
 
@@ -105,9 +107,124 @@ def test_eval_refuses_training_seeds_unless_overridden(offline, capsys):
     assert main(["eval", str(out / "checkpoint.safetensors"), "--out", str(offline / "ev"), "--seeds", "4",
                  "--steps", "3", "--wandb", "disabled"]) == 0
     assert (offline / "ev" / "results.json").exists()
+    table = (offline / "ev" / "results.md").read_text()  # the paper's GD is not called tuned
+    assert "gd(lr=0.0003) at the paper's fixed rate, not tuned" in table and "tuned on training seeds" not in table
 
 
 def test_bad_config_key_is_a_clear_cli_error(offline, capsys):
     assert main(["train", "--out", str(offline / "x"), "--set", "learned.lstm.hiden=8"]) == 2
     err = capsys.readouterr().err
     assert "hiden" in err and "hidden" in err
+
+
+# -- help and messages -------------------------------------------------------------------------
+def _parsers():
+    from metatele.cli import build_distributed_parser, build_parser
+
+    top = build_parser()
+    (sub,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"metatele": top, **{f"metatele {k}": v for k, v in sub.choices.items()},
+            "train_distributed.py": build_distributed_parser()}
+
+
+def test_every_option_of_every_command_has_help_and_shows_its_default():
+    for name, parser in _parsers().items():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) \
+                    and action.dest != "help":
+                assert f"(default: {action.default}" in " ".join(text.split()), (name, action.dest)
+
+
+def test_train_help_explains_the_config_keys_from_the_dataclass_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "normalize: false # divide every task's losses by its loss at the start of its trajectory" in out
+    assert "stagger: false # spread the first trajectories' start steps" in out
+    assert "base: # the hand-designed optimizer under a tele variant" in out
+    assert "--save-every SAVE_EVERY meta-steps between training-state checkpoints" in out and "(default: 50)" in out
+    assert str(defaults_dir()) in out  # where the shipped configs are
+
+
+def test_higher_rmsprop_warning_does_not_leak():
+    import warnings
+
+    import metatele as mt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mt.evaluate(mt.BaselineMethod(mt.BaselineConfig("rmsprop", lr=1e-3)), mt.TaskConfig(dims=[4, 6, 6, 6]),
+                    list(mt.unseen_seeds(2)), 2)
+    assert not [w for w in caught if "RMSprop" in str(w.message)]
+
+
+# -- arguments checked before any work; no debris ---------------------------------------------------
+def test_a_bad_wandb_mode_fails_before_any_work_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(out), "--wandb", "onlin", "--set", "trajectories=4"])
+    assert e.value.code == 2 and "--wandb: invalid choice: 'onlin'" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setenv("WANDB_MODE", "onlin")  # the same mistake in the environment
+    assert main(["train", "--out", str(out), "--set", "trajectories=4", "--no-progress"]) == 2
+    assert "WANDB_MODE must be one of" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    from metatele import cli
+    from metatele.meta.engine import DivergenceError
+
+    def diverges(*args, **kwargs):
+        raise DivergenceError("every one of the trajectories diverged")
+
+    monkeypatch.setattr(cli, "train_and_save", diverges)
+    out = tmp_path / "deep" / "out"
+    assert main(["train", "--out", str(out), "--set", "trajectories=4", "--wandb", "disabled"]) == 2
+    assert "diverged" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "missing.safetensors"], "no such file: missing.safetensors"),
+    (["compare", "missing.safetensors"], "no such file: missing.safetensors"),
+    (["eval", "CKPT", "--steps", "0"], "--steps: must be ≥ 1"),
+    (["compare", "CKPT", "--seeds", "1"], "--seeds: need at least 2 seeds"),
+    (["compare", "CKPT", "--baselines", "sgd"], "invalid choice: 'sgd'"),
+    (["bench", "--batch-sizes", "0"], "--batch-sizes: must be ≥ 1"),
+    (["train", "--seed", "-1"], "--seed: must be ≥ 0"),
+])
+def test_bad_arguments_are_refused_by_the_parser(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("CKPT").write_bytes(b"not read: the parser refuses first")
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "bench" else argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_checkpoint_is_refused_before_tuning_or_writing(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04 a pickle")
+    out = tmp_path / "out"
+    assert main(["compare", str(bad), "--out", str(out), "--wandb", "disabled"]) == 2
+    assert "never unpickles" in capsys.readouterr().err and not out.exists()
+
+
+def test_train_records_exactly_the_trajectories_and_seeds_it_trained(tmp_path):
+    """10 trajectories in batches of 4: 10 are trained (the last batch is partial), seeds [0, 10)."""
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--no-progress", "--wandb", "disabled"]
+    for t in ("task.dims=[6,6,6,6]", "learned.lstm.hidden=8", "trajectories=10", "steps=4", "unroll=2",
+              "batch_size=4", "device=cpu"):
+        args += ["--set", t]
+    assert main(args) == 0
+    prov = load_checkpoint(out / "checkpoint.safetensors").provenance
+    assert prov["training_seeds"] == [[0, 10]] and prov["n_training_seeds"] == 10
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["trajectories_started"] == history[-1]["trajectories_finished"] == 10

@@ -1,10 +1,20 @@
 """Strict dict <-> dataclass conversion and command-line overrides (metatele.configs)."""
 from __future__ import annotations
 
+import configparser
+import fnmatch
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import pytest
 
 from metatele.optimizers.baselines import BaselineConfig
-from metatele.configs import ConfigError, apply_overrides, from_dict, parse_value, require, to_dict
+from metatele.configs import (ConfigError, apply_overrides, default_names, defaults_dir, field_docs, from_dict,
+                              parse_value, require, resolve_config, to_dict)
+from metatele.meta.config import MetaTrainConfig, load_config
+from metatele.studies.protocol import load_protocol
 from metatele.symmetry.strategies import TeleportSchedule
 from metatele.tasks.family import TaskConfig
 
@@ -134,3 +144,62 @@ def test_require_raises_config_error_naming_the_field():
     require(True, "x.y", "never raised")
     with pytest.raises(ConfigError, match=r"^x\.y: must be positive$"):
         require(False, "x.y", "must be positive")
+
+
+# -- shipped defaults (package data) ------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = {"benchmark", "benchmark_quick", "search", "search_quick"}
+
+
+def test_shipped_defaults_are_package_data_inside_metatele():
+    import metatele
+
+    assert defaults_dir() == Path(metatele.__file__).parent / "defaults"
+    names = default_names()
+    assert {"update_tele", "update", "lr_tele", "quick", "ship/update_tele", "search_selected"} | PROTOCOLS <= set(names)
+    assert not (ROOT / "experiments" / "configs").exists()  # one copy of each YAML
+
+
+@pytest.mark.parametrize("name", [n for n in default_names() if n != "search_selected"])
+def test_every_shipped_default_resolves_by_name_and_loads(name):
+    path = resolve_config(name)
+    assert path == defaults_dir() / f"{name}.yaml" and resolve_config(f"{name}.yaml") == path
+    if name in PROTOCOLS:
+        load_protocol(name)
+    else:
+        assert isinstance(load_config(name), MetaTrainConfig)
+
+
+def test_an_existing_file_wins_over_a_shipped_name_and_unknown_names_list_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("quick").write_text("trajectories: 3\n")
+    assert resolve_config("quick") == Path("quick") and load_config("quick").trajectories == 3
+    with pytest.raises(ConfigError, match=r"config file not found: nope .*shipped defaults in .*update_tele"):
+        resolve_config("nope")
+
+
+def test_setup_cfg_ships_every_default_yaml():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    patterns = [p.strip() for p in cfg["options.package_data"]["metatele"].split(",")]
+    for path in defaults_dir().rglob("*.yaml"):
+        rel = path.relative_to(defaults_dir().parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
+
+
+@pytest.mark.slow
+def test_a_built_wheel_contains_the_default_yamls(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(tmp_path), "--no-deps", "-q"],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("metatele-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in default_names():
+        assert f"metatele/defaults/{name}.yaml" in names
+
+
+def test_field_docs_reads_the_attributes_section_of_a_dataclass():
+    docs = field_docs(MetaTrainConfig)
+    assert docs["normalize"].startswith("divide every task's losses by its loss at the start")
+    assert docs["lr_update"] == docs["lr_teleport"]  # one entry documenting two fields
+    assert "log-uniformly" in docs["truncation"]  # continuation lines are joined
+    assert set(docs) <= {f for f in MetaTrainConfig.__dataclass_fields__}

@@ -45,10 +45,10 @@ def test_ranks_train_on_disjoint_interleaved_seeds_covering_the_single_process_b
     single = UnrollEngine(cfg)
     ranks = [UnrollEngine(cfg, rank=r, world_size=2) for r in range(2)]
     for _ in range(3):  # a generation is 2 meta-steps: the batch is replaced once in between
-        assert [e.seeds.tolist() for e in ranks] == [sorted(single.seeds.tolist())[r::2] for r in range(2)]
+        assert [e.trajectories.seeds.tolist() for e in ranks] == [sorted(single.trajectories.seeds.tolist())[r::2] for r in range(2)]
         for e in (single, *ranks):
             e.meta_step()
-    assert single.seeds.tolist() == [4, 5, 6, 7] and ranks[0].seeds.tolist() == [4, 6]
+    assert single.trajectories.seeds.tolist() == [4, 5, 6, 7] and ranks[0].trajectories.seeds.tolist() == [4, 6]
     assert ranks[1].trained_seed_range == single.trained_seed_range == (0, 8)
 
 
@@ -57,8 +57,8 @@ def test_staggered_starts_are_spread_over_the_whole_batch_as_in_one_process():
     single = UnrollEngine(cfg)
     ranks = [UnrollEngine(cfg, rank=r, world_size=2) for r in range(2)]
     for r, e in enumerate(ranks):
-        assert e.steps_done.tolist() == single.steps_done[r::2].tolist()
-        assert e.seeds.tolist() == single.seeds[r::2].tolist()
+        assert e.trajectories.steps_done.tolist() == single.trajectories.steps_done[r::2].tolist()
+        assert e.trajectories.seeds.tolist() == single.trajectories.seeds[r::2].tolist()
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_rejected():
@@ -95,7 +95,7 @@ def _worker(rank: int, port: int, cfg: dict, out: str) -> None:
 
     engine.grad_reducer = record
     for _ in range(STEPS):
-        seeds.append(torch.as_tensor(engine.seeds.copy()))
+        seeds.append(torch.as_tensor(engine.trajectories.seeds.copy()))
         engine.meta_step()
     params = flat(engine.meta_parameters).clone()
     with torch.no_grad():  # a rank whose meta-parameters drift is caught
@@ -117,7 +117,7 @@ def test_two_gloo_ranks_take_the_single_process_meta_step_over_the_combined_batc
     expected, seeds = [], []
     single.grad_reducer = lambda params: expected.append(flat(p.grad for p in params))
     for _ in range(STEPS):
-        seeds.append(sorted(single.seeds.tolist()))
+        seeds.append(sorted(single.trajectories.seeds.tolist()))
         single.meta_step()
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     for step in range(STEPS):

@@ -54,14 +54,14 @@ def test_second_order_differs_from_first_order():
 
 def test_nan_in_one_trajectory_is_masked_counted_and_restarted():
     eng = UnrollEngine(small_config(trajectories=100))
-    eng.W[0][1] = float("nan")  # poison trajectory 1
-    seed_before = int(eng.seeds[1])
+    eng.trajectories.W[0][1] = float("nan")  # poison trajectory 1
+    seed_before = int(eng.trajectories.seeds[1])
     metrics = eng.meta_step()
     assert metrics["diverged"] == 1 and eng.diverged_total == 1
     for p in eng.meta_parameters:
         assert torch.isfinite(p).all()
-    assert int(eng.seeds[1]) != seed_before  # restarted from a new training seed
-    assert all(torch.isfinite(w).all() for w in eng.W)
+    assert int(eng.trajectories.seeds[1]) != seed_before  # restarted from a new training seed
+    assert all(torch.isfinite(w).all() for w in eng.trajectories.W)
     # training goes on normally afterwards
     metrics = eng.meta_step()
     assert metrics["diverged"] == 0
@@ -69,7 +69,7 @@ def test_nan_in_one_trajectory_is_masked_counted_and_restarted():
 
 def test_nan_gradient_from_one_task_does_not_reach_meta_parameters():
     eng = UnrollEngine(small_config())
-    eng.X[2] = float("inf")  # every computation of task 2 is non-finite from the start
+    eng.trajectories.X[2] = float("inf")  # every computation of task 2 is non-finite from the start
     eng.compute_meta_gradient()
     assert all(torch.isfinite(p.grad).all() for p in eng.meta_parameters)
 
@@ -79,7 +79,7 @@ def test_all_trajectories_diverging_stops_with_clear_message():
     before = [p.detach().clone() for p in eng.meta_parameters]
 
     def poison():
-        for w in eng.W:
+        for w in eng.trajectories.W:
             w.fill_(float("nan"))
 
     poison()
@@ -104,14 +104,14 @@ def test_finished_trajectories_are_replaced_by_fresh_training_seeds():
     cfg = small_config(trajectories=12, steps=6, unroll=3, batch_size=4)
     res = meta_train(cfg, progress=False)
     assert res.meta_steps == cfg.meta_steps == 6
-    # 3 generations of 4 trajectories finished; the 4th generation was started
+    # 3 generations of 4 trajectories finished, and no 4th one was started
     assert res.history[-1]["trajectories_finished"] == 12
-    assert res.train_seeds == (0, 16)
+    assert res.train_seeds == (0, 12)
 
 
 def test_staggered_starts_spread_the_batch():
     eng = UnrollEngine(small_config(stagger=True, steps=12, unroll=3, batch_size=4, trajectories=100))
-    assert len(set(eng.steps_done.tolist())) > 1
+    assert len(set(eng.trajectories.steps_done.tolist())) > 1
     eng.meta_step()
     # the trajectory that started furthest along finishes first
     assert eng.trajectories_finished >= 1
@@ -146,3 +146,34 @@ def test_tele_variant_on_a_hand_designed_base_gets_meta_gradients():
     res = meta_train(cfg, progress=False)
     assert res.meta_steps == cfg.meta_steps
     assert math.isfinite(res.history[-1]["meta_loss"])
+
+
+@pytest.mark.parametrize("over", [{}, {"stagger": True}, {"truncation": "log_uniform", "unroll_max": 5},
+                                  {"learned.variant": "tele"}])
+def test_exactly_the_configured_trajectories_are_trained_on_exactly_the_recorded_seeds(over):
+    """batch_size 4 with 10 trajectories: the last batch is partial (its idle slots are masked),
+    every trajectory runs its steps, and the recorded seeds are exactly [0, 10)."""
+    cfg = small_config(trajectories=10, steps=6, unroll=2, batch_size=4, **over)
+    eng = UnrollEngine(cfg)
+    started, seen = set(), []
+    while not eng.done:
+        tr = eng.trajectories
+        started.update(int(s) for s, a in zip(tr.seeds, tr.active) if a)
+        seen.append(int(tr.active.sum()))
+        eng.meta_step()
+    assert eng.meta_step_count == cfg.meta_steps  # the plan is the schedule
+    assert started == set(range(10)) and eng.trajectories_started == 10
+    assert eng.trained_seed_range == (0, 10)
+    assert not eng.trajectories.active.any() and min(seen) < 4  # the tail ran with idle slots
+    if not over or "learned.variant" in over:
+        assert eng.trajectories_finished == 10  # each of them ran all of its steps
+
+
+def test_a_partial_last_batch_keeps_idle_slots_out_of_the_meta_loss():
+    cfg = small_config(trajectories=6, steps=2, unroll=2, batch_size=4)  # a batch of 4, then one of 2
+    eng = UnrollEngine(cfg)
+    eng.meta_step()
+    assert eng.trajectories.active.tolist() == [True, True, False, False]
+    eng.trajectories.W[0][2:] = float("nan")  # idle slots may hold anything
+    m = eng.meta_step()
+    assert m["diverged"] == 0 and math.isfinite(m["meta_loss"]) and eng.done

@@ -16,12 +16,13 @@ import pytest
 import torch
 import yaml
 
-import metatele.release.checkpoint as checkpoint_mod
-import metatele.meta.resume as resume_mod
+import metatele.storage.container as container_mod
+import metatele.meta.checkpointer as checkpointer_mod
 from metatele import cli
 from metatele.release.checkpoint import load_checkpoint
 from metatele.meta.engine import DivergenceError, UnrollEngine
-from metatele.meta.resume import STATE_DIR, ResumeError, TrainingCheckpointer, latest_state, resumable_callback, state_files
+from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
+from metatele.meta.state import STATE_DIR, ResumeError, latest_state, state_files
 from metatele.meta.train import meta_train
 from metatele.meta.config import MetaTrainConfig
 
@@ -70,8 +71,10 @@ def test_bad_yaml_key_is_rejected_by_the_metatele_train_process(tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--save-every", "0"), ("--keep", "0")])
 def test_bad_checkpoint_options_are_rejected(flag, value, tmp_path, capsys):
-    rc = cli.main(["train", "--out", str(tmp_path), "--set", "trajectories=4", flag, value, "--wandb", "disabled"])
-    assert rc == 2 and flag in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # by the argument parser, before anything is read or written
+        cli.main(["train", "--out", str(tmp_path / "out"), "--set", "trajectories=4", flag, value, "--wandb", "disabled"])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 # -- unwritable folders and failing writes ---------------------------------------------------------
@@ -79,7 +82,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, c
     def refuse(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(resume_mod.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(checkpointer_mod.tempfile, "mkstemp", refuse)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
     rc = cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"),
                    "--no-progress", "--wandb", "disabled"])
@@ -124,7 +127,7 @@ def test_a_write_failing_midway_keeps_the_previous_checkpoint_intact(tmp_path, m
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(checkpoint_mod, "open", DiskFull, raising=False)
+    monkeypatch.setattr(container_mod, "open", DiskFull, raising=False)
     cb(eng, eng.meta_step())
     with pytest.raises(ResumeError, match=r"No space left on device.*previous checkpoint \(meta-step 2\) is intact"):
         cb(eng, eng.meta_step())
@@ -144,7 +147,7 @@ def test_nan_storm_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint
 
     def storm(self):  # from meta-step 5 on, every trajectory's weights are NaN
         if self.meta_step_count >= 4:
-            for w in self.W:
+            for w in self.trajectories.W:
                 w.fill_(float("nan"))
         return original(self)
 
@@ -157,7 +160,7 @@ def test_nan_storm_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint
     engine, cb2 = resumable_callback(cfg, tmp_path, resume=True, handle_signals=False)
     assert engine.meta_step_count == 4 and engine.all_dead_streak == 0
     assert all(torch.isfinite(p).all() for p in engine.meta_parameters)
-    assert all(torch.isfinite(w).all() for w in engine.W)
+    assert all(torch.isfinite(w).all() for w in engine.trajectories.W)
 
 
 def test_non_finite_meta_parameters_are_never_saved(tmp_path):

@@ -298,17 +298,11 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "meta/distributed.py:239 imports studies.experiment; meta/distributed.py:287 and "
-    "meta/resume.py:41 import release.checkpoint"))
 def test_no_import_from_a_later_stage():
     backward = later_stage_imports(import_graph())
     assert not backward, "imports from a later stage:\n" + "\n".join(backward)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "release/manifest.py:14 imports _jsonable and _version from release.checkpoint; "
-    "studies/benchmark.py:323 imports _git_dirty from release.checkpoint"))
 def test_no_private_names_imported():
     found = private_imports()
     assert not found, "private names taken from another module:\n" + "\n".join(found)

@@ -18,16 +18,8 @@ import yaml
 from metatele import cli
 from metatele.release.checkpoint import load_checkpoint
 from metatele.meta.engine import UnrollEngine
-from metatele.meta.resume import (
-    STATE_DIR,
-    ResumeError,
-    TrainingCheckpointer,
-    decode,
-    latest_state,
-    load_training_state,
-    resumable_callback,
-    state_files,
-)
+from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
+from metatele.meta.state import STATE_DIR, ResumeError, decode, latest_state, load_training_state, state_files
 from metatele.meta.train import meta_train
 from metatele.meta.config import MetaTrainConfig
 
@@ -66,8 +58,8 @@ def test_training_state_restores_the_engine_bit_for_bit(tmp_path):
         ma, mb = a.meta_step(), b.meta_step()
         assert ma["unroll"] == mb["unroll"] and ma["meta_loss"] == mb["meta_loss"]
     assert params_equal(a.optimizer.state_dict(), b.optimizer.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(a.W, b.W))
-    assert (a.seeds == b.seeds).all() and a.next_seed == b.next_seed
+    assert all(torch.equal(x, y) for x, y in zip(a.trajectories.W, b.trajectories.W))
+    assert (a.trajectories.seeds == b.trajectories.seeds).all() and a.next_seed == b.next_seed
 
 
 def test_checkpoints_rotate_keeping_the_newest_n(tmp_path):
@@ -77,7 +69,7 @@ def test_checkpoints_rotate_keeping_the_newest_n(tmp_path):
     assert [s for s, _ in state_files(tmp_path)] == [12, 10, 8]
     path, _, doc, _ = latest_state(tmp_path)
     assert doc["meta_step"] == 12 and len(doc["history"]) == 12
-    assert doc["training_seeds"] == [[0, 28]]  # every file records the seeds it was trained on
+    assert doc["training_seeds"] == [[0, 24]]  # exactly the 24 trajectories trained, in every file
     assert not list((tmp_path / STATE_DIR).glob(".*.tmp"))
 
 
@@ -197,9 +189,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result_bitwise(reference, tm
 def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_path, monkeypatch, capsys):
     cfg_file, reference_run = reference
     out = tmp_path / "run"
-    import metatele.studies.experiment as experiment
-
-    train_and_save = experiment.train_and_save
+    train_and_save = cli.train_and_save
 
     def terminated_at_meta_step_13(*args, callback, **kw):
         def cb(engine, metrics):
@@ -209,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_p
 
         return train_and_save(*args, callback=cb, **kw)
 
-    monkeypatch.setattr(experiment, "train_and_save", terminated_at_meta_step_13)
+    monkeypatch.setattr(cli, "train_and_save", terminated_at_meta_step_13)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         cli.main(train_args(cfg_file, out))
@@ -223,3 +213,33 @@ def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_p
     assert cli.main(train_args(cfg_file, out, "--resume")) == 0
     assert "resuming from meta-step 13 of 150" in capsys.readouterr().err
     assert_same_run(reference_run, out)
+
+
+def test_total_training_time_survives_a_resume(reference, tmp_path, monkeypatch, capsys):
+    """A resumed run records the time of every segment (up to the checkpoint it resumed from)."""
+    import itertools
+
+    import metatele.meta.train as train_mod
+
+    cfg_file, _ = reference
+    out = tmp_path / "run"
+    train_and_save = cli.train_and_save
+
+    def stopped_at_meta_step_13(*args, callback, **kw):
+        def cb(engine, metrics):
+            if engine.meta_step_count == 13:
+                os.kill(os.getpid(), signal.SIGTERM)
+            callback(engine, metrics)
+
+        return train_and_save(*args, callback=cb, **kw)
+
+    clock = itertools.count()  # a fake clock: one second per reading
+    monkeypatch.setattr(train_mod, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(cli, "train_and_save", stopped_at_meta_step_13)
+    with pytest.raises(SystemExit):
+        cli.main(train_args(cfg_file, out))
+    monkeypatch.setattr(cli, "train_and_save", train_and_save)
+    clock = itertools.count()  # the second process's clock starts afresh
+    assert cli.main(train_args(cfg_file, out, "--resume")) == 0
+    total = MetaTrainConfig.from_dict(CONFIG).meta_steps
+    assert load_checkpoint(out / "checkpoint.safetensors").provenance["train_seconds"] == float(total)  # 13 + 137

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from metatele import cli
-from metatele.configs import ConfigError
+from metatele.configs import ConfigError, defaults_dir
 from metatele.evaluation.evaluate import check_seeds
 from metatele.optimizers.lstm import LSTMConfig, UpdateLSTM, log_space
 from metatele.evaluation.identity import baseline_id, learned_id
@@ -223,7 +223,7 @@ def test_search_refuses_a_protocol_that_evaluates_on_test_seeds(tmp_path, capsys
     assert cli.main(["search", "--quick", "--out", str(tmp_path), "--set", "eval_split=test"]) == 2
     assert "validation seeds" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="eval_split"):
-        run_search("experiments/configs/search_quick.yaml", tmp_path, overrides=["eval_split=holdout"])
+        run_search("search_quick", tmp_path, overrides=["eval_split=holdout"])
 
 
 @pytest.mark.parametrize("dist,setting", [("uniform", "uniform-20"), ("gaussian", "gaussian-20")])
@@ -233,10 +233,10 @@ def test_shipped_selected_configs_are_the_benchmarks_meta_seed_0_runs_and_match_
     from metatele.meta.config import load_config
 
     protocol, _ = load_protocol(DEFAULT_CONFIG)
-    selected = yaml.safe_load(open("experiments/configs/search_selected.yaml"))
+    selected = yaml.safe_load(open(defaults_dir() / "search_selected.yaml"))
     for name, method, key in [("update_tele", "LSTM(update+tele)", "update+tele"),
                               ("update", "LSTM(update)", "update+tele"), ("lr_tele", "LSTM(lr+tele)", "lr+tele")]:
-        shipped = load_config(f"experiments/configs/ship/selected_{name}_{dist}.yaml").to_dict()
+        shipped = load_config(f"ship/selected_{name}_{dist}").to_dict()
         bench = protocol.learned_config(setting, method, 0).to_dict()
         assert {**shipped, "device": bench["device"]} == bench, name
         # the benchmark's main methods carry the switches the search selected
@@ -264,7 +264,7 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
         verify_manifest(m)  # sha256 of the checkpoint as recorded
         name = m.name.removesuffix(".manifest.json")
         ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
-        want = load_config(f"experiments/configs/ship/{name}.yaml").to_dict()
+        want = load_config(f"ship/{name}").to_dict()
         assert {**want, "device": ck.config.device} == ck.config.to_dict(), name
 
 

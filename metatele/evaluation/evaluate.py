@@ -22,6 +22,7 @@ import torch
 
 from ..optimizers.baselines import BaselineConfig, HandDesigned
 from ..configs import to_dict
+from ..storage.jsonable import to_json
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..tasks.family import TaskConfig, is_test_seed, is_validation_seed, sample_tasks
 
@@ -126,21 +127,6 @@ class Curves:
 
 def _json_array(a: np.ndarray) -> list:
     return to_json(np.asarray(a, dtype=np.float64).tolist())
-
-
-def to_json(v: Any) -> Any:
-    """JSON-ready copy: nested lists/dicts, NaN/inf → ``None``, numpy values made plain, keys → ``str``."""
-    if isinstance(v, Mapping):
-        return {str(k): to_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [to_json(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return to_json(v.tolist())
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    return v
 
 
 # -- seeds ------------------------------------------------------------------------------------

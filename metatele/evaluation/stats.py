@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from .evaluate import Curves, to_json
+from ..storage.jsonable import to_json
+from .evaluate import Curves
 from .format import cell, interval, num, p_is, pct
 
 #: the three outcomes of a paired comparison of ``a`` against ``b`` (see :func:`decision`)

@@ -1,16 +1,19 @@
-"""The meta-training configuration (SPEC §4): one dataclass, defaults = the paper's values.
+"""The meta-training configuration: one dataclass, defaults = the paper's values.
 
-The same object is read from YAML (``experiments/configs/*.yaml``), overridden from the command
+The same object is read from YAML (a file, or a shipped default in ``metatele/defaults/``), overridden from the command
 line (``--set key=value``), saved inside checkpoints and sent to wandb as ``config``.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 
-from ..configs import ConfigError, from_dict, require, to_dict
+from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, resolve_config, to_dict
 from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 
@@ -26,8 +29,10 @@ class MetaTrainConfig:
     Attributes:
         task: the inner problems (dims, distribution).
         learned: the variant and its LSTMs.
-        trajectories: training trajectories (each starts from a fresh training seed; paper: 700
-            for update+tele, 600 for update, 30 for lr+tele).
+        trajectories: training trajectories, each from a fresh training seed and trained for
+            ``steps`` inner steps (exactly this many: seeds ``train_seed_start`` to
+            ``train_seed_start + trajectories − 1``; paper: 700 for update+tele, 600 for update,
+            30 for lr+tele).
         steps: inner steps per trajectory (paper: 100, or 300 for lr+tele).
         unroll: truncation length K (paper: 10).
         truncation: ``fixed`` (every unroll has K steps) or ``log_uniform`` (each unroll's
@@ -48,6 +53,10 @@ class MetaTrainConfig:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         dtype: ``float32`` or ``float64``.
         log_every: meta-steps between host reads of the metrics (and progress updates).
+        allow_non_symmetric: train a teleporting variant even where its group action is not a
+            symmetry of the loss (more samples than a teleported pair's layer input is wide, see
+            :func:`non_symmetric_pairs`). Refused by default; with it, training warns once and
+            records the relative loss change of a teleport in the history and the checkpoint.
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -71,6 +80,7 @@ class MetaTrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     log_every: int = 1
+    allow_non_symmetric: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -94,11 +104,14 @@ class MetaTrainConfig:
                 f"got {self.train_seed_start}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
-        bad = self.task.non_symmetric_pairs()
-        require(not (self.learned.uses_teleport and bad), "task.dims",
-                f"variant {self.learned.variant!r} teleports, but pairs {bad} have layer inputs that cannot "
-                f"hold n = {self.task.n_samples} samples (need n ≤ d_(m-1){' + 1 with biases' if self.task.bias else ''}"
-                f"; dims {self.task.dims}): the group action would not be a symmetry of the loss")
+        require(isinstance(self.allow_non_symmetric, bool), "allow_non_symmetric",
+                f"must be true or false, got {self.allow_non_symmetric!r}")
+        if self.learned.uses_teleport and not self.allow_non_symmetric:
+            bad = non_symmetric_pairs(self.task)
+            require(not bad, "task.dims", f"{describe_non_symmetric(self.task, bad)}; the {self.learned.variant} "
+                    "variant's teleport would then change the loss. Use at least as many units as samples in "
+                    "every teleported layer input, or set allow_non_symmetric: true to train anyway (the "
+                    "loss change is then measured and recorded)")
         if self.learned.variant == "tele":
             require(not self.stagger, "stagger",
                     "the 'tele' variant runs its hand-designed base optimizer in lock-step; set stagger: false")
@@ -110,10 +123,15 @@ class MetaTrainConfig:
 
     @property
     def meta_steps(self) -> int:
-        """Meta-steps needed to run ``trajectories × steps`` trajectory-steps with B × K per step."""
-        B = min(self.batch_size, self.trajectories)
-        total = self.trajectories * self.steps
-        return -(-total // (B * self.unroll))
+        """Meta-steps that train exactly ``trajectories`` trajectories of ``steps`` inner steps.
+
+        The batch ``B = min(batch_size, trajectories)`` is refilled with fresh training seeds
+        until ``trajectories`` have started; slots then fall idle, and the run ends when the last
+        trajectory finishes. This is the plan when no trajectory diverges (a diverged one is
+        replaced early, which can end the run sooner); the engine itself stops when it is done.
+        """
+        return planned_meta_steps(self.trajectories, min(self.batch_size, self.trajectories), self.steps,
+                                  self.unroll, self.truncation, self.unroll_max, self.stagger, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -123,11 +141,75 @@ class MetaTrainConfig:
         return from_dict(cls, data)
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:
-    """Read a YAML config file, apply ``key=value`` overrides, validate."""
-    from ..configs import apply_overrides, load_yaml_mapping
+def start_offsets(B: int, rank: int, world_size: int, steps: int, unroll: int) -> np.ndarray:
+    """``stagger``'s start offsets ``[B]``: a first batch spread over the horizon of ``steps``.
 
-    data = load_yaml_mapping(path, "config")
+    Slot ``b`` of rank ``r`` gets the offset of its place ``b·W + r`` in the whole batch of all
+    ranks (as in one process), rounded down to a multiple of ``unroll``.
+    """
+    total = B * world_size
+    return np.array([((b * world_size + rank) * steps // total) // unroll * unroll for b in range(B)], dtype=np.int64)
+
+
+def unroll_length(rng: np.random.Generator, truncation: str, unroll: int, unroll_max: int) -> int:
+    """One meta-step's truncation length K: ``unroll`` (``fixed``), or drawn from ``rng``
+    log-uniformly in ``[unroll, unroll_max]`` (``log_uniform``)."""
+    if truncation == "fixed":
+        return unroll
+    return int(round(math.exp(rng.uniform(math.log(unroll), math.log(unroll_max)))))
+
+
+def truncation_lengths(truncation: str, unroll: int, unroll_max: int, seed: int) -> Iterator[int]:
+    """The truncation length K of every meta-step, in order: the engine's, whose generator is
+    ``np.random.default_rng(seed)`` and draws nothing else."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield unroll_length(rng, truncation, unroll, unroll_max)
+
+
+@functools.lru_cache(maxsize=64)
+def planned_meta_steps(trajectories: int, B: int, steps: int, unroll: int, truncation: str, unroll_max: int,
+                       stagger: bool, seed: int) -> int:
+    """Meta-steps of the engine's schedule (see :attr:`MetaTrainConfig.meta_steps`), simulated on
+    host integers: B slots, each refilled from the budget of ``trajectories`` when it finishes."""
+    done = start_offsets(B, 0, 1, steps, unroll) if stagger else np.zeros(B, dtype=np.int64)
+    active = np.ones(B, dtype=bool)
+    budget, count = trajectories - B, 0
+    lengths = truncation_lengths(truncation, unroll, unroll_max, seed)
+    while active.any():
+        count += 1
+        done[active] += next(lengths)
+        finished = np.flatnonzero(active & (done >= steps))
+        take = min(len(finished), budget)
+        budget -= take
+        done[finished[:take]] = 0
+        active[finished[take:]] = False
+    return count
+
+
+def non_symmetric_pairs(task: TaskConfig) -> list[tuple[int, int]]:
+    """``(pair, input width)`` of every consecutive layer pair whose group action is not a symmetry.
+
+    Pair ``m`` (0-based) teleports ``(W_{m+1}, W_{m+2})`` through the hidden layer between them;
+    the action preserves the loss only if the pair's layer input (``[d_m, n]``, the data for
+    ``m = 0``; ``[d_m + 1, n]`` with the row of ones of a biased layer) has a left inverse, i.e.
+    ``n ≤ d_m`` (``n ≤ d_m + 1`` with biases), for ``dims = [n, d0, ..., dL]``. The rule itself is
+    :meth:`TaskConfig.non_symmetric_pairs`; the width given here counts the row of ones.
+    """
+    return [(m, task.weight_shapes[m][1]) for m in task.non_symmetric_pairs()]
+
+
+def describe_non_symmetric(task: TaskConfig, pairs: list[tuple[int, int]]) -> str:
+    """A sentence naming the pairs of :func:`non_symmetric_pairs`, their widths and ``n``."""
+    what = ", ".join(f"pair {m} (W_{m + 1}, W_{m + 2}: layer input width {d}{' with the bias row' if task.bias else ''})"
+                     for m, d in pairs)
+    return f"{what} {'is' if len(pairs) == 1 else 'are'} narrower than the n = {task.dims[0]} samples of dims {task.dims}"
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:
+    """Read a YAML config (a file, or a shipped default by name: ``update_tele``), apply
+    ``key=value`` overrides, validate."""
+    data = load_yaml_mapping(str(resolve_config(path)), "config")
     return MetaTrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 

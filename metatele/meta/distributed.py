@@ -1,6 +1,7 @@
 """Data-parallel meta-training on ``torch.distributed``: one engine per rank, one meta-step for all.
 
-Launch with torchrun (``experiments/train_distributed.py`` is the entry script)::
+Launch with torchrun (``experiments/train_distributed.py`` is the entry script; its options are
+``metatele train``'s, see :mod:`metatele.cli`)::
 
     torchrun --nproc_per_node=2 experiments/train_distributed.py --config F --out DIR [--resume]
 
@@ -25,19 +26,23 @@ What each rank does:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
-from .engine import UnrollEngine
+from .checkpointer import TrainingCheckpointer, resumable_callback
 from .config import MetaTrainConfig, resolve_device
+from .engine import UnrollEngine
+from .train import MetaTrainResult, meta_train
+
+#: how rank 0 trains: ``rank0_train(config, callback=..., engine=...)`` → the result (it may also
+#: save and log, e.g. ``metatele.studies.experiment.train_and_save`` with the output folder bound)
+Rank0Train = Callable[..., MetaTrainResult]
 
 DEFAULT_TIMEOUT_S = 300.0
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -216,38 +221,38 @@ def train_distributed(
     resume: bool = False,
     every: int = 50,
     keep: int = 3,
-    wandb_mode: str | None = None,
-    project: str = "metatele",
-    group: str | None = None,
+    rank0_train: Rank0Train | None = None,
     progress: bool = True,
     backend: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> Any:
+) -> MetaTrainResult:
     """Meta-train ``config`` data-parallel over torchrun's ranks; rank 0 writes ``out``.
 
-    Returns the :class:`metatele.meta.train.MetaTrainResult` (its history is rank 0's view: global
-    meta-loss and gradient norm, this rank's divergence counts).
-    """
-    from .resume import resumable_callback
-    from .train import meta_train
+    Args:
+        config: the run's config.
+        out: the run's folder: training states (rank 0 writes them), and whatever ``rank0_train``
+            writes.
+        resume, every, keep: as for :func:`metatele.meta.checkpointer.resumable_callback`.
+        rank0_train: rank 0's trainer, called as ``rank0_train(config, callback=callback,
+            engine=engine)``; it must call :func:`metatele.meta.train.meta_train` with them (and may
+            save the checkpoint, log...). Default: ``meta_train`` itself. Other ranks always run
+            ``meta_train`` without a progress bar.
+        progress: rank 0's progress bar (for the default ``rank0_train``).
+        backend, timeout_s: as for :func:`init_distributed`.
 
+    Returns:
+        The :class:`metatele.meta.train.MetaTrainResult` (its history is this rank's view: global
+        meta-loss and gradient norm, this rank's divergence counts).
+    """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = rank_device(config, local_rank)
-    if os.environ.get("RANK", "0") == "0":  # slow imports first, so the others do not wait on them
-        import wandb  # noqa: F401
-
-        from ..studies.experiment import train_and_save
     rank, _ = init_distributed(device, backend, timeout_s)
     try:
         comm = DataParallel(device, timeout_s)
         engine, callback = resumable_callback(config, Path(out), resume=resume, every=every, keep=keep,
                                               comm=comm, device=device)
         try:
-            if rank == 0:
-                result, _ = train_and_save(config, out, wandb_mode=wandb_mode, project=project, group=group,
-                                           progress=progress, callback=callback, engine=engine)
-            else:
-                result = meta_train(config, progress=False, callback=callback, engine=engine)
+            result = _train_rank(rank, config, engine, callback, rank0_train, progress)
         finally:
             callback.close()
         comm.barrier()  # leave together, once rank 0 has written the final files
@@ -257,58 +262,8 @@ def train_distributed(
             dist.destroy_process_group()
 
 
-# -- command line (experiments/train_distributed.py) --------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train_distributed.py",
-        description="Data-parallel meta-training (launch with torchrun). Same options as `metatele train`, "
-                    "plus --backend and --timeout.",
-    )
-    p.add_argument("--config", help="YAML config (experiments/configs/*.yaml); default: the paper's update+tele")
-    p.add_argument("--out", required=True, help="output folder, written by rank 0 only")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--device", help="auto, cpu or cuda (each rank uses cuda:LOCAL_RANK)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the last training-state checkpoint in --out")
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--keep", type=int, default=3)
-    p.add_argument("--backend", choices=["gloo", "nccl"], help="default: nccl on CUDA, gloo on CPU")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help=f"seconds before a silent rank makes the others fail (default {DEFAULT_TIMEOUT_S:g})")
-    p.add_argument("--wandb", help="wandb mode (rank 0 only): online, offline or disabled")
-    p.add_argument("--project", default="metatele")
-    p.add_argument("--group")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``experiments/train_distributed.py``; returns the exit status."""
-    from ..release.checkpoint import CheckpointError
-    from ..configs import ConfigError, apply_overrides
-    from .engine import DivergenceError
-    from .config import load_config
-
-    args = build_parser().parse_args(argv)
-    rank = os.environ.get("RANK", "0")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    try:
-        overrides = list(args.overrides)
-        if args.device:
-            overrides.append(f"device={args.device}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
-        config = (load_config(args.config, overrides) if args.config
-                  else MetaTrainConfig.from_dict(apply_overrides({}, overrides)))
-        train_distributed(config, args.out, resume=args.resume, every=args.save_every, keep=args.keep,
-                          wandb_mode=args.wandb if rank == "0" else "disabled", project=args.project,
-                          group=args.group, progress=not args.no_progress, backend=args.backend,
-                          timeout_s=args.timeout)
-    except DistributedError as e:
-        print(f"train_distributed [rank {rank}]: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except (ConfigError, CheckpointError, DivergenceError, ValueError, FileNotFoundError) as e:
-        if rank == "0":  # the same on every rank: say it once
-            print(f"train_distributed: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+def _train_rank(rank: int, config: MetaTrainConfig, engine: UnrollEngine | None, callback: TrainingCheckpointer,
+                rank0_train: Rank0Train | None, progress: bool) -> MetaTrainResult:
+    if rank == 0 and rank0_train is not None:
+        return rank0_train(config, callback=callback, engine=engine)
+    return meta_train(config, progress=progress and rank == 0, callback=callback, engine=engine)

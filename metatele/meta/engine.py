@@ -1,4 +1,4 @@
-"""The unroll engine: B trajectories advanced in lock-step, truncated unrolls, meta-steps (SPEC §4).
+"""The unroll engine: B trajectories advanced in lock-step, truncated unrolls, meta-steps.
 
 Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
 
@@ -14,10 +14,13 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    the shared meta-parameters.
 4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
    host reads the metrics; trajectories that finished their ``steps`` or diverged are replaced by
-   fresh tasks from the next training seeds (their LSTM state zeroed).
+   fresh tasks from the next training seeds (their LSTM state zeroed) until ``trajectories`` have
+   started; their slots then fall idle (masked like diverged ones), and the run is :attr:`done`
+   when the last trajectory has finished.
 
 The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
-:meth:`state_dict`, so a run can be resumed bit-for-bit (:mod:`metatele.meta.resume`).
+:meth:`state_dict`, so a run can be resumed bit-for-bit (files: :mod:`metatele.meta.state`; when
+and how they are written: :mod:`metatele.meta.checkpointer`).
 
 Data-parallel training (:mod:`metatele.meta.distributed`) runs one engine per rank with
 ``rank``/``world_size``: each rank advances ``batch_size / world_size`` trajectories on its own
@@ -27,8 +30,8 @@ every rank takes the same meta-step as one process with the whole batch would.
 """
 from __future__ import annotations
 
-import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,10 +40,13 @@ import torch
 
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
-from ..tasks.mlp import mlp_loss
-from ..symmetry.action import input_qr
+from ..symmetry.action import SymmetryWarning, loss_change
+from ..symmetry.strategies import normalize_frobenius
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
-from .config import MetaTrainConfig, resolve_device
+from ..tasks.mlp import mlp_loss
+from .config import (MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets,
+                     unroll_length)
+from .trajectories import Trajectories
 
 
 class DivergenceError(RuntimeError):
@@ -75,6 +81,10 @@ class UnrollEngine:
             batch ``min(batch_size, trajectories)`` is split evenly over the ranks.
     """
 
+    #: the host counters saved by :meth:`state_dict`
+    COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
+                "diverged_total", "all_dead_streak", "train_seconds", "done")
+
     def __init__(
         self,
         config: MetaTrainConfig,
@@ -104,6 +114,7 @@ class UnrollEngine:
         if len(self.optimizer.teleports):
             groups.append({"params": list(self.optimizer.teleports.parameters()), "lr": config.lr_teleport})
         self.meta_opt = torch.optim.Adam(groups)
+        self.trajectories: Trajectories  # set by _start_all below
         self.optimizer.output_hook = self._mask_dead
         self.B = batch // world_size  # this rank's trajectories
         self.rng = np.random.default_rng(config.seed)  # truncation lengths only
@@ -112,23 +123,53 @@ class UnrollEngine:
         #: next position in this rank's seed stream, offset by ``train_seed_start`` (the next seed
         #: itself when ``world_size == 1``; see :meth:`_seed_of`)
         self.next_seed = config.train_seed_start
+        #: one past the last position of this rank's stream: its share of the ``trajectories`` seeds
+        self.seed_limit = config.train_seed_start + len(range(rank, config.trajectories, world_size))
+        #: every trajectory of the run (on every rank) has been trained: the run is over
+        self.done = False
         self.trajectories_started = 0
         self.trajectories_finished = 0
         self.diverged_total = 0
         self.all_dead_streak = 0
-        self.seeds = np.zeros(self.B, dtype=np.int64)
-        self.steps_done = np.zeros(self.B, dtype=np.int64)
+        #: wall-clock seconds of meta-training so far, over every segment of a resumed run (kept
+        #: by :func:`metatele.meta.train.meta_train`)
+        self.train_seconds = 0.0
         self._alive_for_backward: torch.Tensor | None = None
         #: called with the meta-parameters after backward, before clipping (distributed all-reduce)
         self.grad_reducer: Callable[[list[torch.nn.Parameter]], None] | None = None
         #: called once per meta-step with this rank's host sums ``[live trajectories, meta-loss
-        #: sum, log10-loss sum]``; returns the sums over all ranks (distributed runs)
+        #: sum, log10-loss sum, slots active after the step]``; returns the sums over all ranks
+        #: (distributed runs)
         self.stats_reducer: Callable[[list[float]], list[float]] | None = None
         #: set by a data-parallel run: one past the largest training seed any rank has used
         self.seed_end_all_ranks: int | None = None
         #: metrics of the meta-steps taken before this engine was restored from a checkpoint
         self.prior_history: list[dict[str, Any]] = []
+        #: fixed teleports of norm eps (one per pair) whose loss change is measured every meta-step
+        #: when the config allows a teleport that is not a symmetry (``None`` otherwise)
+        self.symmetry_probe = self._symmetry_probe()
         self._start_all()
+
+    def _symmetry_probe(self) -> list[torch.Tensor] | None:
+        c = self.config
+        pairs = non_symmetric_pairs(c.task)
+        if not (c.learned.uses_teleport and pairs):
+            return None
+        warnings.warn(
+            f"{describe_non_symmetric(c.task, pairs)}: the teleport is not a symmetry of the loss "
+            "(allow_non_symmetric: true); the relative loss change of a teleport of norm eps is recorded "
+            "every meta-step as 'teleport_loss_change'", SymmetryWarning, stacklevel=3)
+        gen = torch.Generator().manual_seed(c.seed)  # its own generator: the run's random stream is untouched
+        return [normalize_frobenius(torch.randn(1, d, d, generator=gen, dtype=torch.float64), c.learned.teleport.eps)
+                .to(self.device, self.dtype) for d in c.task.dims[2:-1]]
+
+    def _probe_loss_change(self) -> torch.Tensor:
+        """Max over the trajectories of ``|ΔL / L|`` of the probe teleport at their current weights."""
+        tr = self.trajectories
+        with torch.no_grad():
+            T = [t.expand(self.B, -1, -1) for t in self.symmetry_probe]
+            change = loss_change(tr.W, tr.X, tr.Y, T, exact=self.config.learned.teleport.exact).abs()
+            return torch.where(torch.isfinite(change), change, torch.zeros_like(change)).max()
 
     # -- trajectories ------------------------------------------------------------------------
     def _seed_of(self, position: int) -> int:
@@ -136,7 +177,16 @@ class UnrollEngine:
         start = self.config.train_seed_start
         return start + (position - start) * self.world_size + self.rank
 
-    def _fresh(self, count: int) -> TaskBatch:
+    @property
+    def seeds_left(self) -> int:
+        """Training seeds of this rank's share of ``trajectories`` not started yet."""
+        return self.seed_limit - self.next_seed
+
+    def _fresh(self, count: int) -> TaskBatch | None:
+        """Tasks from the next ``count`` training seeds, fewer when the run's seeds run out (``None``: none left)."""
+        count = min(count, self.seeds_left)
+        if count == 0:
+            return None
         seeds = [self._seed_of(p) for p in range(self.next_seed, self.next_seed + count)]
         if seeds[-1] >= VALIDATION_SEED_OFFSET:  # host-side integers: no device sync
             raise ValueError(f"training seed {seeds[-1]} reached the validation seeds (≥ {VALIDATION_SEED_OFFSET}); "
@@ -145,49 +195,41 @@ class UnrollEngine:
         self.trajectories_started += count
         return sample_tasks(self.config.task, seeds, device=self.device, dtype=self.dtype)
 
+    def _initial_state(self, tasks: TaskBatch, W: list[torch.Tensor]) -> LearnedState:
+        return self.optimizer.initial_state(self.B, self.device, self.dtype, X=tasks.X, Y=tasks.Y, weights=W,
+                                            differentiable=True)
+
     def _start_all(self) -> None:
-        tasks = self._fresh(self.B)
-        self.X, self.Y = tasks.X, tasks.Y
-        self.W = [w.detach() for w in tasks.weights]
-        self.seeds[:] = tasks.seeds
+        """Start a whole batch of trajectories from the next training seeds (the slots beyond the
+        seeds left stay idle)."""
         c = self.config
-        if c.stagger:
-            # spread first trajectories over the horizon so that they do not finish together
-            # (by the slot's place in the whole batch of all ranks, as in one process)
-            W, r = self.world_size, self.rank
-            self.steps_done[:] = [((b * W + r) * c.steps // (self.B * W)) // c.unroll * c.unroll for b in range(self.B)]
-        else:
-            self.steps_done[:] = 0
-        self.loss0 = mlp_loss(self.W, self.X, self.Y).detach()
-        self.X_qr = input_qr(self.W, self.X)  # the data are fixed along a trajectory
-        self.state = self.optimizer.initial_state(
-            self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W,
-            differentiable=True,
-        )
+        stagger = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
+        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger, B=self.B)
 
     def _replace(self, slots: np.ndarray) -> None:
-        """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state."""
+        """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
+        run's seeds are used up, the slots fall idle."""
         if self.config.learned.variant == "tele":
             # lock-step: the base optimizer's state is shared by the batch, so the whole batch
             # restarts when its trajectories finish (a diverged one stays masked until then)
-            if (self.steps_done >= self.config.steps).all():
-                self._start_all()
+            if (self.trajectories.steps_done >= self.config.steps).all():
+                if self.seeds_left:
+                    self._start_all()
+                else:
+                    self.trajectories.active[:] = False
             return
-        if len(slots) == 0:
-            return
-        tasks = self._fresh(len(slots))
-        idx = torch.as_tensor(slots, device=self.device)
-        self.X = self.X.index_copy(0, idx, tasks.X)
-        self.Y = self.Y.index_copy(0, idx, tasks.Y)
-        fresh_qr = input_qr(tasks.weights, tasks.X)
-        self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
-        self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
-        self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
-        keep = torch.ones(self.B, dtype=torch.bool, device=self.device)
-        keep[idx] = False
-        self.state = self.state.reset(keep)
-        self.seeds[slots] = tasks.seeds
-        self.steps_done[slots] = 0
+        if len(slots):
+            self.trajectories.reset(slots, self._fresh(len(slots)))
+
+    def _active_after(self, alive: np.ndarray, K: int) -> int:
+        """How many slots will hold a trajectory after this meta-step's replacements (host only)."""
+        tr = self.trajectories
+        if self.config.learned.variant == "tele":
+            if (tr.steps_done + K >= self.config.steps).all():
+                return min(self.B, self.seeds_left)
+            return int(tr.active.sum())
+        ending = int((tr.active & ~(alive & (tr.steps_done + K < self.config.steps))).sum())
+        return int(tr.active.sum()) - ending + min(ending, self.seeds_left)
 
     # -- one meta-step -----------------------------------------------------------------------
     def _mask_dead(self, grad: torch.Tensor) -> torch.Tensor:
@@ -200,13 +242,11 @@ class UnrollEngine:
 
     def _unroll_length(self) -> int:
         c = self.config
-        if c.truncation == "fixed":
-            return c.unroll
-        return int(round(math.exp(self.rng.uniform(math.log(c.unroll), math.log(c.unroll_max)))))
+        return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max)
 
     def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
         if self.config.normalize:
-            loss = loss / self.loss0
+            loss = loss / self.trajectories.loss0
         if self.config.meta_loss == "mean_log":
             return torch.log(loss.clamp_min(1e-30))
         return loss
@@ -219,16 +259,20 @@ class UnrollEngine:
         """
         c = self.config
         K = self._unroll_length()
-        W, state = self.W, self.state
-        alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        tr = self.trajectories
+        W, state = tr.W, tr.state
+        if tr.active.all():
+            alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        else:  # idle slots (the run's seeds are used up) are masked like diverged ones
+            alive = torch.as_tensor(tr.active, device=self.device)
         terms = []
         for _ in range(K):
             W, loss, grad_sq, state = self.optimizer.step(
-                W, self.X, self.Y, state, second_order=c.second_order, x_qr=self.X_qr
+                W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr
             )
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
-        final = mlp_loss(W, self.X, self.Y)
+        final = mlp_loss(W, tr.X, tr.Y)
         for w in W:
             alive = alive & _finite_rows(w)
         alive = alive & torch.isfinite(final)
@@ -253,6 +297,7 @@ class UnrollEngine:
         """Run one truncated unroll and one meta-update; returns host-side metrics."""
         c = self.config
         t0 = time.perf_counter()
+        probe = self._probe_loss_change() if self.symmetry_probe is not None else None
         u = self.compute_meta_gradient()
         W, state, alive, final, meta_loss, K = u.W, u.state, u.alive, u.final, u.meta_loss, u.K
         if self.grad_reducer is not None:  # e.g. all-reduce across data-parallel ranks
@@ -269,26 +314,26 @@ class UnrollEngine:
 
         with torch.no_grad():
             log_loss = torch.where(alive, final.clamp_min(1e-30).log10(), torch.zeros_like(final)).sum()
-            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss])
+            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss]
+                                + ([probe.to(meta_loss.dtype)] if probe is not None else []))
         # --- host sync: once per meta-step -------------------------------------------------
         alive_host = alive.cpu().numpy()
-        meta_loss_h, norm_h, log_loss_h = stats.cpu().tolist()
+        meta_loss_h, norm_h, log_loss_h, *probe_h = stats.cpu().tolist()
         n_alive = int(alive_host.sum())
-        totals = [float(n_alive), meta_loss_h * self.B, log_loss_h]
+        totals = [float(n_alive), meta_loss_h * self.B, log_loss_h, float(self._active_after(alive_host, K))]
         if self.stats_reducer is not None:  # sums over data-parallel ranks: every rank decides alike
             totals = self.stats_reducer(totals)
         n_alive = int(round(totals[0]))
+        self.done = round(totals[3]) == 0  # no slot of any rank holds a trajectory any more
         if n_alive > 0:
             self.meta_opt.step()
             self.all_dead_streak = 0
         else:
             self.all_dead_streak += 1
         self.meta_step_count += 1
-        self.W = [w.detach() for w in W]
-        self.state = state.detach()
-        self.steps_done += K
-        dead = np.flatnonzero(~alive_host)  # this rank's slots
-        finished = np.flatnonzero(alive_host & (self.steps_done >= c.steps))
+        self.trajectories.advance(W, state, K)
+        dead = np.flatnonzero(~alive_host & self.trajectories.active)  # this rank's slots (idle ones are not dead)
+        finished = np.flatnonzero(alive_host & (self.trajectories.steps_done >= c.steps))
         self.diverged_total += len(dead)
         self.trajectories_finished += len(finished)
         metrics = {
@@ -303,6 +348,8 @@ class UnrollEngine:
             "unroll": K,
             "seconds": time.perf_counter() - t0,
         }
+        if probe_h:  # a teleport that is not a symmetry (allow_non_symmetric): what it changes
+            metrics["teleport_loss_change"] = probe_h[0]
         if self.all_dead_streak >= c.diverge_patience:
             raise DivergenceError(
                 f"every one of the {self.B * self.world_size} trajectories diverged (non-finite loss, gradient or "
@@ -322,35 +369,25 @@ class UnrollEngine:
         keeps state that cannot be saved, so it is checkpointable only between generations, when
         the whole batch has just (re)started and that state is fresh.
         """
-        return self.config.learned.variant != "tele" or bool((self.steps_done == 0).all())
+        return self.config.learned.variant != "tele" or bool((self.trajectories.steps_done == 0).all())
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit: tensors and host counters.
 
         Tensors are references (not copies); numpy arrays and the numpy generator state are
-        returned as they are (:mod:`metatele.meta.resume` converts them for a pickle-free file).
+        returned as they are (:mod:`metatele.meta.state` converts them for a pickle-free file).
         """
         if not self.checkpointable:
             raise NotImplementedError(
                 "the 'tele' variant can be checkpointed only between generations (when every "
                 "trajectory has just started); see UnrollEngine.checkpointable"
             )
-        s = self.state
         return {
             "optimizer": self.optimizer.state_dict(),
             "meta_opt": self.meta_opt.state_dict(),
-            "X": self.X, "Y": self.Y, "W": list(self.W), "loss0": self.loss0,
-            "X_qr": list(self.X_qr),
-            "update_state": list(s.update) if s.update else None,
-            "teleport_state": [list(t) for t in s.teleport],
-            "counters": {
-                "meta_step_count": self.meta_step_count, "next_seed": self.next_seed,
-                "trajectories_started": self.trajectories_started,
-                "trajectories_finished": self.trajectories_finished,
-                "diverged_total": self.diverged_total, "all_dead_streak": self.all_dead_streak,
-            },
+            **self.trajectories.state_dict(),
+            "counters": {k: getattr(self, k) for k in self.COUNTERS},
             "rank": self.rank, "world_size": self.world_size,
-            "seeds": self.seeds.copy(), "steps_done": self.steps_done.copy(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
@@ -365,21 +402,12 @@ class UnrollEngine:
             )
         self.optimizer.load_state_dict(sd["optimizer"])
         self.meta_opt.load_state_dict(sd["meta_opt"])
-        to = lambda t: t.to(self.device)  # noqa: E731
-        self.X, self.Y, self.loss0 = to(sd["X"]), to(sd["Y"]), to(sd["loss0"])
-        self.W = [to(w) for w in sd["W"]]
-        self.X_qr = tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(self.W, self.X)
-        upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
-        base = None
-        if self.config.learned.variant == "tele":  # saved between generations: a fresh base optimizer
-            base = self.optimizer.initial_state(
-                self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W, differentiable=True,
-            ).base
-        self.state = LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]], base)
+        # the 'tele' variant is saved between generations: its base optimizer starts fresh
+        base = (lambda tr: self._initial_state(TaskBatch(tr.X, tr.Y, tr.W), tr.W).base) \
+            if self.config.learned.variant == "tele" else None
+        self.trajectories = Trajectories.from_state_dict(sd, self.device, base)
         for k, v in sd["counters"].items():
             setattr(self, k, v)
-        self.seeds[:] = sd["seeds"]
-        self.steps_done[:] = sd["steps_done"]
         self.rng.bit_generator.state = sd["numpy_rng"]
         torch.set_rng_state(sd["torch_rng"])
         if sd.get("cuda_rng") is not None and self.device.type == "cuda":

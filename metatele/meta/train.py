@@ -1,15 +1,16 @@
-"""``meta_train(config)``: run the unroll engine for the configured number of meta-steps."""
+"""``meta_train(config)``: run the unroll engine until every trajectory of the run is trained."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .engine import UnrollEngine
 from ..optimizers.learned import LearnedOptimizer
-from .config import MetaTrainConfig
+from .config import MetaTrainConfig, non_symmetric_pairs
+from .engine import UnrollEngine
 
 
 @dataclass
@@ -23,6 +24,8 @@ class MetaTrainResult:
         train_seeds: ``[start, end)`` of the training-task seeds it consumed.
         meta_steps: meta-steps taken.
         diverged_total: trajectories masked out and restarted because they diverged.
+        train_seconds: wall-clock seconds of meta-training, summed over every segment of a resumed
+            run (up to the checkpoint each segment was resumed from).
     """
 
     optimizer: LearnedOptimizer
@@ -31,7 +34,26 @@ class MetaTrainResult:
     train_seeds: tuple[int, int]
     meta_steps: int
     diverged_total: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float
+
+    def provenance(self) -> dict[str, Any]:
+        """What the run records in its checkpoint (``provenance`` of
+        :func:`metatele.release.checkpoint.save_checkpoint`)."""
+        prov: dict[str, Any] = {
+            "training_seeds": [list(self.train_seeds)],
+            "meta_steps": self.meta_steps,
+            "diverged_trajectories": self.diverged_total,
+            "train_seconds": round(self.train_seconds, 1),
+            "meta_seed": self.config.seed,
+        }
+        changes = [row["teleport_loss_change"] for row in self.history if "teleport_loss_change" in row]
+        if changes:  # allow_non_symmetric: the teleport was not a symmetry; how much it changed the loss
+            prov["non_symmetric_teleport"] = {
+                "pairs": [{"pair": m, "input_width": d} for m, d in non_symmetric_pairs(self.config.task)],
+                "samples": self.config.task.dims[0],
+                "max_relative_loss_change": max(changes),
+            }
+        return prov
 
 
 def meta_train(
@@ -62,9 +84,11 @@ def meta_train(
     history: list[dict[str, Any]] = []
     bar = tqdm(total=total, initial=engine.meta_step_count, disable=not progress, desc=f"meta-train {config.learned.variant}",
                unit="meta-step", dynamic_ncols=True)
+    t0, before = perf_counter(), engine.train_seconds  # a resumed engine carries its earlier time
     try:
-        while engine.meta_step_count < total:
+        while not engine.done:
             metrics = engine.meta_step()
+            engine.train_seconds = before + perf_counter() - t0
             history.append(metrics)
             if callback is not None:
                 callback(engine, metrics)
@@ -80,4 +104,5 @@ def meta_train(
         train_seeds=engine.trained_seed_range,
         meta_steps=engine.meta_step_count,
         diverged_total=engine.diverged_total,
+        train_seconds=engine.train_seconds,
     )

@@ -11,6 +11,7 @@ Each optimizer can teleport on a :class:`~metatele.symmetry.strategies.TeleportS
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -132,10 +133,12 @@ class HandDesigned:
             if torch.is_tensor(momentum) and momentum.numel() != 1:
                 raise ValueError("momentum override must be a scalar (higher's SGD cannot take it per task)")
             override["momentum"] = [momentum]
-        self.diffopt = higher.optim.get_diff_optim(
-            _torch_optimizer(config, reference), reference,
-            override=override or None, track_higher_grads=differentiable,
-        )
+        with warnings.catch_warnings():  # higher warns on every RMSprop it builds
+            warnings.filterwarnings("ignore", message="Differentiable RMSprop suffers", category=UserWarning)
+            self.diffopt = higher.optim.get_diff_optim(
+                _torch_optimizer(config, reference), reference,
+                override=override or None, track_higher_grads=differentiable,
+            )
         self.teleport_steps = set(config.teleport.steps) if config.teleport else set()
         self.strategy = config.teleport.build() if config.teleport and config.teleport.steps else None
         self.t = 0

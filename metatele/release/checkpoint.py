@@ -14,10 +14,8 @@ A checkpoint is a single ``.safetensors`` file. Its tensors are the meta-paramet
 and, beside it, ``metatele_sha256`` (the hash of that JSON text), so a flipped byte anywhere in
 the file is caught: in the header as a parse or hash error, in the data as a payload mismatch.
 
-Loading never unpickles anything: the file is parsed as safetensors, and a pickle or a
-``torch.save`` archive is recognised by its first bytes and refused before any of it is read as
-Python objects. Writes go to a temporary file in the target's directory, are fsynced, and then
-``os.replace`` it, so a crash midway leaves any previous checkpoint intact.
+The file format (safetensors + one JSON document, never unpickled, written atomically) is the
+generic container of :mod:`metatele.storage.container`; this module adds what a checkpoint holds.
 
 :func:`metatele.release.manifest.write_manifest` writes the small JSON manifest shipped beside checkpoints (config, seeds,
 measured metrics, sha256 of each file) and :func:`metatele.release.manifest.verify_manifest` checks files against it.
@@ -25,34 +23,30 @@ measured metrics, sha256 of each file) and :func:`metatele.release.manifest.veri
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
-import os
 import platform
-import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
+from .._version import __version__
 from ..configs import ConfigError, to_dict
-from ..optimizers.learned import LearnedOptimizer
-from ..tasks.family import TEST_SEED_OFFSET, TaskConfig
 from ..meta.config import MetaTrainConfig
+from ..optimizers.learned import LearnedOptimizer
+from ..storage.container import Container, ContainerError, PathLike, atomic_write
+from ..storage.jsonable import to_json
+from ..storage.provenance import git_commit, git_dirty
+from ..tasks.family import TEST_SEED_OFFSET, TaskConfig
 
 FORMAT = "metatele-checkpoint"
 FORMAT_VERSION = 1
-_META_KEY = "metatele"
-_META_HASH_KEY = "metatele_sha256"
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the header size
-
-PathLike = str | os.PathLike
+#: the container of a checkpoint: its JSON document is under the header key ``metatele``
+CONTAINER = Container(FORMAT, FORMAT_VERSION, key="metatele", what="checkpoint", writer="save_checkpoint()",
+                      sort_keys=True)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ContainerError):
     """A checkpoint or manifest is missing, damaged, of an unknown format, or does not fit."""
 
 
@@ -83,31 +77,6 @@ class Checkpoint:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _git(path: PathLike | None, *args: str) -> str | None:
-    """Output of ``git -C path args`` (default: this package's folder); ``None`` on any failure."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=5, check=False)
-    except Exception:  # noqa: BLE001 - provenance must never fail a save
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_commit(path: PathLike | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the repository holding ``path`` (default: this package).
-
-    Returns ``None`` when git is missing, ``path`` is not in a repository, or anything fails.
-    """
-    commit = _git(path, "rev-parse", "HEAD")
-    return commit if commit and len(commit) >= 40 else None
-
-
-def _git_dirty(path: PathLike | None = None) -> bool | None:
-    """Whether tracked files differ from ``HEAD`` (``None`` when unknown)."""
-    status = _git(path, "status", "--porcelain", "--untracked-files=no")
-    return None if status is None else bool(status)
-
-
 def seed_ranges(seeds: Iterable[int] | range | Sequence[Sequence[int]]) -> list[list[int]]:
     """Normalise seeds to sorted, merged ``[start, end)`` pairs.
 
@@ -140,116 +109,6 @@ def seed_ranges(seeds: Iterable[int] | range | Sequence[Sequence[int]]) -> list[
         else:
             out.append([a, b])
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain-JSON version of ``value`` (tensors, numpy values, ranges, paths, dataclasses)."""
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, range):
-        return seed_ranges(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if torch.is_tensor(value):
-        return value.detach().cpu().tolist()
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
-    if hasattr(value, "__dataclass_fields__"):
-        return to_dict(value)
-    raise TypeError(f"cannot store a {type(value).__name__} in checkpoint metadata: {value!r}")
-
-
-def _dumps(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-
-def payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def verified_tensors(data: bytes, sha256: str, where: str, error: type[Exception] = CheckpointError,
-                     word: str = "corrupted") -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors payload, checked against their recorded ``sha256``.
-
-    Raises ``error`` ("<where> is <word>: ...") when the payload cannot be read or does not match.
-    """
-    from safetensors.torch import load
-
-    try:
-        tensors = load(data)
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise error(f"{where} is {word}: cannot read its tensors ({e})") from None
-    if payload_sha256(tensors) != sha256:
-        raise error(f"{where} is {word}: its tensors do not match the recorded sha256")
-    return tensors
-
-
-def file_sha256(path: PathLike) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``.
-
-    A failure at any point (full disk, kill) leaves whatever was at ``path`` before untouched and
-    removes the temporary file. The file gets the usual permissions (``0o666`` less the umask).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            for i in range(0, len(data), 1 << 22):
-                f.write(data[i:i + (1 << 22)])
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (best effort; not possible on every platform)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def _encode(tensors: Mapping[str, torch.Tensor], doc: dict[str, Any]) -> bytes:
-    """The bytes of a checkpoint file: safetensors with the JSON document and its hash."""
-    from safetensors.torch import save
-
-    text = _dumps(doc)
-    metadata = {
-        "format": FORMAT,
-        _META_KEY: text,
-        _META_HASH_KEY: hashlib.sha256(text.encode()).hexdigest(),
-    }
-    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 
 # -- save ------------------------------------------------------------------------------------
@@ -312,95 +171,34 @@ def save_checkpoint(
         "meta_seed": config.seed,
         "meta_steps": None,
         "meta_steps_planned": config.meta_steps,
-        "metatele_version": _version(),
+        "metatele_version": __version__,
         "git_commit": git_commit(),
-        "git_dirty": _git_dirty(),
+        "git_dirty": git_dirty(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    prov.update(_jsonable(provenance))
+    prov.update(to_json(provenance, nonfinite_to_none=False))
     doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
         "provenance": prov,
-        "evaluation": _jsonable(evaluation) if evaluation is not None else None,
+        "evaluation": to_json(evaluation, nonfinite_to_none=False) if evaluation is not None else None,
         "tensors": {
             "count": len(tensors),
             "parameters": sum(t.numel() for t in tensors.values()),
             "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         },
-        "payload_sha256": payload_sha256(tensors),
     }
-    atomic_write(path, _encode(tensors, doc))
+    atomic_write(path, CONTAINER.encode(tensors, doc))
     return path
-
-
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
 
 
 # -- load ------------------------------------------------------------------------------------
 def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
     """Read the file and return its bytes and verified metadata document (tensors unchecked)."""
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
-    data = path.read_bytes()
-    if len(data) <= 8:
-        raise CheckpointError(f"{path} is truncated or not a checkpoint: {len(data)} bytes")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > _MAX_HEADER or data[8:9] != b"{":  # not safetensors: say what it is, never parse it
-        if data[:4] == b"PK\x03\x04":
-            raise CheckpointError(
-                f"{path} is a zip archive (the torch.save format, which holds a pickle); metatele "
-                "never unpickles files. Checkpoints are safetensors files written by save_checkpoint()"
-            )
-        if data[0] == 0x80 and 2 <= data[1] <= 5:
-            raise CheckpointError(
-                f"{path} is a Python pickle; metatele never unpickles files (it could run arbitrary "
-                "code). Checkpoints are safetensors files written by save_checkpoint()"
-            )
-        raise CheckpointError(
-            f"{path} is not a safetensors checkpoint (corrupted, or a foreign file such as a "
-            "pickle, which metatele never unpickles)"
-        )
-    if n > len(data) - 8:
-        raise CheckpointError(f"{path} is truncated: its header needs {n} bytes, the file has {len(data) - 8}")
-    try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        meta = header.get("__metadata__") or {}
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError) as e:
-        raise CheckpointError(f"{path} is corrupted: cannot parse its header ({e})") from None
-    if meta.get("format") != FORMAT or _META_KEY not in meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a metatele checkpoint (no '{FORMAT}' metadata)")
-    size = len(data) - 8 - n
-    need = max(ends, default=0)
-    if size < need:
-        raise CheckpointError(f"{path} is truncated: the tensors need {need} bytes after the header, the file has {size}")
-    if size > need:
-        raise CheckpointError(f"{path} is corrupted: {size - need} unexpected bytes after the tensors")
-    text = meta[_META_KEY]
-    if hashlib.sha256(text.encode()).hexdigest() != meta.get(_META_HASH_KEY):
-        raise CheckpointError(f"{path} is corrupted: its metadata does not match the recorded sha256")
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise CheckpointError(f"{path} is corrupted: cannot parse its metadata ({e})") from None
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version!r}; this metatele ({_version()}) reads "
-            f"version {FORMAT_VERSION}"
-        )
-    for key in ("config", "provenance", "payload_sha256"):
+    data = CONTAINER.read_bytes(path, CheckpointError)
+    doc = CONTAINER.document(data, str(path), CheckpointError)
+    for key in ("config", "provenance"):
         if key not in doc:
             raise CheckpointError(f"{path} is missing metadata field '{key}'")
     return data, doc
@@ -448,7 +246,7 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
     if task is not None:
         _check_task(path, config, task)
-    tensors = verified_tensors(data, doc["payload_sha256"], str(path))
+    tensors = CONTAINER.tensors(data, doc, str(path), CheckpointError)
     build_for = task if task is not None and config.learned.arch == "coordinatewise" else config.task
     with torch.random.fork_rng(devices=[]):  # building must not consume the caller's random stream
         optimizer = LearnedOptimizer(build_for, config.learned)

@@ -11,10 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .checkpoint import (CheckpointError, PathLike, _jsonable, _version, atomic_write, file_sha256, git_commit,
-                         read_metadata)
+from .._version import __version__
 from ..configs import to_dict
 from ..meta.config import MetaTrainConfig
+from ..storage.container import PathLike, atomic_write, file_sha256
+from ..storage.jsonable import to_json
+from ..storage.provenance import git_commit
+from .checkpoint import CheckpointError, read_metadata
 
 MANIFEST_FORMAT = "metatele-manifest"
 MANIFEST_VERSION = 1
@@ -87,15 +90,15 @@ def write_manifest(
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "metatele_version": _version(),
+        "metatele_version": __version__,
         "git_commit": git_commit(),
-        "config": _jsonable(config),
-        "seeds": _jsonable(seeds),
-        "metrics": _jsonable(metrics),
+        "config": to_json(config, nonfinite_to_none=False),
+        "seeds": to_json(seeds, nonfinite_to_none=False),
+        "metrics": to_json(metrics, nonfinite_to_none=False),
         "files": entries,
     }
     if extra:
-        doc["extra"] = _jsonable(extra)
+        doc["extra"] = to_json(extra, nonfinite_to_none=False)
     atomic_write(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
     return path
 

@@ -1,1 +1,3 @@
-"""Storage: files and logs (safetensors + JSON containers, wandb logging). Imports no stage of the package."""
+"""Storage: files and logs (the safetensors + JSON container, the JSON cleaner, provenance, wandb logging).
+
+A foundation: imports no stage of the package."""

@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .jsonable import to_json
+
 MODES = ("online", "offline", "disabled")
 DEFAULT_MODE = "offline"
 log = logging.getLogger(__name__)
@@ -50,25 +52,8 @@ def resolve_mode(mode: str | None = None) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """Plain Python version of configs and values (dataclasses, tensors, numpy, ranges)."""
-    from ..configs import to_dict
-
-    if hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
-        return to_dict(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, range):
-        return [value.start, value.stop]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "detach"):  # torch tensors
-        value = value.detach().cpu()
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+    """Plain Python version of configs and values; NaN and inf stay (wandb plots them as gaps)."""
+    return to_json(value, nonfinite_to_none=False)
 
 
 def _settings(mode: str):

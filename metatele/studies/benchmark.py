@@ -25,14 +25,11 @@ protocol or ``--report`` says otherwise; the default protocol writes ``experimen
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import multiprocessing
 import os
-import platform
 import re
-import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,15 +37,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..configs import ConfigError, require, to_dict
-from ..evaluation.evaluate import BaselineMethod, Curves, evaluate, to_json
+from ..configs import ConfigError, defaults_dir, require, to_dict
+from ..evaluation.evaluate import BaselineMethod, Curves, evaluate
 from ..evaluation.figures import plot_loss_vs_step
 from ..evaluation.identity import MethodId
+from ..storage.jsonable import to_json
+from ..storage.provenance import available_cpus, machine_info
 from ..evaluation.tuning import DEFAULT_LRS, grid_search
 from ..meta import train as meta_training
 from ..meta.config import MetaTrainConfig, resolve_device
@@ -60,20 +58,15 @@ from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load
 from .report import conclusions, goal_check, render_report
 
 __all__ = ["BenchmarkProtocol", "BenchmarkRun", "Job", "Setting", "Ablation", "Tuning", "load_protocol",
-           "run_benchmark", "run_job", "load_curves", "main", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
+           "run_benchmark", "run_job", "load_curves", "render_only", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs"
-DEFAULT_CONFIG, QUICK_CONFIG = CONFIG_DIR / "benchmark.yaml", CONFIG_DIR / "benchmark_quick.yaml"
+DEFAULT_CONFIG, QUICK_CONFIG = defaults_dir() / "benchmark.yaml", defaults_dir() / "benchmark_quick.yaml"
 
 
 # -- running ----------------------------------------------------------------------------------
 def slug(name: str) -> str:
     """A file-name-safe form of a method name: ``LSTM(update+tele)`` → ``LSTM-update+tele``."""
     return re.sub(r"[^A-Za-z0-9+.=_-]+", "-", name).strip("-")
-
-
-def _available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass
@@ -317,24 +310,6 @@ class BenchmarkRun:
         return out
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Platform, CPUs, threads, versions, git commit and load average (for the report)."""
-    from .._version import __version__
-    from ..release.checkpoint import _git_dirty, git_commit
-
-    cpu = platform.processor() or platform.machine()
-    try:  # Linux: the model name says more than "x86_64"
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "processor": cpu,
-            "cpu_count": os.cpu_count(), "cpus_available": _available_cpus(), "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version(),
-            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-            "load_average_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-            "metatele": __version__, "git_commit": git_commit(), "git_dirty": _git_dirty()}
-
-
 def _figure_title(name: str, section: Mapping[str, Any]) -> str:
     return section["label"] + (" — ablations" if name == "ablations" else "")
 
@@ -356,8 +331,8 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     report = Path(report) if report is not None else out / "RESULTS.md"
     out.mkdir(parents=True, exist_ok=True)
     cuda = resolve_device(protocol.device).type == "cuda"
-    workers = workers or protocol.workers or (1 if cuda else _available_cpus())
-    threads = threads or protocol.threads or max(1, _available_cpus() // workers)
+    workers = workers or protocol.workers or (1 if cuda else available_cpus())
+    threads = threads or protocol.threads or max(1, available_cpus() // workers)
     runner = BenchmarkRun(protocol, out, progress, resume, settings, ablations, workers, threads, methods)
     machine = {**machine_info(runner.device), "workers": workers, "torch_threads": threads}
     phases = runner.run()
@@ -418,64 +393,4 @@ def render_only(out: Path, report: Path) -> int:
     report.write_text(render_report(results, figures, yaml.safe_dump(results["protocol"], sort_keys=False,
                                                                      allow_unicode=True)))
     print(f"report: {report} (re-rendered from {out / 'results.json'})")
-    return 0
-
-
-# -- command line -----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="metatele benchmark",
-        description="The statistical benchmark protocol: meta-train every learned method on several meta-seeds, "
-        "tune baselines on training seeds, evaluate all on the same unseen test seeds, and write RESULTS.md "
-        "(tables with 95% CIs, paired tests, figures, conclusions), results.json, curves.npz and checkpoints.")
-    p.add_argument("--config", help=f"protocol YAML (default: {DEFAULT_CONFIG}, or {QUICK_CONFIG.name} with --quick)")
-    p.add_argument("--quick", action="store_true", help="the tiny protocol (seconds; used by the tests)")
-    p.add_argument("--out", help="output folder (default: the protocol's 'out')")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a protocol key, e.g. --set base.trajectories=500 --set meta_seeds=[0,1,2,3] (repeatable)")
-    p.add_argument("--report", help="report path (default: the protocol's 'report', else OUT/RESULTS.md)")
-    p.add_argument("--settings", nargs="+", metavar="NAME", help="run only these settings")
-    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these learned methods and baselines "
-                   "(ablations still train their own arms)")
-    p.add_argument("--ablations", nargs="+", metavar="NAME", help="run only these ablations ('none': skip all)")
-    p.add_argument("--workers", type=int, help="processes for the learned runs (default: protocol 'workers', else one "
-                   "per available CPU; 1 on CUDA). Results do not depend on it")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: protocol 'threads', else CPUs / workers)")
-    p.add_argument("--resume", action="store_true", help="reuse checkpoints in OUT whose config matches (evaluation reruns)")
-    p.add_argument("--dry-run", action="store_true", help="validate the protocol and print the stages, then exit")
-    p.add_argument("--render-only", action="store_true",
-                   help="re-write the report from OUT/results.json (no training or evaluation; keeps the recorded times)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """``metatele benchmark ARGS``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    config = args.config or str(QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
-    ablations = None if args.ablations is None else [a for a in args.ablations if a != "none"]
-    try:
-        for flag in ("workers", "threads"):
-            require(getattr(args, flag) is None or getattr(args, flag) >= 1, f"--{flag}", "must be ≥ 1")
-        protocol, raw = load_protocol(config, args.overrides)
-        out = Path(args.out or protocol.out)
-        runner = BenchmarkRun(protocol, out, False, False, args.settings, ablations, methods=args.methods)
-    except ConfigError as e:
-        print(f"metatele benchmark: error: {e}", file=sys.stderr)
-        return 2
-    report = Path(args.report) if args.report else (Path(protocol.report) if protocol.report else out / "RESULTS.md")
-    if args.dry_run:
-        stages = runner.stages()
-        print("\n".join(stages))
-        print(f"{len(stages)} stages ({len(runner.settings)} for baselines, {len(stages) - len(runner.settings)} distinct "
-              f"learned runs for {len(runner.jobs())} table entries); out {out}; report {report}")
-        return 0
-    if args.render_only:
-        return render_only(out, report)
-    command = "metatele benchmark" + (" " + shlex.join(argv) if argv else "")
-    results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
-                            resume=args.resume, settings=args.settings, ablations=ablations,
-                            workers=args.workers, threads=args.threads, methods=args.methods)
-    print("\n".join(results["conclusions"]))
-    print(f"\nreport: {report}; results: {out / 'results.json'}; wall time {results['wall_seconds'] / 60:.1f} min")
     return 0

@@ -2,7 +2,7 @@
 
 A short meta-training of each of the paper's three variants on the reference task
 (dims [20, 20, 20, 20], uniform), small enough for about a minute each on a 2-core CPU. The
-same settings are in ``experiments/configs/quick.yaml``.
+same settings are shipped as ``metatele/defaults/quick.yaml`` (``--config quick``).
 """
 from __future__ import annotations
 

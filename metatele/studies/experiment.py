@@ -24,7 +24,8 @@ import torch
 from ..optimizers.baselines import BASELINES, BaselineConfig
 from ..release.checkpoint import Checkpoint, CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from ..configs import ConfigError, require, to_dict
-from ..evaluation.evaluate import BaselineMethod, Curves, compare, to_json
+from ..evaluation.evaluate import BaselineMethod, Curves, compare
+from ..storage.jsonable import to_json
 from ..evaluation.figures import plot_comparison
 from ..evaluation.format import cell
 from ..evaluation.identity import MethodId, baseline_id, learned_id
@@ -83,22 +84,13 @@ def train_and_save(
         if callback is not None:
             callback(engine, metrics)
 
-    t0 = time.perf_counter()
     try:
         result = meta_train(config, progress=progress, callback=log_step, engine=engine)
-        seconds = time.perf_counter() - t0
+        seconds = result.train_seconds  # every segment of a resumed run
         if engine is not None and getattr(engine, "prior_history", None):  # a resumed run: whole history
             result.history = list(engine.prior_history) + result.history
-        ckpt = save_checkpoint(
-            out / "checkpoint.safetensors", result.optimizer, config,
-            provenance={
-                "training_seeds": [list(result.train_seeds)],
-                "meta_steps": result.meta_steps,
-                "diverged_trajectories": result.diverged_total,
-                "train_seconds": round(seconds, 1),
-                "meta_seed": config.seed,
-            },
-        )
+        ckpt = save_checkpoint(out / "checkpoint.safetensors", result.optimizer, config,
+                               provenance=result.provenance())
         with open(out / "history.json", "w") as f:
             json.dump(result.history, f, indent=1)
         with open(out / "config.json", "w") as f:
@@ -332,7 +324,10 @@ def run_comparison(
     results["hyperparameters"] = {n: to_dict(m.config) for n, m in methods.items() if isinstance(m, BaselineMethod)}
     results = to_json(results)
     table = markdown_table(curves, shown, comparisons=results["comparisons"])
-    table += ("\nBaseline hyper-parameters (tuned on training seeds only):\n\n"
+    how = [("tuned on training seeds only" if config.tune != "none" else "their defaults, not tuned")] if config.baselines else []
+    how += [f"gd(lr={config.paper_gd_lr:g}) at the paper's fixed rate, not tuned"] if config.paper_gd_lr is not None else []
+    label = f" ({'; '.join(how)})" if how else ""
+    table += (f"\nBaseline hyper-parameters{label}:\n\n"
               + "\n".join(_hyperparameter_lines(methods, records, config.tuning_steps)) + "\n")
     header = (f"# Comparison on {len(seeds)} unseen seeds, {config.steps} steps\n\n"
               f"Task: dims {task.dims}, distribution {task.distribution}. Mean log10 loss with 95% CI.\n\n")

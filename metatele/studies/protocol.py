@@ -1,6 +1,6 @@
 """The benchmark protocol: settings, learned methods, baselines, ablations, seeds (YAML → dataclasses).
 
-See ``experiments/configs/benchmark.yaml`` and :mod:`metatele.studies.benchmark`, which runs a protocol.
+See ``metatele/defaults/benchmark.yaml`` and :mod:`metatele.studies.benchmark`, which runs a protocol.
 Override order for a learned run: ``base`` → setting ``overrides`` → ``ablation_base`` (ablation
 arms only) → the method's overrides → the setting's ``method_overrides[method]`` →
 ``ablation_reference`` (ablation arms only) → the ablation's ``overrides``; then ``task`` (the setting's), ``seed`` (the meta-seed) and
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ..optimizers.baselines import BaselineConfig
-from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, merge_overrides, require, to_dict
+from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, merge_overrides, require, resolve_config, to_dict
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
 from ..meta.config import MetaTrainConfig
 from ..evaluation.identity import MethodId, baseline_id, learned_id
@@ -86,7 +86,7 @@ class Tuning:
 
 @dataclass
 class BenchmarkProtocol:
-    """What ``metatele benchmark`` runs (see ``experiments/configs/benchmark.yaml``).
+    """What ``metatele benchmark`` runs (see ``metatele/defaults/benchmark.yaml``).
 
     Attributes:
         name, description: shown in the report.
@@ -252,6 +252,6 @@ def candidate_of(name: str) -> str | None:
 
 def load_protocol(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[BenchmarkProtocol, dict[str, Any]]:
     """Read a protocol YAML, apply ``key=value`` overrides; returns the protocol and its raw dict."""
-    data = load_yaml_mapping(str(path), "protocol")
+    data = load_yaml_mapping(str(resolve_config(path, "protocol")), "protocol")
     data = apply_overrides(data, overrides or [])
     return from_dict(BenchmarkProtocol, data), data

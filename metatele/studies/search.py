@@ -15,25 +15,23 @@ seeds), then ranks the candidates on the target of a learned teleport that relia
   step (paired test) in each setting; ranked by that count, then by the mean difference.
 
 The winners are written to ``experiments/SEARCH.md`` (tables of every candidate's criteria; the
-search's full tables and figures in ``experiments/search/``) and
-``experiments/configs/search_selected.yaml`` (their switches, which the benchmark protocol and the
-shipped configs use).
+search's full tables and figures in ``experiments/search/``) and ``search_selected.yaml`` beside
+the report (their switches). The benchmark protocol and the shipped configs use the selection
+shipped as package data, ``metatele/defaults/search_selected.yaml``: copy a new one there to adopt it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shlex
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..configs import ConfigError
+from ..configs import ConfigError, defaults_dir
 from ..evaluation.format import cell, num, pval
 from ..evaluation.identity import MethodId
 from .aggregate import lr_target, lr_target_met, method_ids, update_target
@@ -42,10 +40,9 @@ from .benchmark import run_benchmark
 from .protocol import load_protocol
 
 __all__ = ["rank_update_candidates", "rank_lr_candidates", "rankings", "render_search", "selection",
-           "run_search", "main", "DEFAULT_SEARCH"]
+           "run_search", "DEFAULT_SEARCH", "SEARCH_QUICK"]
 
-DEFAULT_SEARCH = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search.yaml"
-SEARCH_QUICK = Path(__file__).resolve().parent.parent.parent / "experiments" / "configs" / "search_quick.yaml"
+DEFAULT_SEARCH, SEARCH_QUICK = defaults_dir() / "search.yaml", defaults_dir() / "search_quick.yaml"
 
 
 def _settings(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -216,14 +213,15 @@ def render_search(results: Mapping[str, Any], command: str, ranked_by: Mapping[s
         for m, spec in sel["methods"].items():
             extra = "".join(f"; on {s}: {o}" for s, o in spec["setting_overrides"].items())
             lines.append(f"  - {m}: {spec['overrides']}{extra}")
-    lines += ["", "The selected switches are written to `experiments/configs/search_selected.yaml`; the benchmark "
-              "protocol (`experiments/configs/benchmark.yaml`) uses them for its main methods, and "
+    lines += ["", "The selected switches are written to `search_selected.yaml` beside this report; shipped as "
+              "`metatele/defaults/search_selected.yaml`, the benchmark protocol (`metatele/defaults/benchmark.yaml`) "
+              "uses them for its main methods, and "
               "`experiments/RESULTS.md` reports them on the test seeds.", ""]
     return "\n".join(lines)
 
 
 def run_search(config: str | Path, out: str | Path | None = None, report: str | Path = "experiments/SEARCH.md",
-               selected: str | Path = "experiments/configs/search_selected.yaml", overrides: list[str] | None = None,
+               selected: str | Path | None = None, overrides: list[str] | None = None,
                progress: bool = True, resume: bool = False, render_only: bool = False,
                command: str = "metatele search", tables: str | Path | None = None) -> dict[str, Any]:
     """Run (or, with ``render_only``, re-read) a search protocol, rank, write the report and the
@@ -231,11 +229,15 @@ def run_search(config: str | Path, out: str | Path | None = None, report: str | 
 
     ``tables``: where the full benchmark-style report of the search goes (per-meta-seed tables,
     paired tests; its figures in ``<tables dir>/figures``); default ``<report dir>/search/RESULTS.md``.
+    ``selected``: where the selected switches go; default ``<report dir>/search_selected.yaml``,
+    beside the report that explains them (the shipped selection, ``metatele/defaults/search_selected.yaml``,
+    is package data: copy a new selection there to make it the default).
     """
     protocol, raw = load_protocol(config, overrides)
     if protocol.eval_split != "validation":
         raise ConfigError(f"eval_split: a search must select on validation seeds, {config} says {protocol.eval_split!r}")
-    out, report, selected = Path(out or protocol.out), Path(report), Path(selected)
+    out, report = Path(out or protocol.out), Path(report)
+    selected = Path(selected) if selected is not None else report.parent / "search_selected.yaml"
     tables = Path(tables) if tables else report.parent / "search" / "RESULTS.md"
     if render_only:
         results = json.loads((out / "results.json").read_text())
@@ -261,50 +263,3 @@ def run_search(config: str | Path, out: str | Path | None = None, report: str | 
               f"best on validation seeds (see {report}).\n")
     selected.write_text(header + yaml.safe_dump(chosen, sort_keys=False, allow_unicode=True))
     return chosen
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="metatele search",
-        description="Configuration search on validation seeds: run a search protocol (a benchmark protocol with "
-        "eval_split: validation and methods named 'LSTM(<variant>) [<candidate>]'), rank the candidates on the "
-        "learned-teleport target, write SEARCH.md and the selected switches.")
-    p.add_argument("--config", help=f"search protocol YAML (default: {DEFAULT_SEARCH}, or {SEARCH_QUICK.name} with --quick)")
-    p.add_argument("--quick", action="store_true", help="the tiny search protocol (seconds; used by the tests)")
-    p.add_argument("--out", help="output folder (default: the protocol's 'out')")
-    p.add_argument("--report", default=None, help="selection report (default: experiments/SEARCH.md; OUT/SEARCH.md with --quick)")
-    p.add_argument("--tables", default=None, help="the search's full tables and figures (default: <report dir>/search/"
-                   "RESULTS.md; OUT/RESULTS.md with --quick)")
-    p.add_argument("--selected", default=None, help="selected switches YAML (default: "
-                   "experiments/configs/search_selected.yaml; OUT/search_selected.yaml with --quick)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="reuse checkpoints in OUT whose config matches")
-    p.add_argument("--render-only", action="store_true", help="rank and write from OUT/results.json (no training)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """``metatele search ARGS``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    config = args.config or str(SEARCH_QUICK if args.quick else DEFAULT_SEARCH)
-    try:
-        from .protocol import load_protocol
-
-        protocol, _ = load_protocol(config, args.overrides)
-        out = Path(args.out or protocol.out)
-        report = args.report or (out / "SEARCH.md" if args.quick else "experiments/SEARCH.md")
-        selected = args.selected or (out / "search_selected.yaml" if args.quick else "experiments/configs/search_selected.yaml")
-        if args.render_only and not (out / "results.json").is_file():
-            raise ConfigError(f"--render-only: no results at {out / 'results.json'}; run the search first")
-        tables = args.tables or (out / "RESULTS.md" if args.quick else None)
-        chosen = run_search(config, out, report, selected, args.overrides, progress=not args.no_progress,
-                            resume=args.resume, render_only=args.render_only,
-                            command="metatele search" + (" " + shlex.join(argv) if argv else ""), tables=tables)
-    except ConfigError as e:
-        print(f"metatele search: error: {e}", file=sys.stderr)
-        return 2
-    for key, sel in chosen.items():
-        print(f"{key}: selected candidate [{sel['tag']}] ({sel['met']}/{sel['total']} criteria on validation seeds)")
-    print(f"report: {report}; selection: {selected}")
-    return 0

@@ -52,7 +52,8 @@ def non_symmetric_pairs(weights: Sequence[torch.Tensor], X: torch.Tensor) -> lis
 
 
 def qr_factor(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Thin QR of a layer input ``h`` ``[B, d, n]`` (``n ≤ d``): ``Q`` ``[B, d, n]``, ``R`` ``[B, n, n]``.
+    """Thin QR of a layer input ``h`` ``[B, d, n]``: ``Q`` ``[B, d, n]``, ``R`` ``[B, n, n]`` for
+    ``n ≤ d``; for ``n > d``, of ``hᵀ``: ``Q`` ``[B, n, d]``, ``R`` ``[B, d, d]``.
 
     Lower-precision inputs (float32, half) are factorised in float64 (and :func:`apply_pinv`
     solves in the factors' dtype): the error grows like ``eps · cond(h)``, square Gaussian
@@ -60,6 +61,8 @@ def qr_factor(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if h.dtype in (torch.float32, torch.float16, torch.bfloat16):
         h = h.double()
+    if h.shape[-1] > h.shape[-2]:  # n > d (not a symmetry): factor hᵀ = QR, Q [B, n, d], R [B, d, d]
+        return torch.linalg.qr(h.mT, mode="reduced")
     return torch.linalg.qr(h, mode="reduced")
 
 
@@ -71,13 +74,14 @@ def apply_pinv(
     For ``n ≤ d`` uses the thin QR ``h = QR``: ``A h⁺ = (A R⁻¹) Qᵀ``, with ``A R⁻¹`` from a
     triangular solve. This is accurate to ``eps · cond(h)`` (forming the Gram matrix ``h hᵀ``
     would square the condition number, and forming ``h⁺`` explicitly first loses digits too).
-    ``qr`` may pass a precomputed :func:`qr_factor` of ``h``. For ``n > d`` the SVD-based
-    ``torch.linalg.pinv`` gives the least-squares solution. Batched; no host sync.
+    ``qr`` may pass a precomputed :func:`qr_factor` of ``h``. For ``n > d`` (not a symmetry) the
+    least-squares solution ``A Q R⁻ᵀ`` from the QR of ``hᵀ`` (what ``torch.linalg.pinv`` gives
+    for ``h`` of full row rank). Batched; no host sync.
     """
     d, n = h.shape[-2], h.shape[-1]
-    if n > d:
-        return A @ torch.linalg.pinv(h)
     Q, R = qr if qr is not None else qr_factor(h)
+    if n > d:  # hᵀ = QR, so h⁺ = Q R⁻ᵀ (h of full row rank): no SVD, which syncs and fails on non-finite input
+        return torch.linalg.solve_triangular(R, (A.to(R.dtype) @ Q).mT, upper=True).mT.to(A.dtype)
     # A R⁻¹ = (R⁻ᵀ Aᵀ)ᵀ: the left-sided solve has a much cheaper backward than left=False
     out = torch.linalg.solve_triangular(R.mT, A.mT.to(R.dtype), upper=False).mT @ Q.mT
     return out.to(A.dtype)

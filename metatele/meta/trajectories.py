@@ -1,0 +1,137 @@
+"""The per-trajectory state of the unroll engine: one structure for the B trajectories it advances.
+
+As in learned_optimization's truncated steps, the state carries every trajectory's task, current
+weights, recurrent LSTM state and progress; finished or diverged trajectories are replaced in
+place (:meth:`Trajectories.reset`) while the run's budget of training seeds lasts, after which
+their slots fall idle (``active``); the first batch's start offsets can be staggered
+(:func:`metatele.meta.config.start_offsets`) so that the batch does not run in lockstep.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..optimizers.learned import LearnedState
+from ..symmetry.action import input_qr
+from ..tasks.family import TaskBatch
+from ..tasks.mlp import mlp_loss
+
+
+@dataclass
+class Trajectories:
+    """B trajectories: their tasks, weights, recurrent state and progress.
+
+    Tensors live on the engine's device; ``seeds`` and ``steps_done`` are host arrays (so that
+    deciding which trajectories to replace never reads the device).
+
+    Attributes:
+        X, Y: the tasks' data ``[B, d0, n]`` and targets ``[B, dL, n]``.
+        W: the current weights, one ``[B, d_i, d_{i-1}]`` per layer (detached between unrolls).
+        loss0: each task's loss at the start of its trajectory ``[B]`` (for ``normalize``).
+        X_qr: thin QR factors of ``X`` (the data are fixed along a trajectory).
+        state: the learned optimizer's recurrent state (m1's and the m2s' ``(h, c)``).
+        seeds: ``[B]`` int64, each trajectory's training seed.
+        steps_done: ``[B]`` int64, inner steps each trajectory has taken.
+        active: ``[B]`` bool, the slot holds a trajectory still to be trained (an idle slot, once
+            the run's seeds are used up, is computed but masked out of the meta-loss).
+    """
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    W: list[torch.Tensor]
+    loss0: torch.Tensor
+    X_qr: tuple[torch.Tensor, ...]
+    state: LearnedState
+    seeds: np.ndarray
+    steps_done: np.ndarray
+    active: np.ndarray
+
+    #: the fields saved as they are by :meth:`state_dict` (``state`` is saved as its parts)
+    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active")
+
+    @classmethod
+    def start(cls, tasks: TaskBatch, initial_state: Callable[[TaskBatch, list[torch.Tensor]], LearnedState],
+              steps_done: np.ndarray | None = None, B: int | None = None) -> "Trajectories":
+        """Trajectories at the start of ``tasks`` (``steps_done`` default 0; see
+        :func:`metatele.meta.config.start_offsets`). With ``B`` larger than the number of tasks,
+        the remaining slots are idle copies of the first task (a lock-step batch keeps its size)."""
+        k = tasks.X.shape[0]
+        B = k if B is None else B
+        active = np.arange(B) < k
+        if B > k:
+            pad = torch.zeros(B - k, dtype=torch.long, device=tasks.X.device)
+            tasks = TaskBatch(torch.cat([tasks.X, tasks.X[pad]]), torch.cat([tasks.Y, tasks.Y[pad]]),
+                              [torch.cat([w, w[pad]]) for w in tasks.weights],
+                              list(tasks.seeds) + [int(tasks.seeds[0])] * (B - k))
+        W = [w.detach() for w in tasks.weights]
+        return cls(
+            X=tasks.X, Y=tasks.Y, W=W, loss0=mlp_loss(W, tasks.X, tasks.Y).detach(), X_qr=input_qr(W, tasks.X),
+            state=initial_state(tasks, W),
+            seeds=np.asarray(tasks.seeds, dtype=np.int64).copy(),
+            steps_done=np.zeros(B, dtype=np.int64) if steps_done is None else np.asarray(steps_done, dtype=np.int64),
+            active=active,
+        )
+
+    @property
+    def B(self) -> int:
+        return self.X.shape[0]
+
+    def reset(self, slots: np.ndarray, tasks: TaskBatch | None) -> None:
+        """Give the first ``len(tasks)`` of ``slots`` (host indices) the fresh ``tasks`` and zero
+        their recurrent state; the rest of ``slots`` fall idle; other slots are untouched."""
+        k = 0 if tasks is None else tasks.X.shape[0]
+        self.active[slots[k:]] = False
+        if k == 0:
+            return
+        slots = slots[:k]
+        idx = torch.as_tensor(slots, device=self.X.device)
+        self.X = self.X.index_copy(0, idx, tasks.X)
+        self.Y = self.Y.index_copy(0, idx, tasks.Y)
+        self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, input_qr(tasks.weights, tasks.X)))
+        self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
+        self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
+        keep = torch.ones(self.B, dtype=torch.bool, device=self.X.device)
+        keep[idx] = False
+        self.state = self.state.reset(keep)
+        self.seeds[slots] = tasks.seeds
+        self.steps_done[slots] = 0
+
+    def advance(self, W: list[torch.Tensor], state: LearnedState, steps: int) -> None:
+        """Carry the weights and state of an unroll of ``steps`` inner steps on (truncated: detached)."""
+        self.W = [w.detach() for w in W]
+        self.state = state.detach()
+        self.steps_done += steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """The saved fields (tensors by reference, host arrays copied) and the recurrent state's parts."""
+        sd: dict[str, Any] = {}
+        for name in self.SAVED:
+            v = getattr(self, name)
+            sd[name] = v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, (list, tuple)) else v
+        sd["update_state"] = list(self.state.update) if self.state.update else None
+        sd["teleport_state"] = [list(t) for t in self.state.teleport]
+        return sd
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, Any], device: torch.device,
+                        base: Callable[["Trajectories"], Any] | None = None) -> "Trajectories":
+        """Inverse of :meth:`state_dict` on ``device``; ``base(trajectories)`` rebuilds a ``tele``
+        variant's hand-designed optimizer (saved only between generations, so fresh)."""
+        to = lambda t: t.to(device)  # noqa: E731
+        X, W = to(sd["X"]), [to(w) for w in sd["W"]]
+        upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
+        out = cls(
+            X=X, Y=to(sd["Y"]), W=W, loss0=to(sd["loss0"]),
+            X_qr=tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(W, X),
+            state=LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]]),
+            seeds=np.asarray(sd["seeds"], dtype=np.int64).copy(),
+            steps_done=np.asarray(sd["steps_done"], dtype=np.int64).copy(),
+            active=np.asarray(sd["active"], dtype=bool).copy() if sd.get("active") is not None
+            else np.ones(len(sd["seeds"]), dtype=bool),
+        )
+        if base is not None:
+            out.state.base = base(out)
+        return out
