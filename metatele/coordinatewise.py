@@ -16,8 +16,10 @@ MLP, the same for every coordinate, reads nine scale-free features:
 9. ``1`` for a bias coordinate, ``0`` for a weight.
 
 and writes two numbers ``(a, b)``. The update is
-``lr · exp(s_mag · tanh a) · (m̂_0.9 / (√v̂ + ε) + s_dir · tanh b)``: Adam's step with a bounded
-correction of its size (a factor within ``e^{±s_mag}``) and of its direction. The MLP's last
+``lr · exp(s_mag · tanh a) · (d + s_dir · rms(d) · tanh b)`` with ``d = m̂_0.9 / (√v̂ + ε)`` and
+``rms(d)`` its RMS over the coordinate's tensor: Adam's step with a bounded correction of its
+size (a factor within ``e^{±s_mag}``) and of its direction (relative to the step, so that the
+correction shrinks as the trajectory converges). The MLP's last
 layer starts at zero, so an untrained m1 *is* Adam at rate ``lr``; meta-training learns a
 correction and can never write an unbounded step. The per-tensor statistics are the only loop
 (over the L layers); every coordinate of every task is processed in one batched MLP call.
@@ -217,7 +219,10 @@ class CoordinateUpdate(nn.Module):
         x, direction, state = self.features(weights, grads, state, d0)
         out = self.net(x)  # [B, P, 2]
         scale = torch.exp(cfg.magnitude_scale * torch.tanh(out[..., 0]))
-        flat = cfg.lr * scale * (direction + cfg.direction_scale * torch.tanh(out[..., 1]))
+        # the direction correction is in units of the Adam direction's RMS over the tensor, so it
+        # shrinks with the step as a trajectory converges (an absolute one would stall it)
+        unit = _per_tensor(direction, [gr[0].numel() for gr in grads], _rms)
+        flat = cfg.lr * scale * (direction + cfg.direction_scale * unit * torch.tanh(out[..., 1]))
         updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
         return updates, state
 
