@@ -3,7 +3,8 @@
 Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint against GD on
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
 ``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
-``bench`` (meta-training throughput), ``benchmark`` (the statistical protocol behind
+``bench`` (meta-training throughput), ``transfer`` (learned optimizers on networks they were not
+trained on, against baselines tuned on each), ``benchmark`` (the statistical protocol behind
 ``experiments/RESULTS.md``) and ``search`` (configuration selection on validation seeds).
 """
 from __future__ import annotations
@@ -103,7 +104,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=300)
     p.add_argument("--unrolls", type=int, default=3, help="timed meta-steps per batch size")
     p.add_argument("--device", default="auto")
+    p.add_argument("--arch", default="paper", choices=["paper", "coordinatewise"], help="learned.arch")
+    p.add_argument("--dims", type=int, nargs="+", help="task dims (default: 20 20 20 20)")
+    p.add_argument("--bias", action="store_true", help="layers with biases")
+    p.add_argument("--distribution", default="uniform", choices=["uniform", "gaussian"])
+    p.add_argument("--second-order", action="store_true", help="second-order unrolls")
+
+    p = sub.add_parser("transfer", help="checkpoints on other networks against GD/Adam tuned on each (table)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint files (coordinatewise ones run on any network)")
+    p.add_argument("--out", required=True, help="folder for transfer.md and transfer.json")
+    p.add_argument("--seeds", type=int, default=100, help="unseen test seeds per network")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--tune-seeds", type=int, default=20, help="training seeds the baselines are tuned on")
+    p.add_argument("--no-training-task", action="store_true", help="only the transfer networks")
     return parser
+
+
+def _transfer(args) -> int:
+    import json
+
+    import torch
+
+    from .transfer import TransferConfig, run_transfer
+
+    torch.set_flush_denormal(True)  # CPU: denormal floats slow the inner loops down many times
+    cfg = TransferConfig(checkpoints=list(args.checkpoints), seeds=args.seeds, steps=args.steps,
+                         tune_seeds=args.tune_seeds, include_training_task=not args.no_training_task,
+                         at_steps=tuple(s for s in (10, 30, 100, 300) if s <= args.steps))
+    result = run_transfer(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.md").write_text(result["markdown"])
+    with open(out / "transfer.json", "w") as f:
+        json.dump(result, f, indent=1, allow_nan=False)
+    print(result["markdown"])
+    print(f"wrote {out / 'transfer.md'} and {out / 'transfer.json'}")
+    return 0
 
 
 def _train(args) -> int:
@@ -197,11 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                             teleport=not args.no_teleport_baselines)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "transfer":
+            return _transfer(args)
         if args.command == "bench":
             from .bench import run_benchmark
 
             run_benchmark(args.batch_sizes, variant=args.variant, hidden=args.hidden,
-                          unrolls=args.unrolls, device=args.device)
+                          unrolls=args.unrolls, device=args.device, dims=args.dims, arch=args.arch,
+                          bias=args.bias, distribution=args.distribution, second_order=args.second_order)
             return 0
     except (ConfigError, FileNotFoundError) as e:
         print(f"metatele {args.command}: error: {e}", file=sys.stderr)
