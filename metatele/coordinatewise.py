@@ -29,7 +29,8 @@ any width ``d`` it reads, for every entry ``(i, j)`` of a ``[d, d]`` matrix, fea
 the teleport gradient ``G`` (see :mod:`metatele.teleport_grad`) and the pair's gradients: ``G``
 and ``Gᵀ`` (normalised by their RMS), the row and column means of that normalised ``G``, a
 running average of it, the gradient Gram matrices ``∇V ∇Vᵀ`` and ``∇Uᵀ ∇U`` (normalised), and
-whether ``i = j``. Every one of these maps to ``P (·) Pᵀ`` when the hidden units are permuted by
+whether ``i = j``, and two scale features shared by all entries (the log RMS of the gradients
+and of ``G``, so that m2 can teleport less as a trajectory converges). Every one of these maps to ``P (·) Pᵀ`` when the hidden units are permuted by
 ``P``, and the MLP acts on each entry with the same weights, so the output ``T`` maps to
 ``P T Pᵀ``: m2 is permutation-equivariant by construction and works for any width. Its
 direction is ``Ĝ + s_dir · out`` (the gradient-ascent direction, corrected), its Frobenius norm
@@ -57,7 +58,7 @@ from .teleport_grad import LossFn, teleport_gradient
 #: the number of per-coordinate features m1 reads (see the module docstring)
 N_UPDATE_FEATURES = 9
 #: the number of per-entry features m2 reads
-N_TELEPORT_FEATURES = 8
+N_TELEPORT_FEATURES = 10
 #: clamp on every feature, so that a diverging trajectory cannot feed the MLPs huge inputs
 FEATURE_CLAMP = 10.0
 TINY = 1e-30
@@ -91,7 +92,7 @@ class CoordinatewiseConfig:
     eps: float = 1e-8
     magnitude_scale: float = 1.0
     direction_scale: float = 0.5
-    tele_norm_init: float = 0.01
+    tele_norm_init: float = 0.003
     tele_norm_max: float = 0.2
     tele_direction_scale: float = 1.0
     tele_beta: float = 0.9
@@ -230,7 +231,11 @@ class CoordinateUpdate(nn.Module):
 def pair_features(
     G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, avg: torch.Tensor
 ) -> torch.Tensor:
-    """Per-entry features of one pair, ``[B, d, d, 8]``; every one maps to ``P (·) Pᵀ``.
+    """Per-entry features of one pair, ``[B, d, d, 10]``; every one maps to ``P (·) Pᵀ``.
+
+    The last two are the same for every entry (so permutation-invariant): the logs of the RMS of
+    the pair's gradients and of ``G`` (divided by 10), the only scale-aware inputs, which let m2
+    teleport less (or more) as a trajectory converges.
 
     Args:
         G: the pair's teleport gradient ``[B, d, d]``.
@@ -246,7 +251,10 @@ def pair_features(
     gram_v = nrm(grad_v @ grad_v.mT)
     gram_u = nrm(grad_u.mT @ grad_u)
     eye = torch.eye(d, dtype=G.dtype, device=G.device).expand_as(G)
-    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye], dim=-1)
+    rms = lambda x: x.flatten(1).square().mean(1).add(TINY).sqrt()  # noqa: E731
+    g_scale = (0.5 * (rms(grad_v).square() + rms(grad_u).square())).sqrt().log().div(10).view(-1, 1, 1).expand_as(G)
+    G_scale = rms(G).log().div(10).view(-1, 1, 1).expand_as(G)
+    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye, g_scale, G_scale], dim=-1)
     return x.clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from metatele.checkpoint import load_optimizer, save_checkpoint
 from metatele.dropin import LearnedTeleportOptimizer, check_model
 from metatele.learned import LearnedConfig, LearnedOptimizer
-from metatele.lstm import LSTMConfig
+from metatele.lstm import LSTMConfig, TeleportConfig
 from metatele.mlp import mlp_loss
 from metatele.symmetry import SymmetryWarning
 from metatele.tasks import TaskConfig, sample_tasks
@@ -200,7 +200,8 @@ def test_float32_checkpoint_drives_a_float64_user_model(tmp_path):
 
 def coordinatewise(variant: str) -> LearnedOptimizer:
     torch.manual_seed(0)
-    opt = LearnedOptimizer(TASK, LearnedConfig(variant=variant, arch="coordinatewise")).double()
+    tele = TeleportConfig(lr_min=1e-3, lr_max=3e-2)  # the step-size range of lr+tele
+    opt = LearnedOptimizer(TASK, LearnedConfig(variant=variant, arch="coordinatewise", teleport=tele)).double()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a non-trivial (not exactly Adam) optimizer
         for p in opt.parameters():
@@ -228,8 +229,8 @@ def test_coordinatewise_dropin_trains_an_unseen_network_with_biases(variant):
     first = float(closure().detach())
     for _ in range(60):
         loss = opt.step(closure)
-    # lr+tele takes plain gradient steps at a rate within [1e-7, 5e-3]: slower, but downhill
-    assert float(loss.detach()) < (0.99 if variant == "lr+tele" else 0.3) * first
+    # lr+tele takes plain gradient steps at a rate within [1e-3, 3e-2]: slower
+    assert float(loss.detach()) < (0.8 if variant == "lr+tele" else 0.3) * first
 
 
 def test_coordinatewise_dropin_step_equals_the_stacked_step():
