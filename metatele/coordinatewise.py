@@ -175,6 +175,9 @@ class CoordinateUpdate(nn.Module):
         super().__init__()
         self.config = config or CoordinatewiseConfig()
         self.net = coordinate_mlp(N_UPDATE_FEATURES, 2, self.config.hidden, self.config.layers)
+        # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
+        decay = torch.tensor(list(self.config.betas) + [self.config.beta2], dtype=torch.float64)
+        self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
 
     def initial_state(self, weights: Sequence[torch.Tensor], dtype=None) -> State:
         """Zero state for the network ``weights`` (list of ``[B, d_i, d_{i-1}(+1)]``)."""
@@ -193,7 +196,7 @@ class CoordinateUpdate(nn.Module):
         w = flatten(weights).to(moments.dtype)
         sizes = [x[0].numel() for x in grads]
         t = t + 1
-        decay = torch.tensor(list(cfg.betas) + [cfg.beta2], dtype=moments.dtype, device=moments.device).view(4, 1, 1)
+        decay = self.decay.to(moments.dtype)
         target = torch.stack([g, g, g, g.square()])
         moments = decay * moments + (1 - decay) * target
         corrected = moments / (1 - decay ** t)  # Adam's bias correction, per trajectory
