@@ -34,7 +34,8 @@ and of ``G``, so that m2 can teleport less as a trajectory converges). Every one
 ``P``, and the MLP acts on each entry with the same weights, so the output ``T`` maps to
 ``P T Pᵀ``: m2 is permutation-equivariant by construction and works for any width. Its
 direction is ``Ĝ + s_dir · out`` (the gradient-ascent direction, corrected), its Frobenius norm
-``norm_max · sigmoid(c + mean_ij out')``, learned and bounded, starting at ``norm_init``.
+``norm_max · sigmoid(c + mean_ij out') · min(1, ‖∇‖ / ‖∇₀‖)^p``: learned and bounded, starting
+at ``norm_init``, and shrinking with the pair's gradient relative to the trajectory's first step.
 
 A teleport happens on the steps where the trajectory's step count is a multiple of ``every``
 (1: every step); with ``safeguard`` a teleport that would raise a task's loss is not taken
@@ -80,6 +81,10 @@ class CoordinatewiseConfig:
         tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``.
         tele_direction_scale: weight of m2's learned correction of the gradient-ascent direction.
         tele_beta: decay of the running average of the normalised teleport gradient.
+        tele_gradient_power: the norm of ``T`` is multiplied by ``(‖∇‖ / ‖∇ at step 0‖)^p``
+            (at most 1) for the pair's gradients, so teleports shrink with the gradient as a
+            trajectory converges (a fixed-size teleport near a minimum undoes the optimizer's
+            progress: its momenta refer to the weights before the teleport). 0: no decay.
         every: teleport on steps that are multiples of ``every`` (per trajectory).
         safeguard: do not take a teleport that raises a task's loss.
     """
@@ -96,6 +101,7 @@ class CoordinatewiseConfig:
     tele_norm_max: float = 0.2
     tele_direction_scale: float = 1.0
     tele_beta: float = 0.9
+    tele_gradient_power: float = 1.0
     every: int = 1
     safeguard: bool = True
 
@@ -115,6 +121,8 @@ class CoordinatewiseConfig:
         require(self.tele_direction_scale >= 0, "coordinatewise.tele_direction_scale",
                 f"must be ≥ 0, got {self.tele_direction_scale}")
         require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
+        require(self.tele_gradient_power >= 0, "coordinatewise.tele_gradient_power",
+                f"must be ≥ 0, got {self.tele_gradient_power}")
         require(isinstance(self.every, int) and self.every >= 1, "coordinatewise.every",
                 f"must be a positive integer, got {self.every!r}")
 
@@ -284,10 +292,11 @@ class EquivariantTeleport(nn.Module):
         self.register_buffer("norm_offset", torch.tensor(math.log(c.tele_norm_init / (c.tele_norm_max - c.tele_norm_init))))
 
     def initial_state(self, G: torch.Tensor) -> State:
-        """Zero state for a pair whose teleport gradient is ``G`` ``[B, d, d]``."""
+        """Zero state for a pair whose teleport gradient is ``G`` ``[B, d, d]``: the running
+        average ``[1, B, d²]`` and ``[1, B, 2]`` = (step count, gradient RMS at the first step)."""
         B, d = G.shape[0], G.shape[-1]
         z = torch.zeros(1, B, d * d, dtype=self.norm_offset.dtype, device=G.device)
-        return z, torch.zeros(1, B, 1, dtype=z.dtype, device=G.device)
+        return z, torch.zeros(1, B, 2, dtype=z.dtype, device=G.device)
 
     def forward(
         self, G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, state: State | None
@@ -298,20 +307,24 @@ class EquivariantTeleport(nn.Module):
         if state is None:
             state = self.initial_state(G)
         B, d = G.shape[0], G.shape[-1]
-        avg_flat, t = state
+        avg_flat, counters = state
+        t, g0 = counters[0, :, 0], counters[0, :, 1]
         dt = avg_flat.dtype
         G, grad_v, grad_u = G.to(dt), grad_v.to(dt), grad_u[..., :d].to(dt)
         Gn = G / G.flatten(1).square().mean(1).add(TINY).sqrt().view(-1, 1, 1)
+        g_rms = (0.5 * (grad_v.square().mean(dim=(1, 2)) + grad_u.square().mean(dim=(1, 2)))).sqrt()
+        g0 = torch.where(t == 0, g_rms, g0)
+        progress = (g_rms / (g0 + TINY)).clamp(max=1.0) ** cfg.tele_gradient_power
         avg = cfg.tele_beta * avg_flat.view(B, d, d) + (1 - cfg.tele_beta) * Gn
         out = self.net(pair_features(G, grad_v, grad_u, avg))  # [B, d, d, k]
         direction = Gn + cfg.tele_direction_scale * out[..., 0]
-        norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2)))
-        on = (torch.remainder(t.view(B), cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
+        norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2))) * progress
+        on = (torch.remainder(t, cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
         T = normalize_frobenius(direction, norm * on)
         lr = None
         if self.lr_range is not None:
             lr = log_space(out[..., 2].mean(dim=(1, 2)), *self.lr_range)
-        return T, lr, (avg.reshape(1, B, d * d), t + 1)
+        return T, lr, (avg.reshape(1, B, d * d), torch.stack([t + 1, g0], dim=-1).unsqueeze(0))
 
 
 # -- one inner step ------------------------------------------------------------------------------
