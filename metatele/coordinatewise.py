@@ -87,6 +87,9 @@ class CoordinatewiseConfig:
             progress: its momenta refer to the weights before the teleport). 0: no decay.
         every: teleport on steps that are multiples of ``every`` (per trajectory).
         safeguard: do not take a teleport that raises a task's loss.
+        safeguard_tol: relative rise of the loss the safeguard tolerates: an exact teleport keeps
+            the loss only up to rounding (~1e-5 relative in float32), and refusing on rounding
+            noise would make the choice, and the meta-gradient, random.
     """
 
     hidden: int = 32
@@ -104,6 +107,7 @@ class CoordinatewiseConfig:
     tele_gradient_power: float = 1.0
     every: int = 1
     safeguard: bool = True
+    safeguard_tol: float = 1e-4
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -123,6 +127,7 @@ class CoordinatewiseConfig:
         require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
         require(self.tele_gradient_power >= 0, "coordinatewise.tele_gradient_power",
                 f"must be ≥ 0, got {self.tele_gradient_power}")
+        require(self.safeguard_tol >= 0, "coordinatewise.safeguard_tol", f"must be ≥ 0, got {self.safeguard_tol}")
         require(isinstance(self.every, int) and self.every >= 1, "coordinatewise.every",
                 f"must be a positive integer, got {self.every!r}")
 
@@ -366,14 +371,16 @@ def safeguarded_teleport(
     loss_fn: LossFn | None,
     exact: bool = True,
     x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tol: float = 0.0,
 ) -> list[torch.Tensor]:
     """Teleport ``weights`` by ``T``; with ``loss_fn`` given, a task whose loss the teleport
-    would raise keeps its weights (a per-task ``torch.where``, no host sync)."""
+    would raise by more than the relative ``tol`` keeps its weights (a per-task
+    ``torch.where``, no host sync)."""
     new = teleport(weights, X, T, exact=exact, warn=False, x_qr=x_qr)
     if loss_fn is None:
         return new
     with torch.no_grad():
-        take = loss_fn(new) <= loss_fn(weights)  # NaN after the teleport: not taken
+        take = loss_fn(new) <= loss_fn(weights) * (1 + tol)  # NaN after the teleport: not taken
     k = take.view(-1, 1, 1)
     return [torch.where(k, a, b) for a, b in zip(new, weights)]
 

@@ -244,8 +244,9 @@ class LearnedOptimizer(nn.Module):
             T, _, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
                                                  self.config.teleport.exact, x_qr, self._hooked)
             new, loss, gsq = base.step(weights)
-            safe = loss_fn if self.config.coordinatewise.safeguard else None
-            new = safeguarded_teleport(new, X, T, safe, self.config.teleport.exact, x_qr)
+            cw = self.config.coordinatewise
+            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, self.config.teleport.exact,
+                                       x_qr, cw.safeguard_tol)
             return new, loss, gsq, LearnedState(None, tele_states, base)
         new, loss, gsq = base.step(weights)
         grads = [sanitize(g.detach()) for g in base.last_grads]
@@ -276,8 +277,9 @@ class LearnedOptimizer(nn.Module):
             steps = [s * u for s, u in zip(update_scale, steps)]
         new = [w - u for w, u in zip(weights, steps)]
         if T:
-            safe = loss_fn if cfg.coordinatewise.safeguard else None
-            new = safeguarded_teleport(new, X, T, safe, cfg.teleport.exact, x_qr)
+            cw = cfg.coordinatewise
+            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, cfg.teleport.exact, x_qr,
+                                       cw.safeguard_tol)
         return new, LearnedState(update_state, tele_states, state.base)
 
     # -- evaluator-facing --------------------------------------------------------------------
