@@ -4,7 +4,8 @@ config, call the library and log.
 Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint against GD on
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
 ``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
-``bench`` (meta-training throughput), ``benchmark`` (the statistical protocol behind
+``bench`` (meta-training throughput), ``transfer`` (learned optimizers on networks they were not
+trained on, against baselines tuned on each), ``benchmark`` (the statistical protocol behind
 ``experiments/RESULTS.md``) and ``search`` (configuration selection on validation seeds).
 ``experiments/train_distributed.py`` (data-parallel ``train`` under torchrun) is
 :func:`train_distributed_main`.
@@ -18,12 +19,14 @@ import argparse
 import contextlib
 import functools
 import importlib
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 import yaml
 
 from ._version import __version__
@@ -34,6 +37,7 @@ from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distrib
 from .meta.engine import DivergenceError
 from .meta.state import STATE_DIR
 from .optimizers.baselines import BASELINES
+from .optimizers.learned import ARCHS
 from .release.checkpoint import read_metadata
 from .storage.container import ContainerError
 from .storage.wandb_log import MODES, resolve_mode
@@ -42,7 +46,8 @@ from .studies.demo import demo_configs
 from .studies.experiment import CompareConfig, run_comparison, train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
 from .studies.throughput import run_benchmark as run_throughput
-from .tasks.family import TaskConfig
+from .studies.transfer import TransferConfig, run_transfer
+from .tasks.family import DISTRIBUTIONS, TaskConfig
 
 #: the failures a command reports as one ``error:`` line (exit status 2) instead of a traceback
 USER_ERRORS = (ConfigError, ContainerError, DivergenceError, ValueError, FileNotFoundError)
@@ -259,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=positive_int, default=300, help="LSTM hidden units")
     p.add_argument("--unrolls", type=positive_int, default=3, help="timed meta-steps per batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--arch", default="paper", choices=list(ARCHS), help="learned.arch")
+    p.add_argument("--dims", type=positive_int, nargs="+", help="task dims [n, d0, ..., dL] (default: 20 20 20 20)")
+    p.add_argument("--bias", action="store_true", help="layers with biases")
+    p.add_argument("--distribution", default="uniform", choices=list(DISTRIBUTIONS), help="task distribution")
+    p.add_argument("--second-order", action="store_true", help="second-order unrolls (what coordinatewise training uses)")
+
+    p = sub.add_parser("transfer", help="checkpoints on networks they were not trained on, against GD/Adam tuned on each",
+                       **sub_kw)
+    p.add_argument("checkpoints", nargs="+", type=existing_file, help="checkpoint files (coordinatewise ones run on any network)")
+    p.add_argument("--out", required=True, help="folder for transfer.md and transfer.json")
+    p.add_argument("--seeds", type=positive_int, default=100, help="unseen test seeds per network")
+    p.add_argument("--steps", type=positive_int, default=300, help="inner steps per evaluation")
+    p.add_argument("--tune-seeds", type=positive_int, default=20, help="training seeds the baselines are tuned on")
+    p.add_argument("--no-training-task", action="store_true", help="only the transfer networks, not the training one")
     return parser
 
 
@@ -406,7 +425,23 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
-                   device=args.device)
+                   device=args.device, dims=args.dims, arch=args.arch, bias=args.bias,
+                   distribution=args.distribution, second_order=args.second_order)
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    torch.set_flush_denormal(True)  # CPU: denormal floats slow the inner loops down many times
+    cfg = TransferConfig(checkpoints=list(args.checkpoints), seeds=args.seeds, steps=args.steps,
+                         tune_seeds=args.tune_seeds, include_training_task=not args.no_training_task,
+                         at_steps=tuple(s for s in (10, 30, 100, 300) if s <= args.steps))
+    result = run_transfer(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.md").write_text(result["markdown"])
+    (out / "transfer.json").write_text(json.dumps(result, indent=1, allow_nan=False))
+    print(result["markdown"])
+    print(f"wrote {out / 'transfer.md'} and {out / 'transfer.json'}")
     return 0
 
 
@@ -424,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: _train(args), "eval": lambda: _eval(args), "compare": lambda: _compare_cmd(args),
         "demo": lambda: _demo(args), "benchmark": lambda: _benchmark(args, rest),
         "search": lambda: _search(args, rest), "bench": lambda: _bench(args),
+        "transfer": lambda: _transfer(args),
     }
     try:
         if hasattr(args, "wandb"):

@@ -10,7 +10,7 @@ from torch import nn
 from metatele.release.checkpoint import load_optimizer, save_checkpoint
 from metatele.optimizers.dropin import LearnedTeleportOptimizer, check_model
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
-from metatele.optimizers.lstm import LSTMConfig
+from metatele.optimizers.lstm import LSTMConfig, TeleportConfig
 from metatele.tasks.mlp import mlp_loss
 from metatele.symmetry.action import SymmetryWarning
 from metatele.tasks.family import TaskConfig, sample_tasks
@@ -193,3 +193,121 @@ def test_float32_checkpoint_drives_a_float64_user_model(tmp_path):
             W, _, _, state = learned.step(W, batch.X.float(), batch.Y.float(), state)
     for w, p in zip(W, model.parameters()):
         torch.testing.assert_close(p.detach().float(), w[0], rtol=1e-4, atol=1e-5)
+
+
+# --- coordinatewise: any nn.Sequential of Linear (with or without bias) and LeakyReLU(0.1) ----------
+
+
+def coordinatewise(variant: str) -> LearnedOptimizer:
+    torch.manual_seed(0)
+    tele = TeleportConfig(lr_min=1e-3, lr_max=3e-2)  # the step-size range of lr+tele
+    opt = LearnedOptimizer(TASK, LearnedConfig(variant=variant, arch="coordinatewise", teleport=tele)).double()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a non-trivial (not exactly Adam) optimizer
+        for p in opt.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return opt
+
+
+def biased_model(sizes: list[int], seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        if i:
+            layers.append(nn.LeakyReLU(0.1))
+        layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=i % 2 == 0).double())
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("variant", ["update", "update+tele", "lr+tele"])
+def test_coordinatewise_dropin_trains_an_unseen_network_with_biases(variant):
+    model = biased_model([9, 31, 17, 23, 4])  # biases on layers 0 and 2, none on 1 and 3
+    gen = torch.Generator().manual_seed(2)
+    X, Y = torch.randn(9, 8, generator=gen, dtype=torch.float64), torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    opt = LearnedTeleportOptimizer.for_model(model, coordinatewise(variant), X=X, Y=Y)
+    closure = make_closure(opt, model, X, Y)
+    first = float(closure().detach())
+    for _ in range(60):
+        loss = opt.step(closure)
+    # lr+tele takes plain gradient steps at a rate within [1e-3, 3e-2]: slower
+    assert float(loss.detach()) < (0.8 if variant == "lr+tele" else 0.3) * first
+
+
+def test_coordinatewise_dropin_step_equals_the_stacked_step():
+    model = biased_model([6, 7, 5, 3])
+    X = torch.randn(6, 5, dtype=torch.float64)
+    Y = torch.randn(3, 5, dtype=torch.float64)
+    learned = coordinatewise("update+tele")
+    W = [torch.cat([model[0].weight, model[0].bias[:, None]], 1)[None].detach().clone(),
+         model[2].weight[None].detach().clone(),
+         torch.cat([model[4].weight, model[4].bias[:, None]], 1)[None].detach().clone()]
+    opt = LearnedTeleportOptimizer.for_model(model, learned, X=X, Y=Y)
+    closure = make_closure(opt, model, X, Y)
+    state = learned.initial_state(1, None, torch.float64)
+    for _ in range(3):
+        opt.step(closure)
+        with torch.no_grad():
+            W, _, _, state = learned.step(W, X[None], Y[None], state)
+    torch.testing.assert_close(model[2].weight.detach(), W[1][0])
+    torch.testing.assert_close(model[4].bias.detach(), W[2][0, :, -1])
+
+
+def test_coordinatewise_dropin_honours_parameter_groups_and_round_trips_state():
+    model = biased_model([6, 7, 5, 3])
+    X, Y = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    frozen = [model[2].weight.detach().clone()]
+    groups = [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters()), "scale": 0.0},
+              {"params": list(model[4].parameters()), "scale": 0.5}]
+    opt = LearnedTeleportOptimizer(groups, coordinatewise("update"), X=X, Y=Y)
+    closure = make_closure(opt, model, X, Y)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        opt.step(closure)
+    assert torch.equal(model[2].weight, frozen[0])  # scale 0: no update
+    assert not torch.equal(model[0].weight, before[0]) and not torch.equal(model[4].bias, before[4])
+    other = biased_model([6, 7, 5, 3])
+    with torch.no_grad():
+        for a, b in zip(other.parameters(), model.parameters()):
+            a.copy_(b)
+    groups2 = [{"params": list(other[0].parameters())}, {"params": list(other[2].parameters()), "scale": 0.0},
+               {"params": list(other[4].parameters()), "scale": 0.5}]
+    opt2 = LearnedTeleportOptimizer(groups2, opt.learned, X=X, Y=Y)
+    opt2.load_state_dict(opt.state_dict())
+    opt.step(closure)
+    opt2.step(make_closure(opt2, other, X, Y))
+    for a, b in zip(model.parameters(), other.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_coordinatewise_dropin_needs_targets_and_warns_once_for_a_wide_batch():
+    model = biased_model([6, 7, 5, 3])
+    learned = coordinatewise("update+tele")
+    X = torch.randn(6, 5, dtype=torch.float64)
+    opt = LearnedTeleportOptimizer.for_model(model, learned, X=X)
+    with pytest.raises(ValueError, match="targets Y"):
+        opt.step(make_closure(opt, model, X, torch.randn(3, 5, dtype=torch.float64)))
+    wide = torch.randn(6, 9, dtype=torch.float64)  # n = 9 > 6 + 1
+    with pytest.warns(SymmetryWarning, match="not a symmetry"):
+        opt.set_data(wide, torch.randn(3, 9, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.set_data(wide)  # warned once already
+        opt.step(make_closure(opt, model, wide, opt.Y))
+
+
+def test_custom_loss_on_the_teleport_batch():
+    model = biased_model([6, 7, 5, 3])
+    X, labels = torch.randn(6, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    ce = lambda out, y: nn.functional.cross_entropy(out, y, reduction="sum")  # noqa: E731
+    opt = LearnedTeleportOptimizer.for_model(model, coordinatewise("update+tele"), X=X, Y=labels, loss=ce)
+
+    def closure():
+        opt.zero_grad()
+        loss = ce(model(X.T), labels)
+        loss.backward()
+        return loss
+
+    first = float(closure().detach())
+    for _ in range(40):
+        loss = opt.step(closure)
+    assert float(loss.detach()) < 0.5 * first

@@ -16,8 +16,10 @@ MLP, the same for every coordinate, reads nine scale-free features:
 9. ``1`` for a bias coordinate, ``0`` for a weight.
 
 and writes two numbers ``(a, b)``. The update is
-``lr · exp(s_mag · tanh a) · (m̂_0.9 / (√v̂ + ε) + s_dir · tanh b)``: Adam's step with a bounded
-correction of its size (a factor within ``e^{±s_mag}``) and of its direction. The MLP's last
+``lr · exp(s_mag · tanh a) · (d + s_dir · rms(d) · tanh b)`` with ``d = m̂_0.9 / (√v̂ + ε)`` and
+``rms(d)`` its RMS over the coordinate's tensor: Adam's step with a bounded correction of its
+size (a factor within ``e^{±s_mag}``) and of its direction (relative to the step, so that the
+correction shrinks as the trajectory converges). The MLP's last
 layer starts at zero, so an untrained m1 *is* Adam at rate ``lr``; meta-training learns a
 correction and can never write an unbounded step. The per-tensor statistics are the only loop
 (over the L layers); every coordinate of every task is processed in one batched MLP call.
@@ -27,11 +29,13 @@ any width ``d`` it reads, for every entry ``(i, j)`` of a ``[d, d]`` matrix, fea
 the teleport gradient ``G`` (see :mod:`metatele.symmetry.teleport_grad`) and the pair's gradients: ``G``
 and ``Gᵀ`` (normalised by their RMS), the row and column means of that normalised ``G``, a
 running average of it, the gradient Gram matrices ``∇V ∇Vᵀ`` and ``∇Uᵀ ∇U`` (normalised), and
-whether ``i = j``. Every one of these maps to ``P (·) Pᵀ`` when the hidden units are permuted by
+whether ``i = j``, and two scale features shared by all entries (the log RMS of the gradients
+and of ``G``, so that m2 can teleport less as a trajectory converges). Every one of these maps to ``P (·) Pᵀ`` when the hidden units are permuted by
 ``P``, and the MLP acts on each entry with the same weights, so the output ``T`` maps to
 ``P T Pᵀ``: m2 is permutation-equivariant by construction and works for any width. Its
 direction is ``Ĝ + s_dir · out`` (the gradient-ascent direction, corrected), its Frobenius norm
-``norm_max · sigmoid(c + mean_ij out')``, learned and bounded, starting at ``norm_init``.
+``norm_max · sigmoid(c + mean_ij out') · min(1, ‖∇‖ / ‖∇₀‖)^p``: learned and bounded, starting
+at ``norm_init``, and shrinking with the pair's gradient relative to the trajectory's first step.
 
 A teleport happens on the steps where the trajectory's step count is a multiple of ``every``
 (1: every step); with ``safeguard`` a teleport that would raise a task's loss is not taken
@@ -55,7 +59,7 @@ from ..symmetry.teleport_grad import LossFn, teleport_gradient
 #: the number of per-coordinate features m1 reads (see the module docstring)
 N_UPDATE_FEATURES = 9
 #: the number of per-entry features m2 reads
-N_TELEPORT_FEATURES = 8
+N_TELEPORT_FEATURES = 10
 #: clamp on every feature, so that a diverging trajectory cannot feed the MLPs huge inputs
 FEATURE_CLAMP = 10.0
 TINY = 1e-30
@@ -77,8 +81,15 @@ class CoordinatewiseConfig:
         tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``.
         tele_direction_scale: weight of m2's learned correction of the gradient-ascent direction.
         tele_beta: decay of the running average of the normalised teleport gradient.
+        tele_gradient_power: the norm of ``T`` is multiplied by ``(‖∇‖ / ‖∇ at step 0‖)^p``
+            (at most 1) for the pair's gradients, so teleports shrink with the gradient as a
+            trajectory converges (a fixed-size teleport near a minimum undoes the optimizer's
+            progress: its momenta refer to the weights before the teleport). 0: no decay.
         every: teleport on steps that are multiples of ``every`` (per trajectory).
         safeguard: do not take a teleport that raises a task's loss.
+        safeguard_tol: relative rise of the loss the safeguard tolerates: an exact teleport keeps
+            the loss only up to rounding (~1e-5 relative in float32), and refusing on rounding
+            noise would make the choice, and the meta-gradient, random.
     """
 
     hidden: int = 32
@@ -89,12 +100,14 @@ class CoordinatewiseConfig:
     eps: float = 1e-8
     magnitude_scale: float = 1.0
     direction_scale: float = 0.5
-    tele_norm_init: float = 0.01
+    tele_norm_init: float = 0.003
     tele_norm_max: float = 0.2
     tele_direction_scale: float = 1.0
     tele_beta: float = 0.9
+    tele_gradient_power: float = 1.0
     every: int = 1
     safeguard: bool = True
+    safeguard_tol: float = 1e-4
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -112,6 +125,9 @@ class CoordinatewiseConfig:
         require(self.tele_direction_scale >= 0, "coordinatewise.tele_direction_scale",
                 f"must be ≥ 0, got {self.tele_direction_scale}")
         require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
+        require(self.tele_gradient_power >= 0, "coordinatewise.tele_gradient_power",
+                f"must be ≥ 0, got {self.tele_gradient_power}")
+        require(self.safeguard_tol >= 0, "coordinatewise.safeguard_tol", f"must be ≥ 0, got {self.safeguard_tol}")
         require(isinstance(self.every, int) and self.every >= 1, "coordinatewise.every",
                 f"must be a positive integer, got {self.every!r}")
 
@@ -172,6 +188,9 @@ class CoordinateUpdate(nn.Module):
         super().__init__()
         self.config = config or CoordinatewiseConfig()
         self.net = coordinate_mlp(N_UPDATE_FEATURES, 2, self.config.hidden, self.config.layers)
+        # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
+        decay = torch.tensor(list(self.config.betas) + [self.config.beta2], dtype=torch.float64)
+        self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
 
     def initial_state(self, weights: Sequence[torch.Tensor], dtype=None) -> State:
         """Zero state for the network ``weights`` (list of ``[B, d_i, d_{i-1}(+1)]``)."""
@@ -190,7 +209,7 @@ class CoordinateUpdate(nn.Module):
         w = flatten(weights).to(moments.dtype)
         sizes = [x[0].numel() for x in grads]
         t = t + 1
-        decay = torch.tensor(list(cfg.betas) + [cfg.beta2], dtype=moments.dtype, device=moments.device).view(4, 1, 1)
+        decay = self.decay.to(moments.dtype)
         target = torch.stack([g, g, g, g.square()])
         moments = decay * moments + (1 - decay) * target
         corrected = moments / (1 - decay ** t)  # Adam's bias correction, per trajectory
@@ -217,7 +236,10 @@ class CoordinateUpdate(nn.Module):
         x, direction, state = self.features(weights, grads, state, d0)
         out = self.net(x)  # [B, P, 2]
         scale = torch.exp(cfg.magnitude_scale * torch.tanh(out[..., 0]))
-        flat = cfg.lr * scale * (direction + cfg.direction_scale * torch.tanh(out[..., 1]))
+        # the direction correction is in units of the Adam direction's RMS over the tensor, so it
+        # shrinks with the step as a trajectory converges (an absolute one would stall it)
+        unit = _per_tensor(direction, [gr[0].numel() for gr in grads], _rms)
+        flat = cfg.lr * scale * (direction + cfg.direction_scale * unit * torch.tanh(out[..., 1]))
         updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
         return updates, state
 
@@ -225,7 +247,11 @@ class CoordinateUpdate(nn.Module):
 def pair_features(
     G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, avg: torch.Tensor
 ) -> torch.Tensor:
-    """Per-entry features of one pair, ``[B, d, d, 8]``; every one maps to ``P (·) Pᵀ``.
+    """Per-entry features of one pair, ``[B, d, d, 10]``; every one maps to ``P (·) Pᵀ``.
+
+    The last two are the same for every entry (so permutation-invariant): the logs of the RMS of
+    the pair's gradients and of ``G`` (divided by 10), the only scale-aware inputs, which let m2
+    teleport less (or more) as a trajectory converges.
 
     Args:
         G: the pair's teleport gradient ``[B, d, d]``.
@@ -241,7 +267,10 @@ def pair_features(
     gram_v = nrm(grad_v @ grad_v.mT)
     gram_u = nrm(grad_u.mT @ grad_u)
     eye = torch.eye(d, dtype=G.dtype, device=G.device).expand_as(G)
-    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye], dim=-1)
+    rms = lambda x: x.flatten(1).square().mean(1).add(TINY).sqrt()  # noqa: E731
+    g_scale = (0.5 * (rms(grad_v).square() + rms(grad_u).square())).sqrt().log().div(10).view(-1, 1, 1).expand_as(G)
+    G_scale = rms(G).log().div(10).view(-1, 1, 1).expand_as(G)
+    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye, g_scale, G_scale], dim=-1)
     return x.clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
 
 
@@ -268,10 +297,11 @@ class EquivariantTeleport(nn.Module):
         self.register_buffer("norm_offset", torch.tensor(math.log(c.tele_norm_init / (c.tele_norm_max - c.tele_norm_init))))
 
     def initial_state(self, G: torch.Tensor) -> State:
-        """Zero state for a pair whose teleport gradient is ``G`` ``[B, d, d]``."""
+        """Zero state for a pair whose teleport gradient is ``G`` ``[B, d, d]``: the running
+        average ``[1, B, d²]`` and ``[1, B, 2]`` = (step count, gradient RMS at the first step)."""
         B, d = G.shape[0], G.shape[-1]
         z = torch.zeros(1, B, d * d, dtype=self.norm_offset.dtype, device=G.device)
-        return z, torch.zeros(1, B, 1, dtype=z.dtype, device=G.device)
+        return z, torch.zeros(1, B, 2, dtype=z.dtype, device=G.device)
 
     def forward(
         self, G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, state: State | None
@@ -282,20 +312,24 @@ class EquivariantTeleport(nn.Module):
         if state is None:
             state = self.initial_state(G)
         B, d = G.shape[0], G.shape[-1]
-        avg_flat, t = state
+        avg_flat, counters = state
+        t, g0 = counters[0, :, 0], counters[0, :, 1]
         dt = avg_flat.dtype
         G, grad_v, grad_u = G.to(dt), grad_v.to(dt), grad_u[..., :d].to(dt)
         Gn = G / G.flatten(1).square().mean(1).add(TINY).sqrt().view(-1, 1, 1)
+        g_rms = (0.5 * (grad_v.square().mean(dim=(1, 2)) + grad_u.square().mean(dim=(1, 2)))).sqrt()
+        g0 = torch.where(t == 0, g_rms, g0)
+        progress = (g_rms / (g0 + TINY)).clamp(max=1.0) ** cfg.tele_gradient_power
         avg = cfg.tele_beta * avg_flat.view(B, d, d) + (1 - cfg.tele_beta) * Gn
         out = self.net(pair_features(G, grad_v, grad_u, avg))  # [B, d, d, k]
         direction = Gn + cfg.tele_direction_scale * out[..., 0]
-        norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2)))
-        on = (torch.remainder(t.view(B), cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
+        norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2))) * progress
+        on = (torch.remainder(t, cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
         T = normalize_frobenius(direction, norm * on)
         lr = None
         if self.lr_range is not None:
             lr = log_space(out[..., 2].mean(dim=(1, 2)), *self.lr_range)
-        return T, lr, (avg.reshape(1, B, d * d), t + 1)
+        return T, lr, (avg.reshape(1, B, d * d), torch.stack([t + 1, g0], dim=-1).unsqueeze(0))
 
 
 # -- one inner step ------------------------------------------------------------------------------
@@ -337,14 +371,16 @@ def safeguarded_teleport(
     loss_fn: LossFn | None,
     exact: bool = True,
     x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tol: float = 0.0,
 ) -> list[torch.Tensor]:
     """Teleport ``weights`` by ``T``; with ``loss_fn`` given, a task whose loss the teleport
-    would raise keeps its weights (a per-task ``torch.where``, no host sync)."""
+    would raise by more than the relative ``tol`` keeps its weights (a per-task
+    ``torch.where``, no host sync)."""
     new = teleport(weights, X, T, exact=exact, warn=False, x_qr=x_qr)
     if loss_fn is None:
         return new
     with torch.no_grad():
-        take = loss_fn(new) <= loss_fn(weights)  # NaN after the teleport: not taken
+        take = loss_fn(new) <= loss_fn(weights) * (1 + tol)  # NaN after the teleport: not taken
     k = take.view(-1, 1, 1)
     return [torch.where(k, a, b) for a, b in zip(new, weights)]
 

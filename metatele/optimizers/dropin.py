@@ -1,12 +1,14 @@
 """A learned optimizer as a ``torch.optim.Optimizer`` for the user's own training loop.
 
-The learned optimizer was meta-trained on bias-free LeakyReLU networks, so it applies to the
-parameters of a matching ``nn.Sequential`` of ``nn.Linear(d_{i-1}, d_i, bias=False)`` and
-``nn.LeakyReLU(0.1)`` layers (no activation after the last ``Linear``)::
+It applies to the parameters of an ``nn.Sequential`` of ``nn.Linear`` (with or without bias)
+and ``nn.LeakyReLU(0.1)`` layers (no activation after the last ``Linear``). A ``coordinatewise``
+optimizer (``learned.arch``) runs on any sizes and depth; a ``paper`` one only on the network
+it was trained for::
 
-    learned = load_optimizer("checkpoints/update_tele.safetensors")
-    model = nn.Sequential(nn.Linear(20, 20, bias=False), nn.LeakyReLU(0.1), nn.Linear(20, 20, bias=False))
-    opt = LearnedTeleportOptimizer(model.parameters(), learned, X=X)      # X: [d0, n]
+    learned = load_optimizer("checkpoints/coordinatewise_update_tele_gaussian.safetensors")
+    model = nn.Sequential(nn.Linear(12, 48), nn.LeakyReLU(0.1), nn.Linear(48, 48), nn.LeakyReLU(0.1),
+                          nn.Linear(48, 4))
+    opt = LearnedTeleportOptimizer.for_model(model, learned, X=X, Y=Y)   # X: [d0, n], Y: [dL, n]
 
     def closure():
         opt.zero_grad()
@@ -19,98 +21,153 @@ parameters of a matching ``nn.Sequential`` of ``nn.Linear(d_{i-1}, d_i, bias=Fal
 
 Conventions (SPEC §1): data have samples in columns, ``X`` is ``[d0, n]`` and ``Y`` ``[dL, n]``.
 ``nn.Linear`` works on samples in rows, so ``model(X.T)`` is ``(W_L h_{L-1})ᵀ`` and the loss above
-is :func:`metatele.mlp_loss`. Each parameter ``W_i`` (``[d_i, d_{i-1}]``, ``nn.Linear.weight``) is
-viewed as a batch of one (``[1, d_i, d_{i-1}]``) and the step is
-:meth:`LearnedOptimizer.apply`, the same code the unroll engine and the evaluator run; the teleport
-uses ``X`` (:meth:`LearnedTeleportOptimizer.set_data` changes it). The LSTM states live in
-``self.state`` as tensors, so ``state_dict()`` / ``load_state_dict()`` work as for any optimizer.
-The computation runs in the learned optimizer's dtype and device; results are copied into the
-parameters in place.
+is :func:`metatele.mlp_loss`. Each layer is viewed as a batch of one: ``W_i`` (``[d_i, d_{i-1}]``,
+``nn.Linear.weight``), with its bias as an extra column ``[W_i b_i]`` (``[1, d_i, d_{i-1} + 1]``),
+and the step is :meth:`LearnedOptimizer.apply`, the same code the unroll engine and the evaluator
+run.
+
+The teleport acts with the *teleport batch* ``X`` (:meth:`LearnedTeleportOptimizer.set_data`
+changes it); the loss is exactly unchanged on that batch when it has at most as many samples as
+every teleported layer's input width (+1 with a bias), and a :class:`SymmetryWarning` says so
+once otherwise. The ``coordinatewise`` m2 reads the teleport gradient, which needs the loss on
+that batch: pass its targets ``Y`` (the default loss is the squared error above) and, for another
+loss, ``loss(output [n, dL], Y) -> scalar``.
+
+Parameter groups: each group may set ``scale`` (default 1): a multiplier of the local update of
+its parameters (0 freezes them against the update; the teleport still moves every pair).
+
+The optimizer's recurrent states live in ``self.state`` as tensors, so ``state_dict()`` /
+``load_state_dict()`` work as for any optimizer. The computation runs in the learned optimizer's
+dtype and device; results are copied into the parameters in place.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from .learned import LearnedOptimizer, LearnedState
-from ..tasks.mlp import NEGATIVE_SLOPE
-from ..symmetry.action import SymmetryWarning, non_symmetric_pairs
+from ..tasks.mlp import NEGATIVE_SLOPE, forward, join_bias
+from ..symmetry.action import SymmetryWarning, input_qr, non_symmetric_pairs
 
 
 def check_model(model: nn.Module, learned: LearnedOptimizer) -> None:
-    """Check that ``model`` is the network ``learned`` was trained for.
+    """Check that ``model`` is a network ``learned`` can drive.
 
-    It must be an ``nn.Sequential`` alternating ``nn.Linear(bias=False)`` and
-    ``nn.LeakyReLU(0.1)``, ending with a ``Linear``, with weight shapes
-    ``learned.task.weight_shapes``. Raises ``ValueError`` naming the first mismatch.
+    It must be an ``nn.Sequential`` alternating ``nn.Linear`` and ``nn.LeakyReLU(0.1)``, ending
+    with a ``Linear``. A ``paper`` optimizer needs exactly its task's weight shapes (and biases
+    only if it was trained with them); a ``coordinatewise`` one takes any sizes, with or without
+    biases. Raises ``ValueError`` naming the first mismatch.
     """
+    paper = learned.config.arch == "paper"
+    bias_ok = not paper or learned.task.bias
     if not isinstance(model, nn.Sequential):
-        raise ValueError(f"model must be an nn.Sequential of Linear(bias=False) and LeakyReLU({NEGATIVE_SLOPE}), got {type(model).__name__}")
+        raise ValueError(f"model must be an nn.Sequential of Linear and LeakyReLU({NEGATIVE_SLOPE}), got {type(model).__name__}")
     layers = list(model)
-    shapes = [tuple(s) for s in learned.task.weight_shapes]
-    want = 2 * len(shapes) - 1
-    if len(layers) != want:
-        raise ValueError(f"model has {len(layers)} layers; the learned optimizer expects {want} "
-                         f"({len(shapes)} Linear layers with LeakyReLU({NEGATIVE_SLOPE}) between them)")
+    if paper:
+        shapes = [tuple(s) for s in learned.task.weight_shapes]
+        want = 2 * len(shapes) - 1
+        if len(layers) != want:
+            raise ValueError(f"model has {len(layers)} layers; the learned optimizer expects {want} "
+                             f"({len(shapes)} Linear layers with LeakyReLU({NEGATIVE_SLOPE}) between them)")
+    elif len(layers) % 2 == 0:
+        raise ValueError(f"model has {len(layers)} layers; expected Linear, LeakyReLU({NEGATIVE_SLOPE}), ..., Linear")
     for i, layer in enumerate(layers):
         if i % 2 == 0:
-            if not isinstance(layer, nn.Linear) or layer.bias is not None:
+            if not isinstance(layer, nn.Linear) or (layer.bias is not None and not bias_ok):
                 raise ValueError(f"model[{i}] must be nn.Linear(..., bias=False), got {layer}")
-            if tuple(layer.weight.shape) != shapes[i // 2]:
-                raise ValueError(f"model[{i}].weight has shape {tuple(layer.weight.shape)}, expected {shapes[i // 2]}")
+            if paper:
+                shape = (layer.out_features, layer.in_features + int(layer.bias is not None))
+                if shape != shapes[i // 2]:
+                    raise ValueError(f"model[{i}].weight has shape {tuple(layer.weight.shape)}"
+                                     f"{' with bias' if layer.bias is not None else ''}, expected {shapes[i // 2]}")
         elif not isinstance(layer, nn.LeakyReLU) or layer.negative_slope != NEGATIVE_SLOPE:
             raise ValueError(f"model[{i}] must be nn.LeakyReLU({NEGATIVE_SLOPE}), got {layer}")
+
+
+def _layers_of(params: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Pair parameters in layer order into ``(weight [d_out, d_in], bias [d_out] or None)``: a
+    1-D parameter right after a weight with as many rows is that weight's bias."""
+    layers: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    i = 0
+    while i < len(params):
+        W = params[i]
+        if W.dim() != 2:
+            raise ValueError(f"parameter {i} has shape {tuple(W.shape)}: expected a Linear weight [d_out, d_in] "
+                             "(pass parameters in layer order, each bias right after its weight, or use for_model)")
+        b = params[i + 1] if i + 1 < len(params) and params[i + 1].dim() == 1 and params[i + 1].shape[0] == W.shape[0] else None
+        layers.append((W, b))
+        i += 1 if b is None else 2
+    return layers
 
 
 class LearnedTeleportOptimizer(torch.optim.Optimizer):
     """Runs a :class:`LearnedOptimizer` (m1 and/or m2) on a user's network.
 
     Args:
-        params: the network's weights in layer order (``model.parameters()``); their shapes must
-            be ``learned.task.weight_shapes`` ``[(d1, d0), (d2, d1), ...]``.
+        params: the network's parameters in layer order (``model.parameters()``: each bias
+            right after its weight), or parameter groups (dicts with ``params`` and optionally
+            ``scale``). For a ``paper`` optimizer the layer shapes must be
+            ``learned.task.weight_shapes``.
         learned: the learned optimizer (e.g. from :func:`metatele.release.checkpoint.load_optimizer`).
             Variants ``update``, ``update+tele`` and ``lr+tele`` are supported.
-        X: the inputs the teleport acts with, ``[d0, n]`` (samples in columns) or ``[1, d0, n]``.
-            Required by the teleporting variants.
+        X: the teleport batch, ``[d0, n]`` (samples in columns) or ``[1, d0, n]``. Required by
+            the teleporting variants.
+        Y: the targets of that batch (``[dL, n]`` for the default squared loss; anything
+            ``loss`` accepts otherwise). Required by a teleporting ``coordinatewise`` optimizer.
+        loss: ``loss(output [n, dL], Y) -> scalar`` on the teleport batch (default: the squared
+            error ``½‖output − Yᵀ‖²``).
 
     Raises:
         NotImplementedError: for the ``tele`` variant (its hand-designed base optimizer runs on
             stacked task data, not on a user's parameters).
-        ValueError: parameter shapes or ``X`` do not match the learned optimizer's task.
+        ValueError: parameter shapes or ``X`` do not match the learned optimizer.
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], learned: LearnedOptimizer,
-                 X: torch.Tensor | None = None) -> None:
+                 X: torch.Tensor | None = None, Y: Any = None,
+                 loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
         if learned.config.variant == "tele":
             raise NotImplementedError(
                 "LearnedTeleportOptimizer does not support the 'tele' variant (a hand-designed base "
                 "optimizer plus a learned teleport); use a checkpoint of 'update', 'update+tele' or "
                 "'lr+tele', or run 'tele' through LearnedOptimizer.start() on stacked tasks"
             )
-        super().__init__(params, defaults={})
+        super().__init__(params, defaults={"scale": 1.0})
         self.learned = learned
-        expected = [tuple(s) for s in learned.task.weight_shapes]
-        got = [tuple(p.shape) for p in self._params()]
-        if got != expected:
-            raise ValueError(
-                f"parameter shapes {got} do not match the learned optimizer's task weight shapes "
-                f"{expected} (task dims {learned.task.dims}); pass the weights of a bias-free "
-                "Linear/LeakyReLU network in layer order"
-            )
+        self.layers = _layers_of(self._params())
+        got = [(W.shape[0], W.shape[1] + int(b is not None)) for W, b in self.layers]
+        if learned.config.arch == "paper":
+            expected = [tuple(s) for s in learned.task.weight_shapes]
+            if got != expected:
+                raise ValueError(
+                    f"parameter shapes {got} do not match the learned optimizer's task weight shapes "
+                    f"{expected} (task dims {learned.task.dims}); pass the weights of a "
+                    f"{'' if learned.task.bias else 'bias-free '}Linear/LeakyReLU network in layer order"
+                )
+        for i in range(1, len(self.layers)):
+            if self.layers[i][0].shape[1] != self.layers[i - 1][0].shape[0]:
+                raise ValueError(f"layer {i} has input width {self.layers[i][0].shape[1]} but layer {i - 1} "
+                                 f"has {self.layers[i - 1][0].shape[0]} outputs")
+        if learned.config.uses_teleport and len(self.layers) < 2:
+            raise ValueError("a teleporting optimizer needs at least two Linear layers")
         self.X: torch.Tensor | None = None
+        self.Y, self.loss = Y, loss
+        self._x_qr: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._warned = False
         if X is not None:
-            self.set_data(X)
+            self.set_data(X, Y)
         elif learned.config.uses_teleport:
             raise ValueError(f"variant {learned.config.variant!r} teleports and needs the data X [d0, n]")
 
     @classmethod
-    def for_model(cls, model: nn.Module, learned: LearnedOptimizer, X: torch.Tensor | None = None) -> "LearnedTeleportOptimizer":
+    def for_model(cls, model: nn.Module, learned: LearnedOptimizer, X: torch.Tensor | None = None,
+                  Y: Any = None, loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> "LearnedTeleportOptimizer":
         """Check ``model``'s architecture with :func:`check_model`, then wrap its parameters."""
         check_model(model, learned)
-        return cls(model.parameters(), learned, X=X)
+        return cls(model.parameters(), learned, X=X, Y=Y, loss=loss)
 
     # -- helpers -----------------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
@@ -120,18 +177,43 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         p = next(self.learned.parameters())
         return p.device, p.dtype
 
-    def set_data(self, X: torch.Tensor) -> None:
-        """Set the teleport's data: ``[d0, n]`` (samples in columns) or ``[1, d0, n]``.
+    def _stacked(self, get: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+        """Each layer's ``[1, d_out, d_in(+1)]`` (``get`` reads a parameter or its gradient)."""
+        device, dtype = self._meta()
+        out = []
+        for W, b in self.layers:
+            V = get(W).detach().unsqueeze(0).to(device=device, dtype=dtype)
+            out.append(join_bias(V, None if b is None else get(b).detach().unsqueeze(0).to(device=device, dtype=dtype)))
+        return out
 
-        Warns with :class:`~metatele.symmetry.action.SymmetryWarning` when some layer input is
-        narrower than ``n``: the group action is then not a symmetry of the loss.
+    def _scales(self) -> list[torch.Tensor] | None:
+        """Per-layer update multipliers from the groups' ``scale`` (``None`` when all are 1)."""
+        scale = {id(p): float(g["scale"]) for g in self.param_groups for p in g["params"]}
+        if all(s == 1.0 for s in scale.values()):
+            return None
+        device, dtype = self._meta()
+        out = []
+        for W, b in self.layers:
+            s = torch.full((1, W.shape[0], W.shape[1]), scale[id(W)], device=device, dtype=dtype)
+            if b is not None:
+                s = torch.cat([s, torch.full((1, W.shape[0], 1), scale[id(b)], device=device, dtype=dtype)], dim=2)
+            out.append(s)
+        return out
+
+    def set_data(self, X: torch.Tensor, Y: Any = None) -> None:
+        """Set the teleport batch: ``X`` ``[d0, n]`` (samples in columns) or ``[1, d0, n]``, and
+        optionally its targets ``Y`` (kept if not given).
+
+        Warns once with :class:`~metatele.symmetry.action.SymmetryWarning` when some teleported layer's
+        input (+1 with a bias) is narrower than ``n``: the group action is then not a symmetry
+        of the loss.
         """
         if not torch.is_tensor(X):
             raise TypeError(f"X must be a tensor [d0, n], got {type(X).__name__}")
         given = tuple(X.shape)
         if X.dim() == 2:
             X = X.unsqueeze(0)
-        d0 = self._params()[0].shape[1]
+        d0 = self.layers[0][0].shape[1]
         if X.dim() != 3 or X.shape[0] != 1 or X.shape[1] != d0:
             raise ValueError(
                 f"X must be [d0, n] = [{d0}, n] (samples in columns) or [1, {d0}, n], got shape "
@@ -139,9 +221,13 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             )
         device, dtype = self._meta()
         self.X = X.detach().to(device=device, dtype=dtype)
-        weights = [p.detach().unsqueeze(0) for p in self._params()]
+        if Y is not None:
+            self.Y = Y
+        weights = self._stacked(lambda p: p)
+        self._x_qr = input_qr(weights, self.X) if self.learned.config.uses_teleport else None
         bad = non_symmetric_pairs(weights, self.X)
-        if self.learned.config.uses_teleport and bad:
+        if self.learned.config.uses_teleport and bad and not self._warned:
+            self._warned = True
             warnings.warn(
                 f"layer pairs {bad} have inputs narrower than n = {self.X.shape[-1]} samples: the "
                 "teleport is not a symmetry of the loss and will change it",
@@ -149,15 +235,26 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
                 stacklevel=2,
             )
 
+    def _loss_fn(self) -> Callable[[list[torch.Tensor]], torch.Tensor] | None:
+        """The per-task loss on the teleport batch as a function of the stacked weights."""
+        if self.Y is None:
+            return None
+        X, Y, loss = self.X, self.Y, self.loss
+        if loss is None:
+            Yt = Y.detach().to(X) if Y.dim() == 3 else Y.detach().to(X).unsqueeze(0)
+            return lambda W: 0.5 * (forward(W, X) - Yt).square().sum(dim=(1, 2))
+        return lambda W: loss(forward(W, X)[0].T, Y).reshape(1)
+
     def _load_learned_state(self) -> LearnedState:
         st = self.state[self._params()[0]]
         device, dtype = self._meta()
         if "step" not in st:
             return self.learned.initial_state(1, device, dtype)
-        # load_state_dict() casts state to the parameters' dtype; the LSTMs need their own
+        # load_state_dict() casts state to the parameters' dtype; the optimizer needs its own
         get = lambda k: st[k].to(device=device, dtype=dtype)  # noqa: E731
         update = (get("update_h"), get("update_c")) if "update_h" in st else None
-        tele = [(get(f"teleport_h.{m}"), get(f"teleport_c.{m}")) for m in range(len(self.learned.teleports))]
+        n_tele = sum(1 for k in st if k.startswith("teleport_h."))
+        tele = [(get(f"teleport_h.{m}"), get(f"teleport_c.{m}")) for m in range(n_tele)]
         return LearnedState(update, tele)
 
     def _store_learned_state(self, state: LearnedState) -> None:
@@ -169,7 +266,7 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             st[f"teleport_h.{m}"], st[f"teleport_c.{m}"] = h.detach(), c.detach()
 
     def reset_state(self) -> None:
-        """Forget the LSTM states (start a new trajectory on the same network)."""
+        """Forget the recurrent states (start a new trajectory on the same network)."""
         self.state.clear()
 
     # -- the step ----------------------------------------------------------------------------
@@ -192,12 +289,19 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         missing = [i for i, p in enumerate(params) if p.grad is None]
         if missing:
             raise RuntimeError(f"parameters {missing} have no gradient; call loss.backward() or pass a closure")
-        device, dtype = self._meta()
+        cw = self.learned.config.arch == "coordinatewise"
+        loss_fn = self._loss_fn()
+        if cw and self.learned.config.uses_teleport and loss_fn is None:
+            raise ValueError("a teleporting coordinatewise optimizer reads the teleport gradient: give the targets "
+                             "Y of the teleport batch (LearnedTeleportOptimizer(..., X=X, Y=Y) or set_data(X, Y))")
         with torch.no_grad():
-            weights = [p.detach().unsqueeze(0).to(device=device, dtype=dtype) for p in params]
-            grads = [p.grad.detach().unsqueeze(0).to(device=device, dtype=dtype) for p in params]
-            new, state = self.learned.apply(weights, grads, self.X, self._load_learned_state())
-            for p, w in zip(params, new):
-                p.copy_(w[0])
+            weights = self._stacked(lambda p: p)
+            grads = self._stacked(lambda p: p.grad)
+            new, state = self.learned.apply(weights, grads, self.X, self._load_learned_state(), x_qr=self._x_qr,
+                                            loss_fn=loss_fn, update_scale=self._scales())
+            for (W, b), w in zip(self.layers, new):
+                W.copy_(w[0, :, :W.shape[1]])
+                if b is not None:
+                    b.copy_(w[0, :, -1])
         self._store_learned_state(state)
         return loss

@@ -177,6 +177,7 @@ class LearnedOptimizer(nn.Module):
         state: LearnedState,
         x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
         loss_fn: LossFn | None = None,
+        update_scale: Sequence[torch.Tensor | float] | None = None,
     ) -> tuple[list[torch.Tensor], LearnedState]:
         """One inner step from the gradients at ``weights``.
 
@@ -189,6 +190,8 @@ class LearnedOptimizer(nn.Module):
             x_qr: optional precomputed QR of ``X`` (see :func:`metatele.symmetry.action.qr_factor`).
             loss_fn: the per-task loss of the weights (``[B]``); the ``coordinatewise`` m2 reads
                 its teleport gradient and its safeguard compares losses with it.
+            update_scale: optional multipliers of the local update (before the teleport), one
+                per weight tensor, broadcastable to it (the drop-in's parameter groups).
 
         Returns:
             ``(new_weights, new_state)``.
@@ -196,17 +199,20 @@ class LearnedOptimizer(nn.Module):
         grads = [sanitize(g) for g in grads]
         cfg = self.config
         if cfg.arch == "coordinatewise":
-            return self._apply_coordinatewise(weights, grads, X, state, x_qr, loss_fn)
+            return self._apply_coordinatewise(weights, grads, X, state, x_qr, loss_fn, update_scale)
         T, lrs, tele_states = self._teleport_outputs(grads, state)
         update_state = state.update
         if cfg.variant in ("update", "update+tele"):
             updates, update_state = self.update(grads, state.update)
-            new = [w - self._hooked(u) for w, u in zip(weights, updates)]
+            steps = [self._hooked(u) for u in updates]
         elif cfg.variant == "lr+tele":
             eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)  # geometric mean over pairs
-            new = [w - eta * g for w, g in zip(weights, grads)]
+            steps = [eta * g for g in grads]
         else:
             raise RuntimeError("the 'tele' variant steps through apply_with_base()")
+        if update_scale is not None:
+            steps = [s * u for s, u in zip(update_scale, steps)]
+        new = [w - u for w, u in zip(weights, steps)]
         if T:
             new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False, x_qr=x_qr)
         return new, LearnedState(update_state, tele_states, state.base)
@@ -238,8 +244,9 @@ class LearnedOptimizer(nn.Module):
             T, _, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
                                                  self.config.teleport.exact, x_qr, self._hooked)
             new, loss, gsq = base.step(weights)
-            safe = loss_fn if self.config.coordinatewise.safeguard else None
-            new = safeguarded_teleport(new, X, T, safe, self.config.teleport.exact, x_qr)
+            cw = self.config.coordinatewise
+            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, self.config.teleport.exact,
+                                       x_qr, cw.safeguard_tol)
             return new, loss, gsq, LearnedState(None, tele_states, base)
         new, loss, gsq = base.step(weights)
         grads = [sanitize(g.detach()) for g in base.last_grads]
@@ -247,7 +254,7 @@ class LearnedOptimizer(nn.Module):
         new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False, x_qr=x_qr)
         return new, loss, gsq, LearnedState(None, tele_states, base)
 
-    def _apply_coordinatewise(self, weights, grads, X, state, x_qr, loss_fn):
+    def _apply_coordinatewise(self, weights, grads, X, state, x_qr, loss_fn, update_scale=None):
         """:meth:`apply` of the ``coordinatewise`` architecture: m2 reads the teleport gradient at
         ``W_t`` (so the variants with a teleport need ``loss_fn``), m1 writes the update, the
         update is taken and then the teleport (refused per task by the safeguard if it would
@@ -262,13 +269,17 @@ class LearnedOptimizer(nn.Module):
         update_state = state.update
         if cfg.variant in ("update", "update+tele"):
             updates, update_state = self.update(weights, grads, state.update, X.shape[1])
-            new = [w - self._hooked(u) for w, u in zip(weights, updates)]
+            steps = [self._hooked(u) for u in updates]
         else:  # lr+tele
             eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)  # geometric mean over pairs
-            new = [w - eta.to(g.dtype) * g for w, g in zip(weights, grads)]
+            steps = [eta.to(g.dtype) * g for g in grads]
+        if update_scale is not None:
+            steps = [s * u for s, u in zip(update_scale, steps)]
+        new = [w - u for w, u in zip(weights, steps)]
         if T:
-            safe = loss_fn if cfg.coordinatewise.safeguard else None
-            new = safeguarded_teleport(new, X, T, safe, cfg.teleport.exact, x_qr)
+            cw = cfg.coordinatewise
+            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, cfg.teleport.exact, x_qr,
+                                       cw.safeguard_tol)
         return new, LearnedState(update_state, tele_states, state.base)
 
     # -- evaluator-facing --------------------------------------------------------------------
