@@ -18,7 +18,8 @@ def test_to_dict_gives_plain_nested_python():
     data = to_dict(config)
     assert data["name"] == "adam" and data["betas"] == [0.9, 0.999]  # tuples become lists
     assert data["teleport"]["steps"] == [5] and data["teleport"]["strategy"] == "gradient_ascent"
-    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform", "bias": False}
+    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform", "bias": False,
+                                     "family": "regression", "teleport_batch": None}
 
 
 @pytest.mark.parametrize(

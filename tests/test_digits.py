@@ -1,0 +1,104 @@
+"""The digits task family: offline data, deterministic seeds, cross-entropy, accuracy, teleport batch."""
+import numpy as np
+import pytest
+import torch
+
+from metatele.configs import ConfigError
+from metatele.symmetry.action import teleport
+from metatele.tasks.digits import (
+    N_IMAGES, accuracy, cross_entropy, load_digits_data, sample_digits, task_loss, teleport_loss_change,
+)
+from metatele.tasks.family import TaskConfig, sample_tasks
+from metatele.tasks.mlp import loss_and_grads, mlp_loss
+
+DIGITS = TaskConfig(family="digits", dims=[1000, 64, 16, 10, 10], bias=True)
+
+
+def test_digits_load_offline_scaled_to_unit_interval():
+    images, labels = load_digits_data()
+    assert images.shape == (N_IMAGES, 64) and labels.shape == (N_IMAGES,)
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert set(np.unique(labels)) == set(range(10))
+
+
+def test_exposed_X_holds_the_scaled_pixels_one_image_per_column():
+    images, labels = load_digits_data()
+    b = sample_digits(DIGITS, [5], dtype=torch.float64)
+    Xall = torch.cat([b.X, b.X_val], dim=-1)[0].T.numpy()  # [1797, 64]
+    # every column is one image of the set, unchanged, and every image appears once
+    rows = {tuple(r) for r in images}
+    assert all(tuple(r) in rows for r in Xall)
+    assert sorted(map(tuple, Xall)) == sorted(map(tuple, images))
+    Yall = torch.cat([b.Y, b.Y_val], dim=-1)[0]
+    assert torch.equal(Yall.sum(0), torch.ones(N_IMAGES, dtype=torch.float64))
+
+
+def test_a_seed_is_deterministic_and_fixes_split_and_init():
+    a = sample_digits(DIGITS, [3, 4])
+    b = sample_digits(DIGITS, [4])
+    assert torch.equal(a.X[1], b.X[0]) and torch.equal(a.X_val[1], b.X_val[0])
+    assert all(torch.equal(x[1], y[0]) for x, y in zip(a.weights, b.weights))
+    assert not torch.equal(a.X[0], a.X[1])
+    assert a.X.shape == (2, 64, 1000) and a.X_val.shape == (2, 64, 797)
+    assert [w.shape[1:] for w in a.weights] == [(16, 65), (10, 17), (10, 11)]
+
+
+def test_family_field_defaults_to_regression_and_is_validated():
+    assert TaskConfig().family == "regression"
+    with pytest.raises(ConfigError, match="task.family"):
+        TaskConfig(family="mnist")
+    with pytest.raises(ConfigError, match="task.dims"):
+        TaskConfig(family="digits", dims=[1000, 20, 10], bias=True)
+    with pytest.raises(ConfigError, match="task.teleport_batch"):
+        TaskConfig(family="digits", dims=[1000, 64, 16, 10, 10], bias=True, teleport_batch=18)
+    with pytest.raises(ConfigError, match="task.teleport_batch"):
+        TaskConfig(teleport_batch=5)
+    with pytest.raises(ValueError, match="sample_digits"):
+        sample_tasks(DIGITS, [0])
+
+
+def test_teleport_batch_is_the_narrowest_teleported_input():
+    assert DIGITS.teleport_samples == 17  # pair (W2, W3): 16 hidden units + 1 for the bias
+    assert TaskConfig(family="digits", dims=[1000, 64, 16, 10, 10], teleport_batch=9).teleport_samples == 9
+    assert TaskConfig(family="digits", dims=[1000, 64, 16, 10, 10], bias=False).teleport_samples == 16
+    assert DIGITS.non_symmetric_pairs() == []
+
+
+def test_cross_entropy_and_accuracy_on_a_hand_made_case():
+    # one linear layer [W b] = [I 0] on 3 two-pixel "images": the logits are the pixels
+    W = [torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)]
+    X = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]]], dtype=torch.float64)  # [1, 2, 3]
+    Y = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]], dtype=torch.float64)  # classes 0, 0, 1
+    # predictions: 0 (right), 1 (wrong), tie → argmax picks 0 (wrong)
+    assert accuracy(W, X, Y).tolist() == [pytest.approx(1 / 3)]
+    expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(3.0)), np.log(2.0)])
+    assert cross_entropy(W, X, Y).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_loss_and_grads_takes_the_family_loss():
+    b = sample_digits(DIGITS, [0, 1], dtype=torch.float64)
+    assert task_loss(DIGITS) is cross_entropy and task_loss(TaskConfig()) is mlp_loss
+    loss, grads = loss_and_grads(b.weights, b.X, b.Y, loss_fn=cross_entropy)
+    assert torch.allclose(loss, cross_entropy(b.weights, b.X, b.Y))
+    W = [w.clone().requires_grad_(True) for w in b.weights]
+    cross_entropy(W, b.X, b.Y).sum().backward()
+    assert all(torch.allclose(g, w.grad) for g, w in zip(grads, W))
+
+
+def test_teleport_on_the_teleport_batch_is_exactly_invariant_and_the_rest_is_measured():
+    b = sample_digits(DIGITS, [0, 1, 2], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    T = [0.05 * torch.randn(3, d, d, generator=gen, dtype=torch.float64) for d in (16, 10)]
+    after = teleport(b.weights, b.X_tele, T)
+    change = teleport_loss_change(b, b.weights, after)
+    assert change.teleport_batch.abs().max() <= 1e-10
+    # the rest of the training set is not held fixed: the change there is measured, and real
+    assert change.rest.abs().min() > 1e-6 and change.validation.abs().min() > 1e-6
+    rest_before = cross_entropy(b.weights, b.X_rest, b.Y_rest)
+    assert torch.allclose(change.rest, (cross_entropy(after, b.X_rest, b.Y_rest) - rest_before) / rest_before)
+
+
+def test_validation_metrics():
+    b = sample_digits(DIGITS, [0, 1])
+    m = b.metrics(b.weights)
+    assert m["val_loss"].shape == (2,) and torch.allclose(m["val_accuracy"], accuracy(b.weights, b.X_val, b.Y_val))
