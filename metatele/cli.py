@@ -4,7 +4,8 @@ Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
 ``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
 ``bench`` (meta-training throughput), ``benchmark`` (the statistical protocol behind
-``experiments/RESULTS.md``) and ``search`` (configuration selection on validation seeds).
+``experiments/RESULTS.md``), ``search`` (configuration selection on validation seeds) and
+``digits`` (the real-data study behind ``experiments/DIGITS.md``).
 """
 from __future__ import annotations
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele search --help`")
 
+    p = sub.add_parser("digits", help="the digits study: optimizers ± teleport, sharpness/curvature (experiments/DIGITS.md)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="see `metatele digits --help`")
+
     p = sub.add_parser("bench", help="meta-training throughput (trajectory-steps/s) at several batch sizes")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256, 1024])
     p.add_argument("--variant", default="update+tele")
@@ -177,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         from .studies.search import main as search_main
 
         return search_main(argv[1:])
+    if argv[:1] == ["digits"]:  # likewise (metatele.studies.digits)
+        from .studies.digits import main as digits_main
+
+        return digits_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

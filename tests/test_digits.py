@@ -102,3 +102,66 @@ def test_validation_metrics():
     b = sample_digits(DIGITS, [0, 1])
     m = b.metrics(b.weights)
     assert m["val_loss"].shape == (2,) and torch.allclose(m["val_accuracy"], accuracy(b.weights, b.X_val, b.Y_val))
+
+
+def test_evaluator_records_validation_metrics_and_baselines_use_cross_entropy():
+    from metatele.evaluation.evaluate import Curves, evaluate
+    from metatele.optimizers.baselines import BaselineConfig
+    from metatele.tasks.family import unseen_seeds
+
+    task = TaskConfig(family="digits", dims=[300, 64, 8, 8, 10], bias=True)
+    curves = evaluate(BaselineConfig("adam", lr=0.05), task, unseen_seeds(2), 5)
+    assert set(curves.metrics) == {"val_loss", "val_accuracy"}
+    assert curves.metrics["val_loss"].shape == (6, 2) == curves.loss.shape
+    b = sample_digits(task, unseen_seeds(2))
+    assert np.allclose(curves.loss[0], cross_entropy(b.weights, b.X, b.Y).numpy(), rtol=1e-6)
+    assert np.allclose(curves.metrics["val_accuracy"][0], accuracy(b.weights, b.X_val, b.Y_val).numpy())
+    assert curves.loss[-1].mean() < curves.loss[0].mean()
+    back = Curves.from_dict(curves.to_dict())
+    assert np.array_equal(back.metrics["val_loss"], curves.metrics["val_loss"])
+    # regression curves carry no metrics key (their JSON is unchanged)
+    reg = evaluate(BaselineConfig("gd"), TaskConfig(), unseen_seeds(2), 2)
+    assert reg.metrics == {} and "metrics" not in reg.to_dict()
+
+
+def test_baseline_teleports_with_the_teleport_batch_only():
+    from metatele.optimizers.baselines import BaselineConfig, HandDesigned
+    from metatele.symmetry.strategies import TeleportSchedule
+
+    b = sample_digits(DIGITS, [0, 1], dtype=torch.float64)
+    sched = TeleportSchedule(steps=[0], ascent_steps=2, ascent_lr=1e12, ascent_max_norm=1e-2)
+    opt = HandDesigned(BaselineConfig("gd", lr=1e-9, teleport=sched), b.X, b.Y, b.weights,
+                       loss_fn=cross_entropy, teleport_samples=DIGITS.teleport_samples)
+    seen = []
+    inner = opt.strategy
+    opt.strategy = lambda W, X, Y: seen.append(X.shape[-1]) or inner(W, X, Y)
+    opt.step(b.weights)
+    assert seen == [DIGITS.teleport_samples]
+    moved = inner(b.weights, b.X_tele, b.Y_tele)
+    change = teleport_loss_change(b, b.weights, moved)
+    assert change.teleport_batch.abs().max() <= 1e-10 and change.rest.abs().min() > 0
+
+
+def test_digits_study_runs_at_quick_scale(tmp_path):
+    from metatele.cli import main
+
+    assert main(["digits", "--quick", "--out", str(tmp_path / "run")]) == 0
+    report = (tmp_path / "run" / "DIGITS.md").read_text()
+    for heading in ("## 1. Standard optimizers", "## 2. Sharpness", "## 3. Teleporting mid-training", "## Conclusions"):
+        assert heading in report
+    assert "metatele digits --quick" in report
+    figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
+    assert figures == ["digits_correlation.png", "digits_train_loss_vs_step.png", "digits_train_loss_vs_time.png",
+                       "digits_val_accuracy.png", "digits_val_loss.png"]
+    import json
+
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(data["optimizers"]["curves"]) == {"SGD+momentum", "SGD+momentum+teleport", "Adam", "Adam+teleport"}
+    assert -1 <= data["correlation"]["sharpness_vs_val_loss"]["r"] <= 1
+
+
+def test_digits_study_config_errors_name_the_field(capsys):
+    from metatele.cli import main
+
+    assert main(["digits", "--quick", "--set", "optimizers=[sgd]"]) == 2
+    assert "optimizers" in capsys.readouterr().err
