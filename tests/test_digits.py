@@ -1,4 +1,6 @@
 """The digits task family: offline data, deterministic seeds, cross-entropy, accuracy, teleport batch."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -151,8 +153,17 @@ def test_digits_study_runs_at_quick_scale(tmp_path):
         assert heading in report
     assert "metatele digits --quick" in report
     figures = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
-    assert figures == ["digits_correlation.png", "digits_train_loss_vs_step.png", "digits_train_loss_vs_time.png",
+    assert figures == ["digits_correlation.png", "digits_learned_train_loss.png", "digits_learned_val_loss.png",
+                       "digits_train_loss_vs_step.png", "digits_train_loss_vs_time.png",
                        "digits_val_accuracy.png", "digits_val_loss.png"]
+    assert "## 4. Learned teleport on digits" in report
+    from metatele.release.manifest import verify_manifest
+
+    verify_manifest(tmp_path / "run" / "checkpoints" / "digits.manifest.json")
+    from metatele.release.checkpoint import load_optimizer
+
+    opt = load_optimizer(tmp_path / "run" / "checkpoints" / "digits_update_tele_val.safetensors")
+    assert opt.task.family == "digits"
     import json
 
     data = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -165,3 +176,63 @@ def test_digits_study_config_errors_name_the_field(capsys):
 
     assert main(["digits", "--quick", "--set", "optimizers=[sgd]"]) == 2
     assert "optimizers" in capsys.readouterr().err
+
+
+def _digits_meta_config(**kw):
+    from metatele.meta.config import MetaTrainConfig
+
+    return MetaTrainConfig.from_dict({
+        "task": {"family": "digits", "dims": [200, 64, 8, 8, 10], "bias": True},
+        "learned": {"arch": "coordinatewise", "variant": "update+tele"}, "trajectories": 4, "steps": 4,
+        "unroll": 2, "batch_size": 2, "meta_loss": "mean_log", "device": "cpu", **kw})
+
+
+@pytest.mark.parametrize("objective", ["train", "validation"])
+def test_engine_meta_trains_on_digits(objective):
+    from metatele.meta.engine import UnrollEngine
+
+    eng = UnrollEngine(_digits_meta_config(meta_objective=objective))
+    assert eng.X_val.shape == (2, 64, 1797 - 200) and eng.X_qr[0].shape[-1] == 9  # the teleport batch: 8 + 1
+    before = [p.detach().clone() for p in eng.meta_parameters]
+    for _ in range(3):
+        stats = eng.meta_step()
+    assert math.isfinite(stats["meta_loss"]) and stats["diverged_total"] == 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, eng.meta_parameters))
+
+
+def test_validation_meta_objective_sums_validation_losses():
+    from metatele.meta.engine import UnrollEngine
+
+    losses = {}
+    for objective in ("train", "validation"):
+        eng = UnrollEngine(_digits_meta_config(meta_objective=objective, unroll=1))
+        X, Y, Xv, Yv = eng.X, eng.Y, eng.X_val, eng.Y_val
+        u = eng.compute_meta_gradient()  # K = 1: the meta-loss is the mean log-loss at W_1
+        data = (Xv, Yv) if objective == "validation" else (X, Y)
+        expected = cross_entropy(u.W, *data).log().mean()
+        assert torch.allclose(u.meta_loss, expected.detach(), rtol=1e-5)
+        losses[objective] = u.meta_loss
+    assert not torch.allclose(losses["train"], losses["validation"])
+
+
+def test_validation_objective_needs_validation_data():
+    from metatele.meta.config import MetaTrainConfig
+
+    with pytest.raises(ConfigError, match="meta_objective"):
+        MetaTrainConfig.from_dict({"meta_objective": "validation"})
+    with pytest.raises(ConfigError, match="meta_objective"):
+        _digits_meta_config(meta_objective="test")
+
+
+def test_learned_step_on_digits_uses_cross_entropy_and_the_teleport_batch():
+    from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+
+    task = TaskConfig(family="digits", dims=[200, 64, 8, 8, 10], bias=True)
+    opt = LearnedOptimizer(task, LearnedConfig(variant="update+tele", arch="coordinatewise")).double()
+    b = sample_digits(task, [0, 1], dtype=torch.float64)
+    assert opt.teleport_data(b.X).shape[-1] == task.teleport_samples
+    stepper = opt.start(b.X, b.Y, b.weights)
+    W, loss, _ = stepper.step(b.weights)
+    assert torch.allclose(loss, cross_entropy(b.weights, b.X, b.Y))
+    with pytest.raises(ValueError, match="regression"):
+        LearnedOptimizer(task, LearnedConfig(variant="tele"))

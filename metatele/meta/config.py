@@ -15,6 +15,8 @@ from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 
 META_LOSSES = ("sum", "mean_log")
+#: what the meta-loss sums: the training loss of the inner problem, or (digits) its validation loss
+META_OBJECTIVES = ("train", "validation")
 TRUNCATIONS = ("fixed", "log_uniform")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,6 +50,8 @@ class MetaTrainConfig:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
         dtype: ``float32`` or ``float64``.
         log_every: meta-steps between host reads of the metrics (and progress updates).
+        meta_objective: ``train`` (the inner training loss) or ``validation`` (digits: the loss
+            on each task's validation images, i.e. learning to teleport for generalization).
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -71,6 +75,7 @@ class MetaTrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     log_every: int = 1
+    meta_objective: str = "train"
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -94,6 +99,10 @@ class MetaTrainConfig:
                 f"got {self.train_seed_start}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
+        require(self.meta_objective in META_OBJECTIVES, "meta_objective",
+                f"must be one of {META_OBJECTIVES}, got {self.meta_objective!r}")
+        require(self.meta_objective == "train" or self.task.family == "digits", "meta_objective",
+                f"'validation' needs a task family with validation data (digits), got {self.task.family!r}")
         bad = self.task.non_symmetric_pairs()
         require(not (self.learned.uses_teleport and bad), "task.dims",
                 f"variant {self.learned.variant!r} teleports, but pairs {bad} have layer inputs that cannot "

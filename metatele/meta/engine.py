@@ -37,7 +37,7 @@ import torch
 
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
-from ..tasks.mlp import mlp_loss
+from ..tasks.digits import cross_entropy, sample_digits, task_loss
 from ..symmetry.action import input_qr
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from .config import MetaTrainConfig, resolve_device
@@ -143,11 +143,18 @@ class UnrollEngine:
                              "lower train_seed_start")
         self.next_seed += count
         self.trajectories_started += count
-        return sample_tasks(self.config.task, seeds, device=self.device, dtype=self.dtype)
+        sample = sample_digits if self.config.task.family == "digits" else sample_tasks
+        return sample(self.config.task, seeds, device=self.device, dtype=self.dtype)
+
+    def _loss(self, W: list[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """The task family's loss ``[B]`` (regression: squared error; digits: cross-entropy)."""
+        return task_loss(self.config.task)(W, X, Y)
 
     def _start_all(self) -> None:
         tasks = self._fresh(self.B)
         self.X, self.Y = tasks.X, tasks.Y
+        #: digits: each trajectory's validation images (the ``validation`` meta-objective reads them)
+        self.X_val, self.Y_val = getattr(tasks, "X_val", None), getattr(tasks, "Y_val", None)
         self.W = [w.detach() for w in tasks.weights]
         self.seeds[:] = tasks.seeds
         c = self.config
@@ -158,8 +165,9 @@ class UnrollEngine:
             self.steps_done[:] = [((b * W + r) * c.steps // (self.B * W)) // c.unroll * c.unroll for b in range(self.B)]
         else:
             self.steps_done[:] = 0
-        self.loss0 = mlp_loss(self.W, self.X, self.Y).detach()
-        self.X_qr = input_qr(self.W, self.X)  # the data are fixed along a trajectory
+        self.loss0 = self._loss(self.W, self.X, self.Y).detach()
+        # the data are fixed along a trajectory (digits: the teleport batch the action uses)
+        self.X_qr = input_qr(self.W, self.optimizer.teleport_data(self.X))
         self.state = self.optimizer.initial_state(
             self.B, self.device, self.dtype, X=self.X, Y=self.Y, weights=self.W,
             differentiable=True,
@@ -179,10 +187,13 @@ class UnrollEngine:
         idx = torch.as_tensor(slots, device=self.device)
         self.X = self.X.index_copy(0, idx, tasks.X)
         self.Y = self.Y.index_copy(0, idx, tasks.Y)
-        fresh_qr = input_qr(tasks.weights, tasks.X)
+        if self.X_val is not None:
+            self.X_val = self.X_val.index_copy(0, idx, tasks.X_val)
+            self.Y_val = self.Y_val.index_copy(0, idx, tasks.Y_val)
+        fresh_qr = input_qr(tasks.weights, self.optimizer.teleport_data(tasks.X))
         self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
         self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
-        self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
+        self.loss0 = self.loss0.index_copy(0, idx, self._loss(tasks.weights, tasks.X, tasks.Y))
         keep = torch.ones(self.B, dtype=torch.bool, device=self.device)
         keep[idx] = False
         self.state = self.state.reset(keep)
@@ -221,19 +232,24 @@ class UnrollEngine:
         K = self._unroll_length()
         W, state = self.W, self.state
         alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
-        terms = []
+        validation = c.meta_objective == "validation"
+        terms, val_terms = [], []
         for _ in range(K):
             W, loss, grad_sq, state = self.optimizer.step(
                 W, self.X, self.Y, state, second_order=c.second_order, x_qr=self.X_qr
             )
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
-        final = mlp_loss(W, self.X, self.Y)
+            if validation:  # learning for generalization: the validation loss at W_{t+1}
+                val_terms.append(cross_entropy(W, self.X_val, self.Y_val))
+        final = self._loss(W, self.X, self.Y)
         for w in W:
             alive = alive & _finite_rows(w)
         alive = alive & torch.isfinite(final)
         # losses at W_{t+1}..W_{t+K}: drop the loss at the (detached) start, add the final one
-        per_step = torch.stack(terms[1:] + [final])  # [K, B]
+        per_step = torch.stack(val_terms if validation else terms[1:] + [final])  # [K, B]
+        if validation:
+            alive = alive & torch.isfinite(per_step).all(0)
         contrib = torch.where(alive.unsqueeze(0), self._meta_term(per_step), torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
             contrib = contrib / K
@@ -340,6 +356,7 @@ class UnrollEngine:
             "optimizer": self.optimizer.state_dict(),
             "meta_opt": self.meta_opt.state_dict(),
             "X": self.X, "Y": self.Y, "W": list(self.W), "loss0": self.loss0,
+            **({"X_val": self.X_val, "Y_val": self.Y_val} if self.X_val is not None else {}),
             "X_qr": list(self.X_qr),
             "update_state": list(s.update) if s.update else None,
             "teleport_state": [list(t) for t in s.teleport],
@@ -367,8 +384,11 @@ class UnrollEngine:
         self.meta_opt.load_state_dict(sd["meta_opt"])
         to = lambda t: t.to(self.device)  # noqa: E731
         self.X, self.Y, self.loss0 = to(sd["X"]), to(sd["Y"]), to(sd["loss0"])
+        if sd.get("X_val") is not None:
+            self.X_val, self.Y_val = to(sd["X_val"]), to(sd["Y_val"])
         self.W = [to(w) for w in sd["W"]]
-        self.X_qr = tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(self.W, self.X)
+        self.X_qr = (tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None
+                     else input_qr(self.W, self.optimizer.teleport_data(self.X)))
         upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
         base = None
         if self.config.learned.variant == "tele":  # saved between generations: a fresh base optimizer

@@ -14,6 +14,11 @@ Three parts, each a client of the library:
 3. **Teleporting mid-training** towards higher curvature and towards lower sharpness, then
    training on; the change of validation loss against not teleporting, paired on seeds, with
    95% CIs.
+4. **Learned teleport on digits**: the coordinatewise update+tele and its update-only twin
+   meta-trained on digits tasks with the training loss as meta-objective, and a second
+   update+tele meta-trained on the *validation* loss (learning to teleport for generalization);
+   evaluated on unseen seeds against the tuned Adam with and without teleport. The checkpoints
+   are written with a manifest.
 
 :func:`run_digits_study` computes everything and writes ``results.json``, the figures and the
 report; :func:`render_report` turns the results into markdown.
@@ -42,7 +47,11 @@ from ..evaluation.evaluate import BaselineMethod, Curves, evaluate, to_json
 from ..evaluation.figures import plot_loss_vs_step, plot_loss_vs_time
 from ..evaluation.stats import mean_ci, paired_comparison, verdict
 from ..evaluation.tuning import grid_search
+from ..meta.config import MetaTrainConfig
+from ..meta.train import meta_train
 from ..optimizers.baselines import BaselineConfig, HandDesigned
+from ..release.checkpoint import save_checkpoint
+from ..release.manifest import write_manifest
 from ..symmetry.generalization import RADII, GeometryTeleport, orbit_curvature, random_lie_elements, sharpness
 from ..symmetry.strategies import TeleportSchedule, TeleportStrategy
 from ..tasks.digits import DigitsBatch, cross_entropy, sample_digits, teleport_loss_change
@@ -80,6 +89,11 @@ class DigitsStudyConfig:
             the training steps after it.
         geometry_steps, geometry_step_norm, geometry_directions: the sharpness / curvature
             teleport (iterations, ``‖T‖`` per iteration, sharpness directions per norm).
+        learned: run part 4 (meta-training on digits).
+        meta_trajectories, meta_horizon, meta_unroll, meta_batch: meta-training scale
+            (trajectories, inner steps per trajectory, truncation, trajectories per batch).
+        meta_lr_update, meta_lr_teleport: meta-learning rates of m1 and m2.
+        learned_steps: inner steps of the part-4 evaluation (beyond the horizon: does it hold?).
     """
 
     task: TaskConfig = field(default_factory=_digits_task)
@@ -91,7 +105,7 @@ class DigitsStudyConfig:
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0])
     momenta: list[float] = field(default_factory=lambda: [0.5, 0.9])
     teleport_steps: list[int] = field(default_factory=lambda: [0, 10, 20])
-    teleport_norms: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
+    teleport_norms: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
     ascent_steps: int = 8
     at_steps: list[int] = field(default_factory=lambda: [30, 100, 300])
     corr_seeds: int = 40
@@ -103,8 +117,16 @@ class DigitsStudyConfig:
     mid_step: int = 100
     mid_steps_after: int = 200
     geometry_steps: int = 10
-    geometry_step_norm: float = 0.02
+    geometry_step_norm: float = 0.002
     geometry_directions: int = 10
+    learned: bool = True
+    meta_trajectories: int = 64
+    meta_horizon: int = 100
+    meta_unroll: int = 10
+    meta_batch: int = 16
+    meta_lr_update: float = 1e-3
+    meta_lr_teleport: float = 1e-3
+    learned_steps: int = 200
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -114,7 +136,8 @@ class DigitsStudyConfig:
                 f"must be a non-empty list of {OPTIMIZERS}, got {self.optimizers}")
         for name in ("steps", "seeds", "tune_seeds", "tune_steps", "ascent_steps", "corr_seeds", "corr_steps",
                      "sharpness_directions", "curvature_draws", "mid_seeds", "mid_step", "mid_steps_after",
-                     "geometry_steps", "geometry_directions"):
+                     "geometry_steps", "geometry_directions", "meta_trajectories", "meta_horizon",
+                     "meta_unroll", "meta_batch", "learned_steps"):
             v = getattr(self, name)
             require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, f"must be a positive integer, got {v!r}")
         require(self.seeds >= 2 and self.corr_seeds >= 4 and self.mid_seeds >= 2, "seeds/corr_seeds/mid_seeds",
@@ -126,6 +149,7 @@ class DigitsStudyConfig:
             v = getattr(self, name)
             require(len(v) >= 1 and all(x > 0 for x in v), name, f"must be a non-empty list of positive numbers, got {v}")
         require(self.geometry_step_norm > 0, "geometry_step_norm", f"must be > 0, got {self.geometry_step_norm}")
+        require(self.meta_lr_update > 0 and self.meta_lr_teleport > 0, "meta_lr_update/meta_lr_teleport", "must be > 0")
 
     @classmethod
     def quick(cls) -> "DigitsStudyConfig":
@@ -135,7 +159,8 @@ class DigitsStudyConfig:
                    lrs=[1e-2, 1e-1], momenta=[0.9], teleport_steps=[0, 3], teleport_norms=[1e-3, 1e-2],
                    ascent_steps=2, at_steps=[5, 12], corr_seeds=5, corr_steps=12, sharpness_directions=3,
                    radii=[0.1, 0.5], curvature_draws=2, mid_seeds=3, mid_step=6, mid_steps_after=6,
-                   geometry_steps=2, geometry_directions=2)
+                   geometry_steps=2, geometry_directions=2, meta_trajectories=4, meta_horizon=4, meta_unroll=2,
+                   meta_batch=2, learned_steps=6)
 
 
 # -- part 1: standard optimizers with and without teleport --------------------------------------
@@ -199,8 +224,10 @@ def measure_teleports(config: BaselineConfig, task: TaskConfig, seeds: Sequence[
     out = {}
     for part in ("teleport_batch", "rest", "validation"):
         per_seed = torch.stack([getattr(c, part) for c in recorder.changes]).to(torch.float64)  # [teleports, K]
+        finite = torch.isfinite(per_seed).all(0)  # a seed that diverged is counted, not averaged
         out[part] = {"mean_ci": list(mean_ci(per_seed.mean(0).numpy())),
-                     "max_abs": float(per_seed.abs().max())}
+                     "max_abs": float(per_seed[:, finite].abs().max()) if finite.any() else math.nan,
+                     "non_finite_seeds": int((~finite).sum())}
     return out
 
 
@@ -321,6 +348,58 @@ def mid_training_teleport(cfg: DigitsStudyConfig, adam: BaselineConfig) -> dict[
     return out
 
 
+# -- part 4: learned teleport on digits --------------------------------------------------------
+#: label → (variant, meta-objective) of the part-4 meta-training runs (coordinatewise architecture)
+LEARNED_RUNS = {"learned update": ("update", "train"), "learned update+tele": ("update+tele", "train"),
+                "learned update+tele (val objective)": ("update+tele", "validation")}
+
+
+def meta_config(cfg: DigitsStudyConfig, variant: str, objective: str) -> MetaTrainConfig:
+    """The meta-training run of part 4 (training seeds from 1000 on, above the tuning seeds)."""
+    return MetaTrainConfig.from_dict({
+        "task": to_dict(cfg.task), "learned": {"arch": "coordinatewise", "variant": variant},
+        "trajectories": cfg.meta_trajectories, "steps": cfg.meta_horizon, "unroll": cfg.meta_unroll,
+        "batch_size": cfg.meta_batch, "meta_loss": "mean_log", "lr_update": cfg.meta_lr_update,
+        "lr_teleport": cfg.meta_lr_teleport, "device": "cpu", "meta_objective": objective,
+        "train_seed_start": 1000, "seed": 0,
+    })
+
+
+def run_learned(cfg: DigitsStudyConfig, adam: Mapping[str, BaselineConfig], out: Path, log=print) -> dict[str, Any]:
+    """Part 4: meta-train the three learned optimizers, save them with a manifest, and evaluate
+    them with the tuned Adam (± teleport) on the same unseen seeds."""
+    seeds = list(unseen_seeds(cfg.seeds, start=30_000))
+    curves: dict[str, Curves] = {}
+    files, meta = [], {}
+    for label, (variant, objective) in LEARNED_RUNS.items():
+        t0 = time.perf_counter()
+        mc = meta_config(cfg, variant, objective)
+        result = meta_train(mc, progress=False)
+        slug = variant.replace("+", "_") + ("_val" if objective == "validation" else "")
+        curves[label] = evaluate(result.optimizer, cfg.task, seeds, cfg.learned_steps, train_seeds=range(*result.train_seeds))
+        curves[label].name = label
+        summary = {"val_loss_final": mean_ci(curves[label].metrics["val_loss"][-1]),
+                   "val_accuracy_final": mean_ci(curves[label].metrics["val_accuracy"][-1]),
+                   "log10_train_loss_final": mean_ci(curves[label].log_loss[-1]), "seeds": [seeds[0], seeds[-1] + 1]}
+        path = save_checkpoint(out / "checkpoints" / f"digits_{slug}.safetensors", result.optimizer, mc,
+                               provenance={"training_seeds": result.train_seeds, "meta_steps": result.meta_steps},
+                               evaluation=summary)
+        files.append(path)
+        meta[label] = {"config": to_dict(mc), "meta_steps": result.meta_steps, "train_seeds": list(result.train_seeds),
+                       "diverged_total": result.diverged_total, "seconds": time.perf_counter() - t0,
+                       "checkpoint": path.name, "final_meta_loss": result.history[-1]["meta_loss"] if result.history else None}
+        log(f"  {label}: {result.meta_steps} meta-steps ({time.perf_counter() - t0:.0f} s)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for arm, label in (("plain", "Adam"), ("teleport", "Adam+teleport")):
+            curves[label] = evaluate(BaselineMethod(adam[arm], name=label, task=cfg.task), cfg.task, seeds,
+                                     cfg.learned_steps, train_seeds=training_seeds(cfg.tune_seeds))
+    manifest = write_manifest(out / "checkpoints" / "digits.manifest.json", files, config=to_dict(cfg),
+                              seeds={"test": [seeds[0], seeds[-1] + 1]},
+                              metrics={n: meta[n] for n in meta})
+    return {"curves": curves, "meta": meta, "seeds": seeds, "manifest": str(manifest)}
+
+
 # -- figures and report --------------------------------------------------------------------------
 def _save(fig: Figure, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +449,12 @@ def write_figures(results: Mapping[str, Any], figures: Path) -> list[str]:
         plot_metric_vs_step(curves, "val_accuracy", "validation accuracy", figures / "digits_val_accuracy.png"),
         plot_metric_vs_step(curves, "val_loss", "validation loss", figures / "digits_val_loss.png"),
         plot_correlation(results["correlation"], figures / "digits_correlation.png"),
-    ]
+    ] + ([
+        plot_loss_vs_step(results["learned"]["curves"], str(figures / "digits_learned_train_loss.png"),
+                          title="Digits: learned optimizers vs Adam, training loss"),
+        plot_metric_vs_step(results["learned"]["curves"], "val_loss", "validation loss",
+                            figures / "digits_learned_val_loss.png"),
+    ] if "learned" in results else [])
 
 
 def _f(x: float, fmt: str = ".3f") -> str:
@@ -435,7 +519,9 @@ def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "
           "| optimizer | teleport batch (max abs) | rest of training set | validation set |", "|---|---|---|---|"]
     for name in cfg.optimizers:
         e = opt["effects"][name]
-        L.append(f"| {LABELS[name]} | {_f(e['teleport_batch']['max_abs'], '.1e')} | {_ci(*e['rest']['mean_ci'], '.4f')} | "
+        bad = e["teleport_batch"]["non_finite_seeds"]
+        L.append(f"| {LABELS[name]} | {_f(e['teleport_batch']['max_abs'], '.1e')}{f' ({bad} seeds diverged)' if bad else ''} | "
+                 f"{_ci(*e['rest']['mean_ci'], '.4f')} | "
                  f"{_ci(*e['validation']['mean_ci'], '.4f')} |")
     L += ["", f"![training loss vs step]({figures_rel}/digits_train_loss_vs_step.png)",
           f"![training loss vs wall-clock]({figures_rel}/digits_train_loss_vs_time.png)",
@@ -478,10 +564,46 @@ def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "
                  ("val_loss_after_teleport", "val_loss_end", "val_accuracy_end", "train_loss_end")]
         L.append(f"| {label} | " + " | ".join(cells) + " |")
 
+    if "learned" in results:
+        L += learned_section(results, figures_rel)
     L += ["", "## Conclusions", ""] + [f"- {c}" for c in conclusions(results)]
     L += ["", "## Reproduce", "", "```", command, "```", "",
           "Numbers are deterministic given the seeds on one machine and thread count; wall-clock columns are not.", ""]
     return "\n".join(L)
+
+
+def learned_section(results: Mapping[str, Any], figures_rel: str) -> list[str]:
+    """Section 4 of the report: learned optimizers on digits against the tuned Adam."""
+    cfg: DigitsStudyConfig = results["config"]
+    lr = results["learned"]
+    curves: dict[str, Curves] = lr["curves"]
+    steps = sorted({s for s in (10, 30, cfg.meta_horizon, cfg.learned_steps) if s <= cfg.learned_steps})
+    L = ["", "## 4. Learned teleport on digits", "",
+         f"Coordinatewise optimizers (per-coordinate m1 that starts as Adam, equivariant m2) meta-trained on "
+         f"{cfg.meta_trajectories} training tasks × {cfg.meta_horizon} steps (truncation {cfg.meta_unroll}, "
+         f"{cfg.meta_batch} trajectories per batch, mean log-loss), meta-objective the training loss, or for the last the "
+         f"validation loss. Evaluated on {cfg.seeds} unseen seeds for {cfg.learned_steps} steps against the tuned Adam "
+         "(same rate and teleport as in part 1). Checkpoints: `checkpoints/digits_*.safetensors` with "
+         "`checkpoints/digits.manifest.json`.", "",
+         "| method | meta-steps | " + " | ".join(f"log10 train loss @ {s}" for s in steps)
+         + " | " + " | ".join(f"val loss @ {s}" for s in steps) + f" | val accuracy @ {cfg.learned_steps} |",
+         "|" + "---|" * (2 * len(steps) + 3)]
+    for name, c in curves.items():
+        ms = lr["meta"].get(name, {}).get("meta_steps", "—")
+        L.append(f"| {name} | {ms} | " + " | ".join(_ci(*mean_ci(c.log_loss[s]), ".2f") for s in steps) + " | "
+                 + " | ".join(_ci(*mean_ci(c.metrics["val_loss"][s])) for s in steps)
+                 + f" | {_ci(*mean_ci(c.metrics['val_accuracy'][-1]))} |")
+    L += ["", f"Paired on seeds at step {cfg.learned_steps} (Δ = first − second):", ""]
+    pairs = [(n, "Adam") for n in LEARNED_RUNS] + [("learned update+tele", "learned update"),
+                                                   ("learned update+tele (val objective)", "learned update+tele")]
+    for a, b in pairs:
+        va = paired_metric(curves[a].metrics["val_loss"][-1], curves[b].metrics["val_loss"][-1])
+        aa = paired_metric(curves[a].metrics["val_accuracy"][-1], curves[b].metrics["val_accuracy"][-1])
+        L.append(f"- {verdict(paired_comparison(curves[a], curves[b], cfg.learned_steps))} (training loss); "
+                 f"Δ val loss {_ci(va['mean_diff'], *va['ci95'])}; Δ val accuracy {_ci(aa['mean_diff'], *aa['ci95'])}")
+    L += ["", f"![learned, training loss]({figures_rel}/digits_learned_train_loss.png)",
+          f"![learned, validation loss]({figures_rel}/digits_learned_val_loss.png)"]
+    return L
 
 
 def conclusions(results: Mapping[str, Any]) -> list[str]:
@@ -515,6 +637,20 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
         eff = ("lowers" if v["mean_diff"] < 0 else "raises") if _excludes_zero(v["ci95"]) else "does not detectably change"
         out.append(f"Teleporting mid-training ({label}) {eff} the final validation loss "
                    f"(Δ {_ci(v['mean_diff'], *v['ci95'], '.4f')}).")
+    if "learned" in results:
+        curves, T = results["learned"]["curves"], cfg.learned_steps
+        for a, b, what in (("learned update+tele", "learned update", "the learned teleport (training objective)"),
+                           ("learned update+tele (val objective)", "learned update+tele",
+                            "meta-training the teleport on the validation loss"),
+                           ("learned update+tele", "Adam", "the learned update+tele against tuned Adam")):
+            v = paired_metric(curves[a].metrics["val_loss"][-1], curves[b].metrics["val_loss"][-1])
+            c = paired_comparison(curves[a], curves[b], T)
+            tr = (("lower" if c["mean_diff"] < 0 else "higher") + " training loss" if _excludes_zero(c["ci95"])
+                  else "no detectable training-loss difference")
+            va = (("lower" if v["mean_diff"] < 0 else "higher") + " validation loss" if _excludes_zero(v["ci95"])
+                  else "no detectable validation-loss difference")
+            out.append(f"At step {T}, {what}: {tr} (Δlog10 {_ci(c['mean_diff'], *c['ci95'], '.2f')}), {va} "
+                       f"(Δ {_ci(v['mean_diff'], *v['ci95'])}).")
     return out
 
 
@@ -528,6 +664,9 @@ def results_json(results: Mapping[str, Any]) -> dict[str, Any]:
         "optimizers": {"curves": {n: c.to_dict() for n, c in opt["curves"].items()}, "tuning": tuning,
                        "effects": opt["effects"], "seeds": opt["seeds"]},
         "correlation": results["correlation"], "mid_training": results["mid_training"],
+        **({"learned": {**{k: v for k, v in results["learned"].items() if k != "curves"},
+                        "curves": {n: c.to_dict() for n, c in results["learned"]["curves"].items()}}}
+           if "learned" in results else {}),
     })
 
 
@@ -538,13 +677,17 @@ def run_digits_study(cfg: DigitsStudyConfig, out: str | Path, command: str = "me
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    log("digits 1/3: standard optimizers with and without teleport")
+    log("digits 1/4: standard optimizers with and without teleport")
     results: dict[str, Any] = {"config": cfg, "optimizers": run_optimizers(cfg, log)}
     adam = results["optimizers"]["tuning"]["adam"]["plain"] if "adam" in cfg.optimizers else BaselineConfig("adam", lr=1e-2)
-    log("digits 2/3: sharpness and curvature against validation loss")
+    log("digits 2/4: sharpness and curvature against validation loss")
     results["correlation"] = correlation_check(cfg, adam)
-    log("digits 3/3: mid-training teleports")
+    log("digits 3/4: mid-training teleports")
     results["mid_training"] = mid_training_teleport(cfg, adam)
+    if cfg.learned:
+        log("digits 4/4: learned teleport on digits (meta-training)")
+        tuned = results["optimizers"]["tuning"].get("adam") or {"plain": adam, "teleport": replace(adam, teleport=ascent_schedule(cfg, cfg.teleport_norms[0]))}
+        results["learned"] = run_learned(cfg, tuned, out, log)
     results["wall_seconds"] = time.perf_counter() - t0
     results["threads"], results["device"] = torch.get_num_threads(), "cpu"
     report = Path(report) if report else out / "DIGITS.md"
