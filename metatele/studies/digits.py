@@ -120,7 +120,7 @@ class DigitsStudyConfig:
     geometry_step_norm: float = 0.002
     geometry_directions: int = 10
     learned: bool = True
-    meta_trajectories: int = 64
+    meta_trajectories: int = 128
     meta_horizon: int = 100
     meta_unroll: int = 10
     meta_batch: int = 16
@@ -351,6 +351,7 @@ def mid_training_teleport(cfg: DigitsStudyConfig, adam: BaselineConfig) -> dict[
 # -- part 4: learned teleport on digits --------------------------------------------------------
 #: label → (variant, meta-objective) of the part-4 meta-training runs (coordinatewise architecture)
 LEARNED_RUNS = {"learned update": ("update", "train"), "learned update+tele": ("update+tele", "train"),
+                "learned update (val objective)": ("update", "validation"),
                 "learned update+tele (val objective)": ("update+tele", "validation")}
 
 
@@ -365,8 +366,9 @@ def meta_config(cfg: DigitsStudyConfig, variant: str, objective: str) -> MetaTra
     })
 
 
-def run_learned(cfg: DigitsStudyConfig, adam: Mapping[str, BaselineConfig], out: Path, log=print) -> dict[str, Any]:
-    """Part 4: meta-train the three learned optimizers, save them with a manifest, and evaluate
+def run_learned(cfg: DigitsStudyConfig, adam: Mapping[str, BaselineConfig], checkpoints: Path, log=print) -> dict[str, Any]:
+    """Part 4: meta-train the learned optimizers of :data:`LEARNED_RUNS`, save them to
+    ``checkpoints/digits_*.safetensors`` with ``checkpoints/digits.manifest.json``, and evaluate
     them with the tuned Adam (± teleport) on the same unseen seeds."""
     seeds = list(unseen_seeds(cfg.seeds, start=30_000))
     curves: dict[str, Curves] = {}
@@ -375,13 +377,13 @@ def run_learned(cfg: DigitsStudyConfig, adam: Mapping[str, BaselineConfig], out:
         t0 = time.perf_counter()
         mc = meta_config(cfg, variant, objective)
         result = meta_train(mc, progress=False)
-        slug = variant.replace("+", "_") + ("_val" if objective == "validation" else "")
+        slug = variant.replace("+", "_") + ("_val" if objective == "validation" else "")  # digits_update_tele_val
         curves[label] = evaluate(result.optimizer, cfg.task, seeds, cfg.learned_steps, train_seeds=range(*result.train_seeds))
         curves[label].name = label
         summary = {"val_loss_final": mean_ci(curves[label].metrics["val_loss"][-1]),
                    "val_accuracy_final": mean_ci(curves[label].metrics["val_accuracy"][-1]),
                    "log10_train_loss_final": mean_ci(curves[label].log_loss[-1]), "seeds": [seeds[0], seeds[-1] + 1]}
-        path = save_checkpoint(out / "checkpoints" / f"digits_{slug}.safetensors", result.optimizer, mc,
+        path = save_checkpoint(Path(checkpoints) / f"digits_{slug}.safetensors", result.optimizer, mc,
                                provenance={"training_seeds": result.train_seeds, "meta_steps": result.meta_steps},
                                evaluation=summary)
         files.append(path)
@@ -394,10 +396,10 @@ def run_learned(cfg: DigitsStudyConfig, adam: Mapping[str, BaselineConfig], out:
         for arm, label in (("plain", "Adam"), ("teleport", "Adam+teleport")):
             curves[label] = evaluate(BaselineMethod(adam[arm], name=label, task=cfg.task), cfg.task, seeds,
                                      cfg.learned_steps, train_seeds=training_seeds(cfg.tune_seeds))
-    manifest = write_manifest(out / "checkpoints" / "digits.manifest.json", files, config=to_dict(cfg),
+    manifest = write_manifest(Path(checkpoints) / "digits.manifest.json", files, config=to_dict(cfg),
                               seeds={"test": [seeds[0], seeds[-1] + 1]},
                               metrics={n: meta[n] for n in meta})
-    return {"curves": curves, "meta": meta, "seeds": seeds, "manifest": str(manifest)}
+    return {"curves": curves, "meta": meta, "seeds": seeds, "manifest": str(manifest), "checkpoints": str(checkpoints)}
 
 
 # -- figures and report --------------------------------------------------------------------------
@@ -581,10 +583,12 @@ def learned_section(results: Mapping[str, Any], figures_rel: str) -> list[str]:
     L = ["", "## 4. Learned teleport on digits", "",
          f"Coordinatewise optimizers (per-coordinate m1 that starts as Adam, equivariant m2) meta-trained on "
          f"{cfg.meta_trajectories} training tasks × {cfg.meta_horizon} steps (truncation {cfg.meta_unroll}, "
-         f"{cfg.meta_batch} trajectories per batch, mean log-loss), meta-objective the training loss, or for the last the "
-         f"validation loss. Evaluated on {cfg.seeds} unseen seeds for {cfg.learned_steps} steps against the tuned Adam "
-         "(same rate and teleport as in part 1). Checkpoints: `checkpoints/digits_*.safetensors` with "
-         "`checkpoints/digits.manifest.json`.", "",
+         f"{cfg.meta_batch} trajectories per batch, mean log-loss), with the training loss as meta-objective, or "
+         f"(val objective) the loss on each task's validation images. Evaluated on {cfg.seeds} unseen seeds for {cfg.learned_steps} steps against the tuned Adam "
+         "(same rate and teleport as in part 1). Every task splits the same 1,797 images differently, so the "
+         "validation images of an unseen task were among the images of the meta-training tasks; the optimizers "
+         f"see no image directly, only per-coordinate gradients. Checkpoints: `{lr['checkpoints']}/digits_*.safetensors` "
+         f"with `{lr['checkpoints']}/digits.manifest.json`.", "",
          "| method | meta-steps | " + " | ".join(f"log10 train loss @ {s}" for s in steps)
          + " | " + " | ".join(f"val loss @ {s}" for s in steps) + f" | val accuracy @ {cfg.learned_steps} |",
          "|" + "---|" * (2 * len(steps) + 3)]
@@ -593,8 +597,12 @@ def learned_section(results: Mapping[str, Any], figures_rel: str) -> list[str]:
         L.append(f"| {name} | {ms} | " + " | ".join(_ci(*mean_ci(c.log_loss[s]), ".2f") for s in steps) + " | "
                  + " | ".join(_ci(*mean_ci(c.metrics["val_loss"][s])) for s in steps)
                  + f" | {_ci(*mean_ci(c.metrics['val_accuracy'][-1]))} |")
+    if any((c.loss == 0).any() for c in curves.values()):
+        L += ["", "A log10 training loss far below −10 means that the float32 loss reached exactly 0 on some seeds "
+                  "(the log is floored at 1e-300): those optimizers fit the training images perfectly."]
     L += ["", f"Paired on seeds at step {cfg.learned_steps} (Δ = first − second):", ""]
     pairs = [(n, "Adam") for n in LEARNED_RUNS] + [("learned update+tele", "learned update"),
+                                                   ("learned update+tele (val objective)", "learned update (val objective)"),
                                                    ("learned update+tele (val objective)", "learned update+tele")]
     for a, b in pairs:
         va = paired_metric(curves[a].metrics["val_loss"][-1], curves[b].metrics["val_loss"][-1])
@@ -641,7 +649,11 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
         curves, T = results["learned"]["curves"], cfg.learned_steps
         for a, b, what in (("learned update+tele", "learned update", "the learned teleport (training objective)"),
                            ("learned update+tele (val objective)", "learned update+tele",
-                            "meta-training the teleport on the validation loss"),
+                            "meta-training on the validation loss instead of the training loss"),
+                           ("learned update+tele (val objective)", "learned update (val objective)",
+                            "the learned teleport when both are meta-trained on the validation loss"),
+                           ("learned update+tele (val objective)", "Adam",
+                            "the update+tele meta-trained on the validation loss against tuned Adam"),
                            ("learned update+tele", "Adam", "the learned update+tele against tuned Adam")):
             v = paired_metric(curves[a].metrics["val_loss"][-1], curves[b].metrics["val_loss"][-1])
             c = paired_comparison(curves[a], curves[b], T)
@@ -671,9 +683,11 @@ def results_json(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_digits_study(cfg: DigitsStudyConfig, out: str | Path, command: str = "metatele digits",
-                     report: str | Path | None = None, log=print) -> dict[str, Any]:
-    """Run all three parts; write ``out/results.json``, ``out/figures/digits_*.png`` and the report
-    (``report``, default ``out/DIGITS.md``). Returns the results."""
+                     report: str | Path | None = None, checkpoints: str | Path | None = None,
+                     log=print) -> dict[str, Any]:
+    """Run every part; write ``out/results.json``, the report (``report``, default
+    ``out/DIGITS.md``) with ``figures/digits_*.png`` next to it, and the part-4 checkpoints with
+    their manifest (``checkpoints``, default ``out/checkpoints``). Returns the results."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -687,7 +701,7 @@ def run_digits_study(cfg: DigitsStudyConfig, out: str | Path, command: str = "me
     if cfg.learned:
         log("digits 4/4: learned teleport on digits (meta-training)")
         tuned = results["optimizers"]["tuning"].get("adam") or {"plain": adam, "teleport": replace(adam, teleport=ascent_schedule(cfg, cfg.teleport_norms[0]))}
-        results["learned"] = run_learned(cfg, tuned, out, log)
+        results["learned"] = run_learned(cfg, tuned, Path(checkpoints) if checkpoints else out / "checkpoints", log)
     results["wall_seconds"] = time.perf_counter() - t0
     results["threads"], results["device"] = torch.get_num_threads(), "cpu"
     report = Path(report) if report else out / "DIGITS.md"
@@ -710,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key (repeatable), e.g. --set seeds=40")
     p.add_argument("--out", default="runs/digits", help="folder for results.json (default runs/digits)")
     p.add_argument("--report", help="where to write the report (default OUT/DIGITS.md; figures go next to it)")
+    p.add_argument("--checkpoints", help="folder for the learned checkpoints and their manifest (default OUT/checkpoints)")
     return p
 
 
@@ -725,7 +740,7 @@ def main(argv: list[str]) -> int:
         print(f"metatele digits: error: {e}", file=sys.stderr)
         return 2
     command = "metatele digits" + (" " + shlex.join(argv) if argv else "")
-    results = run_digits_study(cfg, args.out, command, args.report)
+    results = run_digits_study(cfg, args.out, command, args.report, args.checkpoints)
     print("\n".join(conclusions(results)))
     print(f"\nreport: {args.report or Path(args.out) / 'DIGITS.md'}; wall time {results['wall_seconds'] / 60:.1f} min")
     return 0
