@@ -236,3 +236,16 @@ def test_learned_step_on_digits_uses_cross_entropy_and_the_teleport_batch():
     assert torch.allclose(loss, cross_entropy(b.weights, b.X, b.Y))
     with pytest.raises(ValueError, match="regression"):
         LearnedOptimizer(task, LearnedConfig(variant="tele"))
+
+
+def test_digits_engine_state_round_trips_with_its_validation_images():
+    from metatele.meta.engine import UnrollEngine
+
+    config = _digits_meta_config(meta_objective="validation", trajectories=8)
+    a = UnrollEngine(config)
+    a.meta_step()
+    b = UnrollEngine(config)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.X_val, b.X_val) and torch.equal(a.Y_val, b.Y_val)
+    sa, sb = a.meta_step(), b.meta_step()
+    assert sa["meta_loss"] == sb["meta_loss"]
