@@ -164,6 +164,10 @@ def test_digits_study_runs_at_quick_scale(tmp_path):
 
     opt = load_optimizer(tmp_path / "run" / "checkpoints" / "digits_update_tele_val.safetensors")
     assert opt.task.family == "digits"
+    # the report re-renders from results.json alone, to the same bytes
+    (tmp_path / "run" / "DIGITS.md").unlink()
+    assert main(["digits", "--render-only", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "DIGITS.md").read_text() == report
     import json
 
     data = json.loads((tmp_path / "run" / "results.json").read_text())
