@@ -240,6 +240,12 @@ def test_learned_step_on_digits_uses_cross_entropy_and_the_teleport_batch():
     assert torch.allclose(loss, cross_entropy(b.weights, b.X, b.Y))
     with pytest.raises(ValueError, match="regression"):
         LearnedOptimizer(task, LearnedConfig(variant="tele"))
+    from metatele.evaluation.evaluate import evaluate
+    from metatele.tasks.family import unseen_seeds
+
+    regression_opt = LearnedOptimizer(TaskConfig([8, 64, 8, 8, 10], bias=True), LearnedConfig(arch="coordinatewise"))
+    with pytest.raises(ValueError, match="family"):
+        evaluate(regression_opt, task, unseen_seeds(2), 2)
 
 
 def test_digits_engine_state_round_trips_with_its_validation_images():

@@ -291,6 +291,10 @@ def evaluate(
     device = torch.device(device) if device is not None else torch.device("cpu")
     _check_module_placement(method, device, dtype)
     digits = task.family == "digits"
+    method_task = getattr(method, "task", None)  # a learned optimizer steps with its own task's loss
+    if isinstance(method_task, TaskConfig) and method_task.family != task.family:
+        raise ValueError(f"method {method.name!r} was built for family {method_task.family!r} but the tasks are "
+                         f"{task.family!r}; rebuild it for this task (e.g. load_optimizer(path, task=task))")
     batch = (sample_digits if digits else sample_tasks)(task, seeds, device=device, dtype=dtype)
     X, Y, W = batch.X, batch.Y, [w.detach() for w in batch.weights]
 
