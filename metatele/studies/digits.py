@@ -99,7 +99,7 @@ class DigitsStudyConfig:
     task: TaskConfig = field(default_factory=_digits_task)
     optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
     steps: int = 300
-    seeds: int = 20
+    seeds: int = 30
     tune_seeds: int = 5
     tune_steps: int = 300
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0])
@@ -108,12 +108,12 @@ class DigitsStudyConfig:
     teleport_norms: list[float] = field(default_factory=lambda: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
     ascent_steps: int = 8
     at_steps: list[int] = field(default_factory=lambda: [30, 100, 300])
-    corr_seeds: int = 40
+    corr_seeds: int = 60
     corr_steps: int = 300
     sharpness_directions: int = 100
     radii: list[float] = field(default_factory=lambda: list(RADII))
     curvature_draws: int = 5
-    mid_seeds: int = 20
+    mid_seeds: int = 30
     mid_step: int = 100
     mid_steps_after: int = 200
     geometry_steps: int = 10
@@ -336,6 +336,7 @@ def mid_training_teleport(cfg: DigitsStudyConfig, adam: BaselineConfig) -> dict[
         out["arms"][label] = {
             "relative_change": {k: list(mean_ci(getattr(change, k).to(torch.float64).numpy()))
                                 for k in ("teleport_batch", "rest", "validation")},
+            "rest_loss_before_after": [float(cross_entropy(w_, batch.X_rest, batch.Y_rest).mean()) for w_ in (W_mid, W)],
             "max_abs_teleport_batch_change": float(change.teleport_batch.abs().max()),
             "sharpness_change": list(mean_ci((geo["sharpness"] - geo_mid["sharpness"]).to(torch.float64).numpy())),
             "curvature_change": list(mean_ci((geo["curvature"] - geo_mid["curvature"]).to(torch.float64).numpy())),
@@ -558,12 +559,13 @@ def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "
           f"is refused and halved) raising the orbit curvature or lowering the sharpness (measured on the teleport "
           f"batch, {cfg.geometry_directions} directions per norm), then {cfg.mid_steps_after} more Adam steps (fresh "
           "state in every arm, also without teleport).", "",
-          "| arm | Δ sharpness (train) | Δ curvature | rel. Δ loss teleport batch (max abs) | rel. Δ loss rest | rel. Δ val loss |",
-          "|---|---|---|---|---|---|"]
+          "| arm | Δ sharpness (train) | Δ curvature | rel. Δ loss teleport batch (max abs) | loss on the rest: before → after (mean) | rel. Δ loss rest | rel. Δ val loss |",
+          "|---|---|---|---|---|---|---|"]
     for label in MID_ARMS:
         a = mid["arms"][label]
         L.append(f"| {label} | {_ci(*a['sharpness_change'], '.4f')} | {_ci(*a['curvature_change'], '.2e')} | "
-                 f"{_f(a['max_abs_teleport_batch_change'], '.1e')} | {_ci(*a['relative_change']['rest'], '.4f')} | "
+                 f"{_f(a['max_abs_teleport_batch_change'], '.1e')} | {_f(a['rest_loss_before_after'][0], '.4f')} → "
+                 f"{_f(a['rest_loss_before_after'][1], '.4f')} | {_ci(*a['relative_change']['rest'], '.4f')} | "
                  f"{_ci(*a['relative_change']['validation'], '.4f')} |")
     L += ["", f"Against not teleporting, paired on seeds (Δ = teleport − none) after the {cfg.mid_steps_after} further steps:", "",
           "| arm | Δ val loss right after teleport | Δ val loss at end | Δ val accuracy at end | Δ train loss at end |",
@@ -576,7 +578,8 @@ def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "
 
     if "learned" in results:
         L += learned_section(results, figures_rel)
-    L += ["", "## Conclusions", ""] + [f"- {c}" for c in conclusions(results)]
+    L += ["", "## Conclusions", ""] + [x for line in summary(results) for x in (line, "")]
+    L += ["In detail:", ""] + [f"- {c}" for c in conclusions(results)]
     L += ["", "## Reproduce", "", "```", command, "```", "",
           "Numbers are deterministic given the seeds on one machine and thread count; wall-clock columns are not.", ""]
     return "\n".join(L)
@@ -622,6 +625,61 @@ def learned_section(results: Mapping[str, Any], figures_rel: str) -> list[str]:
     return L
 
 
+def summary(results: Mapping[str, Any]) -> list[str]:
+    """A short paragraph: where teleportation helps on digits, where it does not, by how much."""
+    cfg: DigitsStudyConfig = results["config"]
+    opt, T = results["optimizers"], cfg.at_steps[-1]
+    helped, hurt, flat = [], [], []
+    for name in cfg.optimizers:
+        a, b = opt["curves"][LABELS[name] + "+teleport"], opt["curves"][LABELS[name]]
+        c = paired_comparison(a, b, T)
+        if int(a.diverged[-1].sum()) > int(b.diverged[-1].sum()):
+            hurt.append(f"{LABELS[name]} (diverged on {int(a.diverged[-1].sum())} seeds)")
+        elif _excludes_zero(c["ci95"]):
+            (helped if c["mean_diff"] < 0 else hurt).append(f"{LABELS[name]} (×{10 ** c['mean_diff']:.2f})")
+        else:
+            flat.append(LABELS[name])
+    acc = [paired_metric(opt["curves"][LABELS[n] + "+teleport"].metrics["val_accuracy"][-1],
+                         opt["curves"][LABELS[n]].metrics["val_accuracy"][-1]) for n in cfg.optimizers]
+    finite = [d for d in acc if d["mean_diff"] is not None and math.isfinite(d["mean_diff"])]
+    biggest = max(finite, key=lambda d: abs(d["mean_diff"])) if finite else None
+    n_sig = sum(_excludes_zero(d["ci95"]) for d in finite)
+    verdict_acc = ("" if biggest is None else
+                   f" On validation accuracy the largest mean change is {100 * biggest['mean_diff']:+.1f} points, and "
+                   f"{n_sig} of {len(finite)} changes have a 95% CI excluding 0"
+                   + (": below one point, too small to matter." if abs(biggest["mean_diff"]) < 0.01 else "."))
+    lines = [f"Gradient-ascent teleports early in training, with the exact group action on a teleport batch of "
+             f"{cfg.task.teleport_samples} images, change the final training loss (step {T}, ratio with/without) "
+             f"of: lower for {', '.join(helped) or 'none'}; higher or less stable for {', '.join(hurt) or 'none'}; "
+             f"no detectable change for {', '.join(flat) or 'none'}.{verdict_acc}"]
+    corr, mid = results["correlation"], results["mid_training"]["arms"]
+    lines.append(f"Across {corr['sharpness_vs_val_loss']['n']} trained networks, sharpness and orbit curvature at the end of "
+                 f"training correlate with validation loss at r = {corr['sharpness_vs_val_loss']['r']:.2f} and "
+                 f"r = {corr['curvature_vs_val_loss']['r']:.2f} (95% CIs in section 2); teleporting mid-training "
+                 f"towards higher curvature changes the final validation loss by "
+                 f"{mid['curvature up']['vs_no_teleport']['val_loss_end']['mean_diff']:+.3f} and towards lower sharpness by "
+                 f"{mid['sharpness down']['vs_no_teleport']['val_loss_end']['mean_diff']:+.3f} (section 3; CIs there). The "
+                 "group action is a symmetry of the loss on the teleport batch only, so every teleport here also "
+                 "moves the loss on the other training images (the rest-of-training-set columns).")
+    if "learned" in results:
+        c = results["learned"]["curves"]
+        v = paired_metric(c["learned update+tele (val objective)"].metrics["val_loss"][-1], c["Adam"].metrics["val_loss"][-1])
+        t = paired_metric(c["learned update+tele (val objective)"].metrics["val_loss"][-1],
+                          c["learned update (val objective)"].metrics["val_loss"][-1])
+        tr = paired_comparison(c["learned update+tele"], c["Adam"], cfg.learned_steps)
+        vt = paired_metric(c["learned update+tele"].metrics["val_loss"][-1], c["Adam"].metrics["val_loss"][-1])
+        own = ("its teleport's own contribution (against the update-only twin meta-trained the same way) is not "
+               "detectable" if not _excludes_zero(t["ci95"]) else
+               f"its teleport {'lowers' if t['mean_diff'] < 0 else 'raises'} the validation loss by "
+               f"{abs(t['mean_diff']):.3f} against the update-only twin meta-trained the same way"
+               + ("" if t["mean_diff"] < 0 else ", so the gain comes from the learned update, not from teleporting"))
+        lines.append(f"Meta-trained on the training loss, the learned update+tele ends at a training loss "
+                     f"{10 ** tr['mean_diff']:.2g}× Adam's and a validation loss {vt['mean_diff']:+.3f} from Adam's "
+                     f"(step {cfg.learned_steps}); meta-trained on the validation loss, its validation loss is "
+                     f"{v['mean_diff']:+.3f} from Adam's, and {own}.")
+    return lines
+
+
 def conclusions(results: Mapping[str, Any]) -> list[str]:
     """Plain statements read off the results (signs decided by whether a 95% CI excludes 0)."""
     cfg: DigitsStudyConfig = results["config"]
@@ -638,7 +696,9 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
         acc = (f"validation accuracy {'+' if d['mean_diff'] >= 0 else ''}{100 * d['mean_diff']:.1f} points"
                + (" (significant)" if _excludes_zero(d["ci95"]) else " (not significant)"))
         rest = opt["effects"][name]["rest"]["mean_ci"]
-        out.append(f"{LABELS[name]}: gradient-ascent teleport {word}; {acc}; each teleport changes the loss on the "
+        gone = int(a.diverged[-1].sum()) - int(b.diverged[-1].sum())
+        div = f" ({gone} of {len(a.seeds)} seeds diverged with the teleport, not without; the loss ratio is over the others)" if gone > 0 else ""
+        out.append(f"{LABELS[name]}: gradient-ascent teleport {word}{div}; {acc}; each teleport changes the loss on the "
                    f"rest of the training set by {100 * rest[0]:+.2f}% (relative).")
     corr = results["correlation"]
     for key, paper in (("sharpness", "positive"), ("curvature", "negative")):
