@@ -6,7 +6,8 @@ unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, fi
 ``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
 ``bench`` (meta-training throughput), ``transfer`` (learned optimizers on networks they were not
 trained on, against baselines tuned on each), ``benchmark`` (the statistical protocol behind
-``experiments/RESULTS.md``) and ``search`` (configuration selection on validation seeds).
+``experiments/RESULTS.md``), ``search`` (configuration selection on validation seeds) and
+``digits`` (the real-data study behind ``experiments/DIGITS.md``).
 ``experiments/train_distributed.py`` (data-parallel ``train`` under torchrun) is
 :func:`train_distributed_main`.
 
@@ -30,7 +31,8 @@ import torch
 import yaml
 
 from ._version import __version__
-from .configs import ConfigError, apply_overrides, default_names, defaults_dir, field_docs, to_dict
+from .configs import (ConfigError, apply_overrides, default_names, defaults_dir, field_docs, from_dict, load_yaml_mapping,
+                      resolve_config, to_dict)
 from .meta.checkpointer import resumable_callback
 from .meta.config import MetaTrainConfig, load_config
 from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distributed
@@ -43,6 +45,10 @@ from .storage.container import ContainerError
 from .storage.wandb_log import MODES, resolve_mode
 from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, BenchmarkRun, load_protocol, render_only, run_benchmark
 from .studies.demo import demo_configs
+from .studies.digits import DigitsStudyConfig, load_results
+from .studies.digits_report import conclusions as digits_conclusions
+from .studies.digits_report import render_report as render_digits_report
+from .studies.digits_report import run_digits_study, write_figures
 from .studies.experiment import CompareConfig, run_comparison, train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
 from .studies.throughput import run_benchmark as run_throughput
@@ -278,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=300, help="inner steps per evaluation")
     p.add_argument("--tune-seeds", type=positive_int, default=20, help="training seeds the baselines are tuned on")
     p.add_argument("--no-training-task", action="store_true", help="only the transfer networks, not the training one")
+
+    p = sub.add_parser("digits", help="the digits study: optimizers ± teleport, sharpness/curvature, learned teleport "
+                       "(experiments/DIGITS.md)", **sub_kw)
+    p.add_argument("--config", type=resolve_config, help="YAML of DigitsStudyConfig keys: a file or a shipped name "
+                   f"(default: the dataclass defaults, equal to {defaults_dir() / 'digits.yaml'})")
+    p.add_argument("--quick", action="store_true", help="seconds-scale run for testing (numbers mean little)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set seeds=40")
+    p.add_argument("--out", default="runs/digits", help="folder for results.json")
+    p.add_argument("--report", help="where to write the report (default OUT/DIGITS.md; figures go next to it)")
+    p.add_argument("--checkpoints", help="folder for the learned checkpoints and their manifest (default OUT/checkpoints)")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render the report and figures from OUT/results.json without running anything")
     return parser
 
 
@@ -445,6 +464,26 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _digits(args: argparse.Namespace, argv: list[str]) -> int:
+    base = to_dict(DigitsStudyConfig.quick() if args.quick else DigitsStudyConfig())
+    if args.config:
+        base.update(load_yaml_mapping(args.config, "digits config"))
+    cfg = from_dict(DigitsStudyConfig, apply_overrides(base, args.overrides))
+    out = Path(args.out)
+    if args.render_only:
+        results = load_results(out / "results.json")
+        report = Path(args.report) if args.report else out / "DIGITS.md"
+        write_figures(results, report.parent / "figures")
+        report.write_text(render_digits_report(results, results["command"]))
+        print(f"re-rendered {report} from {out / 'results.json'}")
+        return 0
+    command = "metatele digits" + (" " + shlex.join(argv) if argv else "")
+    results = run_digits_study(cfg, out, command, args.report, args.checkpoints)
+    print("\n".join(digits_conclusions(results)))
+    print(f"\nreport: {args.report or out / 'DIGITS.md'}; wall time {results['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``metatele ARGS``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -459,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: _train(args), "eval": lambda: _eval(args), "compare": lambda: _compare_cmd(args),
         "demo": lambda: _demo(args), "benchmark": lambda: _benchmark(args, rest),
         "search": lambda: _search(args, rest), "bench": lambda: _bench(args),
-        "transfer": lambda: _transfer(args),
+        "transfer": lambda: _transfer(args), "digits": lambda: _digits(args, rest),
     }
     try:
         if hasattr(args, "wandb"):

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from metatele.optimizers.baselines import BaselineConfig
+from metatele.studies.digits import DigitsStudyConfig
 from metatele.configs import (ConfigError, apply_overrides, default_names, defaults_dir, field_docs, from_dict,
-                              parse_value, require, resolve_config, to_dict)
+                              load_yaml_mapping, parse_value, require, resolve_config, to_dict)
 from metatele.meta.config import MetaTrainConfig, load_config
 from metatele.studies.protocol import load_protocol
 from metatele.symmetry.strategies import TeleportSchedule
@@ -28,7 +29,8 @@ def test_to_dict_gives_plain_nested_python():
     data = to_dict(config)
     assert data["name"] == "adam" and data["betas"] == [0.9, 0.999]  # tuples become lists
     assert data["teleport"]["steps"] == [5] and data["teleport"]["strategy"] == "gradient_ascent"
-    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform", "bias": False}
+    assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform", "bias": False,
+                                     "family": "regression", "teleport_batch": None}
 
 
 @pytest.mark.parametrize(
@@ -166,6 +168,8 @@ def test_every_shipped_default_resolves_by_name_and_loads(name):
     assert path == defaults_dir() / f"{name}.yaml" and resolve_config(f"{name}.yaml") == path
     if name in PROTOCOLS:
         load_protocol(name)
+    elif name == "digits":  # the digits study's config, not a meta-training one
+        assert from_dict(DigitsStudyConfig, load_yaml_mapping(path, "digits config")) == DigitsStudyConfig()
     else:
         assert isinstance(load_config(name), MetaTrainConfig)
 

@@ -259,10 +259,13 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
     names = {m.name.removesuffix(".manifest.json") for m in manifests}
     assert {"update_tele", "update", "lr_tele", "selected_update_tele_uniform", "selected_update_tele_gaussian",
             "selected_lr_tele_uniform", "selected_lr_tele_gaussian"} <= names
-    assert names == {p.stem for p in Path("checkpoints").glob("*.safetensors")}
+    listed = {Path(f["path"]).stem for m in manifests for f in json.loads(m.read_text())["files"]}
+    assert (names - {"digits"}) | listed == {p.stem for p in Path("checkpoints").glob("*.safetensors")}  # each has a manifest
     for m in manifests:
         verify_manifest(m)  # sha256 of the checkpoint as recorded
         name = m.name.removesuffix(".manifest.json")
+        if name == "digits":  # the digits study's checkpoints: one manifest, configs from the study
+            continue
         ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
         want = load_config(f"ship/{name}").to_dict()
         assert {**want, "device": ck.config.device} == ck.config.to_dict(), name

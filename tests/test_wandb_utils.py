@@ -96,7 +96,8 @@ def test_offline_run_records_group_job_type_and_config(offline):
     record = read_offline_run(run_dir)
     assert (record["group"], record["job_type"], record["name"]) == ("g1", "train", "first")
     assert record["project"] == "metatele"
-    assert record["config"]["task"] == {"dims": [3, 4, 3, 2], "distribution": "uniform", "bias": False}
+    assert record["config"]["task"] == {"dims": [3, 4, 3, 2], "distribution": "uniform", "bias": False,
+                                        "family": "regression", "teleport_batch": None}
     assert record["config"]["learned"]["variant"] == config.learned.variant
     steps = [(row["_step"], row.get("meta_loss"), row.get("lr"), row.get("ok")) for row in record["history"]]
     assert steps == [(0, 3.0, 0.5, 1), (5, 2.0, None, None)]

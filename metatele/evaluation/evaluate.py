@@ -23,7 +23,8 @@ import torch
 from ..optimizers.baselines import BaselineConfig, HandDesigned
 from ..configs import to_dict
 from ..storage.jsonable import to_json
-from ..tasks.mlp import grad_norm_sq, loss_and_grads
+from ..tasks.digits import sample_digits, task_loss
+from ..tasks.mlp import DataLoss, grad_norm_sq, loss_and_grads
 from ..tasks.family import TaskConfig, is_test_seed, is_validation_seed, sample_tasks
 
 #: a loss above this (or non-finite) marks a task as diverged from that step on.
@@ -52,15 +53,18 @@ class BaselineMethod:
     Args:
         config: the optimizer and its hyper-parameters.
         name: label in tables and figures (default: ``config.label``, e.g. ``gd``).
+        task: the task family, for its loss and teleport batch (default: regression).
     """
 
-    def __init__(self, config: BaselineConfig, name: str | None = None) -> None:
+    def __init__(self, config: BaselineConfig, name: str | None = None, task: TaskConfig | None = None) -> None:
         self.config = config
         self.name = name or config.label
+        self.loss_fn: DataLoss | None = task_loss(task) if task is not None else None
+        self.teleport_samples = task.teleport_samples if task is not None and task.family == "digits" else None
 
     def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> HandDesigned:
         """A fresh :class:`HandDesigned` on the tasks ``(X, Y)`` starting at ``weights``."""
-        return HandDesigned(self.config, X, Y, weights)
+        return HandDesigned(self.config, X, Y, weights, loss_fn=self.loss_fn, teleport_samples=self.teleport_samples)
 
 
 @dataclass
@@ -77,6 +81,8 @@ class Curves:
         task: the task family (as a dict).
         info: what was run (e.g. the method's config as a dict), device and dtype.
         overlap_warning: set when the seeds were allowed to overlap training / non-test seeds.
+        metrics: further per-step measurements ``[steps + 1, K]`` by name; digits tasks record
+            ``val_loss`` and ``val_accuracy`` (``inf`` and ``nan`` once diverged); empty otherwise.
     """
 
     name: str
@@ -87,6 +93,7 @@ class Curves:
     task: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     overlap_warning: str | None = None
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -105,12 +112,15 @@ class Curves:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict; non-finite numbers (diverged entries) become ``None``."""
-        return {
+        out = {
             "name": self.name, "seeds": list(self.seeds),
             "loss": _json_array(self.loss), "grad_sq": _json_array(self.grad_sq),
             "time": _json_array(self.time), "task": self.task, "info": self.info,
             "overlap_warning": self.overlap_warning,
         }
+        if self.metrics:  # only tasks with validation data have them
+            out["metrics"] = {k: _json_array(v) for k, v in self.metrics.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Curves":
@@ -122,6 +132,7 @@ class Curves:
             time=np.array([np.inf if x is None else x for x in data["time"]], dtype=np.float64),
             task=dict(data.get("task") or {}), info=dict(data.get("info") or {}),
             overlap_warning=data.get("overlap_warning"),
+            metrics={k: arr(v) for k, v in (data.get("metrics") or {}).items()},
         )
 
 
@@ -258,7 +269,7 @@ def evaluate(
         :class:`Curves` with ``loss``, ``grad_sq`` ``[steps + 1, K]`` and ``time`` ``[steps + 1]``.
     """
     if isinstance(method, BaselineConfig):
-        method = BaselineMethod(method)
+        method = BaselineMethod(method, task=task)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if train_seeds is None:
@@ -266,29 +277,44 @@ def evaluate(
     seeds, note = check_seeds(seeds, train_seeds, allow_overlap)
     device = torch.device(device) if device is not None else torch.device("cpu")
     _check_module_placement(method, device, dtype)
-    batch = sample_tasks(task, seeds, device=device, dtype=dtype)
+    digits = task.family == "digits"
+    method_task = getattr(method, "task", None)  # a learned optimizer steps with its own task's loss
+    if isinstance(method_task, TaskConfig) and method_task.family != task.family:
+        raise ValueError(f"method {method.name!r} was built for family {method_task.family!r} but the tasks are "
+                         f"{task.family!r}; rebuild it for this task (e.g. load_optimizer(path, task=task))")
+    batch = (sample_digits if digits else sample_tasks)(task, seeds, device=device, dtype=dtype)
     X, Y, W = batch.X, batch.Y, [w.detach() for w in batch.weights]
 
     stepper = method.start(X, Y, W)
     losses, grads_sq = [], []
+    visited = [W]  # digits: weights of every step, for the validation metrics after the clock stops
     clock = _Clock(device, sync_timing)
     for _ in range(steps):
         W, loss, gsq = stepper.step(W)
         W = [w.detach() for w in W]
         losses.append(loss.detach())
         grads_sq.append(gsq.detach())
+        if digits:
+            visited.append(W)
         clock.mark()
     seconds = clock.seconds()
     with torch.no_grad():
-        loss, grads = loss_and_grads(W, X, Y)
+        loss, grads = loss_and_grads(W, X, Y, loss_fn=task_loss(task))
     losses.append(loss.detach())
     grads_sq.append(grad_norm_sq(grads))
 
     loss_t = mark_diverged(torch.stack(losses).to("cpu", torch.float64))  # the one read-back
     gsq_t = torch.where(torch.isinf(loss_t), loss_t, torch.stack(grads_sq).to("cpu", torch.float64))
     loss_np, gsq_np = loss_t.numpy(), gsq_t.numpy()
+    metrics = {}
+    if digits:
+        per_step = [batch.metrics(w) for w in visited]
+        gone = torch.isinf(loss_t)
+        for name, fill in (("val_loss", math.inf), ("val_accuracy", math.nan)):
+            m = torch.stack([p[name] for p in per_step]).to("cpu", torch.float64)
+            metrics[name] = torch.where(gone | ~torch.isfinite(m), torch.full_like(m, fill), m).numpy()
     info = {**_describe(method), "device": str(device), "dtype": str(dtype).replace("torch.", "")}
-    return Curves(method.name, seeds, loss_np, gsq_np, seconds, to_dict(task), info, note)
+    return Curves(method.name, seeds, loss_np, gsq_np, seconds, to_dict(task), info, note, metrics)
 
 
 def compare(

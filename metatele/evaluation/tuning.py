@@ -19,6 +19,7 @@ from ..optimizers.baselines import BASELINES, BaselineConfig, HandDesigned
 from ..configs import to_dict
 from .evaluate import LOG_FLOOR, mark_diverged
 from ..tasks.mlp import mlp_loss
+from ..tasks.digits import sample_digits, task_loss
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks
 
 #: default learning-rate grid: half-decades from 1e-7 to 1.
@@ -171,7 +172,9 @@ def grid_search(
         momenta_list: list[float | None] = [float(m) for m in (momenta if momenta is not None else DEFAULT_MOMENTA)]
     else:
         momenta_list = [None]
-    batch = sample_tasks(task, seeds, device=device, dtype=dtype)
+    digits = task.family == "digits"
+    batch = (sample_digits if digits else sample_tasks)(task, seeds, device=device, dtype=dtype)
+    loss_fn = task_loss(task)
     S = len(seeds)
 
     def run(points: list[float]) -> list[dict[str, Any]]:
@@ -182,14 +185,15 @@ def grid_search(
         rows = []
         for mom in momenta_list:
             cfg = config if mom is None else replace(config, momentum=mom)
-            opt = HandDesigned(cfg, X, Y, W0, lr=lr_t)
+            opt = HandDesigned(cfg, X, Y, W0, lr=lr_t, loss_fn=loss_fn,
+                               teleport_samples=task.teleport_samples if digits else None)
             W, losses = W0, []
             for _ in range(steps):
                 W, loss, _ = opt.step(W)
                 W = [w.detach() for w in W]
                 losses.append(loss)
             with torch.no_grad():
-                losses.append(mlp_loss(W, X, Y))
+                losses.append(loss_fn(W, X, Y))
             logl = _log_losses(torch.stack(losses).to("cpu", torch.float64))  # [T + 1, G * S], one read-back
             per_task = logl[-1] if objective == "mean_log_loss_final" else logl.mean(0)
             per_task = per_task.view(G, S)

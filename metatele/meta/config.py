@@ -18,6 +18,8 @@ from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 
 META_LOSSES = ("sum", "mean_log")
+#: what the meta-loss sums: the training loss of the inner problem, or (digits) its validation loss
+META_OBJECTIVES = ("train", "validation")
 TRUNCATIONS = ("fixed", "log_uniform")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -57,6 +59,8 @@ class MetaTrainConfig:
             symmetry of the loss (more samples than a teleported pair's layer input is wide, see
             :func:`non_symmetric_pairs`). Refused by default; with it, training warns once and
             records the relative loss change of a teleport in the history and the checkpoint.
+        meta_objective: ``train`` (the inner training loss) or ``validation`` (digits: the loss
+            on each task's validation images, i.e. learning to teleport for generalization).
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -81,6 +85,7 @@ class MetaTrainConfig:
     dtype: str = "float32"
     log_every: int = 1
     allow_non_symmetric: bool = False
+    meta_objective: str = "train"
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -104,6 +109,10 @@ class MetaTrainConfig:
                 f"got {self.train_seed_start}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
+        require(self.meta_objective in META_OBJECTIVES, "meta_objective",
+                f"must be one of {META_OBJECTIVES}, got {self.meta_objective!r}")
+        require(self.meta_objective == "train" or self.task.family == "digits", "meta_objective",
+                f"'validation' needs a task family with validation data (digits), got {self.task.family!r}")
         require(isinstance(self.allow_non_symmetric, bool), "allow_non_symmetric",
                 f"must be true or false, got {self.allow_non_symmetric!r}")
         if self.learned.uses_teleport and not self.allow_non_symmetric:
@@ -203,7 +212,7 @@ def describe_non_symmetric(task: TaskConfig, pairs: list[tuple[int, int]]) -> st
     """A sentence naming the pairs of :func:`non_symmetric_pairs`, their widths and ``n``."""
     what = ", ".join(f"pair {m} (W_{m + 1}, W_{m + 2}: layer input width {d}{' with the bias row' if task.bias else ''})"
                      for m, d in pairs)
-    return f"{what} {'is' if len(pairs) == 1 else 'are'} narrower than the n = {task.dims[0]} samples of dims {task.dims}"
+    return f"{what} {'is' if len(pairs) == 1 else 'are'} narrower than the n = {task.teleport_samples} samples of dims {task.dims}"
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:

@@ -42,6 +42,7 @@ from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
 from ..symmetry.action import SymmetryWarning, loss_change
 from ..symmetry.strategies import normalize_frobenius
+from ..tasks.digits import cross_entropy, sample_digits, task_loss
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
 from .config import (MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets,
@@ -193,7 +194,12 @@ class UnrollEngine:
                              "lower train_seed_start")
         self.next_seed += count
         self.trajectories_started += count
-        return sample_tasks(self.config.task, seeds, device=self.device, dtype=self.dtype)
+        sample = sample_digits if self.config.task.family == "digits" else sample_tasks
+        return sample(self.config.task, seeds, device=self.device, dtype=self.dtype)
+
+    def _loss(self, W: list[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """The task family's loss ``[B]`` (regression: squared error; digits: cross-entropy)."""
+        return task_loss(self.config.task)(W, X, Y)
 
     def _initial_state(self, tasks: TaskBatch, W: list[torch.Tensor]) -> LearnedState:
         return self.optimizer.initial_state(self.B, self.device, self.dtype, X=tasks.X, Y=tasks.Y, weights=W,
@@ -204,7 +210,8 @@ class UnrollEngine:
         seeds left stay idle)."""
         c = self.config
         stagger = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
-        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger, B=self.B)
+        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger, B=self.B,
+                                               loss=self._loss, teleport_data=self.optimizer.teleport_data)
 
     def _replace(self, slots: np.ndarray) -> None:
         """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
@@ -265,19 +272,24 @@ class UnrollEngine:
             alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
         else:  # idle slots (the run's seeds are used up) are masked like diverged ones
             alive = torch.as_tensor(tr.active, device=self.device)
-        terms = []
+        validation = c.meta_objective == "validation"
+        terms, val_terms = [], []
         for _ in range(K):
             W, loss, grad_sq, state = self.optimizer.step(
                 W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr
             )
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
-        final = mlp_loss(W, tr.X, tr.Y)
+            if validation:  # learning for generalization: the validation loss at W_{t+1}
+                val_terms.append(cross_entropy(W, tr.X_val, tr.Y_val))
+        final = self._loss(W, tr.X, tr.Y)
         for w in W:
             alive = alive & _finite_rows(w)
         alive = alive & torch.isfinite(final)
         # losses at W_{t+1}..W_{t+K}: drop the loss at the (detached) start, add the final one
-        per_step = torch.stack(terms[1:] + [final])  # [K, B]
+        per_step = torch.stack(val_terms if validation else terms[1:] + [final])  # [K, B]
+        if validation:
+            alive = alive & torch.isfinite(per_step).all(0)
         contrib = torch.where(alive.unsqueeze(0), self._meta_term(per_step), torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
             contrib = contrib / K
@@ -405,7 +417,8 @@ class UnrollEngine:
         # the 'tele' variant is saved between generations: its base optimizer starts fresh
         base = (lambda tr: self._initial_state(TaskBatch(tr.X, tr.Y, tr.W), tr.W).base) \
             if self.config.learned.variant == "tele" else None
-        self.trajectories = Trajectories.from_state_dict(sd, self.device, base)
+        self.trajectories = Trajectories.from_state_dict(sd, self.device, base, loss=self._loss,
+                                                         teleport_data=self.optimizer.teleport_data)
         for k, v in sd["counters"].items():
             setattr(self, k, v)
         self.rng.bit_generator.state = sd["numpy_rng"]

@@ -8,7 +8,7 @@ their slots fall idle (``active``); the first batch's start offsets can be stagg
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -17,7 +17,11 @@ import torch
 from ..optimizers.learned import LearnedState
 from ..symmetry.action import input_qr
 from ..tasks.family import TaskBatch
-from ..tasks.mlp import mlp_loss
+from ..tasks.mlp import DataLoss, mlp_loss
+
+
+def _same(X: torch.Tensor) -> torch.Tensor:
+    return X
 
 
 @dataclass
@@ -37,6 +41,10 @@ class Trajectories:
         steps_done: ``[B]`` int64, inner steps each trajectory has taken.
         active: ``[B]`` bool, the slot holds a trajectory still to be trained (an idle slot, once
             the run's seeds are used up, is computed but masked out of the meta-loss).
+        X_val, Y_val: the tasks' validation images and targets (digits), else ``None``.
+        loss: the task family's loss ``(W, X, Y) -> [B]`` (squared error, or digits' cross-entropy).
+        teleport_data: ``X ↦`` the samples the group action acts with (``X``, or digits' teleport
+            batch), whose QR ``X_qr`` holds.
     """
 
     X: torch.Tensor
@@ -48,31 +56,38 @@ class Trajectories:
     seeds: np.ndarray
     steps_done: np.ndarray
     active: np.ndarray
+    X_val: torch.Tensor | None = None
+    Y_val: torch.Tensor | None = None
+    loss: DataLoss = field(default=mlp_loss, repr=False)
+    teleport_data: Callable[[torch.Tensor], torch.Tensor] = field(default=_same, repr=False)
 
-    #: the fields saved as they are by :meth:`state_dict` (``state`` is saved as its parts)
+    #: the fields saved as they are by :meth:`state_dict` (``state`` is saved as its parts;
+    #: ``X_val``/``Y_val`` only when present)
     SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active")
 
     @classmethod
     def start(cls, tasks: TaskBatch, initial_state: Callable[[TaskBatch, list[torch.Tensor]], LearnedState],
-              steps_done: np.ndarray | None = None, B: int | None = None) -> "Trajectories":
+              steps_done: np.ndarray | None = None, B: int | None = None, loss: DataLoss = mlp_loss,
+              teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
         """Trajectories at the start of ``tasks`` (``steps_done`` default 0; see
         :func:`metatele.meta.config.start_offsets`). With ``B`` larger than the number of tasks,
         the remaining slots are idle copies of the first task (a lock-step batch keeps its size)."""
         k = tasks.X.shape[0]
         B = k if B is None else B
         active = np.arange(B) < k
+        X_val, Y_val = getattr(tasks, "X_val", None), getattr(tasks, "Y_val", None)
         if B > k:
-            pad = torch.zeros(B - k, dtype=torch.long, device=tasks.X.device)
-            tasks = TaskBatch(torch.cat([tasks.X, tasks.X[pad]]), torch.cat([tasks.Y, tasks.Y[pad]]),
-                              [torch.cat([w, w[pad]]) for w in tasks.weights],
+            pad = torch.cat([torch.arange(k), torch.zeros(B - k, dtype=torch.long)]).to(tasks.X.device)
+            X_val, Y_val = (None, None) if X_val is None else (X_val[pad], Y_val[pad])
+            tasks = TaskBatch(tasks.X[pad], tasks.Y[pad], [w[pad] for w in tasks.weights],
                               list(tasks.seeds) + [int(tasks.seeds[0])] * (B - k))
         W = [w.detach() for w in tasks.weights]
         return cls(
-            X=tasks.X, Y=tasks.Y, W=W, loss0=mlp_loss(W, tasks.X, tasks.Y).detach(), X_qr=input_qr(W, tasks.X),
-            state=initial_state(tasks, W),
+            X=tasks.X, Y=tasks.Y, W=W, loss0=loss(W, tasks.X, tasks.Y).detach(),
+            X_qr=input_qr(W, teleport_data(tasks.X)), state=initial_state(tasks, W),
             seeds=np.asarray(tasks.seeds, dtype=np.int64).copy(),
             steps_done=np.zeros(B, dtype=np.int64) if steps_done is None else np.asarray(steps_done, dtype=np.int64),
-            active=active,
+            active=active, X_val=X_val, Y_val=Y_val, loss=loss, teleport_data=teleport_data,
         )
 
     @property
@@ -90,9 +105,13 @@ class Trajectories:
         idx = torch.as_tensor(slots, device=self.X.device)
         self.X = self.X.index_copy(0, idx, tasks.X)
         self.Y = self.Y.index_copy(0, idx, tasks.Y)
-        self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, input_qr(tasks.weights, tasks.X)))
+        if self.X_val is not None:
+            self.X_val = self.X_val.index_copy(0, idx, tasks.X_val)
+            self.Y_val = self.Y_val.index_copy(0, idx, tasks.Y_val)
+        fresh_qr = input_qr(tasks.weights, self.teleport_data(tasks.X))
+        self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
         self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
-        self.loss0 = self.loss0.index_copy(0, idx, mlp_loss(tasks.weights, tasks.X, tasks.Y))
+        self.loss0 = self.loss0.index_copy(0, idx, self.loss(tasks.weights, tasks.X, tasks.Y))
         keep = torch.ones(self.B, dtype=torch.bool, device=self.X.device)
         keep[idx] = False
         self.state = self.state.reset(keep)
@@ -111,13 +130,16 @@ class Trajectories:
         for name in self.SAVED:
             v = getattr(self, name)
             sd[name] = v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, (list, tuple)) else v
+        if self.X_val is not None:
+            sd["X_val"], sd["Y_val"] = self.X_val, self.Y_val
         sd["update_state"] = list(self.state.update) if self.state.update else None
         sd["teleport_state"] = [list(t) for t in self.state.teleport]
         return sd
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Any], device: torch.device,
-                        base: Callable[["Trajectories"], Any] | None = None) -> "Trajectories":
+                        base: Callable[["Trajectories"], Any] | None = None, loss: DataLoss = mlp_loss,
+                        teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
         """Inverse of :meth:`state_dict` on ``device``; ``base(trajectories)`` rebuilds a ``tele``
         variant's hand-designed optimizer (saved only between generations, so fresh)."""
         to = lambda t: t.to(device)  # noqa: E731
@@ -125,12 +147,15 @@ class Trajectories:
         upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
         out = cls(
             X=X, Y=to(sd["Y"]), W=W, loss0=to(sd["loss0"]),
-            X_qr=tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(W, X),
+            X_qr=tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(W, teleport_data(X)),
             state=LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]]),
             seeds=np.asarray(sd["seeds"], dtype=np.int64).copy(),
             steps_done=np.asarray(sd["steps_done"], dtype=np.int64).copy(),
             active=np.asarray(sd["active"], dtype=bool).copy() if sd.get("active") is not None
             else np.ones(len(sd["seeds"]), dtype=bool),
+            X_val=to(sd["X_val"]) if sd.get("X_val") is not None else None,
+            Y_val=to(sd["Y_val"]) if sd.get("Y_val") is not None else None,
+            loss=loss, teleport_data=teleport_data,
         )
         if base is not None:
             out.state.base = base(out)

@@ -19,7 +19,7 @@ import higher
 import torch
 
 from ..configs import require
-from ..tasks.mlp import grad_norm_sq, mlp_loss
+from ..tasks.mlp import DataLoss, grad_norm_sq, mlp_loss
 from ..symmetry.strategies import TeleportSchedule
 from ..tasks.family import check_problem
 
@@ -101,6 +101,9 @@ class HandDesigned:
             that requires grad receives hyper-gradients through the unroll.
         momentum: optional override, a float or 0-d tensor (``higher``'s SGD branches on its
             value, so it cannot be per task).
+        loss_fn: the task loss ``(weights, X, Y) -> [B]`` (default: the regression loss).
+        teleport_samples: teleport with the first ``k`` samples of ``(X, Y)`` only (a digits
+            task's teleport batch; ``None``: all of them).
 
     ``step(weights)`` returns ``(new_weights, loss, grad_norm_sq)`` where the loss ``[B]`` and
     squared gradient norm ``[B]`` are measured at the weights the update was computed from (after
@@ -116,9 +119,13 @@ class HandDesigned:
         differentiable: bool = False,
         lr: float | torch.Tensor | None = None,
         momentum: float | torch.Tensor | None = None,
+        loss_fn: DataLoss | None = None,
+        teleport_samples: int | None = None,
     ) -> None:
         check_problem(weights, X, Y)
         self.config, self.X, self.Y = config, X, Y
+        self.loss_fn = loss_fn or mlp_loss
+        self.teleport_samples = teleport_samples
         self.differentiable = differentiable
         B = X.shape[0]
         reference = [torch.zeros_like(w, requires_grad=True) for w in weights]
@@ -140,7 +147,7 @@ class HandDesigned:
                 override=override or None, track_higher_grads=differentiable,
             )
         self.teleport_steps = set(config.teleport.steps) if config.teleport else set()
-        self.strategy = config.teleport.build() if config.teleport and config.teleport.steps else None
+        self.strategy = config.teleport.build(loss_fn) if config.teleport and config.teleport.steps else None
         self.t = 0
         self.last_grads: list[torch.Tensor] = []
 
@@ -156,12 +163,13 @@ class HandDesigned:
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         weights = [w if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
         if self.strategy is not None and self.t in self.teleport_steps:
-            weights = self.strategy(weights, self.X, self.Y)
+            k = self.teleport_samples
+            weights = self.strategy(weights, self.X[..., :k], self.Y[..., :k]) if k else self.strategy(weights, self.X, self.Y)
         with torch.enable_grad():
             # Aliases cut the dependence of W_{m+1} on W_m that a teleport creates, so the
             # optimizer sees ∂L/∂W_i rather than total derivatives through the group action.
             weights = [w.view_as(w) for w in weights]
-            loss = mlp_loss(weights, self.X, self.Y)
+            loss = self.loss_fn(weights, self.X, self.Y)
             seen: list[torch.Tensor] = []
 
             def keep(grads):  # higher computes the gradient once; keep it for the report

@@ -32,6 +32,7 @@ from .coordinatewise import (CoordinatewiseConfig, CoordinateUpdate, Equivariant
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
+from ..tasks.digits import task_loss
 from ..tasks.family import TaskConfig
 from ..symmetry.teleport_grad import LossFn, squared_loss
 
@@ -113,6 +114,8 @@ class LearnedOptimizer(nn.Module):
         self.config = config or LearnedConfig()
         shapes = task.weight_shapes
         self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if task.family != "regression" and self.config.variant == "tele":
+            raise ValueError(f"the 'tele' variant's base optimizer trains regression tasks only, not {task.family!r}")
         if self.config.arch == "coordinatewise":  # one shared m1 and one shared m2, for any network
             cw, tele = self.config.coordinatewise, self.config.teleport
             self.update = CoordinateUpdate(cw) if self.config.uses_update else None
@@ -233,9 +236,22 @@ class LearnedOptimizer(nn.Module):
         """
         if self.config.variant == "tele":
             return self._step_tele(weights, X, Y, state, x_qr)
-        loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
-        new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
+        if self.task.family == "regression":
+            loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
+            new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
+            return new, loss, grad_norm_sq(grads).detach(), state
+        # digits: the family's loss on all training samples; the teleport acts with the teleport
+        # batch (x_qr must factor it), its teleport gradient and safeguard read the full loss
+        data_loss = task_loss(self.task)
+        loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order, loss_fn=data_loss)
+        new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
+                                loss_fn=lambda w: data_loss(w, X, Y))
         return new, loss, grad_norm_sq(grads).detach(), state
+
+    def teleport_data(self, X: torch.Tensor) -> torch.Tensor:
+        """The samples the group action acts with: ``X`` itself, or a digits task's teleport
+        batch ``X[..., :k]`` (``k = task.teleport_samples``)."""
+        return X[..., : self.task.teleport_samples] if self.task.family == "digits" else X
 
     def _step_tele(self, weights, X, Y, state, x_qr=None):
         base = state.base
@@ -299,7 +315,7 @@ class LearnedStepper:
 
     def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
         self.opt, self.X, self.Y = opt, X, Y
-        self.x_qr = input_qr(weights, X) if opt.config.uses_teleport else None
+        self.x_qr = input_qr(weights, opt.teleport_data(X)) if opt.config.uses_teleport else None
         p = next(opt.parameters())
         self.state = opt.initial_state(X.shape[0], X.device, p.dtype, X=X, Y=Y, weights=weights)
 

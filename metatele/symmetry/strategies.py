@@ -14,8 +14,9 @@ from typing import Sequence
 import torch
 
 from ..configs import require
+from ..tasks.mlp import DataLoss
 from .action import teleport
-from .teleport_grad import mlp_teleport_gradient
+from .teleport_grad import mlp_teleport_gradient, teleport_gradient
 
 STRATEGIES = ("random", "gradient_ascent")
 
@@ -69,12 +70,16 @@ class RandomTeleport(TeleportStrategy):
 
 
 def grad_norm_ascent_direction(
-    weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor, exact: bool = True
+    weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor, exact: bool = True,
+    loss_fn: DataLoss | None = None,
 ) -> list[torch.Tensor]:
     """``∂‖∇L(g·W)‖²/∂T`` at ``T = 0`` for every pair: list of ``[B, d_m, d_m]`` (per task).
 
+    ``loss_fn``: the loss ``(weights, X, Y) -> [B]`` (default: the regression loss).
     See :func:`metatele.symmetry.teleport_grad.teleport_gradient`.
     """
+    if loss_fn is not None:
+        return teleport_gradient(weights, X, lambda w: loss_fn(w, X, Y), exact=exact)[0]
     return mlp_teleport_gradient(weights, X, Y, exact=exact)
 
 
@@ -90,18 +95,20 @@ class GradientAscentTeleport(TeleportStrategy):
     task (``None``: no cap, the paper's rule).
     """
 
-    def __init__(self, steps: int = 8, lr: float = 1e-7, exact: bool = True, max_norm: float | None = None) -> None:
+    def __init__(self, steps: int = 8, lr: float = 1e-7, exact: bool = True, max_norm: float | None = None,
+                 loss_fn: DataLoss | None = None) -> None:
         require(steps >= 1, "steps", f"must be ≥ 1, got {steps}")
         require(lr > 0, "lr", f"must be > 0, got {lr}")
         require(max_norm is None or max_norm > 0, "max_norm", f"must be > 0 or None, got {max_norm}")
         self.steps, self.lr, self.exact, self.max_norm = steps, lr, exact, max_norm
+        self.loss_fn = loss_fn  # None: the regression loss
 
     def __call__(self, weights, X, Y, grads=None):
         # The ascent direction is computed on detached weights (treated as data); the group
         # action itself is applied to ``weights`` so that gradients still flow through it.
         W = list(weights)
         for _ in range(self.steps):
-            T = [self.lr * d for d in grad_norm_ascent_direction(W, X, Y, exact=self.exact)]
+            T = [self.lr * d for d in grad_norm_ascent_direction(W, X, Y, exact=self.exact, loss_fn=self.loss_fn)]
             if self.max_norm is not None:
                 T = [t * (self.max_norm / t.flatten(1).norm(dim=1).clamp_min(self.max_norm)).view(-1, 1, 1) for t in T]
             W = teleport(W, X, T, exact=self.exact, warn=False)
@@ -142,7 +149,8 @@ class TeleportSchedule:
         require(self.ascent_max_norm is None or self.ascent_max_norm > 0, "teleport.ascent_max_norm",
                 f"must be > 0 or null, got {self.ascent_max_norm}")
 
-    def build(self) -> TeleportStrategy:
+    def build(self, loss_fn: DataLoss | None = None) -> TeleportStrategy:
+        """The strategy; ``loss_fn`` is the task loss gradient ascent differentiates (default: regression)."""
         if self.strategy == "random":
             return RandomTeleport(self.eps, self.exact, self.seed)
-        return GradientAscentTeleport(self.ascent_steps, self.ascent_lr, self.exact, self.ascent_max_norm)
+        return GradientAscentTeleport(self.ascent_steps, self.ascent_lr, self.exact, self.ascent_max_norm, loss_fn)

@@ -31,6 +31,8 @@ TEST_SEED_OFFSET = 1_000_000_000
 #: first validation seed (inside the training split, above every seed meta-training draws).
 VALIDATION_SEED_OFFSET = TEST_SEED_OFFSET - 1_000_000
 DISTRIBUTIONS = ("uniform", "gaussian")
+#: task families: synthetic regression (this module) and real images (:mod:`metatele.tasks.digits`)
+FAMILIES = ("regression", "digits")
 
 
 def validate_dims(dims: Sequence[int], field_name: str = "dims") -> list[int]:
@@ -63,11 +65,19 @@ class TaskConfig:
         bias: every layer has a bias (the paper's network has none). Biases are drawn after the
             weights and data from the same seed (U[0, 1], or N(0, 1/fan_in) for ``gaussian``),
             so a task with biases is the bias-free task of the same seed plus a bias column.
+        family: ``"regression"`` (the synthetic tasks of this module) or ``"digits"``
+            (scikit-learn's 8×8 digits, ``dims = [n_train, 64, h_1, ..., 10]``, cross-entropy;
+            see :mod:`metatele.tasks.digits`, which samples them).
+        teleport_batch: digits only: images the group action acts with (the first of each
+            task's training images); ``None``: as many as the narrowest teleported layer input
+            allows (``d_{m-1}``, + 1 with biases).
     """
 
     dims: list[int] = field(default_factory=lambda: [20, 20, 20, 20])
     distribution: str = "uniform"
     bias: bool = False
+    family: str = "regression"
+    teleport_batch: int | None = None
 
     def __post_init__(self) -> None:
         self.dims = validate_dims(self.dims, "task.dims")
@@ -77,10 +87,32 @@ class TaskConfig:
             f"must be one of {DISTRIBUTIONS}, got {self.distribution!r}",
         )
         require(isinstance(self.bias, bool), "task.bias", f"must be true or false, got {self.bias!r}")
+        require(self.family in FAMILIES, "task.family", f"must be one of {FAMILIES}, got {self.family!r}")
+        if self.family == "digits":
+            # the digits set: 1,797 images of 64 pixels in 10 classes (metatele.tasks.digits)
+            require(self.dims[1] == 64 and self.dims[-1] == 10 and len(self.dims) >= 4, "task.dims",
+                    f"a digits network is [n_train, 64, h_1, ..., 10], got {self.dims}")
+            require(self.dims[0] < 1797, "task.dims", f"n_train must leave validation images (< 1797), got {self.dims[0]}")
+            limit = min((s[1] for s in self.weight_shapes[:-1]), default=0)
+            require(self.teleport_batch is None or (
+                isinstance(self.teleport_batch, int) and 1 <= self.teleport_batch <= min(limit, self.dims[0])),
+                "task.teleport_batch",
+                f"must be null or an integer in [1, {min(limit, self.dims[0])}] (the narrowest teleported layer "
+                f"input{' + 1 with biases' if self.bias else ''}), got {self.teleport_batch!r}")
+        else:
+            require(self.teleport_batch is None, "task.teleport_batch",
+                    f"applies to family 'digits' only, got {self.teleport_batch!r}")
 
     @property
     def n_samples(self) -> int:
         return self.dims[0]
+
+    @property
+    def teleport_samples(self) -> int:
+        """Samples the group action acts with: ``n`` (regression), the teleport batch (digits)."""
+        if self.family == "digits":
+            return self.teleport_batch or min(self.dims[0], min(s[1] for s in self.weight_shapes[:-1]))
+        return self.n_samples
 
     @property
     def widths(self) -> list[int]:
@@ -96,7 +128,7 @@ class TaskConfig:
     def non_symmetric_pairs(self) -> list[int]:
         """Pairs (0-based) whose layer input cannot have full column rank: ``n > d_{m-1}``
         (``n > d_{m-1} + 1`` with biases). Teleporting those changes the loss."""
-        return [m for m in range(self.n_pairs) if self.weight_shapes[m][1] < self.n_samples]
+        return [m for m in range(self.n_pairs) if self.weight_shapes[m][1] < self.teleport_samples]
 
     @property
     def n_pairs(self) -> int:
@@ -203,6 +235,9 @@ def sample_tasks(
     Data are drawn in float64 on the CPU from ``torch.Generator().manual_seed(seed)`` and then
     cast and moved, so a task depends only on its seed (not on the batch or the device).
     """
+    if config.family != "regression":
+        raise ValueError(f"sample_tasks draws regression tasks; family {config.family!r} is sampled by "
+                         "metatele.tasks.digits.sample_digits")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty: need at least one task")

@@ -12,7 +12,7 @@ a flag, and a bias-free network computes exactly what it did before biases exist
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,24 +93,32 @@ def mlp_loss(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) 
     return 0.5 * r.square().sum(dim=(1, 2))
 
 
+#: a loss of stacked weights on data: ``(weights, X, Y) -> [B]`` (:func:`mlp_loss`, or the
+#: digits cross-entropy :func:`metatele.tasks.digits.cross_entropy`)
+DataLoss = Callable[[Sequence[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def loss_and_grads(
     weights: Sequence[torch.Tensor],
     X: torch.Tensor,
     Y: torch.Tensor,
     create_graph: bool = False,
+    loss_fn: DataLoss | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Per-task losses ``[B]`` and each task's own gradient (one backward of the summed loss).
 
     The tasks are independent, so the gradient of ``loss.sum()`` w.r.t. the stacked weights is
     every task's gradient. With ``create_graph=False`` the returned gradients are detached data
     while the loss keeps its graph to the weights (what a first-order meta-gradient needs).
+    ``loss_fn`` is the loss (default :func:`mlp_loss`, the regression loss).
     """
+    loss_fn = loss_fn or mlp_loss
     with torch.enable_grad():
         # Differentiate w.r.t. fresh aliases of the weights: after a teleport, W_{m+1} is
         # computed from W_m (through h_m), and autograd.grad w.r.t. the weights themselves
         # would return total derivatives through the group action instead of ∂L/∂W_i.
         leaves = [w.view_as(w) if w.requires_grad else w.detach().requires_grad_(True) for w in weights]
-        loss = mlp_loss(leaves, X, Y)
+        loss = loss_fn(leaves, X, Y)
         grads = torch.autograd.grad(loss.sum(), leaves, create_graph=create_graph, retain_graph=True)
     if not create_graph:
         grads = tuple(g.detach() for g in grads)

@@ -1,0 +1,188 @@
+"""A real-data task family: scikit-learn's 8×8 digits, classified by a LeakyReLU MLP.
+
+``TaskConfig(family="digits", dims=[n_train, 64, h_1, ..., 10], bias=True)``. The data ship
+inside scikit-learn (1,797 images of 64 pixels, values 0–16, 10 classes; nothing is
+downloaded); pixels are scaled to [0, 1] and the library exposes those values unchanged, one
+image per column: ``X`` is ``[B, 64, n_train]``, the targets ``Y`` are one-hot ``[B, 10, n_train]``.
+
+A task's seed fixes the train / validation split (a random permutation of the 1,797 images: the
+first ``n_train`` train, the other ``1797 − n_train`` validate) and the initialisation (weights
+``N(0, 2 / fan_in)``, He's rule for a ReLU-like σ, biases zero). Both are drawn from the seed's
+own CPU generator, so a task depends only on its seed.
+
+The loss is the cross-entropy of the softmax of the network output, averaged over the images
+(:func:`cross_entropy`), so its scale does not depend on how many images it is measured on.
+
+**The teleport batch.** The group action keeps the loss on ``n`` samples only if every
+teleported layer input (``[h; 1ᵀ]`` with biases) has full column rank, so ``n ≤ d_{m−1}`` (+ 1).
+A teleport on digits acts with the first ``k = TaskConfig.teleport_samples`` training images of
+the task (a random subset, since the split is a random permutation): the loss on those is
+exactly invariant, the loss on the rest of the training set changes, and
+:func:`teleport_loss_change` measures both. For a network with one hidden layer the bound
+``65`` is not reachable in practice (a pixel that is zero in every image of the batch gives a
+zero row); use two or more hidden layers or a smaller ``teleport_batch``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .family import TEST_SEED_OFFSET, TaskBatch, TaskConfig
+from .mlp import DataLoss, forward, mlp_loss
+
+#: images in scikit-learn's digits set, pixels per image, classes
+N_IMAGES, N_PIXELS, N_CLASSES = 1797, 64, 10
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits_data() -> tuple[np.ndarray, np.ndarray]:
+    """The digits set, offline: ``(images [1797, 64] float64 in [0, 1], labels [1797] int64)``."""
+    from sklearn.datasets import load_digits  # optional dependency, needed only for this family
+
+    data = load_digits()
+    images = np.asarray(data.data, dtype=np.float64) / 16.0
+    labels = np.asarray(data.target, dtype=np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def cross_entropy(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``softmax(f(X))`` against one-hot targets, per task.
+
+    Args:
+        weights: list of ``[B, d_i, d_{i-1}(+1)]``.  X: ``[B, 64, n]``.  Y: one-hot ``[B, 10, n]``.
+
+    Returns:
+        ``[B]``.
+    """
+    logits = forward(weights, X)
+    return -(Y * F.log_softmax(logits, dim=1)).sum(dim=1).mean(dim=1)
+
+
+def accuracy(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Fraction of images whose largest output is the target class, per task: ``[B]``."""
+    logits = forward(weights, X)
+    return (logits.argmax(dim=1) == Y.argmax(dim=1)).to(X.dtype).mean(dim=1)
+
+
+def task_loss(config: TaskConfig) -> DataLoss:
+    """The family's loss ``(weights, X, Y) -> [B]``: squared error or cross-entropy."""
+    return cross_entropy if config.family == "digits" else mlp_loss
+
+
+@dataclass
+class DigitsBatch(TaskBatch):
+    """B digits tasks: the training data of :class:`TaskBatch` plus the validation images.
+
+    Attributes:
+        X, Y: training images ``[B, 64, n_train]`` and one-hot targets ``[B, 10, n_train]``; the
+            first ``teleport_samples`` columns are the teleport batch.
+        X_val, Y_val: validation images ``[B, 64, n_val]`` and targets ``[B, 10, n_val]``.
+        teleport_samples: size ``k`` of the teleport batch.
+    """
+
+    X_val: torch.Tensor | None = None
+    Y_val: torch.Tensor | None = None
+    teleport_samples: int = 0
+
+    @property
+    def X_tele(self) -> torch.Tensor:
+        """The teleport batch ``[B, 64, k]``."""
+        return self.X[..., : self.teleport_samples]
+
+    @property
+    def Y_tele(self) -> torch.Tensor:
+        return self.Y[..., : self.teleport_samples]
+
+    @property
+    def X_rest(self) -> torch.Tensor:
+        """The training images outside the teleport batch ``[B, 64, n_train − k]``."""
+        return self.X[..., self.teleport_samples:]
+
+    @property
+    def Y_rest(self) -> torch.Tensor:
+        return self.Y[..., self.teleport_samples:]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DigitsBatch":
+        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        return DigitsBatch(move(self.X), move(self.Y), [move(w) for w in self.weights], self.seeds,
+                           move(self.X_val), move(self.Y_val), self.teleport_samples)
+
+    def metrics(self, weights: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Validation loss and accuracy at ``weights``: ``{"val_loss": [B], "val_accuracy": [B]}``."""
+        with torch.no_grad():
+            return {"val_loss": cross_entropy(weights, self.X_val, self.Y_val),
+                    "val_accuracy": accuracy(weights, self.X_val, self.Y_val)}
+
+
+def _sample_one(config: TaskConfig, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The seed's permutation of the images ``[1797]`` and its initial weights (float64)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    order = torch.randperm(N_IMAGES, generator=gen)
+    widths, b = config.widths, int(config.bias)
+    weights = []
+    for i in range(len(widths) - 1):
+        W = torch.randn(widths[i + 1], widths[i], generator=gen, dtype=torch.float64) * math.sqrt(2.0 / widths[i])
+        weights.append(torch.cat([W, torch.zeros(widths[i + 1], b, dtype=torch.float64)], dim=1))
+    return order, weights
+
+
+def sample_digits(
+    config: TaskConfig,
+    seeds: Iterable[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> DigitsBatch:
+    """Draw one digits task per seed and stack them (the digits counterpart of ``sample_tasks``).
+
+    Raises ``ValueError`` for a config of another family, an empty seed list or a seed outside
+    ``[0, 2 · TEST_SEED_OFFSET)``.
+    """
+    if config.family != "digits":
+        raise ValueError(f"sample_digits needs task.family 'digits', got {config.family!r}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: need at least one task")
+    for s in seeds:
+        if not 0 <= s < 2 * TEST_SEED_OFFSET:
+            raise ValueError(f"seed {s} is outside [0, {2 * TEST_SEED_OFFSET})")
+    images, labels = load_digits_data()
+    images_t = torch.from_numpy(np.array(images))  # [1797, 64]
+    onehot = F.one_hot(torch.from_numpy(np.array(labels)), N_CLASSES).to(torch.float64)  # [1797, 10]
+    n = config.n_samples
+    parts = [_sample_one(config, s) for s in seeds]
+    orders = torch.stack([p[0] for p in parts])  # [B, 1797]
+    Xall = images_t[orders].mT  # [B, 64, 1797], one image per column in the seed's order
+    Yall = onehot[orders].mT  # [B, 10, 1797]
+    cast = lambda t: t.to(dtype=dtype).to(device)  # noqa: E731
+    weights = [cast(torch.stack([p[1][i] for p in parts])) for i in range(len(parts[0][1]))]
+    return DigitsBatch(cast(Xall[..., :n]), cast(Yall[..., :n]), weights, seeds,
+                       cast(Xall[..., n:]), cast(Yall[..., n:]), config.teleport_samples)
+
+
+@dataclass
+class TeleportLossChange:
+    """The loss change a teleport causes, relative to the loss before, per task (``[B]`` each)."""
+
+    teleport_batch: torch.Tensor
+    rest: torch.Tensor
+    validation: torch.Tensor
+
+
+def teleport_loss_change(
+    batch: DigitsBatch, before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]
+) -> TeleportLossChange:
+    """``(L(after) − L(before)) / L(before)`` on the teleport batch (≈ 0: the group action keeps it),
+    on the rest of the training set, and on the validation images."""
+    with torch.no_grad():
+        rel = lambda X, Y: (cross_entropy(after, X, Y) - cross_entropy(before, X, Y)) / cross_entropy(before, X, Y)  # noqa: E731
+        return TeleportLossChange(rel(batch.X_tele, batch.Y_tele), rel(batch.X_rest, batch.Y_rest),
+                                  rel(batch.X_val, batch.Y_val))
