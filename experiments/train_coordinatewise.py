@@ -1,7 +1,7 @@
 """Meta-train a coordinatewise optimizer, keep the best snapshot on validation seeds, ship it.
 
     python experiments/train_coordinatewise.py \
-        --config experiments/configs/ship/coordinatewise_update_tele_gaussian.yaml \
+        --config ship/coordinatewise_update_tele_gaussian \
         --out checkpoints/coordinatewise_update_tele_gaussian.safetensors
 
 Writes the checkpoint (its provenance records the training seeds, the selected meta-step and the

@@ -1,5 +1,5 @@
-"""The ``metatele`` command line: every parser of the package, and thin handlers that parse a
-config, call the library and log.
+"""The ``metatele`` command line: every parser of the package (the handlers that parse a config,
+call the library and log are in :mod:`metatele.commands`).
 
 Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint against GD on
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
@@ -17,43 +17,30 @@ one ``metatele <command>: error: ...`` line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib
-import json
 import os
-import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import torch
 import yaml
 
+from . import commands
 from ._version import __version__
-from .configs import (ConfigError, apply_overrides, default_names, defaults_dir, field_docs, from_dict, load_yaml_mapping,
-                      resolve_config, to_dict)
-from .meta.checkpointer import resumable_callback
-from .meta.config import MetaTrainConfig, load_config
+from .configs import (ConfigError, default_names, defaults_dir, field_docs, resolve_config, to_dict)
+from .meta.config import MetaTrainConfig
 from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distributed
 from .meta.engine import DivergenceError
 from .meta.state import STATE_DIR
 from .optimizers.baselines import BASELINES
 from .optimizers.learned import ARCHS
-from .release.checkpoint import read_metadata
 from .storage.container import ContainerError
 from .storage.wandb_log import MODES, resolve_mode
-from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, BenchmarkRun, load_protocol, render_only, run_benchmark
-from .studies.demo import demo_configs
-from .studies.digits import DigitsStudyConfig, load_results
-from .studies.digits_report import conclusions as digits_conclusions
-from .studies.digits_report import render_report as render_digits_report
-from .studies.digits_report import run_digits_study, write_figures
-from .studies.experiment import CompareConfig, run_comparison, train_and_save
-from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
-from .studies.throughput import run_benchmark as run_throughput
-from .studies.transfer import TransferConfig, run_transfer
-from .tasks.family import DISTRIBUTIONS, TaskConfig
+from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG
+from .studies.experiment import train_and_save
+from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK
+from .tasks.family import DISTRIBUTIONS
 
 #: the failures a command reports as one ``error:`` line (exit status 2) instead of a traceback
 USER_ERRORS = (ConfigError, ContainerError, DivergenceError, ValueError, FileNotFoundError)
@@ -132,7 +119,7 @@ def _config_keys_help() -> str:
 
 def _shipped_help(prefix: str = "") -> str:
     """The shipped names starting with ``prefix`` (none: the training configs) and where they are."""
-    studies = ("benchmark", "search")
+    studies = ("benchmark", "search", "digits")  # study configs, not training ones
     names = [n for n in default_names() if n != "search_selected"
              and (n.startswith(prefix) if prefix else not n.startswith(studies))]
     return f"shipped: {', '.join(names)}; in {defaults_dir()}"
@@ -289,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(experiments/DIGITS.md)", **sub_kw)
     p.add_argument("--config", type=resolve_config, help="YAML of DigitsStudyConfig keys: a file or a shipped name "
                    f"(default: the dataclass defaults, equal to {defaults_dir() / 'digits.yaml'})")
-    p.add_argument("--quick", action="store_true", help="seconds-scale run for testing (numbers mean little)")
+    p.add_argument("--quick", action="store_true", help="seconds-scale run for testing (numbers mean little); "
+                   "a --config file's keys override it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set seeds=40")
     p.add_argument("--out", default="runs/digits", help="folder for results.json")
@@ -316,172 +304,6 @@ def build_distributed_parser() -> argparse.ArgumentParser:
 
 
 # -- handlers --------------------------------------------------------------------------------------
-def _train_config(args: argparse.Namespace) -> MetaTrainConfig:
-    """The run's config: the YAML (or the defaults), ``--set``, ``--device`` and ``--seed``."""
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"device={args.device}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.config:
-        return load_config(args.config, overrides)
-    return MetaTrainConfig.from_dict(apply_overrides({}, overrides))
-
-
-@contextlib.contextmanager
-def _no_debris(out: Path) -> Iterator[None]:
-    """On failure, remove the folders this command created under ``out`` if they are still empty."""
-    created = [p for p in (out, out / STATE_DIR) if not p.exists()]
-    try:
-        yield
-    except BaseException:
-        for folder in reversed(created):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only succeeds on an empty folder
-        raise
-
-
-def _train(args: argparse.Namespace) -> int:
-    config = _train_config(args)
-    out = Path(args.out)
-    with _no_debris(out):
-        engine, callback = resumable_callback(config, out, resume=args.resume, every=args.save_every, keep=args.keep)
-        try:
-            train_and_save(config, out, wandb_mode=args.wandb, project=args.project, group=args.group,
-                           progress=not args.no_progress, callback=callback, engine=engine)
-        finally:
-            callback.close()  # restore the SIGINT/SIGTERM handlers
-    return 0
-
-
-def _check_checkpoints(paths: list[str]) -> list[dict[str, Any]]:
-    """Every checkpoint's verified metadata, before any tuning or evaluation starts."""
-    return [read_metadata(p) for p in paths]
-
-
-def _compare(args: argparse.Namespace, checkpoints: list[str], baselines: list[str], tune: str,
-             teleport: bool, paper_gd: bool = True) -> int:
-    docs = _check_checkpoints(checkpoints)
-    task = None
-    if args.dims or args.distribution:
-        ref = TaskConfig(**docs[0]["config"]["task"]) if docs else TaskConfig()
-        task = TaskConfig(dims=args.dims or ref.dims, distribution=args.distribution or ref.distribution)
-    cfg = CompareConfig(task=task, checkpoints=list(checkpoints), baselines=baselines, tune=tune,
-                        teleport_baselines=teleport, seeds=args.seeds, steps=args.steps,
-                        at_steps=[s for s in (10, 30, 100, 300) if s <= args.steps],
-                        allow_overlap=args.allow_overlap)
-    run_comparison(cfg, args.out, wandb_mode=args.wandb, project=args.project, group=args.group)
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    args.dims = args.distribution = None
-    return _compare(args, [args.checkpoint], [], tune="none", teleport=False)
-
-
-def _compare_cmd(args: argparse.Namespace) -> int:
-    baselines = list(BASELINES) if args.baselines is None else args.baselines
-    return _compare(args, args.checkpoints, baselines, tune=args.tune, teleport=not args.no_teleport_baselines)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    configs = {name: MetaTrainConfig.from_dict(apply_overrides(cfg.to_dict(), args.overrides))
-               for name, cfg in demo_configs().items()}  # every config checked before the first run
-    out = Path(args.out)
-    ckpts = []
-    for name, cfg in configs.items():
-        _, path = train_and_save(cfg, out / name, wandb_mode=args.wandb, project=args.project, group="demo-train")
-        ckpts.append(str(path))
-    cfg = CompareConfig(checkpoints=ckpts, seeds=100, steps=100, tune="grid", tune_steps=50,
-                        baselines=["adam", "momentum"], teleport_baselines=True)
-    run_comparison(cfg, out / "compare", wandb_mode=args.wandb, project=args.project, group="demo-compare")
-    print(f"\nDone. Figures: {out / 'compare' / 'figures'}; table: {out / 'compare' / 'results.md'}; "
-          f"wandb runs (offline unless --wandb online): {out}/*/wandb")
-    return 0
-
-
-def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
-    config = args.config or str(QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
-    ablations = None if args.ablations is None else [a for a in args.ablations if a != "none"]
-    protocol, raw = load_protocol(config, args.overrides)
-    out = Path(args.out or protocol.out)
-    runner = BenchmarkRun(protocol, out, False, False, args.settings, ablations, methods=args.methods)
-    report = Path(args.report) if args.report else (Path(protocol.report) if protocol.report else out / "RESULTS.md")
-    if args.dry_run:
-        stages = runner.stages()
-        print("\n".join(stages))
-        print(f"{len(stages)} stages ({len(runner.settings)} for baselines, {len(stages) - len(runner.settings)} distinct "
-              f"learned runs for {len(runner.jobs())} table entries); out {out}; report {report}")
-        return 0
-    if args.render_only:
-        return render_only(out, report)
-    command = "metatele benchmark" + (" " + shlex.join(argv) if argv else "")
-    results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
-                            resume=args.resume, settings=args.settings, ablations=ablations,
-                            workers=args.workers, threads=args.threads, methods=args.methods)
-    print("\n".join(results["conclusions"]))
-    print(f"\nreport: {report}; results: {out / 'results.json'}; wall time {results['wall_seconds'] / 60:.1f} min")
-    return 0
-
-
-def _search(args: argparse.Namespace, argv: list[str]) -> int:
-    config = args.config or str(SEARCH_QUICK if args.quick else DEFAULT_SEARCH)
-    protocol, _ = load_protocol(config, args.overrides)
-    out = Path(args.out or protocol.out)
-    report = Path(args.report) if args.report else (out / "SEARCH.md" if args.quick else Path("experiments/SEARCH.md"))
-    selected = Path(args.selected) if args.selected else report.parent / "search_selected.yaml"
-    if args.render_only and not (out / "results.json").is_file():
-        raise ConfigError(f"--render-only: no results at {out / 'results.json'}; run the search first")
-    tables = args.tables or (out / "RESULTS.md" if args.quick else None)
-    chosen = run_search(config, out, report, selected, args.overrides, progress=not args.no_progress,
-                        resume=args.resume, render_only=args.render_only,
-                        command="metatele search" + (" " + shlex.join(argv) if argv else ""), tables=tables)
-    for key, sel in chosen.items():
-        print(f"{key}: selected candidate [{sel['tag']}] ({sel['met']}/{sel['total']} criteria on validation seeds)")
-    print(f"report: {report}; selection: {selected}")
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
-                   device=args.device, dims=args.dims, arch=args.arch, bias=args.bias,
-                   distribution=args.distribution, second_order=args.second_order)
-    return 0
-
-
-def _transfer(args: argparse.Namespace) -> int:
-    torch.set_flush_denormal(True)  # CPU: denormal floats slow the inner loops down many times
-    cfg = TransferConfig(checkpoints=list(args.checkpoints), seeds=args.seeds, steps=args.steps,
-                         tune_seeds=args.tune_seeds, include_training_task=not args.no_training_task,
-                         at_steps=tuple(s for s in (10, 30, 100, 300) if s <= args.steps))
-    result = run_transfer(cfg)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "transfer.md").write_text(result["markdown"])
-    (out / "transfer.json").write_text(json.dumps(result, indent=1, allow_nan=False))
-    print(result["markdown"])
-    print(f"wrote {out / 'transfer.md'} and {out / 'transfer.json'}")
-    return 0
-
-
-def _digits(args: argparse.Namespace, argv: list[str]) -> int:
-    base = to_dict(DigitsStudyConfig.quick() if args.quick else DigitsStudyConfig())
-    if args.config:
-        base.update(load_yaml_mapping(args.config, "digits config"))
-    cfg = from_dict(DigitsStudyConfig, apply_overrides(base, args.overrides))
-    out = Path(args.out)
-    if args.render_only:
-        results = load_results(out / "results.json")
-        report = Path(args.report) if args.report else out / "DIGITS.md"
-        write_figures(results, report.parent / "figures")
-        report.write_text(render_digits_report(results, results["command"]))
-        print(f"re-rendered {report} from {out / 'results.json'}")
-        return 0
-    command = "metatele digits" + (" " + shlex.join(argv) if argv else "")
-    results = run_digits_study(cfg, out, command, args.report, args.checkpoints)
-    print("\n".join(digits_conclusions(results)))
-    print(f"\nreport: {args.report or out / 'DIGITS.md'}; wall time {results['wall_seconds'] / 60:.1f} min")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
     rest = argv[argv.index(args.command) + 1:]  # the subcommand's own arguments, as typed
     handlers: dict[str, Callable[[], int]] = {
-        "train": lambda: _train(args), "eval": lambda: _eval(args), "compare": lambda: _compare_cmd(args),
-        "demo": lambda: _demo(args), "benchmark": lambda: _benchmark(args, rest),
-        "search": lambda: _search(args, rest), "bench": lambda: _bench(args),
-        "transfer": lambda: _transfer(args), "digits": lambda: _digits(args, rest),
+        "train": lambda: commands.train(args), "eval": lambda: commands.eval_checkpoint(args), "compare": lambda: commands.compare_checkpoints(args),
+        "demo": lambda: commands.demo(args), "benchmark": lambda: commands.benchmark(args, rest),
+        "search": lambda: commands.search(args, rest), "bench": lambda: commands.bench(args),
+        "transfer": lambda: commands.transfer(args), "digits": lambda: commands.digits(args, rest),
     }
     try:
         if hasattr(args, "wandb"):
@@ -515,7 +337,7 @@ def train_distributed_main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
-        config = _train_config(args)
+        config = commands.train_config(args)
         resolve_mode(args.wandb)
         if rank == "0":  # wandb's slow import before the group forms, so that no rank waits on it
             importlib.import_module("wandb")

@@ -172,8 +172,6 @@ def merge_overrides(data: dict[str, Any], overrides: Any) -> dict[str, Any]:
     :func:`apply_overrides`: a dotted key ``a.b`` sets a nested field, and a mapping value is
     merged into the section it names (``{"learned": {"lstm": {"hidden": 64}}}`` changes only
     ``hidden``) rather than replacing it."""
-    import copy
-
     out = copy.deepcopy(data)
 
     def merge(node: dict[str, Any], items: Any) -> None:

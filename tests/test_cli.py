@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metatele import load_checkpoint
+from metatele import commands, load_checkpoint
 from metatele.cli import main
 from metatele.configs import defaults_dir
 from metatele.studies.demo import QUICK, demo_configs
@@ -183,7 +183,7 @@ def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
     def diverges(*args, **kwargs):
         raise DivergenceError("every one of the trajectories diverged")
 
-    monkeypatch.setattr(cli, "train_and_save", diverges)
+    monkeypatch.setattr(commands, "train_and_save", diverges)
     out = tmp_path / "deep" / "out"
     assert main(["train", "--out", str(out), "--set", "trajectories=4", "--wandb", "disabled"]) == 2
     assert "diverged" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def batch():
 
 
 def _reference_loss(weights, X, Y):
-    """One task ``[d_i, d_{i-1}]`` at a time, written out from SPEC §1."""
+    """One task ``[d_i, d_{i-1}]`` at a time, written out from docs/tasks.md."""
     h = X
     for W in weights[:-1]:
         z = W @ h

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from metatele import cli
+from metatele import cli, commands
 from metatele.release.checkpoint import load_checkpoint
 from metatele.meta.engine import UnrollEngine
 from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
@@ -199,7 +199,7 @@ def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_p
 
         return train_and_save(*args, callback=cb, **kw)
 
-    monkeypatch.setattr(cli, "train_and_save", terminated_at_meta_step_13)
+    monkeypatch.setattr(commands, "train_and_save", terminated_at_meta_step_13)
     handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as e:
         cli.main(train_args(cfg_file, out))
@@ -235,10 +235,10 @@ def test_total_training_time_survives_a_resume(reference, tmp_path, monkeypatch,
 
     clock = itertools.count()  # a fake clock: one second per reading
     monkeypatch.setattr(train_mod, "perf_counter", lambda: float(next(clock)))
-    monkeypatch.setattr(cli, "train_and_save", stopped_at_meta_step_13)
+    monkeypatch.setattr(commands, "train_and_save", stopped_at_meta_step_13)
     with pytest.raises(SystemExit):
         cli.main(train_args(cfg_file, out))
-    monkeypatch.setattr(cli, "train_and_save", train_and_save)
+    monkeypatch.setattr(commands, "train_and_save", train_and_save)
     clock = itertools.count()  # the second process's clock starts afresh
     assert cli.main(train_args(cfg_file, out, "--resume")) == 0
     total = MetaTrainConfig.from_dict(CONFIG).meta_steps

@@ -95,7 +95,7 @@ def _reference_teleport(weights, X, T, literal):
 
 @pytest.mark.parametrize("dims,tasks,literal,tol", [
     ([5, 6, 7, 4, 3], 2, False, 1e-9),  # pair by pair, h recomputed; U' = U g⁻¹; V' h = σ⁻¹(g σ(V h))
-    ([6, 6, 6, 6, 3], 3, True, 1e-8),   # square inputs: equals the SPEC formula V' = σ⁻¹(g σ(V h)) h⁻¹
+    ([6, 6, 6, 6, 3], 3, True, 1e-8),   # square inputs: equals the paper's formula V' = σ⁻¹(g σ(V h)) h⁻¹
 ])
 def test_teleport_matches_the_reference_group_action(random_T, dims, tasks, literal, tol):
     batch = sample_tasks(TaskConfig(dims, "gaussian"), range(tasks), dtype=torch.float64)
@@ -150,7 +150,7 @@ def test_first_order_form_uses_u_times_identity_minus_T(random_T):
 
 
 def test_reference_first_order_change_is_small_but_not_zero(random_T):
-    """SPEC §2: about −0.14 on a loss of 5e5 at ‖T‖ = 0.01 (order 1e-7 relative)."""
+    """docs/symmetry.md: about −0.14 on a loss of 5e5 at ‖T‖ = 0.01 (order 1e-7 relative)."""
     batch = sample_tasks(TaskConfig(), training_seeds(8), dtype=torch.float64)
     change = loss_change(batch.weights, batch.X, batch.Y, random_T(batch.weights, 0.01), exact=False)
     assert (change.abs() > 1e-9).all() and (change.abs() < 1e-5).all()

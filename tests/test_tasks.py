@@ -139,7 +139,7 @@ def test_gaussian_weights_have_variance_one_over_fan_in():
 def test_reference_task_initial_loss_is_about_5e5():
     batch = sample_tasks(TaskConfig(), unseen_seeds(20), dtype=torch.float64)
     median = mlp_loss(batch.weights, batch.X, batch.Y).median().item()
-    assert 3e5 < median < 7e5  # SPEC: "about 4.5e5"; mean at step 0 over 5 seeds 4.8e5
+    assert 3e5 < median < 7e5  # docs/tasks.md: "about 4.5e5"; mean at step 0 over 5 seeds 4.8e5
 
 
 def test_task_config_derived_sizes():

@@ -19,7 +19,7 @@ it was trained for::
     for _ in range(100):
         loss = opt.step(closure)
 
-Conventions (SPEC §1): data have samples in columns, ``X`` is ``[d0, n]`` and ``Y`` ``[dL, n]``.
+Conventions (docs/tasks.md): data have samples in columns, ``X`` is ``[d0, n]`` and ``Y`` ``[dL, n]``.
 ``nn.Linear`` works on samples in rows, so ``model(X.T)`` is ``(W_L h_{L-1})ᵀ`` and the loss above
 is :func:`metatele.mlp_loss`. Each layer is viewed as a batch of one: ``W_i`` (``[d_i, d_{i-1}]``,
 ``nn.Linear.weight``), with its bias as an extra column ``[W_i b_i]`` (``[1, d_i, d_{i-1} + 1]``),

@@ -1,4 +1,4 @@
-"""A learned optimizer: m1 and/or m2 assembled into one inner step (SPEC §3).
+"""A learned optimizer: m1 and/or m2 assembled into one inner step (docs/meta_optimizers.md).
 
 Variants (``LearnedConfig.variant``):
 

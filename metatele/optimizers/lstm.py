@@ -1,4 +1,4 @@
-"""The two LSTM meta-optimizers (SPEC §3).
+"""The two LSTM meta-optimizers (docs/meta_optimizers.md).
 
 * :class:`UpdateLSTM` (m1) reads the flattened gradient of all weights and writes a same-sized
   update; the inner step is ``W ← W − update``.

@@ -1,4 +1,4 @@
-"""The group action of GL(d_m) on consecutive layer pairs, and teleportation (SPEC §2).
+"""The group action of GL(d_m) on consecutive layer pairs, and teleportation (docs/symmetry.md).
 
 For a pair ``V = W_m``, ``U = W_{m+1}`` with layer input ``h = h_{m-1}`` and ``g ∈ GL(d_m)``::
 

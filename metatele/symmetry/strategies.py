@@ -1,4 +1,4 @@
-"""Teleport strategies: how to choose the group element (SPEC §2).
+"""Teleport strategies: how to choose the group element (docs/symmetry.md).
 
 A strategy maps the current stacked weights (and the task data) to teleported weights. Three
 kinds exist: :class:`RandomTeleport` (``T`` random with Frobenius norm ε per pair and task),

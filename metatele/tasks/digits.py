@@ -43,7 +43,10 @@ N_IMAGES, N_PIXELS, N_CLASSES = 1797, 64, 10
 @functools.lru_cache(maxsize=1)
 def load_digits_data() -> tuple[np.ndarray, np.ndarray]:
     """The digits set, offline: ``(images [1797, 64] float64 in [0, 1], labels [1797] int64)``."""
-    from sklearn.datasets import load_digits  # optional dependency, needed only for this family
+    try:  # optional dependency (pip install "metatele[digits]"), needed only for this family
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError('the digits task family needs scikit-learn: pip install "metatele[digits]"') from e
 
     data = load_digits()
     images = np.asarray(data.data, dtype=np.float64) / 16.0

@@ -1,6 +1,6 @@
 """Task families: batches of LeakyReLU regression problems generated from integer seeds.
 
-A task is ``(X, Y, W_1..W_L)`` for sizes ``dims = [n, d0, d1, ..., dL]`` (SPEC §1):
+A task is ``(X, Y, W_1..W_L)`` for sizes ``dims = [n, d0, d1, ..., dL]`` (docs/tasks.md):
 ``X`` is ``[d0, n]``, ``Y`` is ``[dL, n]`` and ``W_i`` is ``[d_i, d_{i-1}]``. Tasks are stacked
 along a leading batch dimension ``B``. With ``bias=True`` every layer has a bias, stored as the
 last column of an augmented ``[W_i b_i]`` of shape ``[d_i, d_{i-1} + 1]`` (see :mod:`metatele.tasks.mlp`).

@@ -1,4 +1,4 @@
-"""The inner network: a LeakyReLU MLP on stacked weights (SPEC §1).
+"""The inner network: a LeakyReLU MLP on stacked weights (docs/tasks.md).
 
 ``h_0 = X``, ``h_i = σ(W_i h_{i-1})`` for ``i < L``, output ``W_L h_{L-1}``, loss
 ``½‖Y − W_L h_{L-1}‖_F²`` per task. All functions take a leading batch dimension ``B``.
