@@ -59,26 +59,23 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 # -- argument types: checked by argparse, before any work ------------------------------------------
-def positive_int(text: str) -> int:
-    """An integer ≥ 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+def _int_at_least(minimum: int, kind: str) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ ``minimum`` (``kind`` names it in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
+        return value
+    parse.__name__ = f"{kind.replace('-', '_')}_int"  # argparse names the type in its messages
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """An integer ≥ 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
+#: an integer ≥ 1, an integer ≥ 0 (argparse types)
+positive_int = _int_at_least(1, "positive")
+nonnegative_int = _int_at_least(0, "non-negative")
 
 
 def at_least_two(text: str) -> int:

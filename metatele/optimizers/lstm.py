@@ -124,7 +124,7 @@ def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 class LSTMStack(nn.Module):
     """``layers`` stacked LSTM cells and a linear head, batched over trajectories.
 
-    Each cell computes its four gates with one matmul of ``[x, h]`` against a fused weight.
+    Each cell is a :class:`torch.nn.LSTMCell`; the B trajectories are its batch dimension.
     """
 
     def __init__(self, input_size: int, output_size: int, hidden: int = 300, layers: int = 2) -> None:

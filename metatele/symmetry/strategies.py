@@ -3,8 +3,9 @@
 A strategy maps the current stacked weights (and the task data) to teleported weights. Three
 kinds exist: :class:`RandomTeleport` (``T`` random with Frobenius norm ε per pair and task),
 :class:`GradientAscentTeleport` (maximise ``‖∇L(g·W)‖²`` over ``T`` with a few ascent steps, each
-re-linearised at ``T = 0``) and learned strategies, which subclass :class:`TeleportStrategy` and
-keep their own per-trajectory state (see ``metatele.meta.LearnedTeleport``).
+re-linearised at ``T = 0``) and :class:`GeometryTeleport` (in :mod:`metatele.symmetry.generalization`).
+The learned teleport is m2 inside :class:`metatele.optimizers.learned.LearnedOptimizer`, which
+keeps its per-trajectory state itself.
 """
 from __future__ import annotations
 
