@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .family import TEST_SEED_OFFSET, TaskBatch, TaskConfig
+from .family import TaskBatch, TaskConfig, as_seed_list
 from .mlp import DataLoss, forward, mlp_loss
 
 #: images in scikit-learn's digits set, pixels per image, classes
@@ -151,12 +151,7 @@ def sample_digits(
     """
     if config.family != "digits":
         raise ValueError(f"sample_digits needs task.family 'digits', got {config.family!r}")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds is empty: need at least one task")
-    for s in seeds:
-        if not 0 <= s < 2 * TEST_SEED_OFFSET:
-            raise ValueError(f"seed {s} is outside [0, {2 * TEST_SEED_OFFSET})")
+    seeds = as_seed_list(seeds)
     images, labels = load_digits_data()
     images_t = torch.from_numpy(np.array(images))  # [1797, 64]
     onehot = F.one_hot(torch.from_numpy(np.array(labels)), N_CLASSES).to(torch.float64)  # [1797, 10]

@@ -224,6 +224,17 @@ def _sample_one(config: TaskConfig, seed: int, dtype: torch.dtype) -> tuple[torc
     return X.to(dtype), Y.to(dtype), [w.to(dtype) for w in weights]
 
 
+def as_seed_list(seeds: Iterable[int]) -> list[int]:
+    """The seeds as a list of ints; ``ValueError`` when empty or outside ``[0, 2 · TEST_SEED_OFFSET)``."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: need at least one task")
+    for s in seeds:
+        if not 0 <= s < 2 * TEST_SEED_OFFSET:
+            raise ValueError(f"seed {s} is outside [0, {2 * TEST_SEED_OFFSET})")
+    return seeds
+
+
 def sample_tasks(
     config: TaskConfig,
     seeds: Iterable[int],
@@ -238,12 +249,7 @@ def sample_tasks(
     if config.family != "regression":
         raise ValueError(f"sample_tasks draws regression tasks; family {config.family!r} is sampled by "
                          "metatele.tasks.digits.sample_digits")
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds is empty: need at least one task")
-    for s in seeds:
-        if not 0 <= s < 2 * TEST_SEED_OFFSET:
-            raise ValueError(f"seed {s} is outside [0, {2 * TEST_SEED_OFFSET})")
+    seeds = as_seed_list(seeds)
     parts = [_sample_one(config, s, dtype) for s in seeds]
     X = torch.stack([p[0] for p in parts]).to(device)
     Y = torch.stack([p[1] for p in parts]).to(device)
