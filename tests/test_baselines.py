@@ -6,18 +6,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metatele.optimizers.baselines import BASELINES, BaselineConfig, HandDesigned, _torch_optimizer, run_baseline
+from metatele.optimizers.baselines import BASELINES, BaselineConfig, HandDesigned, HandDesignedUpdate, run_baseline
 from metatele.configs import ConfigError
 from metatele.tasks.mlp import grad_norm_sq, loss_and_grads, mlp_loss
 from metatele.symmetry.strategies import TeleportSchedule
 from metatele.tasks.family import TaskConfig, sample_tasks, training_seeds, unseen_seeds
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    # higher warns that its differentiable RMSprop may have gradient issues; the hyper-gradient
-    # tests below check RMSprop's against finite differences instead.
-    pytest.mark.filterwarnings("ignore:Differentiable RMSprop:UserWarning"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _torch_optimizer(config: BaselineConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer the baseline ``config`` must match step for step."""
+    c = config
+    if c.name == "gd":
+        return torch.optim.SGD(params, lr=c.lr)
+    if c.name == "momentum":
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+    if c.name == "adam":
+        return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps)
+    if c.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps)
+    return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps)
 
 # learning rates that make visible progress in a few steps on the small Gaussian task
 LR = {"gd": 1e-2, "momentum": 3e-3, "adam": 1e-2, "rmsprop": 1e-3, "adagrad": 1e-2}

@@ -47,7 +47,7 @@ def make_closure(opt, model, X, Y):
     return closure
 
 
-@pytest.mark.parametrize("variant", ["update", "update+tele", "lr+tele"])
+@pytest.mark.parametrize("variant", ["update", "update+tele", "lr+tele", "tele"])
 def test_dropin_matches_learned_optimizer_on_the_stacked_task(variant):
     """Stepping a user's nn.Sequential equals LearnedOptimizer.step / LearnedStepper at B = 1."""
     learned = learned_optimizer(variant)
@@ -137,13 +137,6 @@ def test_data_is_validated_and_may_be_batched_or_replaced():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.set_data(batch.X[0])
-
-
-def test_tele_variant_is_refused_clearly():
-    learned = learned_optimizer("tele")
-    model = user_model(sample_tasks(TASK, [1], dtype=torch.float64).weights)
-    with pytest.raises(NotImplementedError, match="'tele' variant"):
-        LearnedTeleportOptimizer(model.parameters(), learned, X=torch.randn(6, 4))
 
 
 def test_state_dict_round_trip_continues_the_same_trajectory():

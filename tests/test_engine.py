@@ -10,6 +10,11 @@ from helpers import tiny
 from metatele.meta.engine import DivergenceError, UnrollEngine
 from metatele.meta.train import meta_train
 from metatele.meta.config import MetaTrainConfig
+from metatele.optimizers.baselines import BaselineConfig, run_baseline
+from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+from metatele.optimizers.lstm import LSTMConfig, TeleportConfig
+from metatele.tasks.family import TaskConfig, sample_tasks
+from metatele.tasks.mlp import mlp_loss
 
 
 def small_config(**kw) -> MetaTrainConfig:
@@ -148,8 +153,34 @@ def test_tele_variant_on_a_hand_designed_base_gets_meta_gradients():
     assert math.isfinite(res.history[-1]["meta_loss"])
 
 
+def test_tele_variant_is_its_base_optimizer_composed_with_the_learned_teleport():
+    """With a negligible teleport (eps 1e-12) the tele variant's trajectory is the base
+    optimizer's (a torch.optim-exact Adam); with the default eps it differs, at the same first
+    loss change (a teleport keeps the loss)."""
+    task = TaskConfig([5, 6, 6, 4], "gaussian")
+    base = BaselineConfig("adam", lr=0.01)
+    batch = sample_tasks(task, [0, 1, 2], dtype=torch.float64)
+    want = run_baseline(base, batch.X, batch.Y, batch.weights, 12)
+    curves = {}
+    for eps in (1e-12, 0.05):
+        torch.manual_seed(0)
+        learned = LearnedOptimizer(task, LearnedConfig(variant="tele", base=base, lstm=LSTMConfig(hidden=8),
+                                                       teleport=TeleportConfig(eps=eps))).double()
+        stepper, W, losses = learned.start(batch.X, batch.Y, batch.weights), batch.weights, []
+        for _ in range(12):
+            W, loss, _ = stepper.step(W)
+            losses.append(loss)
+        losses.append(mlp_loss(W, batch.X, batch.Y))
+        curves[eps] = torch.stack(losses)
+    torch.testing.assert_close(curves[1e-12], want, rtol=1e-8, atol=0)
+    torch.testing.assert_close(curves[0.05][:2], want[:2], rtol=1e-10, atol=0)
+    assert (curves[0.05][-1] - want[-1]).abs().max() > 1e-6
+
+
 @pytest.mark.parametrize("over", [{}, {"stagger": True}, {"truncation": "log_uniform", "unroll_max": 5},
-                                  {"learned.variant": "tele"}])
+                                  {"learned.variant": "tele"},
+                                  {"learned.variant": "tele", "stagger": True, "truncation": "log_uniform",
+                                   "unroll_max": 5}])
 def test_exactly_the_configured_trajectories_are_trained_on_exactly_the_recorded_seeds(over):
     """batch_size 4 with 10 trajectories: the last batch is partial (its idle slots are masked),
     every trajectory runs its steps, and the recorded seeds are exactly [0, 10)."""

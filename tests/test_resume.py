@@ -126,15 +126,19 @@ def test_resume_refuses_a_different_config_naming_the_keys(tmp_path, capsys):
     assert engine.meta_step_count == 1 and cb.history == engine.prior_history
 
 
-def test_tele_variant_is_checkpointed_between_generations_and_resumes_exactly(tmp_path):
-    cfg = MetaTrainConfig.from_dict(tiny(trajectories=12, **{"learned.variant": "tele",
-                                                              "learned.base": {"name": "adam", "lr": 0.01}}))
+def test_tele_variant_resumes_bitwise_from_any_meta_step_with_staggered_random_truncations(tmp_path):
+    """The tele variant's base optimizer keeps its moments per trajectory (saved with the rest),
+    so it resumes mid-trajectory, with staggered starts and log-uniform truncations."""
+    cfg = MetaTrainConfig.from_dict(tiny(trajectories=12, steps=9, stagger=True, truncation="log_uniform",
+                                         unroll_max=4, **{"learned.variant": "tele",
+                                                          "learned.base": {"name": "adam", "lr": 0.01}}))
     ref = meta_train(cfg, progress=False)
     cb = TrainingCheckpointer(cfg, tmp_path, every=1, keep=10, handle_signals=False)
     eng = UnrollEngine(cfg)
-    for _ in range(3):  # a generation is 2 meta-steps (steps 6 / unroll 3)
+    for _ in range(3):
         cb(eng, eng.meta_step())
-    assert [s for s, _ in state_files(tmp_path)] == [2]
+    assert (eng.trajectories.steps_done % cfg.steps != 0).any()  # saved mid-trajectory
+    assert [s for s, _ in state_files(tmp_path)] == [3, 2, 1]
     eng, cb = resumable_callback(cfg, tmp_path, resume=True, every=1, keep=10, handle_signals=False)
     res = meta_train(cfg, progress=False, callback=cb, engine=eng)
     assert params_equal(res.optimizer.state_dict(), ref.optimizer.state_dict())

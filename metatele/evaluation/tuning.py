@@ -139,8 +139,7 @@ def grid_search(
     """Pick the learning rate (and momentum, for ``momentum``) minimising ``objective`` on training seeds.
 
     Every ``(lr, seed)`` pair is one task of a single batch, run ``steps`` steps with a per-task
-    ``lr`` ``[B]``. (``higher``'s SGD cannot take a per-task momentum, so for ``momentum`` the batch
-    is repeated once per momentum value.) A grid point whose run diverges on any seed scores +inf.
+    ``lr`` ``[B]``. (For ``momentum`` the batch is repeated once per momentum value.) A grid point whose run diverges on any seed scores +inf.
     When the best ``lr`` is the smallest or largest tried, the grid is extended by two more
     points past that edge, with the grid's own ratio between points, up to ``extend`` times; a
     pick still on the edge is flagged in :attr:`TuneResult.edge`.

@@ -103,7 +103,6 @@ class TrainingCheckpointer:
         self.history: list[dict[str, Any]] = list(history or [])
         self.is_writer = comm is None or comm.rank == 0
         self.saved_step: int | None = None
-        self._pending = False
         self.stop = StopSignal()
         if handle_signals:
             self.stop.install()
@@ -113,22 +112,18 @@ class TrainingCheckpointer:
         self.history.append(metrics)
         step, total = engine.meta_step_count, self.config.meta_steps
         stop = self.comm.stop_requested if self.comm is not None else bool(self.stop.signum)
-        self._pending |= step % self.every == 0 or engine.done or stop
-        if self._pending and engine.checkpointable:
+        if step % self.every == 0 or engine.done or stop:
             try:
                 self.save(engine)
             except BaseException:
                 self.close()
                 raise
-            self._pending = False
         if stop:
             self.close()
             signum = self.stop.signum or signal.SIGTERM
-            where = (f"the training state of meta-step {self.saved_step} in {self.folder}" if self.saved_step
-                     else f"no new training state (the newest in {self.folder} stays)")
             if self.is_writer:
-                say(f"stopped by a signal after meta-step {step}/{total}; kept {where}. "
-                    "Continue with the same command and --resume.")
+                say(f"stopped by a signal after meta-step {step}/{total}; kept the training state of meta-step "
+                    f"{self.saved_step} in {self.folder}. Continue with the same command and --resume.")
             raise SystemExit(128 + signum)
         if engine.done:
             if self.comm is not None:  # the seeds any rank used, for the final checkpoint

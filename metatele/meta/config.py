@@ -121,10 +121,6 @@ class MetaTrainConfig:
                     "variant's teleport would then change the loss. Use at least as many units as samples in "
                     "every teleported layer input, or set allow_non_symmetric: true to train anyway (the "
                     "loss change is then measured and recorded)")
-        if self.learned.variant == "tele":
-            require(not self.stagger, "stagger",
-                    "the 'tele' variant runs its hand-designed base optimizer in lock-step; set stagger: false")
-            require(self.truncation == "fixed", "truncation", "the 'tele' variant supports only fixed truncation")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -110,7 +110,7 @@ class UnrollEngine:
         self.optimizer = optimizer or LearnedOptimizer(config.task, config.learned)
         self.optimizer.to(device=self.device, dtype=self.dtype)
         groups = []
-        if self.optimizer.update is not None:
+        if self.config.learned.uses_update:  # a learned m1 (the tele variant's base has no parameters)
             groups.append({"params": list(self.optimizer.update.parameters()), "lr": config.lr_update})
         if len(self.optimizer.teleports):
             groups.append({"params": list(self.optimizer.teleports.parameters()), "lr": config.lr_teleport})
@@ -201,40 +201,24 @@ class UnrollEngine:
         """The task family's loss ``[B]`` (regression: squared error; digits: cross-entropy)."""
         return task_loss(self.config.task)(W, X, Y)
 
-    def _initial_state(self, tasks: TaskBatch, W: list[torch.Tensor]) -> LearnedState:
-        return self.optimizer.initial_state(self.B, self.device, self.dtype, X=tasks.X, Y=tasks.Y, weights=W,
-                                            differentiable=True)
-
     def _start_all(self) -> None:
         """Start a whole batch of trajectories from the next training seeds (the slots beyond the
         seeds left stay idle)."""
         c = self.config
         stagger = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
-        self.trajectories = Trajectories.start(self._fresh(self.B), self._initial_state, stagger, B=self.B,
+        state = self.optimizer.initial_state(self.B, self.device, self.dtype)
+        self.trajectories = Trajectories.start(self._fresh(self.B), state, stagger, B=self.B,
                                                loss=self._loss, teleport_data=self.optimizer.teleport_data)
 
     def _replace(self, slots: np.ndarray) -> None:
         """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
         run's seeds are used up, the slots fall idle."""
-        if self.config.learned.variant == "tele":
-            # lock-step: the base optimizer's state is shared by the batch, so the whole batch
-            # restarts when its trajectories finish (a diverged one stays masked until then)
-            if (self.trajectories.steps_done >= self.config.steps).all():
-                if self.seeds_left:
-                    self._start_all()
-                else:
-                    self.trajectories.active[:] = False
-            return
         if len(slots):
             self.trajectories.reset(slots, self._fresh(len(slots)))
 
     def _active_after(self, alive: np.ndarray, K: int) -> int:
         """How many slots will hold a trajectory after this meta-step's replacements (host only)."""
         tr = self.trajectories
-        if self.config.learned.variant == "tele":
-            if (tr.steps_done + K >= self.config.steps).all():
-                return min(self.B, self.seeds_left)
-            return int(tr.active.sum())
         ending = int((tr.active & ~(alive & (tr.steps_done + K < self.config.steps))).sum())
         return int(tr.active.sum()) - ending + min(ending, self.seeds_left)
 
@@ -373,27 +357,12 @@ class UnrollEngine:
         return metrics
 
     # -- resumable state ---------------------------------------------------------------------
-    @property
-    def checkpointable(self) -> bool:
-        """Whether :meth:`state_dict` can capture the run now.
-
-        Always, except for the ``tele`` variant: its hand-designed base optimizer (``higher``)
-        keeps state that cannot be saved, so it is checkpointable only between generations, when
-        the whole batch has just (re)started and that state is fresh.
-        """
-        return self.config.learned.variant != "tele" or bool((self.trajectories.steps_done == 0).all())
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit: tensors and host counters.
 
         Tensors are references (not copies); numpy arrays and the numpy generator state are
         returned as they are (:mod:`metatele.meta.state` converts them for a pickle-free file).
         """
-        if not self.checkpointable:
-            raise NotImplementedError(
-                "the 'tele' variant can be checkpointed only between generations (when every "
-                "trajectory has just started); see UnrollEngine.checkpointable"
-            )
         return {
             "optimizer": self.optimizer.state_dict(),
             "meta_opt": self.meta_opt.state_dict(),
@@ -414,10 +383,7 @@ class UnrollEngine:
             )
         self.optimizer.load_state_dict(sd["optimizer"])
         self.meta_opt.load_state_dict(sd["meta_opt"])
-        # the 'tele' variant is saved between generations: its base optimizer starts fresh
-        base = (lambda tr: self._initial_state(TaskBatch(tr.X, tr.Y, tr.W), tr.W).base) \
-            if self.config.learned.variant == "tele" else None
-        self.trajectories = Trajectories.from_state_dict(sd, self.device, base, loss=self._loss,
+        self.trajectories = Trajectories.from_state_dict(sd, self.device, loss=self._loss,
                                                          teleport_data=self.optimizer.teleport_data)
         for k, v in sd["counters"].items():
             setattr(self, k, v)

@@ -66,11 +66,11 @@ class Trajectories:
     SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active")
 
     @classmethod
-    def start(cls, tasks: TaskBatch, initial_state: Callable[[TaskBatch, list[torch.Tensor]], LearnedState],
-              steps_done: np.ndarray | None = None, B: int | None = None, loss: DataLoss = mlp_loss,
-              teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
+    def start(cls, tasks: TaskBatch, state: LearnedState, steps_done: np.ndarray | None = None,
+              B: int | None = None, loss: DataLoss = mlp_loss, teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
         """Trajectories at the start of ``tasks`` (``steps_done`` default 0; see
-        :func:`metatele.meta.config.start_offsets`). With ``B`` larger than the number of tasks,
+        :func:`metatele.meta.config.start_offsets`), whose learned-optimizer ``state`` (for the
+        ``B`` slots) is fresh. With ``B`` larger than the number of tasks,
         the remaining slots are idle copies of the first task (a lock-step batch keeps its size)."""
         k = tasks.X.shape[0]
         B = k if B is None else B
@@ -84,7 +84,7 @@ class Trajectories:
         W = [w.detach() for w in tasks.weights]
         return cls(
             X=tasks.X, Y=tasks.Y, W=W, loss0=loss(W, tasks.X, tasks.Y).detach(),
-            X_qr=input_qr(W, teleport_data(tasks.X)), state=initial_state(tasks, W),
+            X_qr=input_qr(W, teleport_data(tasks.X)), state=state,
             seeds=np.asarray(tasks.seeds, dtype=np.int64).copy(),
             steps_done=np.zeros(B, dtype=np.int64) if steps_done is None else np.asarray(steps_done, dtype=np.int64),
             active=active, X_val=X_val, Y_val=Y_val, loss=loss, teleport_data=teleport_data,
@@ -138,10 +138,9 @@ class Trajectories:
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Any], device: torch.device,
-                        base: Callable[["Trajectories"], Any] | None = None, loss: DataLoss = mlp_loss,
+                        loss: DataLoss = mlp_loss,
                         teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
-        """Inverse of :meth:`state_dict` on ``device``; ``base(trajectories)`` rebuilds a ``tele``
-        variant's hand-designed optimizer (saved only between generations, so fresh)."""
+        """Inverse of :meth:`state_dict` on ``device``."""
         to = lambda t: t.to(device)  # noqa: E731
         X, W = to(sd["X"]), [to(w) for w in sd["W"]]
         upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
@@ -157,6 +156,4 @@ class Trajectories:
             Y_val=to(sd["Y_val"]) if sd.get("Y_val") is not None else None,
             loss=loss, teleport_data=teleport_data,
         )
-        if base is not None:
-            out.state.base = base(out)
         return out

@@ -1,24 +1,26 @@
-"""Hand-designed baselines on stacked weights, differentiable through ``higher``.
+"""Hand-designed baselines on stacked weights, differentiable end to end.
 
-GD, SGD with momentum, Adam, RMSProp and AdaGrad are element-wise, so one optimizer over the
+GD, SGD with momentum, Adam, RMSProp and AdaGrad are element-wise, so one update over the
 stacked ``[B, d_i, d_{i-1}]`` weights advances B independent tasks exactly as B separate
-optimizers would. Each is built from the matching ``torch.optim`` class turned into a
-``higher`` differentiable optimizer, so hyper-parameters given as tensors (learning rate,
-momentum) can be differentiated through an unroll (``differentiable=True``). Hyper-parameters may
-also be per task (a ``[B]`` tensor), which lets a learning-rate grid run as one batch.
+optimizers would. :class:`HandDesignedUpdate` is their one implementation (each matches the
+``torch.optim`` class step for step), written in plain tensor operations with its state held per
+trajectory, so hyper-parameters given as tensors (learning rate, momentum) can be differentiated
+through an unroll (``differentiable=True``), may be per task (a ``[B]`` tensor, which lets a
+learning-rate grid run as one batch), and a trajectory's state can be reset on its own (the
+learned ``tele`` variant's local update).
 
 Each optimizer can teleport on a :class:`~metatele.symmetry.strategies.TeleportSchedule`.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-import higher
 import torch
+from torch import nn
 
 from ..configs import require
+from .lstm import State, flatten
 from ..tasks.mlp import DataLoss, grad_norm_sq, mlp_loss
 from ..symmetry.strategies import TeleportSchedule
 from ..tasks.family import check_problem
@@ -66,27 +68,85 @@ class BaselineConfig:
         return f"{self.name}{tele}"
 
 
-def _torch_optimizer(config: BaselineConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    c = config
-    if c.name == "gd":
-        return torch.optim.SGD(params, lr=c.lr)
-    if c.name == "momentum":
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
-    if c.name == "adam":
-        return torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps)
-    if c.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps)
-    return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps)
-
-
-def _per_task(value: float | torch.Tensor | None, B: int, like: torch.Tensor):
+def _per_task(value: float | torch.Tensor | None, B: int, like: torch.Tensor) -> float | torch.Tensor | None:
+    """A hyper-parameter as a float, or a tensor broadcastable to flattened ``[B, P]`` coordinates."""
     if value is None or not torch.is_tensor(value):
         return value
     if value.dim() == 0:
         return value.to(like.device, like.dtype)
     if value.shape != (B,):
         raise ValueError(f"per-task hyper-parameter must be a scalar or [B] = [{B}], got {tuple(value.shape)}")
-    return value.to(like.device, like.dtype).view(B, 1, 1)
+    return value.to(like.device, like.dtype).view(B, 1)
+
+
+class HandDesignedUpdate(nn.Module):
+    """The element-wise update of a hand-designed optimizer, with per-trajectory state.
+
+    The one implementation of GD, momentum, Adam, RMSProp and AdaGrad in the package: the
+    baselines (:class:`HandDesigned`) step with it, and the ``tele`` variant of a learned
+    optimizer uses it as its local update (in place of a learned m1). Each matches the
+    ``torch.optim`` class of the same name (SGD, SGD with momentum and no dampening, Adam,
+    RMSprop, Adagrad, default options otherwise) step for step.
+
+    State per trajectory, a pair like an LSTM state (so it is reset, detached and saved the same
+    way): the moments ``[2, B, P]`` (Adam's m and v; the momentum buffer; RMSProp's and AdaGrad's
+    squared-gradient average or sum) and the step count ``[1, B, 1]``, where ``P`` is the number
+    of coordinates of the network. Everything is differentiable: hyper-parameters given as
+    tensors (``lr``, ``momentum``, scalars or one per trajectory) receive hyper-gradients.
+    """
+
+    def __init__(self, config: BaselineConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def initial_state(self, weights: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> State:
+        """Zero state for the network ``weights`` (list of ``[B, ...]``)."""
+        B, P = weights[0].shape[0], sum(w[0].numel() for w in weights)
+        dev, dt = weights[0].device, dtype or weights[0].dtype
+        return torch.zeros(2, B, P, device=dev, dtype=dt), torch.zeros(1, B, 1, device=dev, dtype=dt)
+
+    def forward(
+        self,
+        weights: Sequence[torch.Tensor],
+        grads: Sequence[torch.Tensor],
+        state: State | None,
+        d0: int | None = None,
+        lr: float | torch.Tensor | None = None,
+        momentum: float | torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], State]:
+        """``grads`` (list of ``[B, ...]``) → updates of the same shapes (``W ← W − update``)
+        and the new state (``None``: a fresh trajectory). ``lr`` and ``momentum`` override the
+        config's (a float, a 0-d tensor or a ``[B]`` tensor); ``d0`` is unused (the signature
+        is the learned m1's)."""
+        c = self.config
+        if state is None:
+            state = self.initial_state(grads)
+        (m, v), t = state[0], state[1] + 1
+        g = flatten(grads).to(m.dtype)
+        B = g.shape[0]
+        lr = c.lr if lr is None else _per_task(lr, B, g)
+        if c.name == "gd":
+            step = lr * g
+        elif c.name == "momentum":
+            mu = c.momentum if momentum is None else _per_task(momentum, B, g)
+            m = mu * m + g  # torch.optim.SGD's buffer: g at the first step
+            step = lr * m
+        elif c.name == "adam":
+            b1, b2 = c.betas
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            tt = t[0]  # [B, 1]
+            denom = v.sqrt() / (1 - b2 ** tt).sqrt() + c.eps  # torch.optim.Adam's order of operations
+            step = (lr / (1 - b1 ** tt)) * (m / denom)
+        elif c.name == "rmsprop":
+            v = c.alpha * v + (1 - c.alpha) * g * g
+            step = lr * (g / (v.sqrt() + c.eps))
+        else:  # adagrad
+            v = v + g * g
+            step = lr * (g / (v.sqrt() + c.eps))
+        sizes = [gr[0].numel() for gr in grads]
+        updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(step.split(sizes, dim=1), grads)]
+        return updates, (torch.stack([m, v]), t)
 
 
 class HandDesigned:
@@ -96,11 +156,11 @@ class HandDesigned:
         config: which optimizer, its hyper-parameters and teleport schedule.
         X, Y: task data ``[B, d0, n]``, ``[B, dL, n]``.
         weights: the initial stacked weights (for shapes, dtype and device).
-        differentiable: keep the graph through updates (``higher``'s ``track_higher_grads``).
+        differentiable: keep the graph through updates (the gradients are taken with
+            ``create_graph``), so that hyper-parameters given as tensors get hyper-gradients.
         lr: optional override, a float, a 0-d tensor or a ``[B]`` tensor (per task); a tensor
             that requires grad receives hyper-gradients through the unroll.
-        momentum: optional override, a float or 0-d tensor (``higher``'s SGD branches on its
-            value, so it cannot be per task).
+        momentum: optional override for ``momentum``, of the same kinds as ``lr``.
         loss_fn: the task loss ``(weights, X, Y) -> [B]`` (default: the regression loss).
         teleport_samples: teleport with the first ``k`` samples of ``(X, Y)`` only (a digits
             task's teleport batch; ``None``: all of them).
@@ -128,36 +188,19 @@ class HandDesigned:
         self.teleport_samples = teleport_samples
         self.differentiable = differentiable
         B = X.shape[0]
-        reference = [torch.zeros_like(w, requires_grad=True) for w in weights]
-        override = {}
-        lr = _per_task(lr, B, X)
-        momentum = _per_task(momentum, B, X)
-        if lr is not None:
-            override["lr"] = [lr]
-        if momentum is not None:
-            if config.name != "momentum":
-                raise ValueError(f"momentum override only applies to 'momentum', not {config.name!r}")
-            if torch.is_tensor(momentum) and momentum.numel() != 1:
-                raise ValueError("momentum override must be a scalar (higher's SGD cannot take it per task)")
-            override["momentum"] = [momentum]
-        with warnings.catch_warnings():  # higher warns on every RMSprop it builds
-            warnings.filterwarnings("ignore", message="Differentiable RMSprop suffers", category=UserWarning)
-            self.diffopt = higher.optim.get_diff_optim(
-                _torch_optimizer(config, reference), reference,
-                override=override or None, track_higher_grads=differentiable,
-            )
+        _per_task(lr, B, X), _per_task(momentum, B, X)  # validate the shapes now
+        if momentum is not None and config.name != "momentum":
+            raise ValueError(f"momentum override only applies to 'momentum', not {config.name!r}")
+        self.lr, self.momentum = lr, momentum
+        self.update = HandDesignedUpdate(config)
+        self.state: State = self.update.initial_state(weights, X.dtype)
         self.teleport_steps = set(config.teleport.steps) if config.teleport else set()
         self.strategy = config.teleport.build(loss_fn) if config.teleport and config.teleport.steps else None
         self.t = 0
-        self.last_grads: list[torch.Tensor] = []
 
     def detach_(self) -> "HandDesigned":
         """Cut the graph through the optimizer's state (momentum, moments) at a truncation."""
-        for group_state in self.diffopt.state:
-            for param_state in group_state.values() if isinstance(group_state, dict) else group_state:
-                for k, v in list(param_state.items()):
-                    if torch.is_tensor(v):
-                        param_state[k] = v.detach()
+        self.state = (self.state[0].detach(), self.state[1].detach())
         return self
 
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -170,21 +213,14 @@ class HandDesigned:
             # optimizer sees ∂L/∂W_i rather than total derivatives through the group action.
             weights = [w.view_as(w) for w in weights]
             loss = self.loss_fn(weights, self.X, self.Y)
-            seen: list[torch.Tensor] = []
-
-            def keep(grads):  # higher computes the gradient once; keep it for the report
-                seen.extend(grads)
-                return grads
-
-            if self.config.name == "adam":
-                # higher's Adam adds eps to sqrt(v) before the bias correction, i.e. an
-                # effective eps / sqrt(1 - beta2^t); rescale it so the step is torch.optim.Adam's.
-                for group in self.diffopt.param_groups:
-                    group["eps"] = self.config.eps * (1 - self.config.betas[1] ** (self.t + 1)) ** 0.5
-            new = self.diffopt.step(loss.sum(), params=weights, grad_callback=keep)
+            grads = torch.autograd.grad(loss.sum(), weights, create_graph=self.differentiable)
+            updates, state = self.update(weights, grads, self.state, lr=self.lr, momentum=self.momentum)
+            new = [w - u for w, u in zip(weights, updates)]
+        if not self.differentiable:
+            new, state = [w.detach() for w in new], (state[0].detach(), state[1].detach())
+        self.state = state
         self.t += 1
-        self.last_grads = seen
-        return list(new), loss if self.differentiable else loss.detach(), grad_norm_sq(seen).detach()
+        return new, loss if self.differentiable else loss.detach(), grad_norm_sq(grads).detach()
 
 
 def run_baseline(

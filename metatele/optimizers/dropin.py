@@ -112,7 +112,8 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             ``scale``). For a ``paper`` optimizer the layer shapes must be
             ``learned.task.weight_shapes``.
         learned: the learned optimizer (e.g. from :func:`metatele.release.checkpoint.load_optimizer`).
-            Variants ``update``, ``update+tele`` and ``lr+tele`` are supported.
+            Every variant is supported (``tele``: its hand-designed base optimizer steps the
+            parameters, m2 teleports them).
         X: the teleport batch, ``[d0, n]`` (samples in columns) or ``[1, d0, n]``. Required by
             the teleporting variants.
         Y: the targets of that batch (``[dL, n]`` for the default squared loss; anything
@@ -121,20 +122,12 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             error ``½‖output − Yᵀ‖²``).
 
     Raises:
-        NotImplementedError: for the ``tele`` variant (its hand-designed base optimizer runs on
-            stacked task data, not on a user's parameters).
         ValueError: parameter shapes or ``X`` do not match the learned optimizer.
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], learned: LearnedOptimizer,
                  X: torch.Tensor | None = None, Y: Any = None,
                  loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
-        if learned.config.variant == "tele":
-            raise NotImplementedError(
-                "LearnedTeleportOptimizer does not support the 'tele' variant (a hand-designed base "
-                "optimizer plus a learned teleport); use a checkpoint of 'update', 'update+tele' or "
-                "'lr+tele', or run 'tele' through LearnedOptimizer.start() on stacked tasks"
-            )
         super().__init__(params, defaults={"scale": 1.0})
         self.learned = learned
         self.layers = _layers_of(self._params())

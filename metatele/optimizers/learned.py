@@ -5,8 +5,12 @@ Variants (``LearnedConfig.variant``):
 * ``update``: ``W ← W − m1(g)``.
 * ``update+tele``: ``W ← teleport(W − m1(g), T)`` with ``T = m2(g)``.
 * ``lr+tele``: ``W ← teleport(W − η g, T)`` with ``(T, η) = m2(g)``.
-* ``tele``: a hand-designed optimizer (``base``, through ``higher``) takes the step and m2
-  teleports after it.
+* ``tele``: ``W ← teleport(W − base(g), T)``: a hand-designed optimizer (``base``, e.g. a tuned
+  Adam) takes the local step in place of m1, and m2 teleports after it. It is the same
+  composition as ``update+tele`` with a fixed, hand-designed m1
+  (:class:`~metatele.optimizers.baselines.HandDesignedUpdate`, whose state is per trajectory
+  like an LSTM's), so every engine feature (staggered starts, random truncations, resuming at
+  any meta-step) and the drop-in optimizer work for it unchanged.
 
 Architectures (``LearnedConfig.arch``): ``paper``, the paper's full-vector LSTMs (tied to one
 network's sizes), and ``coordinatewise``, a per-coordinate m1 and a permutation-equivariant m2
@@ -25,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .baselines import BaselineConfig, HandDesigned
+from .baselines import BaselineConfig, HandDesignedUpdate
 from ..configs import require
 from .coordinatewise import (CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, safeguarded_teleport, sanitize,
                              teleport_outputs)
@@ -70,7 +74,14 @@ class LearnedConfig:
 
     @property
     def uses_update(self) -> bool:
+        """The local update is learned (m1): ``update`` and ``update+tele``."""
         return self.variant in ("update", "update+tele")
+
+    @property
+    def local_update(self) -> str:
+        """Where the local step comes from: ``learned`` (m1), ``base`` (the hand-designed
+        ``base`` optimizer, ``tele``) or ``lr`` (``η g`` with m2's step size, ``lr+tele``)."""
+        return {"tele": "base", "lr+tele": "lr"}.get(self.variant, "learned")
 
     @property
     def uses_teleport(self) -> bool:
@@ -79,24 +90,23 @@ class LearnedConfig:
 
 @dataclass
 class LearnedState:
-    """Per-trajectory recurrent state: m1's ``(h, c)`` and one ``(h, c)`` per m2; plus the
-    hand-designed optimizer of a ``tele`` variant (which is not per-trajectory resettable)."""
+    """Per-trajectory state, each a pair of tensors with the trajectories on dimension 1: the
+    local update's (m1's ``(h, c)``, a coordinatewise m1's or the ``tele`` variant's base
+    optimizer's moments and step count; ``None`` before the first step of a network-sized
+    state) and one per m2."""
 
     update: State | None
     teleport: list[State]
-    base: HandDesigned | None = None
 
     def detach(self) -> "LearnedState":
         d = lambda s: (s[0].detach(), s[1].detach())  # noqa: E731
-        base = self.base.detach_() if self.base is not None else None
-        return LearnedState(d(self.update) if self.update else None, [d(s) for s in self.teleport], base)
+        return LearnedState(d(self.update) if self.update else None, [d(s) for s in self.teleport])
 
     def reset(self, keep: torch.Tensor) -> "LearnedState":
         """Zero the state of trajectories where ``keep`` ``[B]`` is False."""
         return LearnedState(
             reset_state(self.update, keep) if self.update else None,
             [reset_state(s, keep) for s in self.teleport],
-            self.base,
         )
 
 
@@ -114,21 +124,22 @@ class LearnedOptimizer(nn.Module):
         self.config = config or LearnedConfig()
         shapes = task.weight_shapes
         self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if task.family != "regression" and self.config.variant == "tele":
-            raise ValueError(f"the 'tele' variant's base optimizer trains regression tasks only, not {task.family!r}")
+        local = self.config.local_update
         if self.config.arch == "coordinatewise":  # one shared m1 and one shared m2, for any network
             cw, tele = self.config.coordinatewise, self.config.teleport
-            self.update = CoordinateUpdate(cw) if self.config.uses_update else None
+            self.update = CoordinateUpdate(cw) if local == "learned" else None
             lr_range = (tele.lr_min, tele.lr_max) if self.config.variant == "lr+tele" else None
             self.teleports = nn.ModuleList([EquivariantTeleport(cw, lr_range)] if self.config.uses_teleport else [])
-            return
-        self.update = UpdateLSTM(shapes, self.config.lstm) if self.config.uses_update else None
-        self.teleports = nn.ModuleList(
-            TeleportLSTM(shapes[m], shapes[m + 1], self.config.lstm, self.config.teleport)
-            for m in range(len(shapes) - 1)
-        ) if self.config.uses_teleport else nn.ModuleList()
-        if self.config.uses_teleport and len(shapes) < 2:
-            raise ValueError(f"variant {self.config.variant!r} needs at least two weight matrices, dims={task.dims}")
+        else:
+            self.update = UpdateLSTM(shapes, self.config.lstm) if local == "learned" else None
+            self.teleports = nn.ModuleList(
+                TeleportLSTM(shapes[m], shapes[m + 1], self.config.lstm, self.config.teleport)
+                for m in range(len(shapes) - 1)
+            ) if self.config.uses_teleport else nn.ModuleList()
+            if self.config.uses_teleport and len(shapes) < 2:
+                raise ValueError(f"variant {self.config.variant!r} needs at least two weight matrices, dims={task.dims}")
+        if local == "base":  # the tele variant: a hand-designed local step, no meta-parameters
+            self.update = HandDesignedUpdate(self.config.base)
 
     # -- state -------------------------------------------------------------------------------
     def initial_state(
@@ -136,23 +147,15 @@ class LearnedOptimizer(nn.Module):
         batch_size: int,
         device=None,
         dtype=None,
-        X: torch.Tensor | None = None,
-        Y: torch.Tensor | None = None,
-        weights: Sequence[torch.Tensor] | None = None,
-        differentiable: bool = False,
     ) -> LearnedState:
-        """Zero LSTM states for ``batch_size`` trajectories (and the base optimizer of ``tele``)."""
-        base = None
-        if self.config.variant == "tele":
-            if X is None or Y is None or weights is None:
-                raise ValueError("the 'tele' variant needs X, Y and weights to build its base optimizer")
-            base = HandDesigned(self.config.base, X, Y, weights, differentiable=differentiable)
-        if self.config.arch == "coordinatewise":  # states are sized by the network: made at the first step
-            return LearnedState(None, [], base)
+        """Zero LSTM states for ``batch_size`` trajectories. States sized by the network (a
+        coordinatewise optimizer's, the ``tele`` variant's base optimizer's) are made at the
+        first step (``None`` here)."""
+        if self.config.arch == "coordinatewise":
+            return LearnedState(None, [])
         return LearnedState(
-            self.update.initial_state(batch_size, device, dtype) if self.update else None,
+            self.update.initial_state(batch_size, device, dtype) if isinstance(self.update, UpdateLSTM) else None,
             [m2.initial_state(batch_size, device, dtype) for m2 in self.teleports],
-            base,
         )
 
     # -- one step ----------------------------------------------------------------------------
@@ -187,7 +190,6 @@ class LearnedOptimizer(nn.Module):
         Args:
             weights: list of ``[B, d_i, d_{i-1}]`` (may carry a graph to the meta-parameters).
             grads: the gradients at ``weights`` (data, or with a graph for second order).
-                Ignored by the ``tele`` variant's base update, which computes its own.
             X: ``[B, d0, n]``, the data the teleport is applied with.
             state: recurrent state from :meth:`initial_state` or the previous step.
             x_qr: optional precomputed QR of ``X`` (see :func:`metatele.symmetry.action.qr_factor`).
@@ -201,24 +203,35 @@ class LearnedOptimizer(nn.Module):
         """
         grads = [sanitize(g) for g in grads]
         cfg = self.config
-        if cfg.arch == "coordinatewise":
-            return self._apply_coordinatewise(weights, grads, X, state, x_qr, loss_fn, update_scale)
-        T, lrs, tele_states = self._teleport_outputs(grads, state)
+        coordinatewise = cfg.arch == "coordinatewise"
+        T, lrs, tele_states = [], [], []
+        if cfg.uses_teleport and coordinatewise:  # m2 reads the teleport gradient at W_t
+            if loss_fn is None:
+                raise ValueError(f"the coordinatewise {cfg.variant!r} optimizer needs loss_fn for its teleport gradient")
+            T, lrs, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
+                                                   cfg.teleport.exact, x_qr, self._hooked)
+        elif cfg.uses_teleport:
+            T, lrs, tele_states = self._teleport_outputs(grads, state)
         update_state = state.update
-        if cfg.variant in ("update", "update+tele"):
+        if self.update is None:  # lr+tele: η g with m2's step size, the geometric mean over pairs
+            eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)
+            steps = [eta.to(g.dtype) * g for g in grads]
+        elif isinstance(self.update, UpdateLSTM):
             updates, update_state = self.update(grads, state.update)
             steps = [self._hooked(u) for u in updates]
-        elif cfg.variant == "lr+tele":
-            eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)  # geometric mean over pairs
-            steps = [eta * g for g in grads]
-        else:
-            raise RuntimeError("the 'tele' variant steps through apply_with_base()")
+        else:  # a coordinatewise m1 or the tele variant's hand-designed base optimizer
+            updates, update_state = self.update(weights, grads, state.update, X.shape[1])
+            steps = [self._hooked(u) for u in updates]
         if update_scale is not None:
             steps = [s * u for s, u in zip(update_scale, steps)]
         new = [w - u for w, u in zip(weights, steps)]
-        if T:
+        if T and coordinatewise:  # refused per task by the safeguard if it would raise the loss
+            cw = cfg.coordinatewise
+            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, cfg.teleport.exact, x_qr,
+                                       cw.safeguard_tol)
+        elif T:
             new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False, x_qr=x_qr)
-        return new, LearnedState(update_state, tele_states, state.base)
+        return new, LearnedState(update_state, tele_states)
 
     def step(
         self,
@@ -234,8 +247,6 @@ class LearnedOptimizer(nn.Module):
         Returns ``(new_weights, loss [B], squared gradient norm [B], new_state)``; the loss is
         measured at ``weights`` and keeps its graph.
         """
-        if self.config.variant == "tele":
-            return self._step_tele(weights, X, Y, state, x_qr)
         if self.task.family == "regression":
             loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
             new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
@@ -252,51 +263,6 @@ class LearnedOptimizer(nn.Module):
         """The samples the group action acts with: ``X`` itself, or a digits task's teleport
         batch ``X[..., :k]`` (``k = task.teleport_samples``)."""
         return X[..., : self.task.teleport_samples] if self.task.family == "digits" else X
-
-    def _step_tele(self, weights, X, Y, state, x_qr=None):
-        base = state.base
-        if self.config.arch == "coordinatewise":  # m2 reads the teleport gradient at W_t
-            loss_fn = squared_loss(X, Y)
-            T, _, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
-                                                 self.config.teleport.exact, x_qr, self._hooked)
-            new, loss, gsq = base.step(weights)
-            cw = self.config.coordinatewise
-            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, self.config.teleport.exact,
-                                       x_qr, cw.safeguard_tol)
-            return new, loss, gsq, LearnedState(None, tele_states, base)
-        new, loss, gsq = base.step(weights)
-        grads = [sanitize(g.detach()) for g in base.last_grads]
-        T, _, tele_states = self._teleport_outputs(grads, state)
-        new = teleport(new, X, T, exact=self.config.teleport.exact, warn=False, x_qr=x_qr)
-        return new, loss, gsq, LearnedState(None, tele_states, base)
-
-    def _apply_coordinatewise(self, weights, grads, X, state, x_qr, loss_fn, update_scale=None):
-        """:meth:`apply` of the ``coordinatewise`` architecture: m2 reads the teleport gradient at
-        ``W_t`` (so the variants with a teleport need ``loss_fn``), m1 writes the update, the
-        update is taken and then the teleport (refused per task by the safeguard if it would
-        raise the loss)."""
-        cfg = self.config
-        T, lrs, tele_states = [], [], []
-        if cfg.uses_teleport:
-            if loss_fn is None:
-                raise ValueError(f"the coordinatewise {cfg.variant!r} optimizer needs loss_fn for its teleport gradient")
-            T, lrs, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
-                                                   cfg.teleport.exact, x_qr, self._hooked)
-        update_state = state.update
-        if cfg.variant in ("update", "update+tele"):
-            updates, update_state = self.update(weights, grads, state.update, X.shape[1])
-            steps = [self._hooked(u) for u in updates]
-        else:  # lr+tele
-            eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)  # geometric mean over pairs
-            steps = [eta.to(g.dtype) * g for g in grads]
-        if update_scale is not None:
-            steps = [s * u for s, u in zip(update_scale, steps)]
-        new = [w - u for w, u in zip(weights, steps)]
-        if T:
-            cw = cfg.coordinatewise
-            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, cfg.teleport.exact, x_qr,
-                                       cw.safeguard_tol)
-        return new, LearnedState(update_state, tele_states, state.base)
 
     # -- evaluator-facing --------------------------------------------------------------------
     @property
@@ -317,7 +283,7 @@ class LearnedStepper:
         self.opt, self.X, self.Y = opt, X, Y
         self.x_qr = input_qr(weights, opt.teleport_data(X)) if opt.config.uses_teleport else None
         p = next(opt.parameters())
-        self.state = opt.initial_state(X.shape[0], X.device, p.dtype, X=X, Y=Y, weights=weights)
+        self.state = opt.initial_state(X.shape[0], X.device, p.dtype)
 
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         W = [w.detach() for w in weights]

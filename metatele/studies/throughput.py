@@ -54,7 +54,7 @@ def measure(batch_size: int, variant: str = "update+tele", hidden: int = 300, un
         "task": {"dims": dims or [20, 20, 20, 20], "bias": bias, "distribution": distribution},
         "learned": {"variant": variant, "lstm": {"hidden": hidden}, "arch": arch},
         "trajectories": 10**8, "steps": 100, "unroll": unroll, "batch_size": batch_size,
-        "device": device, "stagger": variant != "tele", "second_order": second_order,
+        "device": device, "second_order": second_order,
     })
     engine = UnrollEngine(config)
     engine.meta_step()  # warm-up (allocations, kernel selection)
