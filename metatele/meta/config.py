@@ -5,22 +5,19 @@ line (``--set key=value``), saved inside checkpoints and sent to wandb as ``conf
 """
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 
 from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, resolve_config, to_dict
 from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
+from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
 
 META_LOSSES = ("sum", "mean_log")
 #: what the meta-loss sums: the training loss of the inner problem, or (digits) its validation loss
 META_OBJECTIVES = ("train", "validation")
-TRUNCATIONS = ("fixed", "log_uniform")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -35,15 +32,27 @@ class MetaTrainConfig:
             ``steps`` inner steps (exactly this many: seeds ``train_seed_start`` to
             ``train_seed_start + trajectories − 1``; paper: 700 for update+tele, 600 for update,
             30 for lr+tele).
-        steps: inner steps per trajectory (paper: 100, or 300 for lr+tele).
+        steps: inner steps per trajectory (paper: 100, or 300 for lr+tele); the longest
+            horizon when ``horizon`` is ``log_uniform``.
+        horizon: ``fixed`` (every trajectory runs ``steps``) or ``log_uniform`` (each
+            trajectory's horizon drawn log-uniformly in ``[steps_min, steps]`` from its seed).
+        steps_min: the shortest horizon of ``log_uniform`` horizons.
         unroll: truncation length K (paper: 10).
         truncation: ``fixed`` (every unroll has K steps) or ``log_uniform`` (each unroll's
             length drawn log-uniformly in ``[unroll, unroll_max]``).
-        unroll_max: upper bound of the log-uniform truncation schedule.
+        unroll_max: upper bound of the log-uniform truncation schedule (and of the curriculum).
+        curriculum: meta-steps over which the longest unroll grows geometrically from
+            ``unroll`` to ``unroll_max`` (0: no curriculum; see :mod:`metatele.meta.schedules`).
+        augment_scale: task augmentation: every training task's data, targets (regression) and
+            initial weights are rescaled by factors drawn log-uniformly in ``[1/s, s]`` from its
+            seed (1: none; see :mod:`metatele.tasks.augment`).
         batch_size: B trajectories advanced together.
         lr_update, lr_teleport: Adam rates of m1 and m2 (paper: 1e-3, 1e-4).
         meta_loss: ``sum`` of inner losses over the unroll (paper) or ``mean_log`` (mean of
             log-losses).
+        late_weight: weighting towards late steps: the meta-loss term of inner step ``t`` of a
+            trajectory of horizon ``H`` is multiplied by ``(p + 1) ((t + 1) / H)^p`` (mean ≈ 1
+            over a trajectory; ``p = 0``: uniform, the paper's).
         normalize: divide every task's losses by its loss at the start of its trajectory.
         second_order: differentiate through the gradient the LSTMs read (``create_graph``).
         stagger: spread the first trajectories' start steps so that the batch is not in lockstep.
@@ -67,13 +76,18 @@ class MetaTrainConfig:
     learned: LearnedConfig = field(default_factory=LearnedConfig)
     trajectories: int = 700
     steps: int = 100
+    horizon: str = "fixed"
+    steps_min: int = 1
     unroll: int = 10
     truncation: str = "fixed"
     unroll_max: int = 100
+    curriculum: int = 0
+    augment_scale: float = 1.0
     batch_size: int = 100
     lr_update: float = 1e-3
     lr_teleport: float = 1e-4
     meta_loss: str = "sum"
+    late_weight: float = 0.0
     normalize: bool = False
     second_order: bool = False
     stagger: bool = False
@@ -98,6 +112,17 @@ class MetaTrainConfig:
                     f"must be a positive integer, got {v!r}")
         require(self.truncation in TRUNCATIONS, "truncation", f"must be one of {TRUNCATIONS}, got {self.truncation!r}")
         require(self.unroll_max >= self.unroll, "unroll_max", f"must be ≥ unroll ({self.unroll}), got {self.unroll_max}")
+        require(self.horizon in HORIZONS, "horizon", f"must be one of {HORIZONS}, got {self.horizon!r}")
+        require(isinstance(self.steps_min, int) and not isinstance(self.steps_min, bool)
+                and 1 <= self.steps_min <= self.steps, "steps_min",
+                f"must be an integer in [1, steps = {self.steps}], got {self.steps_min!r}")
+        require(isinstance(self.curriculum, int) and not isinstance(self.curriculum, bool) and self.curriculum >= 0,
+                "curriculum", f"must be a non-negative integer (meta-steps), got {self.curriculum!r}")
+        require(isinstance(self.augment_scale, (int, float)) and not isinstance(self.augment_scale, bool)
+                and self.augment_scale >= 1, "augment_scale", f"must be a number ≥ 1 (1: no augmentation), "
+                f"got {self.augment_scale!r}")
+        require(isinstance(self.late_weight, (int, float)) and not isinstance(self.late_weight, bool)
+                and self.late_weight >= 0, "late_weight", f"must be a number ≥ 0, got {self.late_weight!r}")
         require(self.lr_update > 0, "lr_update", f"must be > 0, got {self.lr_update}")
         require(self.lr_teleport > 0, "lr_teleport", f"must be > 0, got {self.lr_teleport}")
         require(self.meta_loss in META_LOSSES, "meta_loss", f"must be one of {META_LOSSES}, got {self.meta_loss!r}")
@@ -136,7 +161,8 @@ class MetaTrainConfig:
         replaced early, which can end the run sooner); the engine itself stops when it is done.
         """
         return planned_meta_steps(self.trajectories, min(self.batch_size, self.trajectories), self.steps,
-                                  self.unroll, self.truncation, self.unroll_max, self.stagger, self.seed)
+                                  self.unroll, self.truncation, self.unroll_max, self.stagger, self.seed,
+                                  self.horizon, self.steps_min, self.train_seed_start, self.curriculum)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -144,52 +170,6 @@ class MetaTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MetaTrainConfig":
         return from_dict(cls, data)
-
-
-def start_offsets(B: int, rank: int, world_size: int, steps: int, unroll: int) -> np.ndarray:
-    """``stagger``'s start offsets ``[B]``: a first batch spread over the horizon of ``steps``.
-
-    Slot ``b`` of rank ``r`` gets the offset of its place ``b·W + r`` in the whole batch of all
-    ranks (as in one process), rounded down to a multiple of ``unroll``.
-    """
-    total = B * world_size
-    return np.array([((b * world_size + rank) * steps // total) // unroll * unroll for b in range(B)], dtype=np.int64)
-
-
-def unroll_length(rng: np.random.Generator, truncation: str, unroll: int, unroll_max: int) -> int:
-    """One meta-step's truncation length K: ``unroll`` (``fixed``), or drawn from ``rng``
-    log-uniformly in ``[unroll, unroll_max]`` (``log_uniform``)."""
-    if truncation == "fixed":
-        return unroll
-    return int(round(math.exp(rng.uniform(math.log(unroll), math.log(unroll_max)))))
-
-
-def truncation_lengths(truncation: str, unroll: int, unroll_max: int, seed: int) -> Iterator[int]:
-    """The truncation length K of every meta-step, in order: the engine's, whose generator is
-    ``np.random.default_rng(seed)`` and draws nothing else."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield unroll_length(rng, truncation, unroll, unroll_max)
-
-
-@functools.lru_cache(maxsize=64)
-def planned_meta_steps(trajectories: int, B: int, steps: int, unroll: int, truncation: str, unroll_max: int,
-                       stagger: bool, seed: int) -> int:
-    """Meta-steps of the engine's schedule (see :attr:`MetaTrainConfig.meta_steps`), simulated on
-    host integers: B slots, each refilled from the budget of ``trajectories`` when it finishes."""
-    done = start_offsets(B, 0, 1, steps, unroll) if stagger else np.zeros(B, dtype=np.int64)
-    active = np.ones(B, dtype=bool)
-    budget, count = trajectories - B, 0
-    lengths = truncation_lengths(truncation, unroll, unroll_max, seed)
-    while active.any():
-        count += 1
-        done[active] += next(lengths)
-        finished = np.flatnonzero(active & (done >= steps))
-        take = min(len(finished), budget)
-        budget -= take
-        done[finished[:take]] = 0
-        active[finished[take:]] = False
-    return count
 
 
 def non_symmetric_pairs(task: TaskConfig) -> list[tuple[int, int]]:

@@ -7,16 +7,19 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    divergence is tracked as a device mask ``alive`` (loss, gradient or weights non-finite).
 2. The meta-loss: per trajectory the sum over the unroll of the inner losses at
    ``W_{t+1}..W_{t+K}`` (or of log-losses, optionally normalised by each task's initial loss),
-   averaged over the B trajectories, diverged trajectories masked out. So the meta-gradient of a
-   batch is the mean of the single-trajectory meta-gradients.
+   averaged over the B trajectories, diverged trajectories masked out (optionally weighted
+   towards late steps, ``late_weight``). So the meta-gradient of a batch is the mean of the
+   single-trajectory meta-gradients.
 3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
    the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
    the shared meta-parameters.
 4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
-   host reads the metrics; trajectories that finished their ``steps`` or diverged are replaced by
-   fresh tasks from the next training seeds (their LSTM state zeroed) until ``trajectories`` have
-   started; their slots then fall idle (masked like diverged ones), and the run is :attr:`done`
-   when the last trajectory has finished.
+   host reads the metrics; trajectories that finished their horizon (``steps``, or their own drawn
+   horizon; a trajectory ends with the unroll that reaches it) or diverged are replaced by fresh
+   tasks from the next training seeds (their LSTM state zeroed; optionally rescaled,
+   ``augment_scale``) until ``trajectories`` have started; their slots then fall idle (masked like
+   diverged ones), and the run is :attr:`done` when the last trajectory has finished. Horizons,
+   truncation lengths and the curriculum are host-side schedules (:mod:`metatele.meta.schedules`).
 
 The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
 :meth:`state_dict`, so a run can be resumed bit-for-bit (files: :mod:`metatele.meta.state`; when
@@ -45,8 +48,9 @@ from ..symmetry.strategies import normalize_frobenius
 from ..tasks.digits import cross_entropy, sample_digits, task_loss
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
-from .config import (MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets,
-                     unroll_length)
+from ..tasks.augment import augment
+from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device
+from .schedules import staggered, start_offsets, trajectory_horizon, unroll_length
 from .trajectories import Trajectories
 
 
@@ -194,8 +198,18 @@ class UnrollEngine:
                              "lower train_seed_start")
         self.next_seed += count
         self.trajectories_started += count
-        sample = sample_digits if self.config.task.family == "digits" else sample_tasks
-        return sample(self.config.task, seeds, device=self.device, dtype=self.dtype)
+        c = self.config
+        sample = sample_digits if c.task.family == "digits" else sample_tasks
+        tasks = sample(c.task, seeds, device=self.device, dtype=self.dtype)
+        return augment(tasks, seeds, c.augment_scale, c.seed, scale_targets=c.task.family == "regression")
+
+    def _horizons(self, tasks: TaskBatch | None) -> np.ndarray | None:
+        """Each task's horizon (host integers from its seed)."""
+        if tasks is None:
+            return None
+        c = self.config
+        return np.array([trajectory_horizon(c.horizon, c.steps, c.steps_min, c.seed, s) for s in tasks.seeds],
+                        dtype=np.int64)
 
     def _loss(self, W: list[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """The task family's loss ``[B]`` (regression: squared error; digits: cross-entropy)."""
@@ -205,21 +219,28 @@ class UnrollEngine:
         """Start a whole batch of trajectories from the next training seeds (the slots beyond the
         seeds left stay idle)."""
         c = self.config
-        stagger = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
+        tasks = self._fresh(self.B)
+        horizon = self._horizons(tasks)
+        stagger = None
+        if c.stagger:
+            offsets = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll)
+            k = len(horizon)
+            stagger = np.concatenate([staggered(offsets[:k], horizon), offsets[k:]])
         state = self.optimizer.initial_state(self.B, self.device, self.dtype)
-        self.trajectories = Trajectories.start(self._fresh(self.B), state, stagger, B=self.B,
+        self.trajectories = Trajectories.start(tasks, state, horizon, stagger, B=self.B,
                                                loss=self._loss, teleport_data=self.optimizer.teleport_data)
 
     def _replace(self, slots: np.ndarray) -> None:
         """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
         run's seeds are used up, the slots fall idle."""
         if len(slots):
-            self.trajectories.reset(slots, self._fresh(len(slots)))
+            tasks = self._fresh(len(slots))
+            self.trajectories.reset(slots, tasks, self._horizons(tasks))
 
     def _active_after(self, alive: np.ndarray, K: int) -> int:
         """How many slots will hold a trajectory after this meta-step's replacements (host only)."""
         tr = self.trajectories
-        ending = int((tr.active & ~(alive & (tr.steps_done + K < self.config.steps))).sum())
+        ending = int((tr.active & ~(alive & (tr.steps_done + K < tr.horizon))).sum())
         return int(tr.active.sum()) - ending + min(ending, self.seeds_left)
 
     # -- one meta-step -----------------------------------------------------------------------
@@ -233,7 +254,7 @@ class UnrollEngine:
 
     def _unroll_length(self) -> int:
         c = self.config
-        return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max)
+        return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max, c.curriculum, self.meta_step_count)
 
     def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
         if self.config.normalize:
@@ -241,6 +262,15 @@ class UnrollEngine:
         if self.config.meta_loss == "mean_log":
             return torch.log(loss.clamp_min(1e-30))
         return loss
+
+    def _late_weights(self, K: int) -> torch.Tensor:
+        """``[K, B]`` weights of the unroll's meta-loss terms towards late steps: the term of
+        the loss at inner step ``s`` (``W_s``) of a trajectory of horizon ``H`` weighs
+        ``(p + 1) (min(s, H) / H)^p`` (host integers, copied to the device without a sync)."""
+        tr, p = self.trajectories, self.config.late_weight
+        s = tr.steps_done[None, :] + np.arange(1, K + 1)[:, None]
+        w = (p + 1) * (np.minimum(s, tr.horizon) / tr.horizon) ** p
+        return torch.as_tensor(w, dtype=self.dtype).to(self.device, non_blocking=True)
 
     def compute_meta_gradient(self) -> "Unroll":
         """Run one truncated unroll from the current trajectories and backpropagate the meta-loss.
@@ -274,7 +304,10 @@ class UnrollEngine:
         per_step = torch.stack(val_terms if validation else terms[1:] + [final])  # [K, B]
         if validation:
             alive = alive & torch.isfinite(per_step).all(0)
-        contrib = torch.where(alive.unsqueeze(0), self._meta_term(per_step), torch.zeros_like(per_step))
+        term = self._meta_term(per_step)
+        if c.late_weight:
+            term = term * self._late_weights(K)
+        contrib = torch.where(alive.unsqueeze(0), term, torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
             contrib = contrib / K
         meta_loss = contrib.sum() / self.B
@@ -329,7 +362,7 @@ class UnrollEngine:
         self.meta_step_count += 1
         self.trajectories.advance(W, state, K)
         dead = np.flatnonzero(~alive_host & self.trajectories.active)  # this rank's slots (idle ones are not dead)
-        finished = np.flatnonzero(alive_host & (self.trajectories.steps_done >= c.steps))
+        finished = np.flatnonzero(alive_host & (self.trajectories.steps_done >= self.trajectories.horizon))
         self.diverged_total += len(dead)
         self.trajectories_finished += len(finished)
         metrics = {
@@ -383,7 +416,7 @@ class UnrollEngine:
             )
         self.optimizer.load_state_dict(sd["optimizer"])
         self.meta_opt.load_state_dict(sd["meta_opt"])
-        self.trajectories = Trajectories.from_state_dict(sd, self.device, loss=self._loss,
+        self.trajectories = Trajectories.from_state_dict(sd, self.device, self.config.steps, loss=self._loss,
                                                          teleport_data=self.optimizer.teleport_data)
         for k, v in sd["counters"].items():
             setattr(self, k, v)

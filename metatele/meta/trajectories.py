@@ -39,6 +39,8 @@ class Trajectories:
         state: the learned optimizer's recurrent state (m1's and the m2s' ``(h, c)``).
         seeds: ``[B]`` int64, each trajectory's training seed.
         steps_done: ``[B]`` int64, inner steps each trajectory has taken.
+        horizon: ``[B]`` int64, inner steps each trajectory is to take (its ``steps``, or a drawn
+            horizon: :func:`metatele.meta.schedules.trajectory_horizon`).
         active: ``[B]`` bool, the slot holds a trajectory still to be trained (an idle slot, once
             the run's seeds are used up, is computed but masked out of the meta-loss).
         X_val, Y_val: the tasks' validation images and targets (digits), else ``None``.
@@ -56,6 +58,7 @@ class Trajectories:
     seeds: np.ndarray
     steps_done: np.ndarray
     active: np.ndarray
+    horizon: np.ndarray
     X_val: torch.Tensor | None = None
     Y_val: torch.Tensor | None = None
     loss: DataLoss = field(default=mlp_loss, repr=False)
@@ -63,18 +66,21 @@ class Trajectories:
 
     #: the fields saved as they are by :meth:`state_dict` (``state`` is saved as its parts;
     #: ``X_val``/``Y_val`` only when present)
-    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active")
+    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active", "horizon")
 
     @classmethod
-    def start(cls, tasks: TaskBatch, state: LearnedState, steps_done: np.ndarray | None = None,
-              B: int | None = None, loss: DataLoss = mlp_loss, teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
-        """Trajectories at the start of ``tasks`` (``steps_done`` default 0; see
-        :func:`metatele.meta.config.start_offsets`), whose learned-optimizer ``state`` (for the
-        ``B`` slots) is fresh. With ``B`` larger than the number of tasks,
-        the remaining slots are idle copies of the first task (a lock-step batch keeps its size)."""
+    def start(cls, tasks: TaskBatch, state: LearnedState, horizon: np.ndarray, steps_done: np.ndarray | None = None,
+              B: int | None = None, loss: DataLoss = mlp_loss,
+              teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
+        """Trajectories at the start of ``tasks`` with their ``horizon`` ``[k]`` (``steps_done``
+        default 0; see :func:`metatele.meta.schedules.start_offsets`), whose learned-optimizer
+        ``state`` (for the ``B`` slots) is fresh. With ``B`` larger than the number ``k`` of
+        tasks, the remaining slots are idle copies of the first task (the batch keeps its size)."""
         k = tasks.X.shape[0]
         B = k if B is None else B
         active = np.arange(B) < k
+        horizon = np.asarray(horizon, dtype=np.int64)
+        horizon = np.concatenate([horizon, np.full(B - k, horizon[0], dtype=np.int64)])
         X_val, Y_val = getattr(tasks, "X_val", None), getattr(tasks, "Y_val", None)
         if B > k:
             pad = torch.cat([torch.arange(k), torch.zeros(B - k, dtype=torch.long)]).to(tasks.X.device)
@@ -87,16 +93,17 @@ class Trajectories:
             X_qr=input_qr(W, teleport_data(tasks.X)), state=state,
             seeds=np.asarray(tasks.seeds, dtype=np.int64).copy(),
             steps_done=np.zeros(B, dtype=np.int64) if steps_done is None else np.asarray(steps_done, dtype=np.int64),
-            active=active, X_val=X_val, Y_val=Y_val, loss=loss, teleport_data=teleport_data,
+            active=active, horizon=horizon, X_val=X_val, Y_val=Y_val, loss=loss, teleport_data=teleport_data,
         )
 
     @property
     def B(self) -> int:
         return self.X.shape[0]
 
-    def reset(self, slots: np.ndarray, tasks: TaskBatch | None) -> None:
-        """Give the first ``len(tasks)`` of ``slots`` (host indices) the fresh ``tasks`` and zero
-        their recurrent state; the rest of ``slots`` fall idle; other slots are untouched."""
+    def reset(self, slots: np.ndarray, tasks: TaskBatch | None, horizon: np.ndarray | None = None) -> None:
+        """Give the first ``len(tasks)`` of ``slots`` (host indices) the fresh ``tasks`` with their
+        ``horizon`` and zero their recurrent state; the rest of ``slots`` fall idle; other slots
+        are untouched."""
         k = 0 if tasks is None else tasks.X.shape[0]
         self.active[slots[k:]] = False
         if k == 0:
@@ -117,6 +124,8 @@ class Trajectories:
         self.state = self.state.reset(keep)
         self.seeds[slots] = tasks.seeds
         self.steps_done[slots] = 0
+        if horizon is not None:
+            self.horizon[slots] = horizon
 
     def advance(self, W: list[torch.Tensor], state: LearnedState, steps: int) -> None:
         """Carry the weights and state of an unroll of ``steps`` inner steps on (truncated: detached)."""
@@ -137,10 +146,11 @@ class Trajectories:
         return sd
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Any], device: torch.device,
+    def from_state_dict(cls, sd: dict[str, Any], device: torch.device, steps: int,
                         loss: DataLoss = mlp_loss,
                         teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
-        """Inverse of :meth:`state_dict` on ``device``."""
+        """Inverse of :meth:`state_dict` on ``device`` (a state saved before horizons were
+        recorded runs every trajectory for ``steps``)."""
         to = lambda t: t.to(device)  # noqa: E731
         X, W = to(sd["X"]), [to(w) for w in sd["W"]]
         upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
@@ -152,6 +162,8 @@ class Trajectories:
             steps_done=np.asarray(sd["steps_done"], dtype=np.int64).copy(),
             active=np.asarray(sd["active"], dtype=bool).copy() if sd.get("active") is not None
             else np.ones(len(sd["seeds"]), dtype=bool),
+            horizon=np.asarray(sd["horizon"], dtype=np.int64).copy() if sd.get("horizon") is not None
+            else np.full(len(sd["seeds"]), steps, dtype=np.int64),
             X_val=to(sd["X_val"]) if sd.get("X_val") is not None else None,
             Y_val=to(sd["Y_val"]) if sd.get("Y_val") is not None else None,
             loss=loss, teleport_data=teleport_data,
