@@ -21,6 +21,7 @@ import torch
 from ..configs import require
 from ..tasks.mlp import DataLoss, grad_norm_sq, mlp_loss
 from ..symmetry.strategies import TeleportSchedule
+from ..tasks.digits import MinibatchSampler
 from ..tasks.family import check_problem
 
 BASELINES = ("gd", "momentum", "adam", "rmsprop", "adagrad")
@@ -104,10 +105,14 @@ class HandDesigned:
         loss_fn: the task loss ``(weights, X, Y) -> [B]`` (default: the regression loss).
         teleport_samples: teleport with the first ``k`` samples of ``(X, Y)`` only (a digits
             task's teleport batch; ``None``: all of them).
+        minibatches: take step ``t``'s gradient on that step's minibatch of ``(X, Y)`` (a digits
+            task's ``TaskConfig.minibatch``, :func:`metatele.tasks.digits.minibatch_sampler`;
+            ``None``: on all samples). Teleports keep acting with the teleport batch.
 
     ``step(weights)`` returns ``(new_weights, loss, grad_norm_sq)`` where the loss ``[B]`` and
     squared gradient norm ``[B]`` are measured at the weights the update was computed from (after
-    any scheduled teleport, which leaves the loss unchanged).
+    any scheduled teleport, which leaves the loss unchanged), on the samples the gradient is taken
+    on (the step's minibatch, if any).
     """
 
     def __init__(
@@ -121,11 +126,13 @@ class HandDesigned:
         momentum: float | torch.Tensor | None = None,
         loss_fn: DataLoss | None = None,
         teleport_samples: int | None = None,
+        minibatches: MinibatchSampler | None = None,
     ) -> None:
         check_problem(weights, X, Y)
         self.config, self.X, self.Y = config, X, Y
         self.loss_fn = loss_fn or mlp_loss
         self.teleport_samples = teleport_samples
+        self.minibatches = minibatches
         self.differentiable = differentiable
         B = X.shape[0]
         reference = [torch.zeros_like(w, requires_grad=True) for w in weights]
@@ -169,7 +176,8 @@ class HandDesigned:
             # Aliases cut the dependence of W_{m+1} on W_m that a teleport creates, so the
             # optimizer sees ∂L/∂W_i rather than total derivatives through the group action.
             weights = [w.view_as(w) for w in weights]
-            loss = self.loss_fn(weights, self.X, self.Y)
+            X, Y = (self.X, self.Y) if self.minibatches is None else self.minibatches.select(self.X, self.Y, self.t)
+            loss = self.loss_fn(weights, X, Y)
             seen: list[torch.Tensor] = []
 
             def keep(grads):  # higher computes the gradient once; keep it for the report
