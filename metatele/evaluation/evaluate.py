@@ -277,7 +277,10 @@ def evaluate(
 
     With ``task.minibatch`` (digits) every step's gradient is taken on that step's minibatch
     (:func:`~metatele.tasks.digits.minibatch_sampler`), while ``loss`` and ``grad_sq`` record the
-    full training loss and its gradient at every ``W_t``, measured after the clock stops.
+    full training loss and its gradient at every ``W_t``, measured after the clock stops at the
+    weights the validation metrics are measured at. (A full-batch run records the steps' own
+    losses, so where a hand-designed optimizer teleports before step ``t``, its row ``t`` is the
+    loss just after the teleport, which on digits changes the loss off the teleport batch.)
 
     Returns:
         :class:`Curves` with ``loss``, ``grad_sq`` ``[steps + 1, K]`` and ``time`` ``[steps + 1]``.
