@@ -250,7 +250,8 @@ class LearnedOptimizer(nn.Module):
         # acts with the teleport batch (x_qr must factor it), its teleport gradient and safeguard
         # read the full training loss
         data_loss = task_loss(self.task)
-        loss, grads = loss_and_grads(weights, *(minibatch or (X, Y)), create_graph=second_order, loss_fn=data_loss)
+        X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
+        loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
         new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
                                 loss_fn=lambda w: data_loss(w, X, Y))
         return new, loss, grad_norm_sq(grads).detach(), state
