@@ -22,6 +22,7 @@ from .symmetry.strategies import (
 from .symmetry.action import SymmetryWarning, apply_pinv, group_action, input_qr, loss_change, teleport
 from .symmetry.teleport_grad import teleport_gradient
 from .tasks.digits import DigitsBatch, accuracy, cross_entropy, sample_digits, teleport_loss_change
+from .tasks.digits import MinibatchSampler, minibatch_indices, minibatch_sampler
 from .symmetry.generalization import GeometryTeleport, orbit_curvature, random_lie_elements, sharpness
 from .optimizers.coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport
 from .tasks.family import (

@@ -30,7 +30,7 @@ def test_to_dict_gives_plain_nested_python():
     assert data["name"] == "adam" and data["betas"] == [0.9, 0.999]  # tuples become lists
     assert data["teleport"]["steps"] == [5] and data["teleport"]["strategy"] == "gradient_ascent"
     assert to_dict(TaskConfig()) == {"dims": [20, 20, 20, 20], "distribution": "uniform", "bias": False,
-                                     "family": "regression", "teleport_batch": None}
+                                     "family": "regression", "teleport_batch": None, "minibatch": None}
 
 
 @pytest.mark.parametrize(

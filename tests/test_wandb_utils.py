@@ -97,7 +97,7 @@ def test_offline_run_records_group_job_type_and_config(offline):
     assert (record["group"], record["job_type"], record["name"]) == ("g1", "train", "first")
     assert record["project"] == "metatele"
     assert record["config"]["task"] == {"dims": [3, 4, 3, 2], "distribution": "uniform", "bias": False,
-                                        "family": "regression", "teleport_batch": None}
+                                        "family": "regression", "teleport_batch": None, "minibatch": None}
     assert record["config"]["learned"]["variant"] == config.learned.variant
     steps = [(row["_step"], row.get("meta_loss"), row.get("lr"), row.get("ok")) for row in record["history"]]
     assert steps == [(0, 3.0, 0.5, 1), (5, 2.0, None, None)]

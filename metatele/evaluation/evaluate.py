@@ -23,7 +23,7 @@ import torch
 from ..optimizers.baselines import BaselineConfig, HandDesigned
 from ..configs import to_dict
 from ..storage.jsonable import to_json
-from ..tasks.digits import sample_digits, task_loss
+from ..tasks.digits import MinibatchSampler, minibatch_sampler, sample_digits, task_loss
 from ..tasks.mlp import DataLoss, grad_norm_sq, loss_and_grads
 from ..tasks.family import TaskConfig, is_test_seed, is_validation_seed, sample_tasks
 
@@ -40,7 +40,12 @@ class Stepper(Protocol):
 
 
 class Method(Protocol):
-    """An inner optimizer the evaluator can run: a ``name`` and ``start(X, Y, weights) -> Stepper``."""
+    """An inner optimizer the evaluator can run: a ``name`` and ``start(X, Y, weights) -> Stepper``.
+
+    On a digits task with ``TaskConfig.minibatch`` the evaluator calls
+    ``start(X, Y, weights, minibatches=sampler)`` instead, and step ``t`` of the stepper takes its
+    gradient on ``sampler.select(X, Y, t)`` (:class:`~metatele.tasks.digits.MinibatchSampler`).
+    """
 
     name: str
 
@@ -62,9 +67,12 @@ class BaselineMethod:
         self.loss_fn: DataLoss | None = task_loss(task) if task is not None else None
         self.teleport_samples = task.teleport_samples if task is not None and task.family == "digits" else None
 
-    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> HandDesigned:
-        """A fresh :class:`HandDesigned` on the tasks ``(X, Y)`` starting at ``weights``."""
-        return HandDesigned(self.config, X, Y, weights, loss_fn=self.loss_fn, teleport_samples=self.teleport_samples)
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor],
+              minibatches: MinibatchSampler | None = None) -> HandDesigned:
+        """A fresh :class:`HandDesigned` on the tasks ``(X, Y)`` starting at ``weights`` (its
+        gradients on the minibatches of ``minibatches``, if any)."""
+        return HandDesigned(self.config, X, Y, weights, loss_fn=self.loss_fn, teleport_samples=self.teleport_samples,
+                            minibatches=minibatches)
 
 
 @dataclass
@@ -74,8 +82,10 @@ class Curves:
     Attributes:
         name: the method's label.
         seeds: the K task seeds, in column order.
-        loss: ``[steps + 1, K]``; row ``t`` is the loss at ``W_t`` (``inf`` once diverged).
-        grad_sq: ``[steps + 1, K]``; squared gradient norm ``‖∇L(W_t)‖²`` (``inf`` once diverged).
+        loss: ``[steps + 1, K]``; row ``t`` is the loss at ``W_t`` (``inf`` once diverged), on the
+            whole training set also when the steps take minibatch gradients.
+        grad_sq: ``[steps + 1, K]``; squared gradient norm ``‖∇L(W_t)‖²`` of that loss (``inf``
+            once diverged).
         time: ``[steps + 1]``; cumulative wall-clock seconds of the whole batch after ``t`` steps
             (``time[0] = 0``).
         task: the task family (as a dict).
@@ -265,6 +275,13 @@ def evaluate(
         sync_timing: on CUDA, synchronize after every step and use host time instead of CUDA
             events (measures host overhead too, at the cost of one sync per step).
 
+    With ``task.minibatch`` (digits) every step's gradient is taken on that step's minibatch
+    (:func:`~metatele.tasks.digits.minibatch_sampler`), while ``loss`` and ``grad_sq`` record the
+    full training loss and its gradient at every ``W_t``, measured after the clock stops at the
+    weights the validation metrics are measured at. (A full-batch run records the steps' own
+    losses, so where a hand-designed optimizer teleports before step ``t``, its row ``t`` is the
+    loss just after the teleport, which on digits changes the loss off the teleport batch.)
+
     Returns:
         :class:`Curves` with ``loss``, ``grad_sq`` ``[steps + 1, K]`` and ``time`` ``[steps + 1]``.
     """
@@ -285,7 +302,8 @@ def evaluate(
     batch = (sample_digits if digits else sample_tasks)(task, seeds, device=device, dtype=dtype)
     X, Y, W = batch.X, batch.Y, [w.detach() for w in batch.weights]
 
-    stepper = method.start(X, Y, W)
+    sampler = minibatch_sampler(task, seeds)
+    stepper = method.start(X, Y, W) if sampler is None else method.start(X, Y, W, minibatches=sampler)
     losses, grads_sq = [], []
     visited = [W]  # digits: weights of every step, for the validation metrics after the clock stops
     clock = _Clock(device, sync_timing)
@@ -298,10 +316,14 @@ def evaluate(
             visited.append(W)
         clock.mark()
     seconds = clock.seconds()
-    with torch.no_grad():
-        loss, grads = loss_and_grads(W, X, Y, loss_fn=task_loss(task))
-    losses.append(loss.detach())
-    grads_sq.append(grad_norm_sq(grads))
+    measure = [W]  # the loss and gradient after the last step
+    if sampler is not None:  # the steps reported their minibatches' losses: the full one at every W_t instead
+        losses, grads_sq, measure = [], [], visited
+    for w in measure:
+        with torch.no_grad():
+            loss, grads = loss_and_grads(w, X, Y, loss_fn=task_loss(task))
+        losses.append(loss.detach())
+        grads_sq.append(grad_norm_sq(grads))
 
     loss_t = mark_diverged(torch.stack(losses).to("cpu", torch.float64))  # the one read-back
     gsq_t = torch.where(torch.isinf(loss_t), loss_t, torch.stack(grads_sq).to("cpu", torch.float64))

@@ -19,7 +19,7 @@ from ..optimizers.baselines import BASELINES, BaselineConfig, HandDesigned
 from ..configs import to_dict
 from .evaluate import LOG_FLOOR, mark_diverged
 from ..tasks.mlp import mlp_loss
-from ..tasks.digits import sample_digits, task_loss
+from ..tasks.digits import minibatch_sampler, sample_digits, task_loss
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks
 
 #: default learning-rate grid: half-decades from 1e-7 to 1.
@@ -181,16 +181,18 @@ def grid_search(
         X, Y = batch.X.repeat(G, 1, 1), batch.Y.repeat(G, 1, 1)
         W0 = [w.repeat(G, 1, 1) for w in batch.weights]  # index g * S + s
         lr_t = torch.tensor(points, device=X.device, dtype=dtype).repeat_interleave(S)
+        sampler = minibatch_sampler(task, list(seeds) * G)  # a seed's minibatches are the same at every grid point
         rows = []
         for mom in momenta_list:
             cfg = config if mom is None else replace(config, momentum=mom)
             opt = HandDesigned(cfg, X, Y, W0, lr=lr_t, loss_fn=loss_fn,
-                               teleport_samples=task.teleport_samples if digits else None)
+                               teleport_samples=task.teleport_samples if digits else None, minibatches=sampler)
             W, losses = W0, []
             for _ in range(steps):
+                full = None if sampler is None else loss_fn(W, X, Y).detach()  # not the step's minibatch loss
                 W, loss, _ = opt.step(W)
                 W = [w.detach() for w in W]
-                losses.append(loss)
+                losses.append(loss if full is None else full)
             with torch.no_grad():
                 losses.append(loss_fn(W, X, Y))
             logl = _log_losses(torch.stack(losses).to("cpu", torch.float64))  # [T + 1, G * S], one read-back

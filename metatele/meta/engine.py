@@ -2,14 +2,16 @@
 
 Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
 
-1. ``K`` inner steps of every trajectory at once: loss and gradient at ``W_t``, then the learned
-   optimizer's update and teleport (:meth:`LearnedOptimizer.step`). No host sync happens here:
+1. ``K`` inner steps of every trajectory at once: loss and gradient at ``W_t`` (on the minibatch of
+   step ``t`` with ``task.minibatch``), then the learned optimizer's update and teleport
+   (:meth:`LearnedOptimizer.step`). No host sync happens here:
    divergence is tracked as a device mask ``alive`` (loss, gradient or weights non-finite).
 2. The meta-loss: per trajectory the sum over the unroll of the inner losses at
    ``W_{t+1}..W_{t+K}`` (or of log-losses, optionally normalised by each task's initial loss),
    averaged over the B trajectories, diverged trajectories masked out (optionally weighted
    towards late steps, ``late_weight``). So the meta-gradient of a batch is the mean of the
-   single-trajectory meta-gradients.
+   single-trajectory meta-gradients. With minibatches the loss at ``W_s`` (s < t+K) is the one on
+   step s's minibatch (drawn independently of ``W_s``: an unbiased estimate).
 3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
    the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
    the shared meta-parameters.
@@ -45,7 +47,7 @@ from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
 from ..symmetry.action import SymmetryWarning, loss_change
 from ..symmetry.strategies import normalize_frobenius
-from ..tasks.digits import cross_entropy, sample_digits, task_loss
+from ..tasks.digits import cross_entropy, minibatch_sampler, sample_digits, task_loss
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
 from ..tasks.augment import augment
@@ -288,10 +290,11 @@ class UnrollEngine:
             alive = torch.as_tensor(tr.active, device=self.device)
         validation = c.meta_objective == "validation"
         terms, val_terms = [], []
-        for _ in range(K):
+        sampler = minibatch_sampler(c.task, tr.seeds)  # None: full batch
+        for k in range(K):  # step k of the unroll is step steps_done + k of each trajectory (host integers)
             W, loss, grad_sq, state = self.optimizer.step(
-                W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr
-            )
+                W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr,
+                minibatch=sampler.select(tr.X, tr.Y, tr.steps_done + k) if sampler is not None else None)
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
             if validation:  # learning for generalization: the validation loss at W_{t+1}

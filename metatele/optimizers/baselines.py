@@ -23,6 +23,7 @@ from ..configs import require
 from .lstm import State, flatten
 from ..tasks.mlp import DataLoss, grad_norm_sq, mlp_loss
 from ..symmetry.strategies import TeleportSchedule
+from ..tasks.digits import MinibatchSampler
 from ..tasks.family import check_problem
 
 BASELINES = ("gd", "momentum", "adam", "rmsprop", "adagrad")
@@ -164,10 +165,14 @@ class HandDesigned:
         loss_fn: the task loss ``(weights, X, Y) -> [B]`` (default: the regression loss).
         teleport_samples: teleport with the first ``k`` samples of ``(X, Y)`` only (a digits
             task's teleport batch; ``None``: all of them).
+        minibatches: take step ``t``'s gradient on that step's minibatch of ``(X, Y)`` (a digits
+            task's ``TaskConfig.minibatch``, :func:`metatele.tasks.digits.minibatch_sampler`;
+            ``None``: on all samples). Teleports keep acting with the teleport batch.
 
     ``step(weights)`` returns ``(new_weights, loss, grad_norm_sq)`` where the loss ``[B]`` and
     squared gradient norm ``[B]`` are measured at the weights the update was computed from (after
-    any scheduled teleport, which leaves the loss unchanged).
+    any scheduled teleport, which leaves the loss unchanged), on the samples the gradient is taken
+    on (the step's minibatch, if any).
     """
 
     def __init__(
@@ -181,11 +186,13 @@ class HandDesigned:
         momentum: float | torch.Tensor | None = None,
         loss_fn: DataLoss | None = None,
         teleport_samples: int | None = None,
+        minibatches: MinibatchSampler | None = None,
     ) -> None:
         check_problem(weights, X, Y)
         self.config, self.X, self.Y = config, X, Y
         self.loss_fn = loss_fn or mlp_loss
         self.teleport_samples = teleport_samples
+        self.minibatches = minibatches
         self.differentiable = differentiable
         B = X.shape[0]
         _per_task(lr, B, X), _per_task(momentum, B, X)  # validate the shapes now
@@ -212,7 +219,8 @@ class HandDesigned:
             # Aliases cut the dependence of W_{m+1} on W_m that a teleport creates, so the
             # optimizer sees ∂L/∂W_i rather than total derivatives through the group action.
             weights = [w.view_as(w) for w in weights]
-            loss = self.loss_fn(weights, self.X, self.Y)
+            X, Y = (self.X, self.Y) if self.minibatches is None else self.minibatches.select(self.X, self.Y, self.t)
+            loss = self.loss_fn(weights, X, Y)
             grads = torch.autograd.grad(loss.sum(), weights, create_graph=self.differentiable)
             updates, state = self.update(weights, grads, self.state, lr=self.lr, momentum=self.momentum)
             new = [w - u for w, u in zip(weights, updates)]

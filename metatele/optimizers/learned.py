@@ -36,7 +36,7 @@ from .coordinatewise import (CoordinatewiseConfig, CoordinateUpdate, Equivariant
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
-from ..tasks.digits import task_loss
+from ..tasks.digits import MinibatchSampler, task_loss
 from ..tasks.family import TaskConfig
 from ..symmetry.teleport_grad import LossFn, squared_loss
 
@@ -241,8 +241,14 @@ class LearnedOptimizer(nn.Module):
         state: LearnedState,
         second_order: bool = False,
         x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+        minibatch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, LearnedState]:
         """Loss and gradient at ``weights``, then :meth:`apply`.
+
+        ``minibatch``: digits only, the step's ``(X_b, Y_b)`` (:class:`MinibatchSampler`) that the
+        gradient (and the loss returned) is taken on; ``None``: all of ``(X, Y)``. The teleport
+        keeps acting with the teleport batch, and its teleport gradient and safeguard keep reading
+        the full training loss.
 
         Returns ``(new_weights, loss [B], squared gradient norm [B], new_state)``; the loss is
         measured at ``weights`` and keeps its graph.
@@ -251,10 +257,12 @@ class LearnedOptimizer(nn.Module):
             loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
             new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
             return new, loss, grad_norm_sq(grads).detach(), state
-        # digits: the family's loss on all training samples; the teleport acts with the teleport
-        # batch (x_qr must factor it), its teleport gradient and safeguard read the full loss
+        # digits: the family's loss on all training samples (or the step's minibatch); the teleport
+        # acts with the teleport batch (x_qr must factor it), its teleport gradient and safeguard
+        # read the full training loss
         data_loss = task_loss(self.task)
-        loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order, loss_fn=data_loss)
+        X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
+        loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
         new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
                                 loss_fn=lambda w: data_loss(w, X, Y))
         return new, loss, grad_norm_sq(grads).detach(), state
@@ -271,23 +279,29 @@ class LearnedOptimizer(nn.Module):
             return f"Coordinatewise({self.config.variant})"
         return f"LSTM({self.config.variant})"
 
-    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> "LearnedStepper":
-        """An inner optimizer for the evaluator: ``stepper.step(weights) -> (weights, loss, grad_sq)``."""
-        return LearnedStepper(self, X, Y, weights)
+    def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor],
+              minibatches: MinibatchSampler | None = None) -> "LearnedStepper":
+        """An inner optimizer for the evaluator: ``stepper.step(weights) -> (weights, loss, grad_sq)``
+        (step ``t``'s gradient on its minibatch of ``minibatches``, if any)."""
+        return LearnedStepper(self, X, Y, weights, minibatches)
 
 
 class LearnedStepper:
     """Runs a :class:`LearnedOptimizer` without meta-gradients on fixed tasks."""
 
-    def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor]) -> None:
+    def __init__(self, opt: LearnedOptimizer, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor],
+                 minibatches: MinibatchSampler | None = None) -> None:
         self.opt, self.X, self.Y = opt, X, Y
+        self.minibatches, self.t = minibatches, 0
         self.x_qr = input_qr(weights, opt.teleport_data(X)) if opt.config.uses_teleport else None
         p = next(opt.parameters())
         self.state = opt.initial_state(X.shape[0], X.device, p.dtype)
 
     def step(self, weights: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         W = [w.detach() for w in weights]
+        batch = self.minibatches.select(self.X, self.Y, self.t) if self.minibatches is not None else None
         with torch.no_grad():  # no graph over the meta-parameters (inner gradients still work)
-            new, loss, gsq, state = self.opt.step(W, self.X, self.Y, self.state, x_qr=self.x_qr)
+            new, loss, gsq, state = self.opt.step(W, self.X, self.Y, self.state, x_qr=self.x_qr, minibatch=batch)
         self.state = state.detach()
+        self.t += 1
         return [w.detach() for w in new], loss.detach(), gsq

@@ -48,7 +48,8 @@ from ..release.checkpoint import save_checkpoint
 from ..release.manifest import write_manifest
 from ..symmetry.generalization import RADII, GeometryTeleport, orbit_curvature, random_lie_elements, sharpness
 from ..symmetry.strategies import TeleportSchedule, TeleportStrategy
-from ..tasks.digits import DigitsBatch, cross_entropy, sample_digits, teleport_loss_change
+from ..tasks.digits import (DigitsBatch, MinibatchSampler, cross_entropy, minibatch_sampler, sample_digits,
+                            teleport_loss_change)
 from ..tasks.family import TaskConfig, training_seeds, unseen_seeds
 from ..storage.jsonable import to_json
 
@@ -66,9 +67,9 @@ class DigitsStudyConfig:
 
     Attributes:
         task: the digits family (network ``[n_train, 64, 32, 32, 10]`` with biases: teleport
-            batch 33 images).
+            batch 33 images; ``task.minibatch`` images per gradient, or all of them).
         optimizers: which of AdaGrad, momentum, RMSProp, Adam to run.
-        steps: full-batch inner steps per run.
+        steps: inner steps per run.
         seeds: unseen test seeds for the curves (part 1).
         tune_seeds, tune_steps: training seeds and steps for tuning.
         lrs, momenta: the learning-rate (and momentum) grid.
@@ -211,7 +212,7 @@ def measure_teleports(config: BaselineConfig, task: TaskConfig, seeds: Sequence[
     over the teleports)."""
     batch = sample_digits(task, seeds)
     opt = HandDesigned(config, batch.X, batch.Y, batch.weights, loss_fn=cross_entropy,
-                       teleport_samples=task.teleport_samples)
+                       teleport_samples=task.teleport_samples, minibatches=minibatch_sampler(task, batch.seeds))
     opt.strategy = recorder = _Recording(opt.strategy, batch)
     W = [w.detach() for w in batch.weights]
     for _ in range(max(config.teleport.steps) + 1):
@@ -257,9 +258,11 @@ def paired_metric(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 
 # -- parts 2 and 3: sharpness, curvature and validation loss ------------------------------------
-def train(config: BaselineConfig, batch: DigitsBatch, weights: Sequence[torch.Tensor], steps: int) -> list[torch.Tensor]:
-    """``steps`` full-batch steps of ``config`` on the batch's training images (fresh optimizer state)."""
-    opt = HandDesigned(config, batch.X, batch.Y, weights, loss_fn=cross_entropy)
+def train(config: BaselineConfig, batch: DigitsBatch, weights: Sequence[torch.Tensor], steps: int,
+          minibatches: MinibatchSampler | None = None) -> list[torch.Tensor]:
+    """``steps`` steps of ``config`` on the batch's training images (fresh optimizer state), full
+    batch or on the minibatches of its steps ``0..steps−1``."""
+    opt = HandDesigned(config, batch.X, batch.Y, weights, loss_fn=cross_entropy, minibatches=minibatches)
     W = [w.detach() for w in weights]
     for _ in range(steps):
         W = [w.detach() for w in opt.step(W)[0]]
@@ -290,7 +293,7 @@ def correlation_check(cfg: DigitsStudyConfig, adam: BaselineConfig) -> dict[str,
     """Part 2: sharpness and curvature at the end of training against validation loss."""
     seeds = list(unseen_seeds(cfg.corr_seeds, start=10_000))
     batch = sample_digits(cfg.task, seeds)
-    W = train(adam, batch, batch.weights, cfg.corr_steps)
+    W = train(adam, batch, batch.weights, cfg.corr_steps, minibatch_sampler(cfg.task, seeds))
     geo = geometry(cfg, batch, W)
     val = batch.metrics(W)
     arrays = {"sharpness": geo["sharpness"], "curvature": geo["curvature"], "val_loss": val["val_loss"],
@@ -309,7 +312,8 @@ def mid_training_teleport(cfg: DigitsStudyConfig, adam: BaselineConfig) -> dict[
     train ``mid_steps_after`` more steps (fresh Adam state in every arm); paired on seeds."""
     seeds = list(unseen_seeds(cfg.mid_seeds, start=20_000))
     batch = sample_digits(cfg.task, seeds)
-    W_mid = train(adam, batch, batch.weights, cfg.mid_step)
+    minibatches = minibatch_sampler(cfg.task, seeds)  # every arm trains on the same minibatches after the teleport
+    W_mid = train(adam, batch, batch.weights, cfg.mid_step, minibatches)
     geo_mid = geometry(cfg, batch, W_mid)
     arms = {"no teleport": W_mid}
     for label, (objective, direction) in MID_ARMS.items():
@@ -321,7 +325,7 @@ def mid_training_teleport(cfg: DigitsStudyConfig, adam: BaselineConfig) -> dict[
     for label, W in arms.items():
         geo = geometry(cfg, batch, W) if label != "no teleport" else geo_mid
         change = teleport_loss_change(batch, W_mid, W)
-        W_end = train(adam, batch, W, cfg.mid_steps_after)
+        W_end = train(adam, batch, W, cfg.mid_steps_after, minibatches)
         end = batch.metrics(W_end)
         finals[label] = {
             "val_loss_after_teleport": batch.metrics(W)["val_loss"],

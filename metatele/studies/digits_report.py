@@ -103,7 +103,10 @@ def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "
           f"({results['threads']} thread(s), {results['device']}). Do not edit by hand.", "",
           f"Task: scikit-learn's 8×8 digits, network {task.dims[1:]} with biases, LeakyReLU(0.1), cross-entropy; "
           f"per seed a random split of {task.dims[0]} training / {1797 - task.dims[0]} validation images and a He "
-          f"initialisation. Full-batch gradients. The group action acts with a teleport batch of "
+          f"initialisation. "
+          + ("Full-batch gradients. " if task.minibatch is None else
+             f"Minibatch gradients ({task.minibatch} training images per step). ")
+          + "The group action acts with a teleport batch of "
           f"{task.teleport_samples} training images (the narrowest teleported layer input, with its bias): "
           "the loss on it is invariant, the loss elsewhere is not.", "",
           "All intervals are 95% Student-t confidence intervals over seeds (correlations: Fisher z). "

@@ -21,6 +21,13 @@ exactly invariant, the loss on the rest of the training set changes, and
 :func:`teleport_loss_change` measures both. For a network with one hidden layer the bound
 ``65`` is not reachable in practice (a pixel that is zero in every image of the batch gives a
 zero row); use two or more hidden layers or a smaller ``teleport_batch``.
+
+**Minibatches.** By default every step's gradient is the full-batch one, on all ``n_train``
+training images. With ``TaskConfig.minibatch = m``, step ``t`` of the task with seed ``s`` takes
+its gradient (and reports its loss) on ``m`` of them, drawn without replacement from
+``numpy.random.default_rng([s, t, MINIBATCH_STREAM])`` (:class:`MinibatchSampler`): a function of
+``(s, t)`` only, so runs are deterministic, resume without any sampler state, and every task of a
+batch draws its own images. Indices are drawn on the host and gathered on the device.
 """
 from __future__ import annotations
 
@@ -38,6 +45,9 @@ from .mlp import DataLoss, forward, mlp_loss
 
 #: images in scikit-learn's digits set, pixels per image, classes
 N_IMAGES, N_PIXELS, N_CLASSES = 1797, 64, 10
+#: the third entry of every minibatch generator's seed ``[seed, step, MINIBATCH_STREAM]``, which
+#: keeps the minibatch stream apart from any other use of ``numpy.random.default_rng([seed, step])``
+MINIBATCH_STREAM = 0x6D696E69  # "mini"
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,6 +174,66 @@ def sample_digits(
     weights = [cast(torch.stack([p[1][i] for p in parts])) for i in range(len(parts[0][1]))]
     return DigitsBatch(cast(Xall[..., :n]), cast(Yall[..., :n]), weights, seeds,
                        cast(Xall[..., n:]), cast(Yall[..., n:]), config.teleport_samples)
+
+
+def minibatch_indices(seeds: Sequence[int], steps: int | Sequence[int], n_train: int, size: int) -> np.ndarray:
+    """The training images of each task's minibatch: ``[B, size]`` int64 indices into ``[0, n_train)``.
+
+    Row ``b`` holds ``size`` distinct indices for step ``steps[b]`` (or ``steps``, one step for
+    every task) of the task with seed ``seeds[b]``, drawn from
+    ``numpy.random.default_rng([seeds[b], steps[b], MINIBATCH_STREAM])`` and sorted ascending (so
+    ``size = n_train`` selects every image in order). Host only: nothing touches a device.
+    """
+    seeds = [int(s) for s in seeds]
+    steps_b = np.broadcast_to(np.asarray(steps, dtype=np.int64), (len(seeds),))
+    if not (isinstance(size, int) and 1 <= size <= n_train):
+        raise ValueError(f"minibatch size must be an integer in [1, n_train = {n_train}], got {size!r}")
+    if (steps_b < 0).any() or any(s < 0 for s in seeds):
+        raise ValueError(f"minibatch seeds and steps must be non-negative, got seeds {seeds[:5]}, steps {steps_b[:5]}")
+    out = np.empty((len(seeds), size), dtype=np.int64)
+    for b, (seed, step) in enumerate(zip(seeds, steps_b.tolist())):
+        rng = np.random.default_rng([seed, step, MINIBATCH_STREAM])
+        out[b] = np.sort(rng.choice(n_train, size=size, replace=False))
+    return out
+
+
+@dataclass(frozen=True)
+class MinibatchSampler:
+    """The per-step minibatches of B digits tasks (``TaskConfig.minibatch``).
+
+    Attributes:
+        seeds: the tasks' seeds, one per row of the batch (length ``B``).
+        size: training images per minibatch.
+    """
+
+    seeds: tuple[int, ...]
+    size: int
+
+    def select(self, X: torch.Tensor, Y: torch.Tensor, steps: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The minibatch of step ``steps`` (an int, or one host integer per task ``[B]``).
+
+        Args:
+            X: training images ``[B, 64, n_train]``.  Y: one-hot targets ``[B, 10, n_train]``.
+
+        Returns:
+            ``(X_b [B, 64, size], Y_b [B, 10, size])``: the columns :func:`minibatch_indices`
+            picks, gathered on ``X``'s device (one host→device copy of the indices, no read-back);
+            ``(X, Y)`` themselves when ``size = n_train`` (every image, in order).
+        """
+        if X.shape[0] != len(self.seeds):
+            raise ValueError(f"the sampler holds {len(self.seeds)} task seeds but X has batch size {X.shape[0]}")
+        if self.size == X.shape[-1]:
+            return X, Y
+        idx = minibatch_indices(self.seeds, steps, X.shape[-1], self.size)
+        idx = torch.from_numpy(idx).to(X.device).unsqueeze(1)  # [B, 1, size]
+        return torch.take_along_dim(X, idx, dim=-1), torch.take_along_dim(Y, idx, dim=-1)
+
+
+def minibatch_sampler(config: TaskConfig, seeds: Iterable[int]) -> MinibatchSampler | None:
+    """The sampler of ``config.minibatch`` for the tasks of ``seeds`` (``None``: full batch)."""
+    if config.minibatch is None:
+        return None
+    return MinibatchSampler(tuple(int(s) for s in seeds), config.minibatch)
 
 
 @dataclass

@@ -71,6 +71,9 @@ class TaskConfig:
         teleport_batch: digits only: images the group action acts with (the first of each
             task's training images); ``None``: as many as the narrowest teleported layer input
             allows (``d_{m-1}``, + 1 with biases).
+        minibatch: digits only: training images per gradient step, a fresh random subset every
+            step fixed by the task's seed and the step (``metatele.tasks.digits.MinibatchSampler``);
+            ``None``: full batch, all of them.
     """
 
     dims: list[int] = field(default_factory=lambda: [20, 20, 20, 20])
@@ -78,6 +81,7 @@ class TaskConfig:
     bias: bool = False
     family: str = "regression"
     teleport_batch: int | None = None
+    minibatch: int | None = None
 
     def __post_init__(self) -> None:
         self.dims = validate_dims(self.dims, "task.dims")
@@ -99,9 +103,16 @@ class TaskConfig:
                 "task.teleport_batch",
                 f"must be null or an integer in [1, {min(limit, self.dims[0])}] (the narrowest teleported layer "
                 f"input{' + 1 with biases' if self.bias else ''}), got {self.teleport_batch!r}")
+            require(self.minibatch is None or (
+                isinstance(self.minibatch, int) and not isinstance(self.minibatch, bool)
+                and 1 <= self.minibatch <= self.dims[0]), "task.minibatch",
+                f"must be null (full batch) or an integer in [1, {self.dims[0]}] (the training images "
+                f"n_train = dims[0]), got {self.minibatch!r}")
         else:
             require(self.teleport_batch is None, "task.teleport_batch",
                     f"applies to family 'digits' only, got {self.teleport_batch!r}")
+            require(self.minibatch is None, "task.minibatch",
+                    f"applies to family 'digits' only (regression steps are full batch), got {self.minibatch!r}")
 
     @property
     def n_samples(self) -> int:
