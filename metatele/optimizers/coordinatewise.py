@@ -86,6 +86,10 @@ class CoordinatewiseConfig:
             trajectory converges (a fixed-size teleport near a minimum undoes the optimizer's
             progress: its momenta refer to the weights before the teleport). 0: no decay.
         every: teleport on steps that are multiples of ``every`` (per trajectory).
+        time_feature: m1 also reads the trajectory's step count, as ``log10(t) / 3`` (0 at the
+            first step, 1 at step 1000). Every other feature is scale-free and the same at any
+            point of a trajectory with the same local geometry, so without it m1 cannot learn a
+            step-size schedule (large steps early, small ones late).
         safeguard: do not take a teleport that raises a task's loss.
         safeguard_tol: relative rise of the loss the safeguard tolerates: an exact teleport keeps
             the loss only up to rounding (~1e-5 relative in float32), and refusing on rounding
@@ -106,6 +110,7 @@ class CoordinatewiseConfig:
     tele_beta: float = 0.9
     tele_gradient_power: float = 1.0
     every: int = 1
+    time_feature: bool = False
     safeguard: bool = True
     safeguard_tol: float = 1e-4
 
@@ -187,7 +192,8 @@ class CoordinateUpdate(nn.Module):
     def __init__(self, config: CoordinatewiseConfig | None = None) -> None:
         super().__init__()
         self.config = config or CoordinatewiseConfig()
-        self.net = coordinate_mlp(N_UPDATE_FEATURES, 2, self.config.hidden, self.config.layers)
+        self.net = coordinate_mlp(N_UPDATE_FEATURES + int(self.config.time_feature), 2, self.config.hidden,
+                                  self.config.layers)
         # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
         decay = torch.tensor(list(self.config.betas) + [self.config.beta2], dtype=torch.float64)
         self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
@@ -201,8 +207,8 @@ class CoordinateUpdate(nn.Module):
     def features(
         self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: State, d0: int
     ) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """The nine features ``[B, P, 9]``, the Adam direction ``m̂_0.9 / (√v̂ + ε)`` ``[B, P]``
-        and the new state. ``d0`` is the network's input width (to recognise bias columns)."""
+        """The nine features ``[B, P, 9]`` (ten with ``time_feature``), the Adam direction
+        ``m̂_0.9 / (√v̂ + ε)`` ``[B, P]`` and the new state. ``d0`` is the network's input width (to recognise bias columns)."""
         cfg = self.config
         moments, t = state
         g = flatten(grads).to(moments.dtype)
@@ -222,6 +228,8 @@ class CoordinateUpdate(nn.Module):
         feats.append(log_root - _per_tensor(log_root, sizes, _mean))
         feats.append(w / _per_tensor(w, sizes, _rms))
         feats.append(bias_mask(grads, d0).to(g.dtype).expand_as(g))
+        if cfg.time_feature:  # t is [1, B, 1]: one value per trajectory
+            feats.append((t[0].log10() / 3).expand_as(g))
         x = torch.stack(feats, dim=-1).clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
         return x, m[1] / denom, (moments, t)
 
