@@ -47,6 +47,7 @@ from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.mlp import mlp_loss
 from .config import (MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device, start_offsets,
                      unroll_length)
+from .pes import PES
 from .trajectories import Trajectories
 
 
@@ -115,6 +116,8 @@ class UnrollEngine:
         if len(self.optimizer.teleports):
             groups.append({"params": list(self.optimizer.teleports.parameters()), "lr": config.lr_teleport})
         self.meta_opt = torch.optim.Adam(groups)
+        #: the PES estimator (``estimator: pes``), ``None`` for truncated backpropagation
+        self.pes = PES(config, self.meta_parameters, rank, world_size) if config.estimator == "pes" else None
         self.trajectories: Trajectories  # set by _start_all below
         self.optimizer.output_hook = self._mask_dead
         self.B = batch // world_size  # this rank's trajectories
@@ -169,7 +172,8 @@ class UnrollEngine:
         tr = self.trajectories
         with torch.no_grad():
             T = [t.expand(self.B, -1, -1) for t in self.symmetry_probe]
-            change = loss_change(tr.W, tr.X, tr.Y, T, exact=self.config.learned.teleport.exact).abs()
+            W = [w[: self.B] for w in tr.W]  # PES: the first particle of each pair
+            change = loss_change(W, tr.X, tr.Y, T, exact=self.config.learned.teleport.exact).abs()
             return torch.where(torch.isfinite(change), change, torch.zeros_like(change)).max()
 
     # -- trajectories ------------------------------------------------------------------------
@@ -206,9 +210,11 @@ class UnrollEngine:
         seeds left stay idle)."""
         c = self.config
         stagger = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll) if c.stagger else None
-        state = self.optimizer.initial_state(self.B, self.device, self.dtype)
+        particles = 2 if self.pes is not None else 1  # PES: an antithetic pair per trajectory
+        state = self.optimizer.initial_state(self.B * particles, self.device, self.dtype)
         self.trajectories = Trajectories.start(self._fresh(self.B), state, stagger, B=self.B,
-                                               loss=self._loss, teleport_data=self.optimizer.teleport_data)
+                                               loss=self._loss, teleport_data=self.optimizer.teleport_data,
+                                               particles=particles)
 
     def _replace(self, slots: np.ndarray) -> None:
         """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
@@ -235,9 +241,9 @@ class UnrollEngine:
         c = self.config
         return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max)
 
-    def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
+    def _meta_term(self, loss: torch.Tensor, tr: Trajectories | None = None) -> torch.Tensor:
         if self.config.normalize:
-            loss = loss / self.trajectories.loss0
+            loss = loss / (tr or self.trajectories).loss0
         if self.config.meta_loss == "mean_log":
             return torch.log(loss.clamp_min(1e-30))
         return loss
@@ -246,14 +252,35 @@ class UnrollEngine:
         """Run one truncated unroll from the current trajectories and backpropagate the meta-loss.
 
         Leaves the meta-gradient in the meta-parameters' ``.grad`` (not yet clipped or applied)
-        and does not advance the trajectories; :meth:`meta_step` does both.
+        and does not advance the trajectories; :meth:`meta_step` does both. With ``estimator: pes``
+        the estimate comes from antithetic forward unrolls instead, with no backward
+        (:meth:`metatele.meta.pes.PES.meta_gradient`).
+        """
+        K = self._unroll_length()
+        if self.pes is not None:
+            W, state, alive, final, meta_loss = self.pes.meta_gradient(self.trajectories, K, self.meta_step_count,
+                                                                       self._unroll)
+            return Unroll(W, state, alive, final, meta_loss, K)
+        W, state, alive, final, contrib = self._unroll(self.trajectories, K)
+        meta_loss = contrib.sum() / self.B
+
+        self._alive_for_backward = alive
+        self.meta_opt.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        self._alive_for_backward = None
+        return Unroll(W, state, alive, final, meta_loss.detach(), K)
+
+    def _unroll(self, tr: Trajectories, K: int) -> tuple[list[torch.Tensor], LearnedState, torch.Tensor,
+                                                         torch.Tensor, torch.Tensor]:
+        """``K`` inner steps of the trajectories ``tr`` from their current weights and state.
+
+        Returns ``(W, state, alive [B], final loss [B], contributions [K, B])``: the meta-loss
+        terms of every step and trajectory, zero where masked (diverged or idle), with their graph.
         """
         c = self.config
-        K = self._unroll_length()
-        tr = self.trajectories
         W, state = tr.W, tr.state
         if tr.active.all():
-            alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+            alive = torch.ones(tr.B, dtype=torch.bool, device=self.device)
         else:  # idle slots (the run's seeds are used up) are masked like diverged ones
             alive = torch.as_tensor(tr.active, device=self.device)
         validation = c.meta_objective == "validation"
@@ -274,16 +301,10 @@ class UnrollEngine:
         per_step = torch.stack(val_terms if validation else terms[1:] + [final])  # [K, B]
         if validation:
             alive = alive & torch.isfinite(per_step).all(0)
-        contrib = torch.where(alive.unsqueeze(0), self._meta_term(per_step), torch.zeros_like(per_step))
+        contrib = torch.where(alive.unsqueeze(0), self._meta_term(per_step, tr), torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
             contrib = contrib / K
-        meta_loss = contrib.sum() / self.B
-
-        self._alive_for_backward = alive
-        self.meta_opt.zero_grad(set_to_none=True)
-        meta_loss.backward()
-        self._alive_for_backward = None
-        return Unroll(W, state, alive, final, meta_loss.detach(), K)
+        return W, state, alive, final, contrib
 
     @property
     def meta_parameters(self) -> list[torch.nn.Parameter]:
