@@ -18,6 +18,11 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    started; their slots then fall idle (masked like diverged ones), and the run is :attr:`done`
    when the last trajectory has finished.
 
+With ``estimator: pes`` steps 1–3 are replaced by persistent evolution strategies
+(:mod:`metatele.meta.pes`): every trajectory is an antithetic pair of particles unrolled forward
+at perturbed meta-parameters, and the estimate is written into ``.grad`` for the same clipping and
+Adam step.
+
 The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
 :meth:`state_dict`, so a run can be resumed bit-for-bit (files: :mod:`metatele.meta.state`; when
 and how they are written: :mod:`metatele.meta.checkpointer`).

@@ -18,12 +18,14 @@ Batching: the LSTMs' parameters are shared by a batched call, so the pairs are d
 into ``pes_groups`` groups, each with its own ``ε`` per unroll and one forward pass per group and
 sign. More groups: more independent directions per meta-step (lower variance), more passes.
 
-The accumulated noise is not stored: a pair's ``ξ`` would be as large as the meta-parameters
-(4.4 million numbers for the paper's LSTMs, per trajectory). Instead ``ε`` is a pure function of
-``(seed, group, meta-step)`` (a generator seeded from them), the trajectory state carries how many
-unrolls each pair has run (:attr:`Trajectories.unrolls_done`, zeroed when the pair is replaced,
-saved with the rest), and ``ξ``'s terms are regenerated when the estimate is formed. Resuming from
-a training state is therefore bitwise, and a data-parallel run draws the same noise as one
+The accumulated noise is not saved: a pair's ``ξ`` is as large as the meta-parameters (4.4
+million numbers for the paper's LSTMs), per trajectory. Instead ``ε`` is a pure function of
+``(seed, group, meta-step)`` (a generator seeded from them), and the trajectory state carries how
+many unrolls each pair has run (:attr:`Trajectories.unrolls_done`, zeroed when the pair is
+replaced, saved with the rest): that fixes ``ξ``. In memory, one ``ξ`` per *cohort* (the pairs of
+a group that started at the same meta-step; one per group in a lock-step batch) is carried from
+one meta-step to the next, and rebuilt from the seed, in the same order of additions, after a
+resume. Resuming is therefore bitwise, and a data-parallel run draws the same noise as one
 process: the group of a pair is that of its place ``b·W + r`` in the whole batch.
 
 The estimate is written into the meta-parameters' ``.grad``; clipping, the all-reduce of a
@@ -74,6 +76,9 @@ class PES:
         self.sigma, self.seed = float(config.pes_sigma), config.seed
         self.rank, self.world_size = rank, world_size
         self.sizes = [p.numel() for p in params]
+        #: ``(group, first meta-step) -> (last meta-step, ξ)`` of every cohort of pairs alive: a cache
+        #: of what the seed determines, carried from one meta-step to the next, rebuilt after a resume
+        self._xi: dict[tuple[int, int], tuple[int, torch.Tensor]] = {}
 
     def groups(self, B: int) -> list[tuple[int, np.ndarray]]:
         """``(group, slots)`` of this rank's ``B`` pairs, for every group that has some."""
@@ -87,6 +92,18 @@ class PES:
         key = np.random.SeedSequence([self.seed, _NOISE_TAG, group, meta_step]).generate_state(1, np.uint64)[0]
         gen = torch.Generator(device=p.device).manual_seed(int(key))
         return torch.randn(sum(self.sizes), generator=gen, device=p.device, dtype=p.dtype).mul_(self.sigma)
+
+    def _accumulated(self, group: int, start: int, meta_step: int, eps: torch.Tensor) -> torch.Tensor:
+        """``ξ`` of the pairs of ``group`` that started at ``start``: the sum of the group's ``ε`` of
+        meta-steps ``start..meta_step`` (``eps`` is the last), added in that order whether it is
+        carried on from the previous meta-step or rebuilt from the seed (after a resume)."""
+        last, xi = self._xi.get((group, start), (start - 1, None))
+        if not meta_step - 1 <= last <= meta_step:  # not carried up to the previous meta-step: rebuild
+            last, xi = start - 1, None
+        for step in range(last + 1, meta_step + 1):
+            e = eps if step == meta_step else self.noise(group, step)
+            xi = e.clone() if xi is None else xi.add_(e)
+        return xi
 
     def _set(self, flat: torch.Tensor) -> None:
         for p, v in zip(self.params, torch.split(flat, self.sizes)):
@@ -136,14 +153,15 @@ class PES:
         zero = torch.zeros_like(losses[0])
         weight = torch.where(pair_alive, losses[0] - losses[1], zero) / (2 * self.sigma ** 2 * B)  # [B]
         grad = torch.zeros_like(theta)
-        for g, slots in groups:  # ξ·w summed over the group's pairs, term by term of ξ
-            done = tr.unrolls_done[slots]
-            # pair k's ξ has the terms ε(meta_step − j) for j = 0..done[k]
-            has_term = torch.as_tensor(np.arange(done.max() + 1)[:, None] <= done[None, :], dtype=theta.dtype,
-                                       device=dev)  # [J + 1, pairs]
-            coef = has_term @ weight[torch.as_tensor(slots, device=dev)]  # [J + 1]
-            for j in range(len(coef)):
-                grad.add_((eps[g] if j == 0 else self.noise(g, meta_step - j)) * coef[j])
+        cached = {}
+        for g, slots in groups:  # Σ_pairs ξ·w, one cohort (pairs of one ξ) at a time
+            starts = meta_step - tr.unrolls_done[slots]
+            for start in np.unique(starts):
+                cohort = torch.as_tensor(slots[starts == start], device=dev)
+                xi = self._accumulated(g, int(start), meta_step, eps[g])
+                cached[(g, int(start))] = (meta_step, xi)
+                grad.add_(xi * weight[cohort].sum())
+        self._xi = cached  # the cohorts that ended are dropped
         for p, v in zip(self.params, torch.split(grad, self.sizes)):
             p.grad = v.view_as(p)
         meta_loss = torch.where(pair_alive, (losses[0] + losses[1]) / 2, zero).sum() / B
