@@ -194,3 +194,23 @@ def test_truncated_backpropagation_is_the_default_and_ignores_the_pes_keys():
     cfg = MetaTrainConfig.from_dict(tiny(pes_sigma=0.5, pes_groups=2))
     eng = UnrollEngine(cfg)
     assert cfg.estimator == "tbptt" and eng.pes is None and eng.trajectories.particles == 1
+
+
+DIGITS = {"task": {"family": "digits", "dims": [200, 64, 8, 8, 10], "bias": True},
+          "learned": {"arch": "coordinatewise", "variant": "update+tele"}, "trajectories": 4, "steps": 4,
+          "unroll": 2, "batch_size": 2, "meta_loss": "mean_log", "meta_objective": "validation"}
+
+
+@pytest.mark.parametrize("over", [{"learned.variant": "tele"}, {"learned.variant": "lr+tele"},
+                                  {"learned.arch": "coordinatewise"}, DIGITS],
+                         ids=["tele", "lr+tele", "coordinatewise", "digits-validation"])
+def test_pes_trains_every_variant_architecture_and_task_family(over):
+    cfg = config(pes_groups=2, **over)
+    eng = UnrollEngine(cfg)
+    before = [p.detach().clone() for p in eng.meta_parameters]
+    while not eng.done:
+        m = eng.meta_step()
+        assert math.isfinite(m["meta_loss"]) and m["diverged"] == 0
+    assert eng.meta_step_count == cfg.meta_steps
+    assert all(torch.isfinite(p).all() for p in eng.meta_parameters)
+    assert all(not torch.equal(a, p) for a, p in zip(before, eng.meta_parameters))
