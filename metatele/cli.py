@@ -29,7 +29,7 @@ import yaml
 from . import commands
 from ._version import __version__
 from .configs import (ConfigError, default_names, defaults_dir, field_docs, resolve_config, to_dict)
-from .meta.config import MetaTrainConfig
+from .meta.config import ESTIMATORS, MetaTrainConfig
 from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distributed
 from .meta.engine import DivergenceError
 from .meta.state import STATE_DIR
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias", action="store_true", help="layers with biases")
     p.add_argument("--distribution", default="uniform", choices=list(DISTRIBUTIONS), help="task distribution")
     p.add_argument("--second-order", action="store_true", help="second-order unrolls (what coordinatewise training uses)")
+    p.add_argument("--estimator", default="tbptt", choices=list(ESTIMATORS), help="meta-gradient estimator")
+    p.add_argument("--pes-groups", type=positive_int, default=1, help="PES: independent perturbations per meta-step")
 
     p = sub.add_parser("transfer", help="checkpoints on networks they were not trained on, against GD/Adam tuned on each",
                        **sub_kw)

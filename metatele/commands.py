@@ -160,7 +160,8 @@ def search(args: argparse.Namespace, argv: list[str]) -> int:
 def bench(args: argparse.Namespace) -> int:
     run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
                    device=args.device, dims=args.dims, arch=args.arch, bias=args.bias,
-                   distribution=args.distribution, second_order=args.second_order)
+                   distribution=args.distribution, second_order=args.second_order,
+                   estimator=args.estimator, pes_groups=args.pes_groups)
     return 0
 
 

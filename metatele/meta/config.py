@@ -5,6 +5,7 @@ line (``--set key=value``), saved inside checkpoints and sent to wandb as ``conf
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
 META_LOSSES = ("sum", "mean_log")
 #: what the meta-loss sums: the training loss of the inner problem, or (digits) its validation loss
 META_OBJECTIVES = ("train", "validation")
+#: how the meta-gradient is estimated: truncated backpropagation, or persistent evolution strategies
+ESTIMATORS = ("tbptt", "pes")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -70,6 +73,13 @@ class MetaTrainConfig:
             records the relative loss change of a teleport in the history and the checkpoint.
         meta_objective: ``train`` (the inner training loss) or ``validation`` (digits: the loss
             on each task's validation images, i.e. learning to teleport for generalization).
+        estimator: the meta-gradient estimator: ``tbptt`` (backpropagation through each truncated
+            unroll) or ``pes`` (persistent evolution strategies: antithetic perturbations of the
+            meta-parameters, no backward pass, unbiased for the whole trajectory; see
+            :mod:`metatele.meta.pes`).
+        pes_sigma: PES: standard deviation of the Gaussian perturbation of every meta-parameter.
+        pes_groups: PES: independent perturbations per meta-step; the batch's antithetic pairs
+            are dealt round-robin into this many groups, one forward pass per group and sign.
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -100,6 +110,9 @@ class MetaTrainConfig:
     log_every: int = 1
     allow_non_symmetric: bool = False
     meta_objective: str = "train"
+    estimator: str = "tbptt"
+    pes_sigma: float = 0.01
+    pes_groups: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -146,6 +159,19 @@ class MetaTrainConfig:
                     "variant's teleport would then change the loss. Use at least as many units as samples in "
                     "every teleported layer input, or set allow_non_symmetric: true to train anyway (the "
                     "loss change is then measured and recorded)")
+        self._validate_estimator()
+
+    def _validate_estimator(self) -> None:
+        require(self.estimator in ESTIMATORS, "estimator", f"must be one of {ESTIMATORS}, got {self.estimator!r}")
+        require(isinstance(self.pes_sigma, (int, float)) and not isinstance(self.pes_sigma, bool)
+                and math.isfinite(self.pes_sigma) and self.pes_sigma > 0, "pes_sigma",
+                f"must be a finite number > 0, got {self.pes_sigma!r}")
+        batch = min(self.batch_size, self.trajectories)
+        require(isinstance(self.pes_groups, int) and not isinstance(self.pes_groups, bool)
+                and 1 <= self.pes_groups <= batch, "pes_groups",
+                f"must be an integer in [1, {batch}] (the batch, min(batch_size, trajectories)), got {self.pes_groups!r}")
+        require(not (self.estimator == "pes" and self.second_order), "second_order",
+                "must be false with estimator: pes (PES does not differentiate through the unroll)")
 
     @property
     def torch_dtype(self) -> torch.dtype:

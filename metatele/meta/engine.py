@@ -23,6 +23,11 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    diverged ones), and the run is :attr:`done` when the last trajectory has finished. Horizons,
    truncation lengths and the curriculum are host-side schedules (:mod:`metatele.meta.schedules`).
 
+With ``estimator: pes`` steps 1–3 are replaced by persistent evolution strategies
+(:mod:`metatele.meta.pes`): every trajectory is an antithetic pair of particles unrolled forward
+at perturbed meta-parameters, and the estimate is written into ``.grad`` for the same clipping and
+Adam step.
+
 The engine's full state (meta-parameters, Adam state, every trajectory, counters) is in
 :meth:`state_dict`, so a run can be resumed bit-for-bit (files: :mod:`metatele.meta.state`; when
 and how they are written: :mod:`metatele.meta.checkpointer`).
@@ -36,7 +41,6 @@ every rank takes the same meta-step as one process with the whole batch would.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,14 +49,13 @@ import torch
 
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
-from ..symmetry.action import SymmetryWarning, loss_change
-from ..symmetry.strategies import normalize_frobenius
 from ..tasks.digits import cross_entropy, minibatch_sampler, sample_digits, task_loss
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
-from ..tasks.mlp import mlp_loss
 from ..tasks.augment import augment
-from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs, resolve_device
+from .config import MetaTrainConfig, resolve_device
 from .schedules import staggered, start_offsets, trajectory_horizon, unroll_length
+from .pes import PES
+from .symmetry_probe import SymmetryProbe
 from .trajectories import Trajectories
 
 
@@ -121,6 +124,8 @@ class UnrollEngine:
         if len(self.optimizer.teleports):
             groups.append({"params": list(self.optimizer.teleports.parameters()), "lr": config.lr_teleport})
         self.meta_opt = torch.optim.Adam(groups)
+        #: the PES estimator (``estimator: pes``), ``None`` for truncated backpropagation
+        self.pes = PES(config, self.meta_parameters, rank, world_size) if config.estimator == "pes" else None
         self.trajectories: Trajectories  # set by _start_all below
         self.optimizer.output_hook = self._mask_dead
         self.B = batch // world_size  # this rank's trajectories
@@ -154,29 +159,8 @@ class UnrollEngine:
         self.prior_history: list[dict[str, Any]] = []
         #: fixed teleports of norm eps (one per pair) whose loss change is measured every meta-step
         #: when the config allows a teleport that is not a symmetry (``None`` otherwise)
-        self.symmetry_probe = self._symmetry_probe()
+        self.symmetry_probe = SymmetryProbe.for_run(config, self.device, self.dtype)
         self._start_all()
-
-    def _symmetry_probe(self) -> list[torch.Tensor] | None:
-        c = self.config
-        pairs = non_symmetric_pairs(c.task)
-        if not (c.learned.uses_teleport and pairs):
-            return None
-        warnings.warn(
-            f"{describe_non_symmetric(c.task, pairs)}: the teleport is not a symmetry of the loss "
-            "(allow_non_symmetric: true); the relative loss change of a teleport of norm eps is recorded "
-            "every meta-step as 'teleport_loss_change'", SymmetryWarning, stacklevel=3)
-        gen = torch.Generator().manual_seed(c.seed)  # its own generator: the run's random stream is untouched
-        return [normalize_frobenius(torch.randn(1, d, d, generator=gen, dtype=torch.float64), c.learned.teleport.eps)
-                .to(self.device, self.dtype) for d in c.task.dims[2:-1]]
-
-    def _probe_loss_change(self) -> torch.Tensor:
-        """Max over the trajectories of ``|ΔL / L|`` of the probe teleport at their current weights."""
-        tr = self.trajectories
-        with torch.no_grad():
-            T = [t.expand(self.B, -1, -1) for t in self.symmetry_probe]
-            change = loss_change(tr.W, tr.X, tr.Y, T, exact=self.config.learned.teleport.exact).abs()
-            return torch.where(torch.isfinite(change), change, torch.zeros_like(change)).max()
 
     # -- trajectories ------------------------------------------------------------------------
     def _seed_of(self, position: int) -> int:
@@ -228,9 +212,11 @@ class UnrollEngine:
             offsets = start_offsets(self.B, self.rank, self.world_size, c.steps, c.unroll)
             k = len(horizon)
             stagger = np.concatenate([staggered(offsets[:k], horizon), offsets[k:]])
-        state = self.optimizer.initial_state(self.B, self.device, self.dtype)
+        particles = 2 if self.pes is not None else 1  # PES: an antithetic pair per trajectory
+        state = self.optimizer.initial_state(self.B * particles, self.device, self.dtype)
         self.trajectories = Trajectories.start(tasks, state, horizon, stagger, B=self.B,
-                                               loss=self._loss, teleport_data=self.optimizer.teleport_data)
+                                               loss=self._loss, teleport_data=self.optimizer.teleport_data,
+                                               particles=particles)
 
     def _replace(self, slots: np.ndarray) -> None:
         """Give the trajectories in ``slots`` fresh tasks and zero their recurrent state; once the
@@ -258,18 +244,18 @@ class UnrollEngine:
         c = self.config
         return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max, c.curriculum, self.meta_step_count)
 
-    def _meta_term(self, loss: torch.Tensor) -> torch.Tensor:
+    def _meta_term(self, loss: torch.Tensor, tr: Trajectories | None = None) -> torch.Tensor:
         if self.config.normalize:
-            loss = loss / self.trajectories.loss0
+            loss = loss / (tr or self.trajectories).loss0
         if self.config.meta_loss == "mean_log":
             return torch.log(loss.clamp_min(1e-30))
         return loss
 
-    def _late_weights(self, K: int) -> torch.Tensor:
+    def _late_weights(self, K: int, tr: Trajectories | None = None) -> torch.Tensor:
         """``[K, B]`` weights of the unroll's meta-loss terms towards late steps: the term of
         the loss at inner step ``s`` (``W_s``) of a trajectory of horizon ``H`` weighs
         ``(p + 1) (min(s, H) / H)^p`` (host integers, copied to the device without a sync)."""
-        tr, p = self.trajectories, self.config.late_weight
+        tr, p = tr or self.trajectories, self.config.late_weight
         s = tr.steps_done[None, :] + np.arange(1, K + 1)[:, None]
         w = (p + 1) * (np.minimum(s, tr.horizon) / tr.horizon) ** p
         return torch.as_tensor(w, dtype=self.dtype).to(self.device, non_blocking=True)
@@ -278,14 +264,35 @@ class UnrollEngine:
         """Run one truncated unroll from the current trajectories and backpropagate the meta-loss.
 
         Leaves the meta-gradient in the meta-parameters' ``.grad`` (not yet clipped or applied)
-        and does not advance the trajectories; :meth:`meta_step` does both.
+        and does not advance the trajectories; :meth:`meta_step` does both. With ``estimator: pes``
+        the estimate comes from antithetic forward unrolls instead, with no backward
+        (:meth:`metatele.meta.pes.PES.meta_gradient`).
+        """
+        K = self._unroll_length()
+        if self.pes is not None:
+            W, state, alive, final, meta_loss = self.pes.meta_gradient(self.trajectories, K, self.meta_step_count,
+                                                                       self._unroll)
+            return Unroll(W, state, alive, final, meta_loss, K)
+        W, state, alive, final, contrib = self._unroll(self.trajectories, K)
+        meta_loss = contrib.sum() / self.B
+
+        self._alive_for_backward = alive
+        self.meta_opt.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        self._alive_for_backward = None
+        return Unroll(W, state, alive, final, meta_loss.detach(), K)
+
+    def _unroll(self, tr: Trajectories, K: int) -> tuple[list[torch.Tensor], LearnedState, torch.Tensor,
+                                                         torch.Tensor, torch.Tensor]:
+        """``K`` inner steps of the trajectories ``tr`` from their current weights and state.
+
+        Returns ``(W, state, alive [B], final loss [B], contributions [K, B])``: the meta-loss
+        terms of every step and trajectory, zero where masked (diverged or idle), with their graph.
         """
         c = self.config
-        K = self._unroll_length()
-        tr = self.trajectories
         W, state = tr.W, tr.state
         if tr.active.all():
-            alive = torch.ones(self.B, dtype=torch.bool, device=self.device)
+            alive = torch.ones(tr.B, dtype=torch.bool, device=self.device)
         else:  # idle slots (the run's seeds are used up) are masked like diverged ones
             alive = torch.as_tensor(tr.active, device=self.device)
         validation = c.meta_objective == "validation"
@@ -307,19 +314,13 @@ class UnrollEngine:
         per_step = torch.stack(val_terms if validation else terms[1:] + [final])  # [K, B]
         if validation:
             alive = alive & torch.isfinite(per_step).all(0)
-        term = self._meta_term(per_step)
+        term = self._meta_term(per_step, tr)
         if c.late_weight:
-            term = term * self._late_weights(K)
+            term = term * self._late_weights(K, tr)
         contrib = torch.where(alive.unsqueeze(0), term, torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
             contrib = contrib / K
-        meta_loss = contrib.sum() / self.B
-
-        self._alive_for_backward = alive
-        self.meta_opt.zero_grad(set_to_none=True)
-        meta_loss.backward()
-        self._alive_for_backward = None
-        return Unroll(W, state, alive, final, meta_loss.detach(), K)
+        return W, state, alive, final, contrib
 
     @property
     def meta_parameters(self) -> list[torch.nn.Parameter]:
@@ -329,7 +330,8 @@ class UnrollEngine:
         """Run one truncated unroll and one meta-update; returns host-side metrics."""
         c = self.config
         t0 = time.perf_counter()
-        probe = self._probe_loss_change() if self.symmetry_probe is not None else None
+        tr = self.trajectories
+        probe = self.symmetry_probe([w[: self.B] for w in tr.W], tr.X, tr.Y) if self.symmetry_probe else None
         u = self.compute_meta_gradient()
         W, state, alive, final, meta_loss, K = u.W, u.state, u.alive, u.final, u.meta_loss, u.K
         if self.grad_reducer is not None:  # e.g. all-reduce across data-parallel ranks

@@ -47,6 +47,11 @@ class Trajectories:
         loss: the task family's loss ``(W, X, Y) -> [B]`` (squared error, or digits' cross-entropy).
         teleport_data: ``X ↦`` the samples the group action acts with (``X``, or digits' teleport
             batch), whose QR ``X_qr`` holds.
+        particles: copies of every trajectory that ``W`` and ``state`` hold, stacked on the batch
+            dimension (row ``b + i·B`` is copy ``i`` of trajectory ``b``): 1, or 2 for PES's
+            antithetic pair (:mod:`metatele.meta.pes`). The copies share the task and progress.
+        unrolls_done: ``[B]`` int64, unrolls each trajectory has taken (zeroed by :meth:`reset`):
+            the length of PES's accumulated noise, whose terms are regenerated from the seed.
     """
 
     X: torch.Tensor
@@ -63,19 +68,26 @@ class Trajectories:
     Y_val: torch.Tensor | None = None
     loss: DataLoss = field(default=mlp_loss, repr=False)
     teleport_data: Callable[[torch.Tensor], torch.Tensor] = field(default=_same, repr=False)
+    particles: int = 1
+    unrolls_done: np.ndarray | None = None
 
     #: the fields saved as they are by :meth:`state_dict` (``state`` is saved as its parts;
     #: ``X_val``/``Y_val`` only when present)
-    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active", "horizon")
+    SAVED = ("X", "Y", "W", "loss0", "X_qr", "seeds", "steps_done", "active", "horizon", "unrolls_done")
+
+    def __post_init__(self) -> None:
+        if self.unrolls_done is None:
+            self.unrolls_done = np.zeros(self.B, dtype=np.int64)
 
     @classmethod
     def start(cls, tasks: TaskBatch, state: LearnedState, horizon: np.ndarray, steps_done: np.ndarray | None = None,
               B: int | None = None, loss: DataLoss = mlp_loss,
-              teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same) -> "Trajectories":
+              teleport_data: Callable[[torch.Tensor], torch.Tensor] = _same, particles: int = 1) -> "Trajectories":
         """Trajectories at the start of ``tasks`` with their ``horizon`` ``[k]`` (``steps_done``
         default 0; see :func:`metatele.meta.schedules.start_offsets`), whose learned-optimizer
         ``state`` (for the ``B`` slots) is fresh. With ``B`` larger than the number ``k`` of
-        tasks, the remaining slots are idle copies of the first task (the batch keeps its size)."""
+        tasks, the remaining slots are idle copies of the first task (the batch keeps its size).
+        With ``particles`` copies of each trajectory, ``state`` has ``particles·B`` rows."""
         k = tasks.X.shape[0]
         B = k if B is None else B
         active = np.arange(B) < k
@@ -89,11 +101,12 @@ class Trajectories:
                               list(tasks.seeds) + [int(tasks.seeds[0])] * (B - k))
         W = [w.detach() for w in tasks.weights]
         return cls(
-            X=tasks.X, Y=tasks.Y, W=W, loss0=loss(W, tasks.X, tasks.Y).detach(),
+            X=tasks.X, Y=tasks.Y, W=[w.repeat(particles, 1, 1) for w in W], loss0=loss(W, tasks.X, tasks.Y).detach(),
             X_qr=input_qr(W, teleport_data(tasks.X)), state=state,
             seeds=np.asarray(tasks.seeds, dtype=np.int64).copy(),
             steps_done=np.zeros(B, dtype=np.int64) if steps_done is None else np.asarray(steps_done, dtype=np.int64),
             active=active, horizon=horizon, X_val=X_val, Y_val=Y_val, loss=loss, teleport_data=teleport_data,
+            particles=particles,
         )
 
     @property
@@ -102,8 +115,8 @@ class Trajectories:
 
     def reset(self, slots: np.ndarray, tasks: TaskBatch | None, horizon: np.ndarray | None = None) -> None:
         """Give the first ``len(tasks)`` of ``slots`` (host indices) the fresh ``tasks`` with their
-        ``horizon`` and zero their recurrent state; the rest of ``slots`` fall idle; other slots
-        are untouched."""
+        ``horizon`` and zero their recurrent state (of every particle) and accumulated unrolls; the
+        rest of ``slots`` fall idle; other slots are untouched."""
         k = 0 if tasks is None else tasks.X.shape[0]
         self.active[slots[k:]] = False
         if k == 0:
@@ -117,21 +130,42 @@ class Trajectories:
             self.Y_val = self.Y_val.index_copy(0, idx, tasks.Y_val)
         fresh_qr = input_qr(tasks.weights, self.teleport_data(tasks.X))
         self.X_qr = tuple(a.index_copy(0, idx, b) for a, b in zip(self.X_qr, fresh_qr))
-        self.W = [w.index_copy(0, idx, t) for w, t in zip(self.W, tasks.weights)]
+        rows = torch.cat([idx + i * self.B for i in range(self.particles)])  # every particle's row
+        self.W = [w.index_copy(0, rows, t.repeat(self.particles, 1, 1)) for w, t in zip(self.W, tasks.weights)]
         self.loss0 = self.loss0.index_copy(0, idx, self.loss(tasks.weights, tasks.X, tasks.Y))
-        keep = torch.ones(self.B, dtype=torch.bool, device=self.X.device)
-        keep[idx] = False
+        keep = torch.ones(self.B * self.particles, dtype=torch.bool, device=self.X.device)
+        keep[rows] = False
         self.state = self.state.reset(keep)
         self.seeds[slots] = tasks.seeds
         self.steps_done[slots] = 0
         if horizon is not None:
             self.horizon[slots] = horizon
+        self.unrolls_done[slots] = 0
+
+    def particle(self, copy: int, slots: np.ndarray) -> "Trajectories":
+        """Copy ``copy`` (``< particles``) of the trajectories in ``slots`` (host indices), as
+        trajectories of their own (one particle each; tensors gathered, host arrays copied)."""
+        host, slots = slots, torch.as_tensor(slots, device=self.X.device)
+        rows = slots + copy * self.B
+        pick = lambda s: (s[0].index_select(1, rows), s[1].index_select(1, rows))  # noqa: E731
+        return Trajectories(
+            X=self.X[slots], Y=self.Y[slots], W=[w[rows] for w in self.W], loss0=self.loss0[slots],
+            X_qr=tuple(a[slots] for a in self.X_qr),
+            state=LearnedState(pick(self.state.update) if self.state.update else None,
+                               [pick(s) for s in self.state.teleport]),
+            seeds=self.seeds[host], steps_done=self.steps_done[host], active=self.active[host],
+            horizon=self.horizon[host],
+            X_val=None if self.X_val is None else self.X_val[slots],
+            Y_val=None if self.Y_val is None else self.Y_val[slots],
+            loss=self.loss, teleport_data=self.teleport_data, unrolls_done=self.unrolls_done[host],
+        )
 
     def advance(self, W: list[torch.Tensor], state: LearnedState, steps: int) -> None:
         """Carry the weights and state of an unroll of ``steps`` inner steps on (truncated: detached)."""
         self.W = [w.detach() for w in W]
         self.state = state.detach()
         self.steps_done += steps
+        self.unrolls_done += 1
 
     def state_dict(self) -> dict[str, Any]:
         """The saved fields (tensors by reference, host arrays copied) and the recurrent state's parts."""
@@ -166,6 +200,8 @@ class Trajectories:
             else np.full(len(sd["seeds"]), steps, dtype=np.int64),
             X_val=to(sd["X_val"]) if sd.get("X_val") is not None else None,
             Y_val=to(sd["Y_val"]) if sd.get("Y_val") is not None else None,
-            loss=loss, teleport_data=teleport_data,
+            loss=loss, teleport_data=teleport_data, particles=W[0].shape[0] // X.shape[0],
+            unrolls_done=np.asarray(sd["unrolls_done"], dtype=np.int64).copy() if sd.get("unrolls_done") is not None
+            else None,
         )
         return out

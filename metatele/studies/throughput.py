@@ -2,7 +2,9 @@
 
 One *trajectory-step* is one inner step of one trajectory inside a meta-training unroll (loss and
 gradient, m1 and m2 forward, teleport) plus its share of the meta-backward and the Adam step. The
-B = 1 row is the same work done one trajectory at a time, as the paper's code does.
+B = 1 row is the same work done one trajectory at a time, as the paper's code does. With
+``estimator="pes"`` a trajectory-step is the forward step of both particles of its antithetic pair
+(no meta-backward; :mod:`metatele.meta.pes`).
 
 For a teleporting variant of the ``coordinatewise`` architecture the table also gives the share
 of the time spent on the teleport gradient ``G`` (the double backward through the group action
@@ -44,7 +46,7 @@ def teleport_gradient_seconds(engine: UnrollEngine, repeats: int = 3) -> float:
 def measure(batch_size: int, variant: str = "update+tele", hidden: int = 300, unrolls: int = 3,
             device: str = "auto", dims: list[int] | None = None, unroll: int = 10,
             arch: str = "paper", bias: bool = False, distribution: str = "uniform",
-            second_order: bool = False) -> dict[str, Any]:
+            second_order: bool = False, estimator: str = "tbptt", pes_groups: int = 1) -> dict[str, Any]:
     """Time ``unrolls`` meta-steps (after one warm-up step) at one batch size.
 
     ``teleport_gradient_share`` (coordinatewise teleporting variants; ``None`` otherwise) is
@@ -54,7 +56,8 @@ def measure(batch_size: int, variant: str = "update+tele", hidden: int = 300, un
         "task": {"dims": dims or [20, 20, 20, 20], "bias": bias, "distribution": distribution},
         "learned": {"variant": variant, "lstm": {"hidden": hidden}, "arch": arch},
         "trajectories": 10**8, "steps": 100, "unroll": unroll, "batch_size": batch_size,
-        "device": device, "second_order": second_order,
+        "device": device, "second_order": second_order, "estimator": estimator,
+        "pes_groups": min(pes_groups, batch_size),
     })
     engine = UnrollEngine(config)
     engine.meta_step()  # warm-up (allocations, kernel selection)
@@ -76,19 +79,21 @@ def measure(batch_size: int, variant: str = "update+tele", hidden: int = 300, un
 def run_benchmark(batch_sizes: list[int], variant: str = "update+tele", hidden: int = 300,
                   unrolls: int = 3, device: str = "auto", dims: list[int] | None = None,
                   arch: str = "paper", bias: bool = False, distribution: str = "uniform",
-                  second_order: bool = False) -> list[dict[str, Any]]:
+                  second_order: bool = False, estimator: str = "tbptt", pes_groups: int = 1) -> list[dict[str, Any]]:
     """Measure every batch size and print a table with the speed-up over B = 1."""
     dev = resolve_device(device)
     sizes = sorted(set([1] + list(batch_sizes)))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     what = f"hidden {hidden}" if arch == "paper" else "coordinatewise"
     print(f"meta-training throughput, {variant}, {what}, dims {dims or [20, 20, 20, 20]}"
-          f"{' with biases' if bias else ''}, {distribution}, unroll 10{', second order' if second_order else ''}, "
+          f"{' with biases' if bias else ''}, {distribution}, unroll 10{', second order' if second_order else ''}"
+          f"{f', PES with {pes_groups} group(s)' if estimator == 'pes' else ''}, "
           f"device {dev} ({name}), torch {torch.__version__}", flush=True)
     rows = []
     for B in sizes:
         r = measure(B, variant, hidden, unrolls if B > 1 else max(1, unrolls), str(dev), dims,
-                    arch=arch, bias=bias, distribution=distribution, second_order=second_order)
+                    arch=arch, bias=bias, distribution=distribution, second_order=second_order,
+                    estimator=estimator, pes_groups=pes_groups)
         rows.append(r)
     base = rows[0]["trajectory_steps_per_s"]
     print("| B | trajectory-steps/s | × vs B=1 | teleport-gradient share |")
