@@ -7,7 +7,8 @@ import torch
 from helpers import tiny
 
 from metatele.release.checkpoint import CheckpointError, load_optimizer, save_checkpoint
-from metatele.optimizers.coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, safeguarded_teleport
+from metatele.optimizers.coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport
+from metatele.optimizers.coordinatewise_step import safeguarded_teleport
 from metatele.meta.engine import UnrollEngine
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
 from metatele.tasks.mlp import loss_and_grads, mlp_loss
@@ -90,14 +91,16 @@ def test_safeguard_refuses_a_teleport_that_raises_the_loss():
     batch = sample_tasks(TaskConfig([12, 8, 10, 6], "gaussian"), range(8), dtype=torch.float64)
     T = [0.5 * torch.randn(8, 10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)]
     before = mlp_loss(batch.weights, batch.X, batch.Y)
-    raw = mlp_loss(safeguarded_teleport(batch.weights, batch.X, T, None), batch.X, batch.Y)
-    safe = mlp_loss(safeguarded_teleport(batch.weights, batch.X, T, squared_loss(batch.X, batch.Y)), batch.X, batch.Y)
+    raw = mlp_loss(safeguarded_teleport(batch.weights, batch.X, T, None)[0], batch.X, batch.Y)
+    safe_w, taken = safeguarded_teleport(batch.weights, batch.X, T, squared_loss(batch.X, batch.Y))
+    safe = mlp_loss(safe_w, batch.X, batch.Y)
     assert (raw > before).any()
     assert (safe <= before).all()
     assert torch.equal(safe, torch.minimum(raw, before))
+    assert torch.equal(taken, raw <= before)
     # a tolerance lets through a rise up to that relative size (rounding of an exact teleport)
     tol = float(((raw - before) / before).max()) * 1.01
-    lenient = safeguarded_teleport(batch.weights, batch.X, T, squared_loss(batch.X, batch.Y), tol=tol)
+    lenient, _ = safeguarded_teleport(batch.weights, batch.X, T, squared_loss(batch.X, batch.Y), tol=tol)
     assert torch.equal(mlp_loss(lenient, batch.X, batch.Y), raw)
 
 

@@ -31,8 +31,8 @@ from torch import nn
 
 from .baselines import BaselineConfig, HandDesignedUpdate
 from ..configs import require
-from .coordinatewise import (CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, safeguarded_teleport, sanitize,
-                             teleport_outputs)
+from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, sanitize
+from .coordinatewise_step import stable_step, teleport_outputs
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
@@ -204,12 +204,12 @@ class LearnedOptimizer(nn.Module):
         grads = [sanitize(g) for g in grads]
         cfg = self.config
         coordinatewise = cfg.arch == "coordinatewise"
-        T, lrs, tele_states = [], [], []
+        T, lrs, tele_states, active = [], [], [], None
         if cfg.uses_teleport and coordinatewise:  # m2 reads the teleport gradient at W_t
             if loss_fn is None:
                 raise ValueError(f"the coordinatewise {cfg.variant!r} optimizer needs loss_fn for its teleport gradient")
-            T, lrs, tele_states = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
-                                                   cfg.teleport.exact, x_qr, self._hooked)
+            T, lrs, tele_states, active = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
+                                                           cfg.teleport.exact, x_qr, self._hooked)
         elif cfg.uses_teleport:
             T, lrs, tele_states = self._teleport_outputs(grads, state)
         update_state = state.update
@@ -224,13 +224,13 @@ class LearnedOptimizer(nn.Module):
             steps = [self._hooked(u) for u in updates]
         if update_scale is not None:
             steps = [s * u for s, u in zip(update_scale, steps)]
-        new = [w - u for w, u in zip(weights, steps)]
-        if T and coordinatewise:  # refused per task by the safeguard if it would raise the loss
-            cw = cfg.coordinatewise
-            new = safeguarded_teleport(new, X, T, loss_fn if cw.safeguard else None, cfg.teleport.exact, x_qr,
-                                       cw.safeguard_tol)
-        elif T:
-            new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False, x_qr=x_qr)
+        if coordinatewise:  # bounds, safeguards, the update's state at a teleport: coordinatewise_step
+            new, update_state = stable_step(cfg.coordinatewise, weights, steps, T, active, update_state, X, loss_fn,
+                                            cfg.teleport.exact, x_qr)
+        else:
+            new = [w - u for w, u in zip(weights, steps)]
+            if T:
+                new = teleport(new, X, T, exact=cfg.teleport.exact, warn=False, x_qr=x_qr)
         return new, LearnedState(update_state, tele_states)
 
     def step(

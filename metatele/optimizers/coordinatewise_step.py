@@ -1,0 +1,166 @@
+"""One inner step of the coordinatewise optimizer around its m1 and m2 (docs/coordinatewise.md).
+
+:func:`teleport_outputs` runs m2 on every pair (from the teleport gradient at ``W_t``);
+:func:`stable_step` then takes the local update and the teleport with the stability options of
+:class:`~metatele.optimizers.coordinatewise.CoordinatewiseConfig`, each off by default (the step
+is then exactly ``teleport(W − u, T)`` with the teleport's safeguard):
+
+* ``update_bound``: every coordinate's update ``u`` becomes ``b s tanh(u / (b s))``, ``s`` the
+  RMS of its weight tensor per trajectory (:func:`bounded_updates`): within ``b s`` always, the
+  identity for small updates (relative change ``(u / b s)² / 3``), smooth for meta-gradients.
+* ``update_safeguard``: a task whose loss the local update would raise keeps its weights
+  (:func:`safeguarded_update`). The update's state (m1's momenta, the base optimizer's) still
+  advances with the gradient it read: the momenta stay statistics of the gradients seen at the
+  trajectory's weights, and a refused step is not repeated verbatim (with full-batch gradients,
+  restoring the old state would propose the same refused update at the same weights forever).
+* ``safeguard`` (the teleport's): a teleport that would raise a task's loss is not taken
+  (:func:`safeguarded_teleport`).
+* ``teleport_state: reset``: where a teleport was actually taken (m2's schedule and gate, and
+  the safeguard), the local update's state (moments and step count) is zeroed, so it restarts at
+  the teleported weights with Adam's bias correction; ``keep`` (default) carries it over.
+
+Every choice is a per-task ``torch.where`` or mask on the device: no host sync.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .coordinatewise import CoordinatewiseConfig, EquivariantTeleport, linear_teleport_gradient, sanitize
+from .lstm import State, reset_state
+from ..symmetry.action import teleport
+from ..symmetry.teleport_grad import LossFn, teleport_gradient
+
+Hook = Callable[[torch.Tensor], torch.Tensor]
+
+
+def teleport_outputs(
+    m2: EquivariantTeleport,
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    loss_fn: LossFn,
+    states: Sequence[State],
+    exact: bool = True,
+    x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    hook: Hook = lambda t: t,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[State], torch.Tensor]:
+    """m2 on every pair of the network at ``weights``: ``(T per pair, step sizes, new states,
+    active [B] bool)``, ``active`` where some pair teleports (schedule and gate).
+
+    Reads the teleport gradient ``G`` (one batched double backward for all pairs, treated as
+    data; with ``tele_gradient_input: false``, :func:`linear_teleport_gradient` and one backward)
+    and the gradients at ``weights``. ``states`` empty: fresh trajectories.
+    """
+    if m2.config.tele_gradient_input:
+        G, _, grads = teleport_gradient(weights, X, loss_fn, exact=exact, x_qr=x_qr)
+    else:
+        with torch.enable_grad():
+            W0 = [w.detach().requires_grad_(True) for w in weights]
+            grads = list(torch.autograd.grad(loss_fn(W0).sum(), W0))
+        G = linear_teleport_gradient(grads)
+    G = [sanitize(g) for g in G]
+    grads = [sanitize(g) for g in grads]
+    T, lrs, new_states, active = [], [], [], torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
+    for m in range(len(weights) - 1):
+        out = m2.outputs(G[m], grads[m], grads[m + 1], states[m] if states else None)
+        T.append(hook(out.T.to(weights[m].dtype)))
+        if out.lr is not None:
+            lrs.append(hook(out.lr))
+        new_states.append(out.state)
+        active = active | out.active
+    return T, lrs, new_states, active
+
+
+def bounded_updates(
+    weights: Sequence[torch.Tensor], updates: Sequence[torch.Tensor], bound: float, floor: float = 1e-3
+) -> list[torch.Tensor]:
+    """``b s tanh(u / (b s))`` per coordinate, ``s = √(rms(W)² + floor²)`` per weight tensor and
+    trajectory (``weights`` and ``updates``: lists of ``[B, d_i, d_{i-1}(+1)]``). Differentiable
+    in both; ``|result| < b s``."""
+    out = []
+    for w, u in zip(weights, updates):
+        s = w.flatten(1).square().mean(dim=1).add(floor ** 2).sqrt().view(-1, *([1] * (w.dim() - 1)))
+        c = bound * s.to(u.dtype)
+        out.append(c * torch.tanh(u / c))
+    return out
+
+
+def safeguarded_update(
+    weights: Sequence[torch.Tensor], new: Sequence[torch.Tensor], loss_fn: LossFn, tol: float = 0.0
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``new`` for the tasks whose loss it does not raise by more than the relative ``tol``,
+    ``weights`` for the others (NaN counts as a rise): ``(chosen weights, their loss [B], taken
+    [B] bool)``. The comparison is data; the meta-gradient flows through the chosen branch."""
+    with torch.no_grad():
+        before, after = loss_fn(weights), loss_fn(new)
+        take = after <= before * (1 + tol)
+    k = take.view(-1, 1, 1)
+    return [torch.where(k, a, b) for a, b in zip(new, weights)], torch.where(take, after, before), take
+
+
+def safeguarded_teleport(
+    weights: Sequence[torch.Tensor],
+    X: torch.Tensor,
+    T: Sequence[torch.Tensor],
+    loss_fn: LossFn | None,
+    exact: bool = True,
+    x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tol: float = 0.0,
+    loss_before: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Teleport ``weights`` by ``T``; with ``loss_fn`` given, a task whose loss the teleport
+    would raise by more than the relative ``tol`` keeps its weights (a per-task
+    ``torch.where``, no host sync). ``loss_before``: ``loss_fn(weights)`` if already known.
+
+    Returns ``(new weights, taken [B] bool)``.
+    """
+    new = teleport(weights, X, T, exact=exact, warn=False, x_qr=x_qr)
+    if loss_fn is None:
+        return new, torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
+    with torch.no_grad():
+        before = loss_fn(weights) if loss_before is None else loss_before
+        take = loss_fn(new) <= before * (1 + tol)  # NaN after the teleport: not taken
+    k = take.view(-1, 1, 1)
+    return [torch.where(k, a, b) for a, b in zip(new, weights)], take
+
+
+def stable_step(
+    config: CoordinatewiseConfig,
+    weights: Sequence[torch.Tensor],
+    updates: Sequence[torch.Tensor],
+    T: Sequence[torch.Tensor],
+    active: torch.Tensor | None,
+    update_state: State | None,
+    X: torch.Tensor,
+    loss_fn: LossFn | None,
+    exact: bool = True,
+    x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[list[torch.Tensor], State | None]:
+    """``W ← teleport(W − u, T)`` with the stability options of ``config`` (module docstring).
+
+    Args:
+        weights: ``W_t``, list of ``[B, d_i, d_{i-1}(+1)]``; updates: ``u`` of the same shapes.
+        T: m2's ``T`` per pair (empty: no teleport); active: ``[B]``, where m2 teleports.
+        update_state: the local update's new state ``(moments [k, B, P], t [1, B, 1])``, or ``None``.
+        X, exact, x_qr: the data, the form and the factorisation the group action uses.
+        loss_fn: the per-task loss ``[B]`` the safeguards compare (needed by either safeguard).
+
+    Returns:
+        ``(new weights, the update's state after the teleport)``.
+    """
+    if loss_fn is None and (config.update_safeguard or (T and config.safeguard)):
+        raise ValueError("coordinatewise.update_safeguard and coordinatewise.safeguard need loss_fn")
+    if config.update_bound is not None:
+        updates = bounded_updates(weights, updates, config.update_bound, config.update_bound_floor)
+    new = [w - u for w, u in zip(weights, updates)]
+    loss = None
+    if config.update_safeguard:
+        new, loss, _ = safeguarded_update(weights, new, loss_fn, config.update_safeguard_tol)
+    if not T:
+        return new, update_state
+    new, taken = safeguarded_teleport(new, X, T, loss_fn if config.safeguard else None, exact, x_qr,
+                                      config.safeguard_tol, loss)
+    if config.teleport_state == "reset" and update_state is not None:
+        update_state = reset_state(update_state, ~(taken & active))
+    return new, update_state
