@@ -26,7 +26,8 @@ def main(argv: list[str]) -> int:
 WORSE = "gd(tiny)"  # a baseline configured to be clearly worse than tuned GD
 EXTRA = [
     "--set", f"baselines.{WORSE}={{name: gd, lr: 1.0e-9}}",
-    "--set", f"comparisons=[[{WORSE}, gd(tuned)], [LSTM(update+tele), LSTM(update)], [LSTM(lr+tele), gd(tuned)]]",
+    "--set", f"comparisons=[[{WORSE}, gd(tuned)], [LSTM(update+tele), LSTM(update)], [LSTM(lr+tele), gd(tuned)], "
+             "[CW(update+tele), adam(tuned@*)]]",
 ]
 SUBSET = ["--settings", "uniform-small", "--methods", "LSTM(update+tele)", "gd(tuned)", "--ablations", "none"]
 

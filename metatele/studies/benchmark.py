@@ -7,7 +7,9 @@ A protocol (YAML → :class:`BenchmarkProtocol`) names task *settings*, learned 
 
 For every setting: tune the baselines on training seeds, meta-train every learned method once
 per meta-seed (saving each checkpoint), evaluate everything on the same unseen test seeds; then
-the ablation arms on their setting; then statistics (:mod:`metatele.studies.aggregate`), ``results.json``,
+the ablation arms on their setting; then the transfer targets (the protocol's baselines tuned on
+each target task, the setting's checkpoints evaluated there without retraining,
+:mod:`metatele.studies.transfer_section`); then statistics (:mod:`metatele.studies.aggregate`), ``results.json``,
 ``curves.npz``, PNG figures and the markdown report. Runs whose configs are identical (e.g. an
 ablation reference equal to a main method) are trained once.
 

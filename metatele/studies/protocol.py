@@ -101,7 +101,9 @@ class BenchmarkProtocol:
         steps: steps reported (evaluation runs to the largest); alpha: significance level.
         base: MetaTrainConfig overrides shared by every learned run.
         settings, methods, baselines: name → :class:`Setting` / overrides / BaselineConfig fields
-            (plus ``tune: true`` to grid-tune ``lr``, with the baseline's teleport schedule on).
+            (plus ``tune: true`` to grid-tune ``lr``, with the baseline's teleport schedule on, for
+            ``tune_steps`` steps (default ``tuning.steps``); ``tune_horizons: true`` expands a
+            baseline into one tuned for each reported step, see :func:`horizon_name`).
         comparisons: ``[a, b]`` pairs stated in every setting that has both.
         ablation_setting, ablation_base, ablations: where the ablations run, their shared scale
             overrides, and name → :class:`Ablation`.
@@ -216,6 +218,7 @@ class BenchmarkProtocol:
                 self.selection(s, m)
         for n in self.ablations:
             self.learned_config(self.ablation_setting, self.ablations[n].method, self.meta_seeds[0], ablation=n)
+            self.selection(self.ablation_setting, self.ablations[n].method, ablation=n)
 
     def eval_seeds(self) -> list[int]:
         """The seeds every method is evaluated on (test or validation split)."""
