@@ -397,6 +397,8 @@ def test_snapshot_selection_uses_validation_seeds_and_the_checkpoint_is_the_sele
 
 
 def test_selection_never_evaluates_on_test_seeds(tmp_path, monkeypatch):
+    from dataclasses import replace
+
     import metatele.studies.selection as selection
     from metatele.studies.benchmark import Job, run_job
 
@@ -415,6 +417,11 @@ def test_selection_never_evaluates_on_test_seeds(tmp_path, monkeypatch):
     assert seen and max(seen) < TEST_SEED_OFFSET and r["info"]["selected"]["meta_step"] >= 0
     plain = Job("uniform-small", "CW(update)", 0, job.config, tmp_path / "plain.safetensors")
     assert plain.key == json.dumps(job.config.to_dict(), sort_keys=True) != job.key
+    again = run_job(job, list(unseen_seeds(4)), [10], p.name, resume=True)  # the same selection: reused
+    assert again["info"]["reused"] and again["info"]["selected"] == r["info"]["selected"]
+    np.testing.assert_array_equal(again["curves"].loss, r["curves"].loss)
+    other = Job(job.section, job.method, 0, job.config, job.checkpoint, replace(job.selection, every=1))
+    assert not run_job(other, list(unseen_seeds(4)), [10], p.name, resume=True)["info"]["reused"]
 
 
 def test_transfer_sections_run_the_checkpoints_on_other_tasks_against_baselines_tuned_there(run):
