@@ -514,3 +514,5 @@ def test_new_protocol_keys_fail_with_the_field_named(capsys):
         assert field in capsys.readouterr().err, bad
     assert main(["--quick", "--dry-run"]) == 0
     assert "transfer-biases: baselines" in capsys.readouterr().out
+    p, _ = load_protocol(QUICK_CONFIG)
+    assert p.method_names(["adam(tuned)", "gd(tuned)"]) == ["adam(tuned@10)", "adam(tuned@30)", "adam(tuned@100)", "gd(tuned)"]

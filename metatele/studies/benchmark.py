@@ -177,6 +177,7 @@ class BenchmarkRun:
                  workers: int = 1, threads: int = 1, methods: list[str] | None = None) -> None:
         self.p, self.out, self.progress, self.resume = protocol, Path(out), progress, resume
         self.workers, self.threads = max(1, workers), max(1, threads)
+        methods = None if methods is None else protocol.method_names(methods)
         for what, names, have in (("settings", settings, protocol.settings), ("ablations", ablations, protocol.ablations),
                                   ("methods", methods, {**protocol.methods, **protocol.baselines})):
             unknown = sorted(set(names or []) - set(have))

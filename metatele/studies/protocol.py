@@ -169,6 +169,7 @@ class BenchmarkProtocol:
         require(isinstance(st, list) and st and all(isinstance(s, int) and s >= 1 for s in st) and st == sorted(set(st)),
                 "steps", f"must be increasing positive integers, got {st!r}")
         require(0 < self.alpha < 1, "alpha", f"must be in (0, 1), got {self.alpha}")
+        self.horizon_groups: dict[str, list[str]] = {}  # a tune_horizons baseline → its per-horizon names
         self.baselines = self._expand_horizons(self.baselines)
         require(bool(self.settings) and "ablations" not in self.settings, "settings",
                 "name at least one setting ('ablations' is reserved for the ablation section)")
@@ -239,7 +240,13 @@ class BenchmarkProtocol:
                     "tune_horizons tunes for each reported step: it needs tune (not false) and no tune_steps")
             for h in self.steps:
                 out[horizon_name(name, h)] = {**spec, "tune": True, "tune_steps": h}
+            self.horizon_groups[name] = [horizon_name(name, h) for h in self.steps]
         return out
+
+    def method_names(self, names: list[str]) -> list[str]:
+        """``names`` with each ``tune_horizons`` baseline's name replaced by its per-horizon names
+        (``adam(tuned)`` → ``adam(tuned@10)``, ``adam(tuned@30)``, …), e.g. for ``--methods``."""
+        return [x for n in names for x in self.horizon_groups.get(n, [n])]
 
     def _known(self, name: str) -> bool:
         """Whether ``name`` is a method, a baseline, or a ``@*`` pattern that some step resolves."""
