@@ -26,7 +26,8 @@ def main(argv: list[str]) -> int:
 WORSE = "gd(tiny)"  # a baseline configured to be clearly worse than tuned GD
 EXTRA = [
     "--set", f"baselines.{WORSE}={{name: gd, lr: 1.0e-9}}",
-    "--set", f"comparisons=[[{WORSE}, gd(tuned)], [LSTM(update+tele), LSTM(update)], [LSTM(lr+tele), gd(tuned)]]",
+    "--set", f"comparisons=[[{WORSE}, gd(tuned)], [LSTM(update+tele), LSTM(update)], [LSTM(lr+tele), gd(tuned)], "
+             "[CW(update+tele), adam(tuned@*)]]",
 ]
 SUBSET = ["--settings", "uniform-small", "--methods", "LSTM(update+tele)", "gd(tuned)", "--ablations", "none"]
 
@@ -77,7 +78,8 @@ def test_report_states_command_tables_with_cis_pvalues_and_figures(run):
         assert (out / "figures" / f"benchmark_{name.replace('(', '-').replace(')', '')}.png").is_file() or \
             (out / rel).is_file()
     assert all(f"]({rel})" in text for rel in (p.split(str(out) + "/")[-1] for p in results["figures"].values()))
-    assert set(results["sections"]) == {"uniform-small", "gaussian-small", "gaussian-deep-small", "ablations"}
+    assert set(results["sections"]) == {"uniform-small", "gaussian-small", "gaussian-deep-small", "ablations",
+                                        "transfer-wider", "transfer-biases"}
 
 
 def test_results_json_matches_a_recomputation_from_the_saved_curves(run):
@@ -98,7 +100,7 @@ def test_results_json_matches_a_recomputation_from_the_saved_curves(run):
                     _same_summary(sm, summarize(c, steps))
                 flat[m] = combined
             _same_summary(entry["summary"], summarize(flat[m], steps))
-        pairs = [[c["a"], c["b"]] for c in sec["comparisons"]]
+        pairs = [c.get("pair", [c["a"], c["b"]]) for c in sec["comparisons"]]
         redo = compare_pairs(flat, list(dict.fromkeys(map(tuple, pairs))), steps, alpha)
         assert len(redo) == len(sec["comparisons"])
         for j, c in zip(sec["comparisons"], redo):
@@ -169,7 +171,7 @@ def test_checkpoints_are_written_with_provenance_and_reproduce_their_curves(run)
             by_seed.setdefault(k, set()).add((a, b))
         for k, j in ((k, j) for k in by_seed for j in by_seed if k < j):
             assert all(b1 <= a2 or b2 <= a1 for a1, b1 in by_seed[k] for a2, b2 in by_seed[j])
-    assert n == 3 * (3 * 3 + 10)
+    assert n == 3 * (6 * 3 + 10 + 2 * 2)  # methods × settings, ablation arms, transferred methods × targets
     assert (out / "checkpoints" / "uniform-small" / "LSTM-update+tele" / "seed2.safetensors").is_file()
 
 
@@ -307,14 +309,16 @@ def test_target_check_is_generated_from_the_numbers_and_render_only_reproduces_t
 
 
 def test_in_short_summary_states_each_measured_pair_with_its_decisions_and_differences(run):
-    from metatele.studies.report import summary_lines
+    from metatele.studies.report import SUMMARY_PAIRS, summary_lines
 
     out, argv, results = run
     lines = summary_lines(results)
     text = (out / "RESULTS.md").read_text()
     assert "## In short: where learned teleportation helps" in text and all(line in text for line in lines)
     settings = [s for s in results["sections"].values() if s["kind"] == "setting"]
-    assert len(lines) == len(settings) + 1  # one per setting, one for the ablations
+    others = [s for s in results["sections"].values() if s["kind"] != "ablations"
+              and any((c["a"], c["b"]) == (a, b) for c in s["comparisons"] for a, b, _ in SUMMARY_PAIRS)]
+    assert len(lines) == len(others) + 1  # one per setting (or transfer target) with such a pair, one for the ablations
     for line, sec in zip(lines, settings):
         assert line.startswith(f"**{sec['label']}**")
         cs = [c for c in sec["comparisons"] if c["a"] == "LSTM(update+tele)" and c["b"] == "LSTM(update)"]
@@ -329,3 +333,186 @@ def test_in_short_summary_states_each_measured_pair_with_its_decisions_and_diffe
     for c in abl["comparisons"]:
         if c["step"] == step:
             assert c["ablation"] in lines[-1]
+
+
+# -- the options of issue 13: per-horizon tuning, selection, transfer, divergence, targets --------
+def test_quick_protocol_exercises_every_option():
+    p, raw = load_protocol(QUICK_CONFIG)
+    configs = {m: p.learned_config("uniform-small", m, 0) for m in p.methods}
+    assert any(c.horizon == "log_uniform" and c.steps_min > 1 for c in configs.values())
+    assert any(c.curriculum > 0 for c in configs.values()) and any(c.augment_scale > 1 for c in configs.values())
+    assert any(c.late_weight > 0 for c in configs.values())
+    assert any(c.learned.variant == "tele" and c.learned.base.name == "adam" for c in configs.values())
+    assert any(c.learned.arch == "coordinatewise" for c in configs.values())
+    assert any(p.selection("uniform-small", m) for m in p.methods)
+    assert [p.tune_steps(f"adam(tuned@{h})") for h in p.steps] == p.steps and "adam(tuned)" not in p.baselines
+    assert ["CW(update+tele)", "adam(tuned@*)"] in p.comparisons
+    assert p.transfer and any(t.task.bias for t in p.transfer.targets.values()) and p.divergence_steps
+    assert {t.rule for t in p.targets} == {"ci_below", "no_worse", "diverged_at_most"} and p.teleport_help
+
+
+def test_baselines_tuned_per_reported_horizon_and_compared_at_their_own_step(run):
+    from metatele.evaluation.tuning import DEFAULT_LRS, grid_search
+    from metatele.optimizers.baselines import BaselineConfig
+    from metatele.tasks.family import training_seeds
+
+    out, _, results = run
+    p, _ = load_protocol(QUICK_CONFIG)
+    sec = results["sections"]["uniform-small"]
+    for h in results["steps"]:
+        e = sec["methods"][f"adam(tuned@{h})"]
+        assert e["tuning"]["steps"] == h and e["tune_steps"] == h and e["config"]["lr"] == e["tuning"]["config"]["lr"]
+    assert sec["methods"]["gd(tuned)"]["tuning"]["steps"] == p.tuning.steps and "tune_steps" not in sec["methods"]["gd(tuned)"]
+    redo = grid_search(BaselineConfig(name="adam"), p.settings["uniform-small"].task,
+                       training_seeds(p.tuning.seeds, p.tuning.seed_start), 100, lrs=DEFAULT_LRS)
+    assert redo.lr == sec["methods"]["adam(tuned@100)"]["config"]["lr"]
+    rows = [c for c in sec["comparisons"] if c.get("pair") == ["CW(update+tele)", "adam(tuned@*)"]]
+    assert [(c["step"], c["b"]) for c in rows] == [(h, f"adam(tuned@{h})") for h in results["steps"]]
+    text = (out / "RESULTS.md").read_text()
+    assert "| CW(update+tele) | adam(tuned@30) | 30 |" in text and "adam(tuned@10): lr = " in text
+    assert "(for 10 steps)" in text
+
+
+def test_snapshot_selection_uses_validation_seeds_and_the_checkpoint_is_the_selected_snapshot(run):
+    from metatele.studies.selection import validation_score
+    from metatele.tasks.family import VALIDATION_SEED_OFFSET, validation_seeds
+
+    out, _, results = run
+    sec = results["sections"]["gaussian-small"]
+    assert all("selected" not in i for i in sec["methods"]["LSTM(update)"]["meta_seeds_info"])  # no selection: none
+    for info in sec["methods"]["CW(update+tele)"]["meta_seeds_info"]:
+        sel = info["selected"]
+        a, b = sel["validation_seeds"]
+        assert VALIDATION_SEED_OFFSET <= a < b <= TEST_SEED_OFFSET  # never a test seed
+        history = info["selection_history"]
+        assert history[0]["meta_step"] == 0 and history[-1]["meta_step"] == info["meta_steps"]
+        assert sel["score"] == min(h["score"] for h in history)
+        assert sel["meta_step"] == next(h["meta_step"] for h in history if h["score"] == sel["score"])
+        ck = load_checkpoint(info["checkpoint"])
+        assert ck.provenance["selection"]["selected"] == sel
+        c = evaluate(ck.optimizer, ck.config.task, list(validation_seeds(b - a)), sel["steps"])
+        assert validation_score(c, sel["at_steps"]) == pytest.approx(sel["score"], rel=1e-5)
+    text = (out / "RESULTS.md").read_text()
+    assert "selected meta-step (validation seeds)" in text and "| last / last / last |" in text
+
+
+def test_selection_never_evaluates_on_test_seeds(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import metatele.studies.selection as selection
+    from metatele.studies.benchmark import Job, run_job
+
+    p, _ = load_protocol(QUICK_CONFIG)
+    seen = []
+    real = selection.evaluate
+
+    def spy(opt, task, seeds, steps, **kw):
+        seen.extend(seeds)
+        return real(opt, task, seeds, steps, **kw)
+
+    monkeypatch.setattr(selection, "evaluate", spy)
+    job = Job("uniform-small", "CW(update)", 0, p.learned_config("uniform-small", "CW(update)", 0),
+              tmp_path / "ck.safetensors", p.selection("uniform-small", "CW(update)"))
+    r = run_job(job, list(unseen_seeds(4)), [10], p.name)
+    assert seen and max(seen) < TEST_SEED_OFFSET and r["info"]["selected"]["meta_step"] >= 0
+    plain = Job("uniform-small", "CW(update)", 0, job.config, tmp_path / "plain.safetensors")
+    assert plain.key == json.dumps(job.config.to_dict(), sort_keys=True) != job.key
+    again = run_job(job, list(unseen_seeds(4)), [10], p.name, resume=True)  # the same selection: reused
+    assert again["info"]["reused"] and again["info"]["selected"] == r["info"]["selected"]
+    np.testing.assert_array_equal(again["curves"].loss, r["curves"].loss)
+    other = Job(job.section, job.method, 0, job.config, job.checkpoint, replace(job.selection, every=1))
+    assert not run_job(other, list(unseen_seeds(4)), [10], p.name, resume=True)["info"]["reused"]
+
+
+def test_transfer_sections_run_the_checkpoints_on_other_tasks_against_baselines_tuned_there(run):
+    from metatele.evaluation.tuning import DEFAULT_LRS, grid_search
+    from metatele.optimizers.baselines import BaselineConfig
+    from metatele.tasks.family import training_seeds
+
+    out, _, results = run
+    p, _ = load_protocol(QUICK_CONFIG)
+    curves = load_curves(out / "curves.npz")
+    source = results["sections"]["gaussian-small"]["methods"]
+    for name, target in p.transfer_sections().items():
+        sec = results["sections"][name]
+        assert sec["kind"] == "transfer" and sec["from"] == "gaussian-small" and sec["task"]["dims"] == target.task.dims
+        assert set(sec["skipped"]) == {"LSTM(update+tele)"} and "paper architecture" in sec["skipped"]["LSTM(update+tele)"]
+        assert {m for m, e in sec["methods"].items() if e["kind"] == "learned"} == {"CW(update+tele)", "CW(update)"}
+        for m in ("CW(update+tele)", "CW(update)"):
+            infos = sec["methods"][m]["meta_seeds_info"]
+            assert [i["checkpoint"] for i in infos] == [i["checkpoint"] for i in source[m]["meta_seeds_info"]]
+            ck = load_checkpoint(infos[0]["checkpoint"], task=target.task)
+            c = evaluate(ck.optimizer, target.task, list(unseen_seeds(5)), 10)
+            np.testing.assert_allclose(c.loss, curves[name][m][f"seed{infos[0]['meta_seed']}"].loss[:11, :5], rtol=1e-5)
+        redo = grid_search(BaselineConfig(name="gd"), target.task, training_seeds(p.tuning.seeds), p.tuning.steps,
+                           lrs=DEFAULT_LRS)
+        assert redo.lr == sec["methods"]["gd(tuned)"]["config"]["lr"]
+        assert any(c["a"] == "CW(update+tele)" and c["b"] == "CW(update)" for c in sec["comparisons"])
+    text = (out / "RESULTS.md").read_text()
+    assert "## Transfer without retraining: gaussian [4, 6, 6, 6] with biases" in text
+    assert "Not transferred: LSTM(update+tele) — the paper architecture" in text
+
+
+def test_diverged_fractions_by_step_are_recorded_per_meta_seed_and_reported(run):
+    out, _, results = run
+    curves = load_curves(out / "curves.npz")
+    for name, sec in results["sections"].items():
+        for m, e in sec["methods"].items():
+            saved = curves[name][m]
+            flat = saved.get("combined") or saved["baseline"]
+            assert e["diverged_by"] == {str(s): float(flat.diverged[s].mean()) for s in (30, 100)}
+            if e["kind"] == "learned":
+                assert e["diverged_by_meta_seed"] == [{str(s): float(saved[f"seed{i['meta_seed']}"].diverged[s].mean())
+                                                       for s in (30, 100)} for i in e["meta_seeds_info"]]
+    text = (out / "RESULTS.md").read_text()
+    assert "| method | diverged by step 30 | diverged by step 100 |" in text
+
+
+def test_targets_and_the_teleport_question_are_generated_from_the_recorded_numbers(run):
+    from metatele.studies.protocol import Target
+    from metatele.studies.targets import check_target, teleport_help_lines
+
+    out, _, results = run
+    text = (out / "RESULTS.md").read_text()
+    assert "## Targets" in text and "## Does learning to teleport help?" in text
+    p, _ = load_protocol(QUICK_CONFIG)
+    settings = [n for n, s in results["sections"].items() if s["kind"] == "setting"]
+    for t in p.targets:
+        for name in t.sections or settings:
+            sec = results["sections"][name]
+            r = check_target(t, sec)
+            assert (f"| {t.name} (" in text) and r is not None
+            ms = sec["methods"]
+            for row in r["steps"]:
+                s = row["step"]
+                if t.rule == "ci_below":
+                    a = ms[t.a]["summary"]["at_step"][str(s)]["ci95"][1]
+                    b = ms[t.b.replace("@*", f"@{s}")]["summary"]["at_step"][str(s)]["ci95"][0]
+                    assert row["ok"] == (a < b)
+                elif t.rule == "diverged_at_most":
+                    assert row["ok"] == (ms[t.a]["diverged_by"][str(s)] <= t.at_most)
+                else:
+                    c = next(c for c in sec["comparisons"] if c["a"] == t.a and c["step"] == s
+                             and c["b"] == t.b.replace("@*", f"@{s}"))
+                    assert row["ok"] == (c["decision"] != "higher")
+            assert f"| {sec['label']} | {'**met**' if r['met'] else '**missed**'} |" in text
+    assert check_target(Target(name="x", a="nope", b="gd(tuned)", steps=[10]), results["sections"][settings[0]]) is None
+    lines = teleport_help_lines(results)
+    assert lines and all(f"- {line}" in text for line in lines)
+    assert len(lines) == len([s for s in results["sections"].values() if s["kind"] != "ablations"])
+
+
+def test_new_protocol_keys_fail_with_the_field_named(capsys):
+    for bad, field in (("divergence_steps=[1000]", "divergence_steps"),
+                       ("targets=[{a: CW(update), b: nope, steps: [10]}]", "targets"),
+                       ("targets=[{a: CW(update), b: CW(update+tele), steps: [10], rule: best}]", "rule"),
+                       ("transfer.setting=nowhere", "transfer.setting"),
+                       ("comparisons=[[CW(update), gd(tuned@*)]]", "comparisons"),
+                       ("baselines.adam(tuned).tune=false", "tune_horizons"),
+                       ("methods.CW(update).selection.every=0", "selection.every")):
+        assert main(["--quick", "--dry-run", "--set", bad]) == 2, bad
+        assert field in capsys.readouterr().err, bad
+    assert main(["--quick", "--dry-run"]) == 0
+    assert "transfer-biases: baselines" in capsys.readouterr().out
+    p, _ = load_protocol(QUICK_CONFIG)
+    assert p.method_names(["adam(tuned)", "gd(tuned)"]) == ["adam(tuned@10)", "adam(tuned@30)", "adam(tuned@100)", "gd(tuned)"]

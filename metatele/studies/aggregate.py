@@ -24,7 +24,7 @@ from ..configs import from_dict
 from ..evaluation.evaluate import LOG_FLOOR, Curves
 from ..evaluation.identity import MethodId
 from ..evaluation.stats import LOWER, decision, paired_comparison, summarize, verdict
-from .protocol import BenchmarkProtocol
+from .protocol import BenchmarkProtocol, at_horizon
 
 
 # -- curves across meta-seeds ----------------------------------------------------------------
@@ -67,19 +67,35 @@ def compare_pairs(curves: Mapping[str, Curves], pairs: Iterable[Sequence[str]], 
                   alpha: float = 0.05) -> list[dict[str, Any]]:
     """Paired comparisons ``a − b`` at every step in ``steps`` (that both curves reach), for the
     pairs whose two methods are in ``curves``. Each has ``verdict``, ``decision``, ``test`` and
-    the deciding ``p``."""
+    the deciding ``p``. A name with ``@*`` (see :func:`~metatele.studies.protocol.at_horizon`)
+    stands, at each step, for the baseline tuned for that step; such rows carry ``pair``, the
+    names as given."""
     out = []
-    for a, b in pairs:
-        if a not in curves or b not in curves:
-            continue
-        for s in steps:
-            if s > min(curves[a].steps, curves[b].steps):
+    for pa, pb in pairs:
+        for s in steps:  # a ``@*`` pattern names, at step s, the baseline tuned for s steps
+            a, b = at_horizon(pa, s), at_horizon(pb, s)
+            if a not in curves or b not in curves or s > min(curves[a].steps, curves[b].steps):
                 continue
             c = paired_comparison(curves[a], curves[b], s)
             sign = c["n_excluded"] > 0
             out.append({**c, "test": "sign" if sign else "t", "p": c["p_sign"] if sign else c["p_value"],
-                        "decision": decision(c, alpha), "verdict": verdict(c, alpha)})
+                        "decision": decision(c, alpha), "verdict": verdict(c, alpha),
+                        **({"pair": [pa, pb]} if (a, b) != (pa, pb) else {})})
     return out
+
+
+def diverged_by(curves: Curves | Sequence[Curves], steps: Sequence[int]) -> dict[str, Any]:
+    """The fraction of test seeds diverged by each of ``steps`` (that the curve reaches):
+    ``{"diverged_by": {step: fraction}}``, plus ``"meta_seeds": [{step: fraction}]`` for a
+    learned method's per-meta-seed curves (combined first: a seed on which any meta-seed diverged
+    counts as diverged)."""
+    def fractions(c: Curves) -> dict[int, float]:
+        return {int(s): float(c.diverged[s].mean()) for s in steps if s <= c.steps}
+
+    if isinstance(curves, Curves):
+        return {"diverged_by": fractions(curves)}
+    return {"diverged_by": fractions(combine_meta_seeds(curves[0].name, curves)),
+            "diverged_by_meta_seed": [fractions(c) for c in curves]}
 
 
 # -- reading results -------------------------------------------------------------------------

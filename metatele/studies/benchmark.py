@@ -7,7 +7,9 @@ A protocol (YAML → :class:`BenchmarkProtocol`) names task *settings*, learned 
 
 For every setting: tune the baselines on training seeds, meta-train every learned method once
 per meta-seed (saving each checkpoint), evaluate everything on the same unseen test seeds; then
-the ablation arms on their setting; then statistics (:mod:`metatele.studies.aggregate`), ``results.json``,
+the ablation arms on their setting; then the transfer targets (the protocol's baselines tuned on
+each target task, the setting's checkpoints evaluated there without retraining,
+:mod:`metatele.studies.transfer_section`); then statistics (:mod:`metatele.studies.aggregate`), ``results.json``,
 ``curves.npz``, PNG figures and the markdown report. Runs whose configs are identical (e.g. an
 ablation reference equal to a main method) are trained once.
 
@@ -33,7 +35,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,9 +55,11 @@ from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..tasks.family import training_seeds
-from .aggregate import combine_meta_seeds, compare_pairs, load_curves, method_ids, method_stats, save_curves
+from .aggregate import combine_meta_seeds, compare_pairs, diverged_by, load_curves, method_ids, method_stats, save_curves
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import conclusions, goal_check, render_report
+from .selection import SelectionConfig, meta_train_selected
+from .transfer_section import transfer_methods
 
 __all__ = ["BenchmarkProtocol", "BenchmarkRun", "Job", "Setting", "Ablation", "Tuning", "load_protocol",
            "run_benchmark", "run_job", "load_curves", "render_only", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
@@ -71,22 +75,32 @@ def slug(name: str) -> str:
 
 @dataclass
 class Job:
-    """One learned run: meta-train ``config``, save its checkpoint, evaluate it on the test seeds."""
+    """One learned run: meta-train ``config`` (keeping the snapshot ``selection`` picks on
+    validation seeds, if set), save its checkpoint, evaluate it on the test seeds."""
 
     section: str
     method: str
     meta_seed: int
     config: MetaTrainConfig
     checkpoint: Path
+    selection: SelectionConfig | None = field(default=None)
+
+    @property
+    def selection_dict(self) -> dict[str, Any] | None:
+        return to_json(to_dict(self.selection)) if self.selection else None
 
     @property
     def key(self) -> str:
-        return json.dumps(self.config.to_dict(), sort_keys=True)
+        extra = {"selection": self.selection_dict} if self.selection else {}
+        return json.dumps({**self.config.to_dict(), **extra}, sort_keys=True)
 
 
 def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: str, resume: bool = False,
             progress: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Meta-train (or, with ``resume``, reload a matching checkpoint), evaluate, save the checkpoint.
+    With ``job.selection``, :func:`~metatele.studies.selection.meta_train_selected` keeps the
+    snapshot that scores best on validation seeds (never the test seeds); ``info["selected"]``
+    says which meta-step it is from.
 
     Returns ``{"info", "curves", "timings"}``, or ``{"error", "timings"}`` when meta-training
     diverged. A top-level function so that worker processes can run it.
@@ -103,14 +117,22 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
             ck = load_checkpoint(path, device=device)
         except CheckpointError:  # damaged or foreign: train again
             ck = None
-    reused = ck is not None and ck.config.to_dict() == config.to_dict()
+    sel = job.selection_dict
+    reused = (ck is not None and ck.config.to_dict() == config.to_dict()
+              and (ck.provenance.get("selection") or {}).get("config") == sel)
+    selection = None
     if reused:
         opt, prov = ck.optimizer, ck.provenance
         train_seeds, meta_steps = tuple(prov["training_seeds"][0]), prov["meta_steps"]
         diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
+        selection = prov.get("selection")
     else:
         try:
-            result = meta_training.meta_train(config, device=device, progress=progress)
+            if job.selection:
+                result, selected, history = meta_train_selected(config, job.selection, progress=progress)
+                selection = to_json({"config": sel, "selected": selected, "history": history})
+            else:
+                result = meta_training.meta_train(config, device=device, progress=progress)
         except DivergenceError as e:
             return {"error": f"DivergenceError: {e}", "timings": [
                 {"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "failed": True}]}
@@ -128,12 +150,15 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
                         provenance={"training_seeds": [list(train_seeds)], "meta_steps": meta_steps,
                                     "meta_seed": job.meta_seed, "train_seconds": round(train_seconds, 1),
                                     "diverged_trajectories": diverged,
-                                    "benchmark": {"protocol": protocol_name, **where}},
+                                    "benchmark": {"protocol": protocol_name, **where},
+                                    **({"selection": selection} if selection else {})},
                         evaluation={"test_seeds": [test_seeds[0], test_seeds[-1] + 1],
                                     "summary": to_json(method_stats(curves, steps)["summary"])})
     info = {"meta_seed": job.meta_seed, "checkpoint": str(path), "train_seeds": list(train_seeds),
             "meta_steps": meta_steps, "train_seconds": train_seconds, "diverged_trajectories": diverged,
             "reused": reused}
+    if selection:
+        info.update(selected=selection["selected"], selection_history=selection["history"])
     return {"info": info, "curves": curves, "timings": timings}
 
 
@@ -152,6 +177,7 @@ class BenchmarkRun:
                  workers: int = 1, threads: int = 1, methods: list[str] | None = None) -> None:
         self.p, self.out, self.progress, self.resume = protocol, Path(out), progress, resume
         self.workers, self.threads = max(1, workers), max(1, threads)
+        methods = None if methods is None else protocol.method_names(methods)
         for what, names, have in (("settings", settings, protocol.settings), ("ablations", ablations, protocol.ablations),
                                   ("methods", methods, {**protocol.methods, **protocol.baselines})):
             unknown = sorted(set(names or []) - set(have))
@@ -165,50 +191,59 @@ class BenchmarkRun:
         self.timings: list[dict[str, Any]] = []
         self.curves: dict[str, dict[str, Any]] = {}  # section → method → Curves | [Curves per meta-seed]
         self.entries: dict[str, dict[str, dict[str, Any]]] = {}  # section → method → JSON entry
+        self.skipped: dict[str, dict[str, str]] = {}  # transfer section → method → why it is not there
+        tr = protocol.transfer  # transfer sections, when their source setting runs
+        self.transfers = protocol.transfer_sections() if tr and tr.setting in self.settings else {}
 
     def jobs(self) -> list[Job]:
         """Every learned run, in report order (identical configs appear more than once)."""
         p, out = self.p, []
         ck = self.out / "checkpoints"
         for s in self.settings:
-            out += [Job(s, m, k, p.learned_config(s, m, k), ck / s / slug(m) / f"seed{k}.safetensors")
-                    for m in self.methods for k in p.meta_seeds]
+            out += [Job(s, m, k, p.learned_config(s, m, k), ck / s / slug(m) / f"seed{k}.safetensors",
+                        p.selection(s, m)) for m in self.methods for k in p.meta_seeds]
         for arm, (m, ab, ref) in p.ablation_arms(self.ablations).items():
             out += [Job("ablations", arm, k, p.learned_config(p.ablation_setting, m, k, ab, ref),
-                        ck / "ablations" / slug(arm) / f"seed{k}.safetensors") for k in p.meta_seeds]
+                        ck / "ablations" / slug(arm) / f"seed{k}.safetensors",
+                        p.selection(p.ablation_setting, m, ab, ref)) for k in p.meta_seeds]
         return out
 
     def stages(self) -> list[str]:
-        """Labels of the stages: one per setting's baselines, one per distinct learned run."""
+        """Labels of the stages: one per setting's (and transfer target's) baselines, one per
+        distinct learned run, one per transfer target's learned methods."""
         seen: set[str] = set()
         runs = [j for j in self.jobs() if not (j.key in seen or seen.add(j.key))]
-        return [f"{s}: baselines" for s in self.settings] + [f"{j.section}: {j.method} seed {j.meta_seed}" for j in runs]
+        return ([f"{s}: baselines" for s in [*self.settings, *self.transfers]]
+                + [f"{j.section}: {j.method} seed {j.meta_seed}" for j in runs]
+                + [f"{t}: learned methods of {self.p.transfer.setting}" for t in self.transfers])
 
-    def _baselines(self, setting: str) -> None:
-        p, task = self.p, self.p.settings[setting].task
+    def _baselines(self, section: str, task: Any) -> None:
+        p = self.p
         tuned: dict[str, Any] = {}
         for name in self.baselines:
             cfg, tune = p.baseline(name)
             record = None
             if tune:  # with its teleport on, if any: a teleport raises the gradient norm
-                key = json.dumps(to_dict(cfg), sort_keys=True)
+                steps = p.tune_steps(name)
+                key = json.dumps([to_dict(cfg), steps], sort_keys=True)
                 if key not in tuned:
                     t0 = time.perf_counter()
                     tuned[key] = grid_search(cfg, task, training_seeds(p.tuning.seeds, p.tuning.seed_start),
-                                             p.tuning.steps, lrs=p.tuning.lrs or DEFAULT_LRS,
+                                             steps, lrs=p.tuning.lrs or DEFAULT_LRS,
                                              objective=p.tuning.objective, device=self.device)
-                    self.timings.append({"stage": "tune", "section": setting, "method": name,
+                    self.timings.append({"stage": "tune", "section": section, "method": name,
                                          "seconds": time.perf_counter() - t0})
                 record = tuned[key]
                 cfg = replace(cfg, lr=record.lr)
             t0 = time.perf_counter()
             c = evaluate(BaselineMethod(cfg, name), task, self.seeds, max(p.steps), device=self.device)
-            self.timings.append({"stage": "evaluate", "section": setting, "method": name,
+            self.timings.append({"stage": "evaluate", "section": section, "method": name,
                                  "seconds": time.perf_counter() - t0})
-            self.curves.setdefault(setting, {})[name] = c
-            self.entries.setdefault(setting, {})[name] = {
+            self.curves.setdefault(section, {})[name] = c
+            self.entries.setdefault(section, {})[name] = {
                 "kind": "baseline", "id": p.method_id(name).to_dict(), "config": to_dict(cfg),
-                "tuning": record.to_dict() if record else None}
+                "tuning": record.to_dict() if record else None,
+                **({"tune_steps": p.tune_steps(name)} if (p.baselines[name] or {}).get("tune_steps") else {})}
 
     def run(self) -> dict[str, float]:
         """Tune and evaluate the baselines, then run every distinct learned job; returns the wall
@@ -218,9 +253,10 @@ class BenchmarkRun:
                    dynamic_ncols=True)
         phases = {}
         t0 = time.perf_counter()
-        for s in self.settings:
+        tasks = {**{s: self.p.settings[s].task for s in self.settings}, **{t: x.task for t, x in self.transfers.items()}}
+        for s, task in tasks.items():
             bar.set_postfix_str(f"{s}: baselines")
-            self._baselines(s)
+            self._baselines(s, task)
             bar.update(1)
         phases["baselines: tune + evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -249,7 +285,6 @@ class BenchmarkRun:
                     j = distinct[futures[f]]
                     bar.set_postfix_str(f"done {j.section}: {j.method} seed {j.meta_seed}")
                     bar.update(1)
-        bar.close()
         phases[f"learned: meta-train + evaluate ({len(distinct)} runs, {self.workers} worker(s))"] = time.perf_counter() - t0
         for j in jobs:  # in report order; a run shared by two entries is recorded in both
             r = results[j.key]
@@ -266,20 +301,37 @@ class BenchmarkRun:
             shared = {} if first else {"shared_with": f"{distinct[j.key].section}/{distinct[j.key].method}"}
             entry["meta_seeds_info"].append({**r["info"], **shared})
             per_seed.append(r["curves"])
+        t0 = time.perf_counter()
+        for t, target in self.transfers.items():
+            bar.set_postfix_str(f"{t}: learned methods")
+            entries, curves, self.skipped[t], timings = transfer_methods(
+                self.p, t, target, self.entries.get(self.p.transfer.setting, {}), self.methods, self.seeds, self.device)
+            self.entries.setdefault(t, {}).update(entries)
+            self.curves.setdefault(t, {}).update(curves)
+            self.timings += timings
+            bar.update(1)
+        if self.transfers:
+            phases["transfer: evaluate checkpoints on other tasks"] = time.perf_counter() - t0
+        bar.close()
         return phases
 
     # -- assembling -------------------------------------------------------------------------
     def sections(self) -> dict[str, dict[str, Any]]:
         """Per section: kind, label, task, methods (entries with statistics), comparisons."""
         p, out = self.p, {}
+        div = p.report_divergence_steps()
         for name, methods in self.curves.items():
-            abl = name == "ablations"
-            setting = p.settings[p.ablation_setting if abl else name]
+            abl, transfer = name == "ablations", self.transfers.get(name)
+            setting = transfer or p.settings[p.ablation_setting if abl else name]
             for m, c in methods.items():  # a method whose every meta-seed failed has no curves
                 self.entries[name][m].update(method_stats(c, p.steps) if c else {"summary": None})
+                if div and c:
+                    self.entries[name][m].update(diverged_by(c, div))
             flat = self.flat_curves(name)
-            sec = {"kind": "ablations" if abl else "setting", "task": to_dict(setting.task), "label": setting.label,
-                   "methods": self.entries[name]}
+            sec = {"kind": "ablations" if abl else "transfer" if transfer else "setting", "task": to_dict(setting.task),
+                   "label": setting.label, "methods": self.entries[name]}
+            if transfer:
+                sec.update({"from": p.transfer.setting, "skipped": self.skipped.get(name, {})})
             if abl:
                 chosen = {ab: a for ab, a in p.ablations.items() if ab in self.ablations}
                 sec["ablations"] = {ab: {"method": a.method, "reference": f"{a.method} [reference]",
@@ -287,7 +339,7 @@ class BenchmarkRun:
                 sec["comparisons"] = [{**c, "ablation": ab} for ab, a in chosen.items()
                                       for c in compare_pairs(flat, [[ab, f"{a.method} [reference]"]], p.steps, p.alpha)]
             else:
-                sec["comparisons"] = compare_pairs(flat, p.comparisons, p.steps, p.alpha)
+                sec["comparisons"] = compare_pairs(flat, p.comparisons + p.extra_pairs(), p.steps, p.alpha)
             out[name] = sec
         return out
 

@@ -5,7 +5,15 @@ Override order for a learned run: ``base`` → setting ``overrides`` → ``ablat
 arms only) → the method's overrides → the setting's ``method_overrides[method]`` →
 ``ablation_reference`` (ablation arms only) → the ablation's ``overrides``; then ``task`` (the setting's), ``seed`` (the meta-seed) and
 ``train_seed_start += meta_seed × SEED_STRIDE`` (each meta-seed trains on its own training tasks).
-Override dicts may use dotted keys (``learned.teleport.exact: false``).
+Override dicts may use dotted keys (``learned.teleport.exact: false``). The one key of these
+dicts that is not a MetaTrainConfig field is ``selection`` (:class:`~metatele.studies.selection.SelectionConfig`
+fields, or ``null``): keep the snapshot that scores best on validation seeds
+(:func:`~metatele.studies.selection.meta_train_selected`) instead of the last one.
+
+A baseline with ``tune_horizons: true`` stands for one tuned baseline per reported step ``h``,
+named :func:`horizon_name` (``adam(tuned)`` → ``adam(tuned@300)``), each tuned for ``h`` steps;
+``tune_steps: h`` sets one baseline's tuning horizon. In comparisons, targets and
+``teleport_help``, a name with ``@*`` (``adam(tuned@*)``) means "at step ``h``, the ``@h`` one".
 """
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, val
 from ..meta.config import MetaTrainConfig
 from ..evaluation.identity import MethodId, baseline_id, learned_id
 from ..evaluation.tuning import OBJECTIVES
+from .selection import SelectionConfig
+from .protocol_parts import HelpPair, Target, Transfer, TransferTarget, at_horizon, horizon_name, parse_named  # noqa: F401
 
 EVAL_SPLITS = ("test", "validation")
 SEED_STRIDE = 1_000_000  #: meta-seed k trains on seeds from ``train_seed_start + k * SEED_STRIDE``
@@ -33,16 +43,6 @@ def expand(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # -- the protocol -----------------------------------------------------------------------------
-def _named(cls: type, data: Any, where: str) -> Any:
-    """``from_dict`` whose errors name where in the protocol they come from."""
-    try:
-        return from_dict(cls, data, where)
-    except ConfigError as e:
-        raise ConfigError(str(e) if where in str(e) else f"{where}: {e}") from None
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
 @dataclass
 class Setting:
     """A task family to benchmark on, with optional scale overrides for its learned methods."""
@@ -101,13 +101,22 @@ class BenchmarkProtocol:
         steps: steps reported (evaluation runs to the largest); alpha: significance level.
         base: MetaTrainConfig overrides shared by every learned run.
         settings, methods, baselines: name → :class:`Setting` / overrides / BaselineConfig fields
-            (plus ``tune: true`` to grid-tune ``lr``, with the baseline's teleport schedule on).
+            (plus ``tune: true`` to grid-tune ``lr``, with the baseline's teleport schedule on, for
+            ``tune_steps`` steps (default ``tuning.steps``); ``tune_horizons: true`` expands a
+            baseline into one tuned for each reported step, see :func:`horizon_name`).
         comparisons: ``[a, b]`` pairs stated in every setting that has both.
         ablation_setting, ablation_base, ablations: where the ablations run, their shared scale
             overrides, and name → :class:`Ablation`.
         ablation_reference: overrides applied to both arms of every ablation after the method's
             own, e.g. to ablate each switch from the paper's configuration when the main methods
             use selected switches.
+        transfer: :class:`Transfer` (``None``: no transfer sections).
+        divergence_steps: steps at which the report states every method's diverged fraction
+            (per meta-seed too); each ≤ the last of ``steps``.
+        targets: :class:`Target` list, checked in the report's targets table.
+        teleport_help: :class:`HelpPair` list, the generated "Does learning to teleport help?"
+            section (empty: no such section). Their pairs, and the ``no_worse`` targets', are
+            compared in every section like ``comparisons``.
     """
 
     name: str = "benchmark"
@@ -133,13 +142,23 @@ class BenchmarkProtocol:
     ablation_base: dict[str, Any] = field(default_factory=dict)
     ablation_reference: dict[str, Any] = field(default_factory=dict)
     ablations: dict[str, Any] = field(default_factory=dict)
+    transfer: Transfer | None = None
+    divergence_steps: list[int] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)
+    teleport_help: list[HelpPair] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.settings = {k: v if isinstance(v, Setting) else _named(Setting, v, f"settings.{k}")
+        self.settings = {k: v if isinstance(v, Setting) else parse_named(Setting, v, f"settings.{k}")
                          for k, v in (self.settings or {}).items()}
-        self.ablations = {k: v if isinstance(v, Ablation) else _named(Ablation, v, f"ablations.{k}")
+        self.ablations = {k: v if isinstance(v, Ablation) else parse_named(Ablation, v, f"ablations.{k}")
                           for k, v in (self.ablations or {}).items()}
         self.methods, self.baselines = dict(self.methods or {}), dict(self.baselines or {})
+        if isinstance(self.transfer, dict):
+            self.transfer = parse_named(Transfer, self.transfer, "transfer")
+        self.targets = [t if isinstance(t, Target) else parse_named(Target, t, f"targets[{i}]")
+                        for i, t in enumerate(self.targets or [])]
+        self.teleport_help = [h if isinstance(h, HelpPair) else parse_named(HelpPair, h, f"teleport_help[{i}]")
+                              for i, h in enumerate(self.teleport_help or [])]
         ms = self.meta_seeds
         require(isinstance(ms, list) and ms and len(set(ms)) == len(ms)
                 and all(isinstance(s, int) and 0 <= s < MAX_META_SEED for s in ms),
@@ -150,6 +169,8 @@ class BenchmarkProtocol:
         require(isinstance(st, list) and st and all(isinstance(s, int) and s >= 1 for s in st) and st == sorted(set(st)),
                 "steps", f"must be increasing positive integers, got {st!r}")
         require(0 < self.alpha < 1, "alpha", f"must be in (0, 1), got {self.alpha}")
+        self.horizon_groups: dict[str, list[str]] = {}  # a tune_horizons baseline → its per-horizon names
+        self.baselines = self._expand_horizons(self.baselines)
         require(bool(self.settings) and "ablations" not in self.settings, "settings",
                 "name at least one setting ('ablations' is reserved for the ablation section)")
         for k in ("workers", "threads"):
@@ -158,8 +179,29 @@ class BenchmarkProtocol:
         names = set(self.methods) | set(self.baselines)
         require(len(names) == len(self.methods) + len(self.baselines), "baselines", "names must differ from method names")
         for pair in self.comparisons:
-            require(isinstance(pair, list) and len(pair) == 2 and all(p in names for p in pair), "comparisons",
-                    f"each must be [a, b] with names from methods/baselines {sorted(names)}, got {pair!r}")
+            require(isinstance(pair, list) and len(pair) == 2 and all(self._known(p) for p in pair), "comparisons",
+                    f"each must be [a, b] with names from methods/baselines {sorted(names)} (or a pattern "
+                    f"'<baseline>@*' of a tune_horizons baseline), got {pair!r}")
+        for i, h in enumerate(self.teleport_help):
+            require(self._known(h.a) and self._known(h.b), f"teleport_help[{i}]",
+                    f"a and b must name methods/baselines {sorted(names)}, got {h.a!r}, {h.b!r}")
+        for t in self.targets:
+            require(self._known(t.a) and (t.b is None or self._known(t.b)), f"targets.{t.name}",
+                    f"a and b must name methods/baselines {sorted(names)}, got {t.a!r}, {t.b!r}")
+        last = self.steps[-1]
+        ds = self.divergence_steps
+        require(isinstance(ds, list) and all(isinstance(s, int) and 1 <= s <= last for s in ds), "divergence_steps",
+                f"must be steps in [1, {last}] (evaluation runs to the last of steps), got {ds!r}")
+        for t in self.targets:
+            require(all(s <= last for s in t.steps), f"targets.{t.name}.steps", f"must be ≤ {last}, got {t.steps}")
+        if self.transfer is not None:
+            tr = self.transfer
+            require(tr.setting in self.settings, "transfer.setting",
+                    f"must name a setting {sorted(self.settings)}, got {tr.setting!r}")
+            bad = sorted(set(tr.methods or []) - set(self.methods))
+            require(not bad, "transfer.methods", f"unknown methods {bad}; the protocol has {sorted(self.methods)}")
+            clash = sorted(set(self.transfer_sections()) & (set(self.settings) | {"ablations"}))
+            require(not clash, "transfer.targets", f"section names {clash} clash with settings")
         for n, s in self.settings.items():
             bad = set(s.method_overrides) - set(self.methods)
             require(not bad, f"settings.{n}.method_overrides", f"unknown methods {sorted(bad)}")
@@ -174,17 +216,66 @@ class BenchmarkProtocol:
         for s in self.settings:
             for m in self.methods:
                 self.learned_config(s, m, self.meta_seeds[0])
+                self.selection(s, m)
         for n in self.ablations:
             self.learned_config(self.ablation_setting, self.ablations[n].method, self.meta_seeds[0], ablation=n)
+            self.selection(self.ablation_setting, self.ablations[n].method, ablation=n)
 
     def eval_seeds(self) -> list[int]:
         """The seeds every method is evaluated on (test or validation split)."""
         split = unseen_seeds if self.eval_split == "test" else validation_seeds
         return list(split(self.test_seeds, self.test_seed_start))
 
-    def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
-                       reference: bool = False) -> MetaTrainConfig:
-        """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``."""
+    def _expand_horizons(self, baselines: dict[str, Any]) -> dict[str, Any]:
+        """Each ``tune_horizons: true`` baseline → one ``tune_steps: h`` baseline per reported step."""
+        out: dict[str, Any] = {}
+        for name, spec in baselines.items():
+            spec = dict(spec or {})
+            horizons = spec.pop("tune_horizons", False)
+            require(isinstance(horizons, bool), f"baselines.{name}.tune_horizons", f"must be true or false, got {horizons!r}")
+            if not horizons:
+                out[name] = spec
+                continue
+            require(spec.get("tune", True) and "tune_steps" not in spec, f"baselines.{name}",
+                    "tune_horizons tunes for each reported step: it needs tune (not false) and no tune_steps")
+            for h in self.steps:
+                out[horizon_name(name, h)] = {**spec, "tune": True, "tune_steps": h}
+            self.horizon_groups[name] = [horizon_name(name, h) for h in self.steps]
+        return out
+
+    def method_names(self, names: list[str]) -> list[str]:
+        """``names`` with each ``tune_horizons`` baseline's name replaced by its per-horizon names
+        (``adam(tuned)`` → ``adam(tuned@10)``, ``adam(tuned@30)``, …), e.g. for ``--methods``."""
+        return [x for n in names for x in self.horizon_groups.get(n, [n])]
+
+    def _known(self, name: str) -> bool:
+        """Whether ``name`` is a method, a baseline, or a ``@*`` pattern that some step resolves."""
+        names = set(self.methods) | set(self.baselines)
+        if "@*" in name:
+            return any(at_horizon(name, s) in names for s in self.steps)
+        return name in names
+
+    def extra_pairs(self) -> list[list[str]]:
+        """The pairs that :attr:`teleport_help` and the ``no_worse`` targets need compared, beyond
+        :attr:`comparisons` (in that order, each once)."""
+        pairs = [[h.a, h.b] for h in self.teleport_help] + [[t.a, t.b] for t in self.targets if t.rule == "no_worse"]
+        out: list[list[str]] = []
+        for p in pairs:
+            if p not in self.comparisons and p not in out:
+                out.append(p)
+        return out
+
+    def report_divergence_steps(self) -> list[int]:
+        """The steps whose diverged fractions results record: :attr:`divergence_steps` and those
+        of the ``diverged_at_most`` targets."""
+        extra = {s for t in self.targets if t.rule == "diverged_at_most" for s in t.steps}
+        return sorted(set(self.divergence_steps) | extra)
+
+    def transfer_sections(self) -> dict[str, TransferTarget]:
+        """Section name (``transfer-<target>``) → target task of the transfer study."""
+        return {f"transfer-{k}": t for k, t in self.transfer.targets.items()} if self.transfer else {}
+
+    def _merged(self, setting: str, method: str, ablation: str | None, reference: bool) -> dict[str, Any]:
         s = self.settings[setting]
         parts = [self.base, s.overrides] + ([self.ablation_base] if ablation or reference else [])
         parts += [self.methods[method], s.method_overrides.get(method, {})]
@@ -195,6 +286,24 @@ class BenchmarkProtocol:
         d: dict[str, Any] = {}
         for p in parts:
             d = merge_overrides(d, p)
+        return d
+
+    def selection(self, setting: str, method: str, ablation: str | None = None,
+                  reference: bool = False) -> SelectionConfig | None:
+        """The snapshot selection of one run (the ``selection`` key of its overrides), or ``None``."""
+        sel = self._merged(setting, method, ablation, reference).get("selection")
+        if sel is None:
+            return None
+        where = f"{setting}/{method}" + (f"/ablation {ablation}" if ablation else "") + ": selection"
+        require(isinstance(sel, dict), where, f"must be a mapping of {sorted(to_dict(SelectionConfig()))} or null")
+        return parse_named(SelectionConfig, sel, where)
+
+    def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
+                       reference: bool = False) -> MetaTrainConfig:
+        """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``."""
+        s = self.settings[setting]
+        d = self._merged(setting, method, ablation, reference)
+        d.pop("selection", None)
         d.update(task=to_dict(s.task), seed=meta_seed, device=self.device,
                  train_seed_start=int(d.get("train_seed_start", 0)) + meta_seed * SEED_STRIDE)
         where = f"{setting}/{method}" + (f"/ablation {ablation}" if ablation else "")
@@ -207,10 +316,17 @@ class BenchmarkProtocol:
         """``(BaselineConfig, tune)`` of a baseline."""
         spec = dict(self.baselines[name] or {})
         tune = bool(spec.pop("tune", False))
+        steps = spec.pop("tune_steps", None)
+        require(steps is None or (tune and isinstance(steps, int) and steps >= 1), f"baselines.{name}.tune_steps",
+                f"must be a positive integer on a tune: true baseline, got {steps!r}")
         try:
             return from_dict(BaselineConfig, spec, f"baselines.{name}"), tune
         except TypeError as e:
             raise ConfigError(f"baselines.{name}: {e}") from None
+
+    def tune_steps(self, name: str) -> int:
+        """The tuning horizon of a ``tune: true`` baseline: its ``tune_steps``, else ``tuning.steps``."""
+        return int((self.baselines[name] or {}).get("tune_steps") or self.tuning.steps)
 
     def method_id(self, name: str, section: str | None = None) -> MethodId:
         """The identity of a method, baseline or ablation arm (``section='ablations'``) of the
@@ -220,7 +336,8 @@ class BenchmarkProtocol:
             cfg, tune = self.baseline(name)
             if cfg.teleport is None:
                 return baseline_id(name)
-            plain = next((b for b in self.baselines if self.baseline(b) == (replace(cfg, teleport=None), tune)), None)
+            plain = next((b for b in self.baselines if self.baseline(b) == (replace(cfg, teleport=None), tune)
+                          and (not tune or self.tune_steps(b) == self.tune_steps(name))), None)
             return baseline_id(name, teleport=True, base=plain)
         if section == "ablations":
             method, ablation, reference = self.ablation_arms()[name]

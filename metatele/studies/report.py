@@ -20,6 +20,7 @@ from ..evaluation.format import cell, num, p_is, pct, pval
 from ..evaluation.stats import HIGHER, LOWER, NO_DIFF
 from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
+from .targets import divergence_table, targets_table, teleport_help_lines, transfer_lines
 
 D = ".3f"  # differences of log10-loss
 
@@ -117,7 +118,7 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
     steps = results["steps"]
     last = steps[-1]
     for name, sec in results["sections"].items():
-        if sec["kind"] == "setting":
+        if sec["kind"] != "ablations":
             out += _pair_sentences(f"On {sec['label']}", sec["comparisons"])
         else:
             for ab, info in sec.get("ablations", {}).items():
@@ -182,7 +183,7 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
     out = []
     for sec in results["sections"].values():
         comps = sec["comparisons"]
-        if sec["kind"] == "setting":
+        if sec["kind"] != "ablations":
             rows = []
             for a, b, what in SUMMARY_PAIRS:
                 cs = [c for c in comps if c["a"] == a and c["b"] == b]
@@ -279,9 +280,20 @@ def _timing_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+_HIDDEN = {"coordinatewise": "coordinatewise"}  #: the config section whose ``hidden`` the scale table shows
+
+
+def _selected(e: Mapping[str, Any]) -> str:
+    """`` | 4 / 8 / 6``: the meta-step of the snapshot kept per meta-seed (``last``: no selection)."""
+    return " | " + (" / ".join(str((x.get("selected") or {}).get("meta_step", "last")) for x in e["meta_seeds_info"]) or "—")
+
+
 def _scale_lines(results: Mapping[str, Any]) -> list[str]:
+    sel = any(x.get("selected") for sec in results["sections"].values() for e in sec["methods"].values()
+              for x in e.get("meta_seeds_info", []))  # a column only when some run selected a snapshot
     lines = ["| section | method | variant | hidden | trajectories × steps | unroll | batch | meta-steps | "
-             "meta-train time per meta-seed |", "|---|---|---|---|---|---|---|---|---|"]
+             + ("selected meta-step (validation seeds) | " if sel else "") + "meta-train time per meta-seed |",
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if sel else "")]
     for sec_name, sec in results["sections"].items():
         for m, e in sec["methods"].items():
             if e["kind"] != "learned":
@@ -296,9 +308,10 @@ def _scale_lines(results: Mapping[str, Any]) -> list[str]:
             elif infos and all(x["reused"] for x in infos):
                 t += " (checkpoints of an earlier run, --resume)"
             steps = [x["meta_steps"] for x in e["meta_seeds_info"]]
-            lines.append(f"| {sec_name} | {m} | {c['learned']['variant']} | {c['learned']['lstm']['hidden']} | "
+            arch = c["learned"].get("arch", "paper")
+            lines.append(f"| {sec_name} | {m} | {c['learned']['variant']} | {c['learned'][_HIDDEN.get(arch, 'lstm')]['hidden']} | "
                          f"{c['trajectories']} × {c['steps']} | {unroll} | {c['batch_size']} | "
-                         f"{steps[0] if steps else '—'} | {t} |")
+                         f"{steps[0] if steps else '—'}{_selected(e) if sel else ''} | {t} |")
     return lines
 
 
@@ -375,13 +388,25 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
            "drift (step 100 ≤ step 30), no diverged seed by step 100, and LSTM(lr+tele) significantly below tuned GD at "
            "step 100:", "",
            *[f"- {s}" for s in results["goal"]], ""] if results.get("goal") else []),
+        *(["## Targets", "", "Each declared target of the protocol, checked at each of its steps (all must hold), "
+           "in each section it names (default: every setting):", "", targets_table(results)]
+          if results["protocol"].get("targets") else []),
+        *(["## Does learning to teleport help?", "", "Generated from the paired comparisons of each method with a "
+           "learned teleport against the same method without it (Δ = a − b of mean log10 loss [95% CI]; lower is "
+           "better):", "", *[f"- {s}" for s in teleport_help_lines(results)], ""]
+          if results["protocol"].get("teleport_help") else []),
     ]
     for name, sec in results["sections"].items():
-        title = sec["label"] if sec["kind"] == "setting" else f"Ablations ({sec['label']})"
+        title = {"setting": sec["label"], "ablations": f"Ablations ({sec['label']})",
+                 "transfer": f"Transfer without retraining: {sec['label']}"}[sec["kind"]]
         out += [f"## {title}", ""]
+        if sec["kind"] == "transfer":
+            out += transfer_lines(name, sec)
         if sec["kind"] == "setting":
             out += [f"Setting `{name}`: task dims {sec['task']['dims']}, distribution {sec['task']['distribution']}.", ""]
-            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" + _edge_flag(e["tuning"]) for n, e in sec["methods"].items()
+        if sec["kind"] != "ablations":
+            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" + (f" (for {e['tuning']['steps']} steps)" if e.get("tune_steps")
+                     else "") + _edge_flag(e["tuning"]) for n, e in sec["methods"].items()
                      if e["kind"] == "baseline" and e.get("tuning")]
             if tuned:
                 out += [f"Tuned on training seeds{_tuning_horizon(sec)}: " + "; ".join(tuned) + ".", ""]
@@ -391,7 +416,9 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
                     "|---|---|---|"]
             out += [f"| {ab} | {i['reference']} | {i['question']} |" for ab, i in sec["ablations"].items()]
             out.append("")
-        out += [methods_table(sec, steps), "Meta-seed spread (max − min of the meta-seed means, log10):", "",
+        div = divergence_table(sec)
+        out += [methods_table(sec, steps), *(["Diverged fraction of the test seeds by step (learned methods: per "
+                                              "meta-seed in parentheses):", "", div] if div else []), "Meta-seed spread (max − min of the meta-seed means, log10):", "",
                 spread_table(sec, steps) or "_No learned methods._\n", "Paired comparisons:", "",
                 comparisons_table(sec["comparisons"])]
         if name in figures:

@@ -1,0 +1,119 @@
+"""The parts of a benchmark protocol beyond settings, methods and ablations: transfer without
+retraining (:class:`Transfer`), declared targets (:class:`Target`), the pairs of the "Does learning
+to teleport help?" section (:class:`HelpPair`), and the names of per-horizon tuned baselines.
+
+See :class:`metatele.studies.protocol.BenchmarkProtocol`, which holds them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..configs import ConfigError, from_dict, require
+from ..tasks.family import TaskConfig
+
+
+def parse_named(cls: type, data: Any, where: str) -> Any:
+    """``from_dict`` whose errors name where in the protocol they come from."""
+    try:
+        return from_dict(cls, data, where)
+    except ConfigError as e:
+        raise ConfigError(str(e) if where in str(e) else f"{where}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def horizon_name(name: str, step: int | str) -> str:
+    """The name of ``name`` tuned for ``step`` steps: ``adam(tuned)`` → ``adam(tuned@300)``,
+    ``adam`` → ``adam@300`` (``step="*"`` gives the pattern ``adam(tuned@*)``)."""
+    return f"{name[:-1]}@{step})" if name.endswith(")") else f"{name}@{step}"
+
+
+def at_horizon(name: str, step: int) -> str:
+    """``name`` at reported step ``step``: ``adam(tuned@*)`` → ``adam(tuned@300)``; other names unchanged."""
+    return name.replace("@*", f"@{step}")
+
+
+@dataclass
+class TransferTarget:
+    """A task that the checkpoints of :attr:`Transfer.setting` are evaluated on, without retraining."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.task, dict):
+            self.task = from_dict(TaskConfig, self.task, "task")
+        self.label = self.label or f"{self.task.distribution} {self.task.dims}{' with biases' if self.task.bias else ''}"
+
+
+@dataclass
+class Transfer:
+    """Transfer without retraining: the learned methods' checkpoints of ``setting`` on other tasks.
+
+    Attributes:
+        setting: the setting whose checkpoints are evaluated.
+        targets: name → :class:`TransferTarget`; each is a report section ``transfer-<name>``,
+            with the protocol's baselines tuned on that task and the same comparisons.
+        methods: the learned methods to transfer (``None``: all). A ``paper``-architecture method
+            runs only on its own network sizes; on other sizes it is skipped, with the reason.
+    """
+
+    setting: str = ""
+    targets: dict[str, Any] = field(default_factory=dict)
+    methods: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.targets = {k: v if isinstance(v, TransferTarget) else parse_named(TransferTarget, v, f"transfer.targets.{k}")
+                        for k, v in (self.targets or {}).items()}
+        require(bool(self.targets), "transfer.targets", "name at least one target task")
+
+
+TARGET_RULES = ("ci_below", "no_worse", "diverged_at_most")
+
+
+@dataclass
+class Target:
+    """One declared target, checked by the report in every section that has its methods.
+
+    Attributes:
+        name: what the report calls it.
+        a, b: method names (``b`` may be a ``@*`` pattern; ``diverged_at_most`` uses only ``a``).
+        steps: the steps it is checked at (each must be met).
+        rule: ``ci_below`` (a's 95% CI wholly below b's), ``no_worse`` (a not significantly
+            higher than b, or both means at or below ``floor``) or ``diverged_at_most`` (the
+            fraction of test seeds on which ``a`` diverged by the step is ≤ ``at_most``).
+        at_most: the largest diverged fraction of ``diverged_at_most``.
+        floor: the float32 floor of ``no_worse``, in log10 loss.
+        sections: the sections it is checked in (``None``: every setting).
+    """
+
+    name: str = ""
+    a: str = ""
+    b: str | None = None
+    steps: list[int] = field(default_factory=list)
+    rule: str = "ci_below"
+    at_most: float = 0.0
+    floor: float = -7.0
+    sections: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        require(self.rule in TARGET_RULES, f"targets.{self.name}.rule", f"must be one of {TARGET_RULES}, got {self.rule!r}")
+        require(bool(self.steps) and all(isinstance(s, int) and s >= 0 for s in self.steps),
+                f"targets.{self.name}.steps", f"must be a non-empty list of steps, got {self.steps!r}")
+        require(self.rule == "diverged_at_most" or bool(self.b), f"targets.{self.name}.b", f"rule {self.rule} needs b")
+        require(0 <= self.at_most <= 1, f"targets.{self.name}.at_most", f"must be a fraction in [0, 1], got {self.at_most}")
+        self.name = self.name or f"{self.a} {self.rule} {self.b or ''}".strip()
+
+
+@dataclass
+class HelpPair:
+    """One comparison of the generated "Does learning to teleport help?" section: ``a`` (with a
+    learned teleport) against ``b`` (the same without it; may be a ``@*`` pattern)."""
+
+    a: str = ""
+    b: str = ""
+    what: str = ""
+
+    def __post_init__(self) -> None:
+        self.what = self.what or f"{self.a} against {self.b}"
