@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)  # CPU: denormal floats slow the inner loop down many times
     config = load_config(args.config, args.overrides)
-    at = tuple(s for s in (10, 30, 100, 300) if s <= args.select_steps)
+    at = tuple(s for s in (10, 30, 100, 300, 1000, 3000) if s <= args.select_steps)
     selection = SelectionConfig(every=args.select_every, seeds=args.select_seeds, steps=args.select_steps, at_steps=at)
     t0 = time.time()
     result, sel, history = meta_train_selected(config, selection, progress=False)
