@@ -12,6 +12,7 @@ import torch
 
 from metatele import cli
 from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
+from metatele.configs import defaults_dir
 from metatele.release.checkpoint import load_checkpoint
 from metatele.evaluation.evaluate import Curves, evaluate
 from metatele.evaluation.stats import decision, paired_comparison, summarize
@@ -171,13 +172,16 @@ def test_checkpoints_are_written_with_provenance_and_reproduce_their_curves(run)
             by_seed.setdefault(k, set()).add((a, b))
         for k, j in ((k, j) for k in by_seed for j in by_seed if k < j):
             assert all(b1 <= a2 or b2 <= a1 for a1, b1 in by_seed[k] for a2, b2 in by_seed[j])
-    assert n == 3 * (6 * 3 + 10 + 2 * 2)  # methods × settings, ablation arms, transferred methods × targets
+    assert n == 3 * (6 * 3 + 13 + 2 * 2)  # methods × settings, ablation arms and references, transferred methods × targets
     assert (out / "checkpoints" / "uniform-small" / "LSTM-update+tele" / "seed2.safetensors").is_file()
 
 
+LSTM_CONFIG = defaults_dir() / "benchmark_lstm.yaml"
+
+
 # -- the protocol ------------------------------------------------------------------------------
-def test_default_protocol_meets_the_issue_requirements():
-    p, _ = load_protocol(DEFAULT_CONFIG)
+def test_lstm_protocol_meets_the_paper_benchmark_requirements():
+    p, _ = load_protocol(LSTM_CONFIG)
     assert len(p.meta_seeds) >= 3 and p.test_seeds >= 100 and {10, 30, 100, 300} <= set(p.steps)
     dists = {s.task.distribution for s in p.settings.values()}
     assert dists == {"uniform", "gaussian"}
@@ -190,7 +194,41 @@ def test_default_protocol_meets_the_issue_requirements():
     assert {c.name for c, tune in gd if tune} >= {"gd", "adam"}
 
 
-@pytest.mark.parametrize("config", [DEFAULT_CONFIG, QUICK_CONFIG])
+def test_default_protocol_asks_the_long_horizon_question_of_issue_13():
+    """3 meta-seeds, 100 test seeds, steps to 3000 with divergence rates at 1000 and 3000, gaussian
+    and uniform [20, 20, 20, 20], a learned update+tele with its update-only twin and a learned
+    teleport on Adam, the paper's rows, Adam tuned per horizon, transfer to a deeper network and one
+    with biases, targets and an ablation of every teleport switch."""
+    p, _ = load_protocol(DEFAULT_CONFIG)
+    assert len(p.meta_seeds) >= 3 and p.test_seeds >= 100
+    assert {10, 30, 100, 300, 1000, 3000} <= set(p.steps) and {1000, 3000} <= set(p.divergence_steps)
+    assert {(tuple(s.task.dims), s.task.distribution) for s in p.settings.values()} == \
+        {((20, 20, 20, 20), "uniform"), ((20, 20, 20, 20), "gaussian")}
+    configs = {m: p.learned_config("gaussian-20", m, 0) for m in p.methods}
+    assert {c.learned.variant for c in configs.values()} == {"update", "update+tele", "tele"}
+    assert {c.learned.arch for c in configs.values()} == {"coordinatewise", "paper"}
+    tele, twin = configs["CW(update+tele)"].to_dict(), configs["CW(update)"].to_dict()
+    assert {k for k in tele if tele[k] != twin[k]} == {"learned"}
+    assert {k for k in tele["learned"] if tele["learned"][k] != twin["learned"][k]} == {"variant"}
+    long = configs["CW(update+tele)"]
+    assert long.steps >= 1000 and long.horizon == "log_uniform"
+    assert {f"adam(tuned@{h})" for h in p.steps} <= set(p.horizon_groups["adam(tuned)"])  # tuned per horizon
+    assert p.transfer is not None and len(p.transfer.targets) >= 2
+    assert any(t.task.bias for t in p.transfer.targets.values())
+    assert any(len(t.task.dims) > 4 for t in p.transfer.targets.values())
+    rules = {t.rule for t in p.targets}
+    assert rules == {"ci_below", "no_worse", "diverged_at_most"}
+    def flat(d, prefix=""):
+        return {k: v for key, val in d.items()
+                for k, v in (flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val}).items()}
+
+    switches = {k for ab in p.ablations.values() for k in flat(expand(ab.overrides))}
+    assert {"learned.coordinatewise.tele_gradient_input", "learned.coordinatewise.every", "learned.coordinatewise.gate",
+            "learned.teleport.exact", "learned.coordinatewise.learn_norm", "learned.coordinatewise.teleport_state",
+            "estimator"} <= switches
+
+
+@pytest.mark.parametrize("config", [LSTM_CONFIG, QUICK_CONFIG, DEFAULT_CONFIG])
 def test_each_ablation_changes_only_its_own_switch(config):
     p, _ = load_protocol(config)
 
@@ -207,9 +245,10 @@ def test_each_ablation_changes_only_its_own_switch(config):
         changed = {k for k in arm if arm[k] != ref[k]}
         assert changed == set(flat(expand(ab.overrides))) and changed, name
         switches |= changed
-    assert {"learned.teleport.exact", "learned.lstm.preprocess", "meta_loss", "learned.teleport.learn_eps",
-            "second_order", "learned.teleport.lr_log_space", "truncation"} <= switches
-    assert "unroll" in switches
+    if config != DEFAULT_CONFIG:  # the paper-architecture ablations
+        assert {"learned.teleport.exact", "learned.lstm.preprocess", "meta_loss", "learned.teleport.learn_eps",
+                "second_order", "learned.teleport.lr_log_space", "truncation"} <= switches
+        assert "unroll" in switches
 
 
 def test_dry_run_lists_stages_and_bad_configs_fail_with_the_field_named(capsys):

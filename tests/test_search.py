@@ -228,11 +228,11 @@ def test_search_refuses_a_protocol_that_evaluates_on_test_seeds(tmp_path, capsys
 
 @pytest.mark.parametrize("dist,setting", [("uniform", "uniform-20"), ("gaussian", "gaussian-20")])
 def test_shipped_selected_configs_are_the_benchmarks_meta_seed_0_runs_and_match_the_selection(dist, setting):
-    from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
+    from metatele.studies.benchmark import load_protocol
     from metatele.studies.protocol import expand
     from metatele.meta.config import load_config
 
-    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    protocol, _ = load_protocol(defaults_dir() / "benchmark_lstm.yaml")  # the paper-architecture benchmark
     selected = yaml.safe_load(open(defaults_dir() / "search_selected.yaml"))
     for name, method, key in [("update_tele", "LSTM(update+tele)", "update+tele"),
                               ("update", "LSTM(update)", "update+tele"), ("lr_tele", "LSTM(lr+tele)", "lr+tele")]:
