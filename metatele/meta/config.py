@@ -24,6 +24,16 @@ ESTIMATORS = ("tbptt", "pes")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _is_int(v: Any) -> bool:
+    """An integer that is not a bool (YAML's ``true`` would pass ``isinstance(v, int)``)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass
 class MetaTrainConfig:
     """Everything a meta-training run needs.
@@ -121,21 +131,18 @@ class MetaTrainConfig:
             self.learned = from_dict(LearnedConfig, self.learned, "learned")
         for name in ("trajectories", "steps", "unroll", "batch_size", "unroll_max", "log_every", "diverge_patience"):
             v = getattr(self, name)
-            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name,
-                    f"must be a positive integer, got {v!r}")
+            require(_is_int(v) and v >= 1, name, f"must be a positive integer, got {v!r}")
         require(self.truncation in TRUNCATIONS, "truncation", f"must be one of {TRUNCATIONS}, got {self.truncation!r}")
         require(self.unroll_max >= self.unroll, "unroll_max", f"must be ≥ unroll ({self.unroll}), got {self.unroll_max}")
         require(self.horizon in HORIZONS, "horizon", f"must be one of {HORIZONS}, got {self.horizon!r}")
-        require(isinstance(self.steps_min, int) and not isinstance(self.steps_min, bool)
-                and 1 <= self.steps_min <= self.steps, "steps_min",
+        require(_is_int(self.steps_min) and 1 <= self.steps_min <= self.steps, "steps_min",
                 f"must be an integer in [1, steps = {self.steps}], got {self.steps_min!r}")
-        require(isinstance(self.curriculum, int) and not isinstance(self.curriculum, bool) and self.curriculum >= 0,
-                "curriculum", f"must be a non-negative integer (meta-steps), got {self.curriculum!r}")
-        require(isinstance(self.augment_scale, (int, float)) and not isinstance(self.augment_scale, bool)
-                and self.augment_scale >= 1, "augment_scale", f"must be a number ≥ 1 (1: no augmentation), "
-                f"got {self.augment_scale!r}")
-        require(isinstance(self.late_weight, (int, float)) and not isinstance(self.late_weight, bool)
-                and self.late_weight >= 0, "late_weight", f"must be a number ≥ 0, got {self.late_weight!r}")
+        require(_is_int(self.curriculum) and self.curriculum >= 0, "curriculum",
+                f"must be a non-negative integer (meta-steps), got {self.curriculum!r}")
+        require(_is_number(self.augment_scale) and self.augment_scale >= 1, "augment_scale",
+                f"must be a number ≥ 1 (1: no augmentation), got {self.augment_scale!r}")
+        require(_is_number(self.late_weight) and self.late_weight >= 0, "late_weight",
+                f"must be a number ≥ 0, got {self.late_weight!r}")
         require(self.lr_update > 0, "lr_update", f"must be > 0, got {self.lr_update}")
         require(self.lr_teleport > 0, "lr_teleport", f"must be > 0, got {self.lr_teleport}")
         require(self.meta_loss in META_LOSSES, "meta_loss", f"must be one of {META_LOSSES}, got {self.meta_loss!r}")
@@ -163,12 +170,10 @@ class MetaTrainConfig:
 
     def _validate_estimator(self) -> None:
         require(self.estimator in ESTIMATORS, "estimator", f"must be one of {ESTIMATORS}, got {self.estimator!r}")
-        require(isinstance(self.pes_sigma, (int, float)) and not isinstance(self.pes_sigma, bool)
-                and math.isfinite(self.pes_sigma) and self.pes_sigma > 0, "pes_sigma",
+        require(_is_number(self.pes_sigma) and math.isfinite(self.pes_sigma) and self.pes_sigma > 0, "pes_sigma",
                 f"must be a finite number > 0, got {self.pes_sigma!r}")
         batch = min(self.batch_size, self.trajectories)
-        require(isinstance(self.pes_groups, int) and not isinstance(self.pes_groups, bool)
-                and 1 <= self.pes_groups <= batch, "pes_groups",
+        require(_is_int(self.pes_groups) and 1 <= self.pes_groups <= batch, "pes_groups",
                 f"must be an integer in [1, {batch}] (the batch, min(batch_size, trajectories)), got {self.pes_groups!r}")
         require(not (self.estimator == "pes" and self.second_order), "second_order",
                 "must be false with estimator: pes (PES does not differentiate through the unroll)")
