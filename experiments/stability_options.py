@@ -8,7 +8,8 @@ validation seeds (float64):
   teleport gradient, norm ``tele_norm_init`` times the gradient decay, exact action, loss
   safeguard) every k steps, with the base Adam's moments kept or reset at each teleport;
 * the ``update`` variant's untrained m1 (exactly Adam at the tuned rate) with an update bound or
-  the update safeguard.
+  the update safeguard (alone, or with its step-size backoff);
+* the same at the benchmark's base rate 0.1, where the safeguard alone stalls.
 
 ``OMP_NUM_THREADS=1 python experiments/stability_options.py``; prints markdown tables and the
 paired comparisons of ``reset`` against ``keep``.
@@ -30,8 +31,9 @@ print(f"tuned Adam lr = {adam.lr:.3g}")
 
 
 def learned(variant: str, **options) -> LearnedOptimizer:
+    options.setdefault("lr", adam.lr)
     config = LearnedConfig(variant=variant, arch="coordinatewise", base=adam,
-                           coordinatewise=CoordinatewiseConfig(lr=adam.lr, **options))
+                           coordinatewise=CoordinatewiseConfig(**options))
     return LearnedOptimizer(task, config).double()
 
 
@@ -44,9 +46,17 @@ for norm in (0.003, 0.03):
 local = {"adam": adam, "m1 untrained (= adam)": learned("update"),
          "+ update_bound 0.1": learned("update", update_bound=0.1),
          "+ update_bound 0.01": learned("update", update_bound=0.01),
-         "+ update_safeguard": learned("update", update_safeguard=True)}
+         "+ update_safeguard": learned("update", update_safeguard=True),
+         "+ update_safeguard, backoff 0.5": learned("update", update_safeguard=True, update_backoff=0.5,
+                                                    update_regrow=1.05)}
+# m1's base rate in the benchmark (0.1, 3× the tuned one): the safeguard alone stalls there
+fast = {"m1 untrained at lr 0.1": learned("update", lr=0.1),
+        "+ update_safeguard": learned("update", lr=0.1, update_safeguard=True),
+        "+ update_safeguard, backoff 0.5": learned("update", lr=0.1, update_safeguard=True, update_backoff=0.5,
+                                                   update_regrow=1.05)}
 seeds = validation_seeds(64)
-for title, methods in (("teleport_state", teleports), ("update bound and safeguard", local)):
+for title, methods in (("teleport_state", teleports), ("update bound and safeguard", local),
+                       ("the safeguard's backoff at lr 0.1", fast)):
     curves = compare(methods, task, seeds, STEPS, dtype=torch.float64)
     print(f"\n### {title}\n")
     print(markdown_table(curves, AT))

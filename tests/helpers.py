@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 
 def tiny(**kw) -> dict:
     """A tiny float64 meta-training config as a dict; ``a.b=value`` keys set nested values."""
@@ -23,3 +25,9 @@ def tiny(**kw) -> dict:
 def subprocess_env() -> dict:
     """Environment for test subprocesses: one thread, no wandb, unbuffered output."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def same_parameters(a, b) -> bool:
+    """Two engines' (or state dicts') meta-parameters are equal bit for bit."""
+    sa, sb = (x if isinstance(x, dict) else x.optimizer.state_dict() for x in (a, b))
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

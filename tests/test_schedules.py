@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny
+from helpers import same_parameters, tiny
 
 from metatele.configs import ConfigError
 from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
@@ -26,11 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def config(**kw) -> MetaTrainConfig:
     return MetaTrainConfig.from_dict(tiny(**kw))
-
-
-def same_parameters(a: UnrollEngine | dict, b: UnrollEngine | dict) -> bool:
-    sa, sb = (x.optimizer.state_dict() if isinstance(x, UnrollEngine) else x for x in (a, b))
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # -- horizons -------------------------------------------------------------------------------------

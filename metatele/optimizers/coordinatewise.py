@@ -111,6 +111,13 @@ class CoordinatewiseConfig:
         update_safeguard: do not take a local update that raises a task's loss (an extra forward
             pass; the update's state still advances, see :mod:`metatele.optimizers.coordinatewise_step`).
         update_safeguard_tol: relative rise of the loss the update safeguard tolerates.
+        update_backoff: with ``update_safeguard``, a per-trajectory step scale ``σ ∈ (0, 1]``
+            multiplies the local update: a refused update multiplies ``σ`` by ``update_backoff``
+            (in (0, 1)), an accepted one by ``update_regrow`` (at most back to 1). A refused step
+            is then retried smaller at the next step instead of being proposed again at full size
+            (the safeguard alone stalls a trajectory whose learned steps have become too large).
+            ``None``: no scale (σ = 1). σ is data, carried in the update's state.
+        update_regrow: the factor ``σ`` grows by after an accepted update (≥ 1).
         teleport_state: ``keep`` the local update's state (momenta, step count) at a teleport,
             or ``reset`` it to zero for the trajectories that teleported (bias correction restarts).
         tele_gradient_input: m2 reads the teleport gradient ``G``; ``False``: it reads the linear
@@ -141,6 +148,8 @@ class CoordinatewiseConfig:
     update_bound_floor: float = 1e-3
     update_safeguard: bool = False
     update_safeguard_tol: float = 0.0
+    update_backoff: float | None = None
+    update_regrow: float = 1.1
     teleport_state: str = "keep"
     tele_gradient_input: bool = True
     gate: str = "every"
@@ -172,6 +181,11 @@ class CoordinatewiseConfig:
         require(self.update_bound_floor > 0, "coordinatewise.update_bound_floor", f"must be > 0, got {self.update_bound_floor}")
         require(self.update_safeguard_tol >= 0, "coordinatewise.update_safeguard_tol",
                 f"must be ≥ 0, got {self.update_safeguard_tol}")
+        require(self.update_backoff is None or 0 < self.update_backoff < 1, "coordinatewise.update_backoff",
+                f"must be null or in (0, 1), got {self.update_backoff}")
+        require(self.update_backoff is None or self.update_safeguard, "coordinatewise.update_backoff",
+                "shrinks the step where the update safeguard refuses it: it needs update_safeguard: true")
+        require(self.update_regrow >= 1, "coordinatewise.update_regrow", f"must be ≥ 1, got {self.update_regrow}")
         require(self.teleport_state in TELEPORT_STATES, "coordinatewise.teleport_state",
                 f"must be one of {TELEPORT_STATES}, got {self.teleport_state!r}")
         require(self.gate in GATES, "coordinatewise.gate", f"must be one of {GATES}, got {self.gate!r}")

@@ -13,6 +13,11 @@ is then exactly ``teleport(W − u, T)`` with the teleport's safeguard):
   advances with the gradient it read: the momenta stay statistics of the gradients seen at the
   trajectory's weights, and a refused step is not repeated verbatim (with full-batch gradients,
   restoring the old state would propose the same refused update at the same weights forever).
+* ``update_backoff``: with the update safeguard, a per-trajectory step scale ``σ`` multiplies
+  the update; a refusal multiplies it by ``update_backoff``, an acceptance by ``update_regrow``
+  (capped at 1). It is carried as a second row of the update state's step count
+  (:func:`split_step_scale`, :func:`join_step_scale`), so it is detached, checkpointed and
+  resumed with the rest of the trajectory.
 * ``safeguard`` (the teleport's): a teleport that would raise a task's loss is not taken
   (:func:`safeguarded_teleport`).
 * ``teleport_state: reset``: where a teleport was actually taken (m2's schedule and gate, and
@@ -70,6 +75,28 @@ def teleport_outputs(
         new_states.append(out.state)
         active = active | out.active
     return T, lrs, new_states, active
+
+
+def split_step_scale(state: State | None) -> tuple[State | None, torch.Tensor | None]:
+    """A state that carries the step scale ``σ`` (its step count ``[2, B, 1]``: count, ``σ``) →
+    ``(the update's own state with the count [1, B, 1], σ [1, B, 1])``; ``(state, None)`` for
+    a fresh trajectory (``None``) or a state without ``σ``."""
+    if state is None or state[1].shape[0] < 2:
+        return state, None
+    return (state[0], state[1][:1]), state[1][1:]
+
+
+def join_step_scale(state: State, scale: torch.Tensor) -> State:
+    """Inverse of :func:`split_step_scale`: ``σ`` ``[1, B, 1]`` appended to the step count."""
+    return state[0], torch.cat([state[1], scale.to(state[1].dtype)])
+
+
+def next_step_scale(scale: torch.Tensor, taken: torch.Tensor, backoff: float, regrow: float,
+                    floor: float = 1e-12) -> torch.Tensor:
+    """``σ · regrow`` (at most 1) where the update was ``taken`` ``[B]``, ``σ · backoff`` (at
+    least ``floor``) elsewhere; ``scale`` ``[1, B, 1]``. Data: no graph, no host sync."""
+    k = taken.view(1, -1, 1)
+    return torch.where(k, (scale * regrow).clamp(max=1.0), (scale * backoff).clamp(min=floor)).detach()
 
 
 def bounded_updates(
@@ -136,8 +163,9 @@ def stable_step(
     loss_fn: LossFn | None,
     exact: bool = True,
     x_qr: tuple[torch.Tensor, torch.Tensor] | None = None,
+    step_scale: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], State | None]:
-    """``W ← teleport(W − u, T)`` with the stability options of ``config`` (module docstring).
+    """``W ← teleport(W − σ u, T)`` with the stability options of ``config`` (module docstring).
 
     Args:
         weights: ``W_t``, list of ``[B, d_i, d_{i-1}(+1)]``; updates: ``u`` of the same shapes.
@@ -145,22 +173,35 @@ def stable_step(
         update_state: the local update's new state ``(moments [k, B, P], t [1, B, 1])``, or ``None``.
         X, exact, x_qr: the data, the form and the factorisation the group action uses.
         loss_fn: the per-task loss ``[B]`` the safeguards compare (needed by either safeguard).
+        step_scale: with ``update_backoff``, the trajectories' ``σ`` ``[1, B, 1]`` before this
+            step (from :func:`split_step_scale` of the previous state; ``None``: 1).
 
     Returns:
-        ``(new weights, the update's state after the teleport)``.
+        ``(new weights, the update's state after the teleport)``; with ``update_backoff``, the
+        state carries the new ``σ`` (:func:`join_step_scale`).
     """
     if loss_fn is None and (config.update_safeguard or (T and config.safeguard)):
         raise ValueError("coordinatewise.update_safeguard and coordinatewise.safeguard need loss_fn")
+    backoff = config.update_backoff is not None
+    if backoff and update_state is None:
+        raise ValueError("coordinatewise.update_backoff carries its step scale in the local update's state: "
+                         "it needs a local update with a state (m1 or the tele variant's base optimizer)")
     if config.update_bound is not None:
         updates = bounded_updates(weights, updates, config.update_bound, config.update_bound_floor)
+    if backoff:
+        if step_scale is None:
+            step_scale = torch.ones(1, weights[0].shape[0], 1, device=weights[0].device, dtype=update_state[1].dtype)
+        updates = [step_scale[0].view(-1, *([1] * (u.dim() - 1))).to(u.dtype) * u for u in updates]
     new = [w - u for w, u in zip(weights, updates)]
     loss = None
     if config.update_safeguard:
-        new, loss, _ = safeguarded_update(weights, new, loss_fn, config.update_safeguard_tol)
-    if not T:
-        return new, update_state
-    new, taken = safeguarded_teleport(new, X, T, loss_fn if config.safeguard else None, exact, x_qr,
-                                      config.safeguard_tol, loss)
-    if config.teleport_state == "reset" and update_state is not None:
-        update_state = reset_state(update_state, ~(taken & active))
+        new, loss, accepted = safeguarded_update(weights, new, loss_fn, config.update_safeguard_tol)
+    if T:
+        new, taken = safeguarded_teleport(new, X, T, loss_fn if config.safeguard else None, exact, x_qr,
+                                          config.safeguard_tol, loss)
+        if config.teleport_state == "reset" and update_state is not None:
+            update_state = reset_state(update_state, ~(taken & active))
+    if backoff:
+        update_state = join_step_scale(update_state, next_step_scale(step_scale, accepted, config.update_backoff,
+                                                                     config.update_regrow))
     return new, update_state

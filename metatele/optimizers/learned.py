@@ -32,7 +32,7 @@ from torch import nn
 from .baselines import BaselineConfig, HandDesignedUpdate
 from ..configs import require
 from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, sanitize
-from .coordinatewise_step import stable_step, teleport_outputs
+from .coordinatewise_step import split_step_scale, stable_step, teleport_outputs
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
@@ -212,21 +212,21 @@ class LearnedOptimizer(nn.Module):
                                                            cfg.teleport.exact, x_qr, self._hooked)
         elif cfg.uses_teleport:
             T, lrs, tele_states = self._teleport_outputs(grads, state)
-        update_state = state.update
+        update_state, step_scale = split_step_scale(state.update) if coordinatewise else (state.update, None)
         if self.update is None:  # lr+tele: η g with m2's step size, the geometric mean over pairs
             eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)
             steps = [eta.to(g.dtype) * g for g in grads]
         elif isinstance(self.update, UpdateLSTM):
-            updates, update_state = self.update(grads, state.update)
+            updates, update_state = self.update(grads, update_state)
             steps = [self._hooked(u) for u in updates]
         else:  # a coordinatewise m1 or the tele variant's hand-designed base optimizer
-            updates, update_state = self.update(weights, grads, state.update, X.shape[1])
+            updates, update_state = self.update(weights, grads, update_state, X.shape[1])
             steps = [self._hooked(u) for u in updates]
         if update_scale is not None:
             steps = [s * u for s, u in zip(update_scale, steps)]
         if coordinatewise:  # bounds, safeguards, the update's state at a teleport: coordinatewise_step
             new, update_state = stable_step(cfg.coordinatewise, weights, steps, T, active, update_state, X, loss_fn,
-                                            cfg.teleport.exact, x_qr)
+                                            cfg.teleport.exact, x_qr, step_scale)
         else:
             new = [w - u for w, u in zip(weights, steps)]
             if T:
