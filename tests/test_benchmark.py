@@ -297,6 +297,39 @@ def test_parallel_workers_and_resume_reproduce_the_same_numbers(run, tmp_path):
         assert {t.get("reused") for t in timings if t["stage"] == "meta-train"} == {reused}
 
 
+def test_transfer_evaluations_in_the_worker_pool_reproduce_the_serial_ones(run, tmp_path):
+    """With 2 workers the transfer evaluations run in the pool as their checkpoints finish: the same
+    curves (bit for bit), entries, timings records and report order as with 1 worker (the fixture)."""
+    out, _, results = run
+    ref = load_curves(out / "curves.npz")
+    threads = torch.get_num_threads()
+    try:
+        par = tmp_path / "par"
+        assert main(["--quick", "--out", str(par), "--no-progress", "--workers", "2", "--settings", "gaussian-small",
+                     "--methods", "CW(update+tele)", "LSTM(update+tele)", "--ablations", "none"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    got, par_results = load_curves(par / "curves.npz"), json.loads((par / "results.json").read_text())
+    keep = ("meta_seed", "train_seeds", "meta_steps", "diverged_trajectories", "reused", "shared_with")
+    for name in ("transfer-wider", "transfer-biases"):
+        for label in ("seed0", "seed1", "seed2", "combined"):
+            np.testing.assert_array_equal(got[name]["CW(update+tele)"][label].loss, ref[name]["CW(update+tele)"][label].loss)
+        sec, ref_sec = par_results["sections"][name], results["sections"][name]
+        assert list(sec["methods"]) == ["CW(update+tele)"] and sec["skipped"] == ref_sec["skipped"]
+        e, ref_e = sec["methods"]["CW(update+tele)"], ref_sec["methods"]["CW(update+tele)"]
+        assert {k: e[k] for k in ("kind", "id", "config", "failed", "transferred_from", "summary")} == \
+            {k: ref_e[k] for k in ("kind", "id", "config", "failed", "transferred_from", "summary")}
+        assert [{k: i[k] for k in keep} for i in e["meta_seeds_info"]] == [{k: i[k] for k in keep} for i in ref_e["meta_seeds_info"]]
+        assert [i["checkpoint"] for i in e["meta_seeds_info"]] == [
+            str(par / "checkpoints" / "gaussian-small" / "CW-update+tele" / f"seed{k}.safetensors") for k in (0, 1, 2)]
+        records = [(t["method"], t["meta_seed"]) for t in par_results["timings"] if t["section"] == name]
+        assert records == [("CW(update+tele)", k) for k in (0, 1, 2)]
+    assert list(par_results["sections"]) == ["gaussian-small", "transfer-wider", "transfer-biases"]
+    assert list(par_results["phases"])[1] == ("learned: meta-train + evaluate + transfer evaluate "
+                                               "(6 runs + 6 transfer evaluations, 2 workers)")
+    assert not any(ph.startswith("transfer") for ph in par_results["phases"])
+
+
 def test_a_meta_training_that_diverges_is_reported_and_the_other_meta_seeds_are_kept(tmp_path, monkeypatch):
     import metatele.meta.train
     from metatele.meta.engine import DivergenceError
