@@ -13,6 +13,7 @@ import torch
 from metatele import cli
 from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
 from metatele.configs import defaults_dir
+from metatele.optimizers.baselines import BaselineConfig
 from metatele.release.checkpoint import load_checkpoint
 from metatele.evaluation.evaluate import Curves, evaluate
 from metatele.evaluation.stats import decision, paired_comparison, summarize
@@ -213,6 +214,12 @@ def test_default_protocol_asks_the_long_horizon_question_of_issue_13():
     long = configs["CW(update+tele)"]
     assert long.steps >= 1000 and long.horizon == "log_uniform"
     assert {f"adam(tuned@{h})" for h in p.steps} <= set(p.horizon_groups["adam(tuned)"])  # tuned per horizon
+    # the strongest-baseline rule: what is compared with tuned Adam is compared with tuned heavy ball too
+    assert {f"momentum(tuned@{h})" for h in p.steps} <= set(p.horizon_groups["momentum(tuned)"])
+    assert all(p.baseline(f"momentum(tuned@{h})") == (BaselineConfig(name="momentum"), True) for h in p.steps)
+    against_adam = {a for a, b in p.comparisons if b == "adam(tuned@*)"}
+    assert against_adam >= {"CW(update+tele)", "CW(update)"}
+    assert {a for a, b in p.comparisons if b == "momentum(tuned@*)"} == against_adam
     assert p.transfer is not None and len(p.transfer.targets) >= 2
     assert any(t.task.bias for t in p.transfer.targets.values())
     assert any(len(t.task.dims) > 4 for t in p.transfer.targets.values())
@@ -443,6 +450,18 @@ def test_baselines_tuned_per_reported_horizon_and_compared_at_their_own_step(run
     text = (out / "RESULTS.md").read_text()
     assert "| CW(update+tele) | adam(tuned@30) | 30 |" in text and "adam(tuned@10): lr = " in text
     assert "(for 10 steps)" in text
+    # a second per-horizon baseline (heavy ball): its lr and coefficient tuned for each step, in every section
+    for name in ("uniform-small", "transfer-wider"):
+        for h in results["steps"]:
+            e = results["sections"][name]["methods"][f"momentum(tuned@{h})"]
+            assert e["tuning"]["steps"] == h and e["config"]["name"] == "momentum"
+            assert (e["config"]["lr"], e["config"]["momentum"]) == (e["tuning"]["config"]["lr"], e["tuning"]["config"]["momentum"])
+    redo = grid_search(BaselineConfig(name="momentum"), p.settings["uniform-small"].task,
+                       training_seeds(p.tuning.seeds, p.tuning.seed_start), 30, lrs=DEFAULT_LRS)
+    assert (redo.lr, redo.config.momentum) == (sec["methods"]["momentum(tuned@30)"]["config"]["lr"],
+                                               sec["methods"]["momentum(tuned@30)"]["config"]["momentum"])
+    m10 = sec["methods"]["momentum(tuned@10)"]["config"]
+    assert f"momentum(tuned@10): lr = {m10['lr']:.3g}, momentum = {m10['momentum']:g} (for 10 steps)" in text
 
 
 def test_snapshot_selection_uses_validation_seeds_and_the_checkpoint_is_the_selected_snapshot(run):

@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -240,7 +240,7 @@ class BenchmarkRun:
                     self.timings.append({"stage": "tune", "section": section, "method": name,
                                          "seconds": time.perf_counter() - t0})
                 record = tuned[key]
-                cfg = replace(cfg, lr=record.lr)
+                cfg = record.config  # its lr (and, for momentum, its coefficient) as tuned
             t0 = time.perf_counter()
             c = evaluate(BaselineMethod(cfg, name), task, self.seeds, max(p.steps), device=self.device)
             self.timings.append({"stage": "evaluate", "section": section, "method": name,
