@@ -114,9 +114,9 @@ def transfer_calls(protocol: BenchmarkProtocol, targets: Mapping[str, TransferTa
     ``section``, ``method``, ``meta_seed``, ``config`` and ``key``, as
     :class:`~metatele.studies.benchmark.Job`) of the methods that are transferred and can run there."""
     out: dict[str, list[tuple[str, str, int, torch.dtype]]] = {}
-    chosen = transferred_methods(protocol, methods)
+    chosen = transferred_methods(protocol, methods) if targets else []
     for j in jobs:
-        if targets and j.section == protocol.transfer.setting and j.method in chosen:
+        if j.method in chosen and j.section == protocol.transfer.setting:
             out.setdefault(j.key, []).extend((t, j.method, j.meta_seed, j.config.torch_dtype)
                                              for t, x in targets.items() if not cannot_transfer(protocol, j.method, x))
     return out
