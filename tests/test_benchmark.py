@@ -13,6 +13,7 @@ import torch
 from metatele import cli
 from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
 from metatele.configs import defaults_dir
+from metatele.optimizers.baselines import BaselineConfig
 from metatele.release.checkpoint import load_checkpoint
 from metatele.evaluation.evaluate import Curves, evaluate
 from metatele.evaluation.stats import decision, paired_comparison, summarize
@@ -213,6 +214,12 @@ def test_default_protocol_asks_the_long_horizon_question_of_issue_13():
     long = configs["CW(update+tele)"]
     assert long.steps >= 1000 and long.horizon == "log_uniform"
     assert {f"adam(tuned@{h})" for h in p.steps} <= set(p.horizon_groups["adam(tuned)"])  # tuned per horizon
+    # the strongest-baseline rule: what is compared with tuned Adam is compared with tuned heavy ball too
+    assert {f"momentum(tuned@{h})" for h in p.steps} <= set(p.horizon_groups["momentum(tuned)"])
+    assert all(p.baseline(f"momentum(tuned@{h})") == (BaselineConfig(name="momentum"), True) for h in p.steps)
+    against_adam = {a for a, b in p.comparisons if b == "adam(tuned@*)"}
+    assert against_adam >= {"CW(update+tele)", "CW(update)"}
+    assert {a for a, b in p.comparisons if b == "momentum(tuned@*)"} == against_adam
     assert p.transfer is not None and len(p.transfer.targets) >= 2
     assert any(t.task.bias for t in p.transfer.targets.values())
     assert any(len(t.task.dims) > 4 for t in p.transfer.targets.values())
@@ -295,6 +302,39 @@ def test_parallel_workers_and_resume_reproduce_the_same_numbers(run, tmp_path):
         np.testing.assert_array_equal(got["gd(tuned)"]["baseline"].loss, ref["gd(tuned)"]["baseline"].loss)
         timings = json.loads((where / "results.json").read_text())["timings"]
         assert {t.get("reused") for t in timings if t["stage"] == "meta-train"} == {reused}
+
+
+def test_transfer_evaluations_in_the_worker_pool_reproduce_the_serial_ones(run, tmp_path):
+    """With 2 workers the transfer evaluations run in the pool as their checkpoints finish: the same
+    curves (bit for bit), entries, timings records and report order as with 1 worker (the fixture)."""
+    out, _, results = run
+    ref = load_curves(out / "curves.npz")
+    threads = torch.get_num_threads()
+    try:
+        par = tmp_path / "par"
+        assert main(["--quick", "--out", str(par), "--no-progress", "--workers", "2", "--settings", "gaussian-small",
+                     "--methods", "CW(update+tele)", "LSTM(update+tele)", "--ablations", "none"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    got, par_results = load_curves(par / "curves.npz"), json.loads((par / "results.json").read_text())
+    keep = ("meta_seed", "train_seeds", "meta_steps", "diverged_trajectories", "reused", "shared_with")
+    for name in ("transfer-wider", "transfer-biases"):
+        for label in ("seed0", "seed1", "seed2", "combined"):
+            np.testing.assert_array_equal(got[name]["CW(update+tele)"][label].loss, ref[name]["CW(update+tele)"][label].loss)
+        sec, ref_sec = par_results["sections"][name], results["sections"][name]
+        assert list(sec["methods"]) == ["CW(update+tele)"] and sec["skipped"] == ref_sec["skipped"]
+        e, ref_e = sec["methods"]["CW(update+tele)"], ref_sec["methods"]["CW(update+tele)"]
+        assert {k: e[k] for k in ("kind", "id", "config", "failed", "transferred_from", "summary")} == \
+            {k: ref_e[k] for k in ("kind", "id", "config", "failed", "transferred_from", "summary")}
+        assert [{k: i[k] for k in keep} for i in e["meta_seeds_info"]] == [{k: i[k] for k in keep} for i in ref_e["meta_seeds_info"]]
+        assert [i["checkpoint"] for i in e["meta_seeds_info"]] == [
+            str(par / "checkpoints" / "gaussian-small" / "CW-update+tele" / f"seed{k}.safetensors") for k in (0, 1, 2)]
+        records = [(t["method"], t["meta_seed"]) for t in par_results["timings"] if t["section"] == name]
+        assert records == [("CW(update+tele)", k) for k in (0, 1, 2)]
+    assert list(par_results["sections"]) == ["gaussian-small", "transfer-wider", "transfer-biases"]
+    assert list(par_results["phases"])[1] == ("learned: meta-train + evaluate + transfer evaluate "
+                                               "(6 runs + 6 transfer evaluations, 2 workers)")
+    assert not any(ph.startswith("transfer") for ph in par_results["phases"])
 
 
 def test_a_meta_training_that_diverges_is_reported_and_the_other_meta_seeds_are_kept(tmp_path, monkeypatch):
@@ -410,6 +450,18 @@ def test_baselines_tuned_per_reported_horizon_and_compared_at_their_own_step(run
     text = (out / "RESULTS.md").read_text()
     assert "| CW(update+tele) | adam(tuned@30) | 30 |" in text and "adam(tuned@10): lr = " in text
     assert "(for 10 steps)" in text
+    # a second per-horizon baseline (heavy ball): its lr and coefficient tuned for each step, in every section
+    for name in ("uniform-small", "transfer-wider"):
+        for h in results["steps"]:
+            e = results["sections"][name]["methods"][f"momentum(tuned@{h})"]
+            assert e["tuning"]["steps"] == h and e["config"]["name"] == "momentum"
+            assert (e["config"]["lr"], e["config"]["momentum"]) == (e["tuning"]["config"]["lr"], e["tuning"]["config"]["momentum"])
+    redo = grid_search(BaselineConfig(name="momentum"), p.settings["uniform-small"].task,
+                       training_seeds(p.tuning.seeds, p.tuning.seed_start), 30, lrs=DEFAULT_LRS)
+    assert (redo.lr, redo.config.momentum) == (sec["methods"]["momentum(tuned@30)"]["config"]["lr"],
+                                               sec["methods"]["momentum(tuned@30)"]["config"]["momentum"])
+    m10 = sec["methods"]["momentum(tuned@10)"]["config"]
+    assert f"momentum(tuned@10): lr = {m10['lr']:.3g}, momentum = {m10['momentum']:g} (for 10 steps)" in text
 
 
 def test_snapshot_selection_uses_validation_seeds_and_the_checkpoint_is_the_selected_snapshot(run):

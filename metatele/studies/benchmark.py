@@ -17,8 +17,9 @@ The protocol itself (dataclasses, YAML loading, how a learned run's config is as
 :mod:`metatele.studies.protocol`.
 
 Learned runs are independent and seeded, so they run in ``workers`` processes with ``threads``
-torch threads each (default: one single-thread process per CPU: on a 2-core machine that is far
-faster than two threads in one process, and the numbers are identical).
+torch threads each (default: one single-thread process per CPU: on a 2-core machine far faster
+than two threads in one process); a checkpoint's transfer evaluations join that pool as soon as it
+is trained. The numbers do not depend on ``workers`` or on the order in which runs finish.
 
 Files: ``OUT/results.json`` (everything but the raw curves), ``OUT/curves.npz`` (every curve, see
 :func:`~metatele.studies.aggregate.load_curves`), ``OUT/checkpoints/<section>/<method>/seed<k>.safetensors``,
@@ -29,13 +30,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import multiprocessing
 import os
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -59,7 +58,8 @@ from .aggregate import combine_meta_seeds, compare_pairs, diverged_by, load_curv
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import conclusions, goal_check, render_report
 from .selection import SelectionConfig, meta_train_selected
-from .transfer_section import transfer_methods
+from .pool import run_calls
+from .transfer_section import evaluate_transfer, transfer_calls, transfer_methods
 
 __all__ = ["BenchmarkProtocol", "BenchmarkRun", "Job", "Setting", "Ablation", "Tuning", "load_protocol",
            "run_benchmark", "run_job", "load_curves", "render_only", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
@@ -88,6 +88,12 @@ class Job:
     @property
     def selection_dict(self) -> dict[str, Any] | None:
         return to_json(to_dict(self.selection)) if self.selection else None
+
+    @property
+    def cost(self) -> float:
+        """Rough relative cost (the pool starts the longest first, so no worker has a long tail)."""
+        c = self.config
+        return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_teleport) * (1 + c.second_order)
 
     @property
     def key(self) -> str:
@@ -234,7 +240,7 @@ class BenchmarkRun:
                     self.timings.append({"stage": "tune", "section": section, "method": name,
                                          "seconds": time.perf_counter() - t0})
                 record = tuned[key]
-                cfg = replace(cfg, lr=record.lr)
+                cfg = record.config  # its lr (and, for momentum, its coefficient) as tuned
             t0 = time.perf_counter()
             c = evaluate(BaselineMethod(cfg, name), task, self.seeds, max(p.steps), device=self.device)
             self.timings.append({"stage": "evaluate", "section": section, "method": name,
@@ -246,8 +252,8 @@ class BenchmarkRun:
                 **({"tune_steps": p.tune_steps(name)} if (p.baselines[name] or {}).get("tune_steps") else {})}
 
     def run(self) -> dict[str, float]:
-        """Tune and evaluate the baselines, then run every distinct learned job; returns the wall
-        seconds of the two phases."""
+        """Tune and evaluate the baselines, then run every distinct learned job and, as soon as a checkpoint
+        is trained, its transfer evaluations (in one worker pool, or here); returns each phase's wall seconds."""
         torch.set_num_threads(self.threads)
         bar = tqdm(total=len(self.stages()), desc="benchmark", unit="stage", disable=not self.progress,
                    dynamic_ncols=True)
@@ -260,32 +266,31 @@ class BenchmarkRun:
             bar.update(1)
         phases["baselines: tune + evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        jobs = self.jobs()
-        distinct = {}
+        jobs, distinct = self.jobs(), {}
         for j in jobs:
             distinct.setdefault(j.key, j)
         args = (self.seeds, self.p.steps, self.p.name, self.resume)
-        results: dict[str, dict[str, Any]] = {}
-        if self.workers == 1:
-            for key, j in distinct.items():
-                bar.set_postfix_str(f"{j.section}: {j.method} seed {j.meta_seed}")
-                results[key] = run_job(j, *args, progress=self.progress and sys.stderr.isatty())
-                bar.update(1)
-        else:
-            def cost(j: Job) -> float:  # rough; longest first so that no worker is left with a long tail
-                c = j.config
-                return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_teleport) * (1 + c.second_order)
+        inline = self.workers == 1  # else: the longest first, so that no worker is left with a long tail
+        calls = {key: (run_job, (j, *args, self.progress and inline and sys.stderr.isatty(), self.threads))
+                 for key, j in (distinct.items() if inline else sorted(distinct.items(), key=lambda kv: -kv[1].cost))}
+        then = transfer_calls(self.p, self.transfers, self.methods, jobs)  # run key → its transfer evaluations
+        def follow(key: Any, r: dict[str, Any]) -> dict[Any, Any]:  # a checkpoint's transfer evaluations
+            return {} if isinstance(key, tuple) or "error" in r else {
+                (t, m, k): (evaluate_transfer, (r["info"]["checkpoint"], self.transfers[t].task, self.seeds,
+                                                max(self.p.steps), m, self.device, dtype, self.threads))
+                for t, m, k, dtype in then.get(key, [])}
 
-            ctx = multiprocessing.get_context("spawn")  # no fork of a process with live OpenMP threads
-            with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
-                futures = {pool.submit(run_job, j, *args, False, self.threads): key
-                           for key, j in sorted(distinct.items(), key=lambda kv: -cost(kv[1]))}
-                for f in as_completed(futures):
-                    results[futures[f]] = f.result()
-                    j = distinct[futures[f]]
-                    bar.set_postfix_str(f"done {j.section}: {j.method} seed {j.meta_seed}")
-                    bar.update(1)
-        phases[f"learned: meta-train + evaluate ({len(distinct)} runs, {self.workers} worker(s))"] = time.perf_counter() - t0
+        def done(key: Any) -> None:  # the bar counts learned runs (the transfer targets: below)
+            if not isinstance(key, tuple):
+                bar.set_postfix_str("done {0.section}: {0.method} seed {0.meta_seed}".format(distinct[key]))
+                bar.update(1)
+        results = run_calls(calls, self.workers, follow, done)
+        evaluated = {t: {key[1:]: r for key, r in results.items() if isinstance(key, tuple) and key[0] == t}
+                     for t in self.transfers}  # target → (method, meta-seed) → its evaluation
+        n = len(results) - len(distinct)  # the transfer evaluations
+        what, runs = (" + transfer evaluate", f" + {n} transfer evaluations") if self.transfers else ("", "")
+        phases[f"learned: meta-train + evaluate{what} ({len(distinct)} runs{runs}, {self.workers} worker"
+               f"{'s' if self.workers > 1 else ''})"] = time.perf_counter() - t0
         for j in jobs:  # in report order; a run shared by two entries is recorded in both
             r = results[j.key]
             first = distinct[j.key] is j
@@ -301,17 +306,14 @@ class BenchmarkRun:
             shared = {} if first else {"shared_with": f"{distinct[j.key].section}/{distinct[j.key].method}"}
             entry["meta_seeds_info"].append({**r["info"], **shared})
             per_seed.append(r["curves"])
-        t0 = time.perf_counter()
-        for t, target in self.transfers.items():
-            bar.set_postfix_str(f"{t}: learned methods")
+        for t, target in self.transfers.items():  # in report order, whichever finished first
             entries, curves, self.skipped[t], timings = transfer_methods(
-                self.p, t, target, self.entries.get(self.p.transfer.setting, {}), self.methods, self.seeds, self.device)
+                self.p, t, target, self.entries.get(self.p.transfer.setting, {}), self.methods, self.seeds, self.device,
+                evaluated[t])
             self.entries.setdefault(t, {}).update(entries)
             self.curves.setdefault(t, {}).update(curves)
             self.timings += timings
             bar.update(1)
-        if self.transfers:
-            phases["transfer: evaluate checkpoints on other tasks"] = time.perf_counter() - t0
         bar.close()
         return phases
 

@@ -405,7 +405,9 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         if sec["kind"] == "setting":
             out += [f"Setting `{name}`: task dims {sec['task']['dims']}, distribution {sec['task']['distribution']}.", ""]
         if sec["kind"] != "ablations":
-            tuned = [f"{n}: lr = {e['config']['lr']:.3g}" + (f" (for {e['tuning']['steps']} steps)" if e.get("tune_steps")
+            tuned = [f"{n}: lr = {e['config']['lr']:.3g}"
+                     + (f", momentum = {e['config']['momentum']:g}" if e["config"]["name"] == "momentum" else "")
+                     + (f" (for {e['tuning']['steps']} steps)" if e.get("tune_steps")
                      else "") + _edge_flag(e["tuning"]) for n, e in sec["methods"].items()
                      if e["kind"] == "baseline" and e.get("tuning")]
             if tuned:
