@@ -1,10 +1,14 @@
 """`metatele benchmark`: the protocol, its statistics and the files it writes (quick scale)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -607,3 +611,32 @@ def test_new_protocol_keys_fail_with_the_field_named(capsys):
     assert "transfer-biases: baselines" in capsys.readouterr().out
     p, _ = load_protocol(QUICK_CONFIG)
     assert p.method_names(["adam(tuned)", "gd(tuned)"]) == ["adam(tuned@10)", "adam(tuned@30)", "adam(tuned@100)", "gd(tuned)"]
+
+
+def test_shipping_picks_the_meta_seed_on_validation_scores_and_writes_checkpoints_with_manifests(run, tmp_path):
+    out, _, results = run
+    ship = tmp_path / "checkpoints"
+    cmd = [sys.executable, "experiments/ship_benchmark.py", "--results", str(out / "results.json"), "--out", str(ship),
+           "--settings", "gaussian-small", "uniform-small", "--methods", "CW(update+tele)", "CW(update)", "adam+CW(tele)"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    for setting in ("gaussian-small", "uniform-small"):
+        methods = results["sections"][setting]["methods"]
+        lead = methods["CW(update+tele)"]["meta_seeds_info"]
+        best = min(lead, key=lambda i: i["selected"]["score"])["meta_seed"]  # validation scores only
+        for m, stem in (("CW(update+tele)", "cw_update_tele"), ("CW(update)", "cw_update"),
+                        ("adam+CW(tele)", "adam_cw_tele")):
+            infos = methods[m]["meta_seeds_info"]
+            k = [i["meta_seed"] for i in infos].index(best)  # the twins share the chosen meta-seed
+            dst = ship / f"benchmark_{stem}_{setting}.safetensors"
+            assert dst.read_bytes() == Path(infos[k]["checkpoint"]).read_bytes()
+            manifest = json.loads((ship / f"benchmark_{stem}_{setting}.manifest.json").read_text())
+            assert manifest["extra"]["benchmark"]["meta_seed"] == best
+            assert manifest["metrics"]["this_checkpoint"] == methods[m]["meta_seeds"][k]
+            assert manifest["files"][0]["sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest()
+            assert manifest["seeds"]["train"] == infos[k]["train_seeds"]
+            assert f"--set meta_seeds=[{best}]" in manifest["extra"]["rerun"]
+            assert load_checkpoint(dst).config.learned.variant == methods[m]["config"]["learned"]["variant"]
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "none.json"), *cmd[4:]], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert bad.returncode == 2 and "metatele benchmark" in bad.stderr

@@ -1,0 +1,98 @@
+"""How the benchmark's long-horizon coordinatewise configuration was chosen, on validation seeds only.
+
+Each candidate is the default protocol's CW(update+tele) (metatele/defaults/benchmark.yaml, meta-seed
+0) with a few keys changed. It is meta-trained exactly as the benchmark does (snapshot selection on
+the 24 selection seeds, ``validation_seeds(24)``), then its selected snapshot runs 1000 steps on 48
+further validation seeds (``validation_seeds(48, start=100)``), next to Adam at each rate the
+benchmark's per-horizon tuning picks on training seeds. No test seed is touched.
+
+    python experiments/long_horizon_configs.py            # ≈ 8 min with 2 processes on the 2-core CPU
+
+Prints, per setting, a markdown table: the selection score (mean log10 loss over steps 10 … 1000
+on the selection seeds; lower is better) at meta-step 0 (the untrained optimizer) and at the
+selected snapshot, and the mean log10 loss on the 48 further seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from metatele import BaselineConfig, TaskConfig, validation_seeds
+from metatele.evaluation.evaluate import BaselineMethod, evaluate
+from metatele.meta.config import MetaTrainConfig
+from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
+from metatele.studies.selection import meta_train_selected
+
+AT = (10, 30, 100, 300, 1000)
+BACKOFF = {"learned.coordinatewise.update_backoff": 0.5, "learned.coordinatewise.update_regrow": 1.05}
+CANDIDATES = {
+    "gaussian-20": {
+        "lr 0.1 (the previous default)": {},
+        "lr 0.1, backoff": BACKOFF,
+        "lr 0.0316, backoff": {**BACKOFF, "learned.coordinatewise.lr": 0.0316},
+    },
+    "uniform-20": {
+        "lr 0.1 (the previous default)": {},
+        "lr 0.1, backoff": BACKOFF,
+    },
+}
+#: Adam at the rates the benchmark's per-horizon tuning picked on training seeds (RESULTS.md)
+ADAM_LRS = {"gaussian-20": (0.1, 0.0316, 0.01), "uniform-20": (0.1, 0.0316, 0.316)}
+
+
+def with_keys(config: MetaTrainConfig, keys: dict) -> MetaTrainConfig:
+    data = config.to_dict()
+    for key, value in keys.items():
+        node, parts = data, key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return MetaTrainConfig.from_dict(data)
+
+
+def means(curves, at=AT) -> list[float]:
+    L = np.log10(np.asarray(curves.loss))
+    return [float(np.mean(L[s])) for s in at]
+
+
+def candidate(setting: str, name: str, keys: dict) -> tuple[str, str, float, int, float, list[float]]:
+    torch.set_num_threads(1)
+    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    config = with_keys(protocol.learned_config(setting, "CW(update+tele)", 0), keys)
+    result, selected, history = meta_train_selected(config, protocol.selection(setting, "CW(update+tele)"),
+                                                    progress=False)
+    curves = evaluate(result.optimizer.eval(), config.task, list(validation_seeds(48, start=100)), max(AT))
+    return setting, name, history[0]["score"], selected["meta_step"], selected["score"], means(curves)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+        futures = [pool.submit(candidate, s, n, k) for s, cands in CANDIDATES.items() for n, k in cands.items()]
+        rows = [f.result() for f in futures]
+    torch.set_num_threads(1)
+    head = "| candidate | score @ meta-step 0 | selected meta-step | score there | " + " | ".join(
+        f"@ {s}" for s in AT) + " |"
+    for setting in CANDIDATES:
+        task = TaskConfig([20, 20, 20, 20], setting.split("-")[0])
+        print(f"\n### {setting}: CW(update+tele) candidates, 48 further validation seeds\n\n{head}")
+        print("|---" * (4 + len(AT)) + "|")
+        for s, name, score0, step, score, m in rows:
+            if s == setting:
+                print(f"| {name} | {score0:.2f} | {step} | {score:.2f} | " + " | ".join(f"{x:.2f}" for x in m) + " |")
+        for lr in ADAM_LRS[setting]:
+            c = evaluate(BaselineMethod(BaselineConfig(name="adam", lr=lr)), task, list(validation_seeds(48, start=100)),
+                         max(AT))
+            print(f"| Adam, lr {lr:g} | | | | " + " | ".join(f"{x:.2f}" for x in means(c)) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
