@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = args.settings or [s for s, sec in results["sections"].items() if sec["kind"] == "setting"]
     lead = args.methods[0]
+    rows = []
     for setting in settings:
         methods = results["sections"][setting]["methods"]
         missing = [m for m in args.methods if m not in methods]
@@ -100,7 +101,23 @@ def main(argv: list[str] | None = None) -> int:
                                 + " ".join(f'"{x}"' for x in args.methods)
                                 + f" --set meta_seeds=[{k}] --ablations none"})
             print(f"{setting}/{m} (meta-seed {k}) → {dst}, {manifest}")
+            rows.append((dst.stem, setting, m, k, entry["meta_seeds"][index]))
+    print(table(rows, results["steps"]))
     return 0
+
+
+def table(rows: list[tuple[str, str, str, int, dict]], steps: list[int]) -> str:
+    """The shipped files' test-seed numbers (mean log10 loss [95% CI] of that very checkpoint)."""
+    fmt = lambda x: f"{x:.2f}".replace("-", "−")  # noqa: E731
+    out = ["| file | setting | method | meta-seed | " + " | ".join(f"@ {s}" for s in steps) + " |",
+           "|---" * (4 + len(steps)) + "|"]
+    for stem, setting, m, k, stats in rows:
+        cells = []
+        for s in steps:
+            st = stats["at_step"][str(s)]
+            cells.append(f"{fmt(st['mean'])} [{fmt(st['ci95'][0])}, {fmt(st['ci95'][1])}]")
+        out.append(f"| `{stem}` | {setting} | {m} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

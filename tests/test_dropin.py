@@ -10,6 +10,7 @@ from torch import nn
 from metatele.release.checkpoint import load_optimizer, save_checkpoint
 from metatele.optimizers.dropin import LearnedTeleportOptimizer, check_model
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+from metatele.optimizers.coordinatewise import CoordinatewiseConfig
 from metatele.optimizers.lstm import LSTMConfig, TeleportConfig
 from metatele.tasks.mlp import mlp_loss
 from metatele.symmetry.action import SymmetryWarning
@@ -191,10 +192,11 @@ def test_float32_checkpoint_drives_a_float64_user_model(tmp_path):
 # --- coordinatewise: any nn.Sequential of Linear (with or without bias) and LeakyReLU(0.1) ----------
 
 
-def coordinatewise(variant: str) -> LearnedOptimizer:
+def coordinatewise(variant: str, **cw) -> LearnedOptimizer:
     torch.manual_seed(0)
     tele = TeleportConfig(lr_min=1e-3, lr_max=3e-2)  # the step-size range of lr+tele
-    opt = LearnedOptimizer(TASK, LearnedConfig(variant=variant, arch="coordinatewise", teleport=tele)).double()
+    opt = LearnedOptimizer(TASK, LearnedConfig(variant=variant, arch="coordinatewise", teleport=tele,
+                                               coordinatewise=CoordinatewiseConfig(**cw))).double()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a non-trivial (not exactly Adam) optimizer
         for p in opt.parameters():
@@ -243,6 +245,27 @@ def test_coordinatewise_dropin_step_equals_the_stacked_step():
             W, _, _, state = learned.step(W, X[None], Y[None], state)
     torch.testing.assert_close(model[2].weight.detach(), W[1][0])
     torch.testing.assert_close(model[4].bias.detach(), W[2][0, :, -1])
+
+
+def test_coordinatewise_dropin_with_the_safeguard_backoff_follows_the_stacked_step_and_keeps_its_scale():
+    model = biased_model([6, 7, 5, 3])
+    X, Y = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    learned = coordinatewise("update+tele", lr=1.0, update_safeguard=True, update_backoff=0.5)  # refusals
+    W = [torch.cat([model[0].weight, model[0].bias[:, None]], 1)[None].detach().clone(),
+         model[2].weight[None].detach().clone(),
+         torch.cat([model[4].weight, model[4].bias[:, None]], 1)[None].detach().clone()]
+    opt = LearnedTeleportOptimizer.for_model(model, learned, X=X, Y=Y)
+    closure = make_closure(opt, model, X, Y)
+    state = learned.initial_state(1, None, torch.float64)
+    for _ in range(12):
+        opt.step(closure)
+        with torch.no_grad():
+            W, _, _, state = learned.step(W, X[None], Y[None], state)
+    torch.testing.assert_close(model[2].weight.detach(), W[1][0])
+    scale = state.update[1][1]
+    assert float(scale) < 1  # backed off
+    saved = opt.state_dict()
+    assert torch.equal(saved["state"][0]["update_c"][1], scale)  # σ travels with the optimizer's state
 
 
 def test_coordinatewise_dropin_honours_parameter_groups_and_round_trips_state():
