@@ -18,7 +18,7 @@ from metatele.meta.train import meta_train
 from metatele.optimizers.baselines import BaselineConfig
 from metatele.optimizers.coordinatewise import CoordinatewiseConfig
 from metatele.optimizers.coordinatewise_step import join_step_scale, next_step_scale, split_step_scale
-from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer, LearnedState
 from metatele.meta.engine import UnrollEngine
 from metatele.tasks.family import TaskConfig, sample_tasks
 from metatele.tasks.mlp import mlp_loss
@@ -26,17 +26,21 @@ from metatele.tasks.mlp import mlp_loss
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_the_scale_shrinks_on_a_refusal_and_grows_back_to_one():
-    scale = torch.tensor([1.0, 0.5, 0.25, 1e-12]).view(1, -1, 1)
+def test_the_scale_shrinks_on_a_refusal_grows_back_to_one_and_restarts_at_one_with_a_new_trajectory():
+    scale = torch.tensor([1.0, 0.5, 0.25, 1e-12], dtype=torch.float64).log().view(1, -1, 1)  # log σ
     taken = torch.tensor([True, False, True, False])
     new = next_step_scale(scale, taken, backoff=0.5, regrow=1.5)
-    assert new.flatten().tolist() == pytest.approx([1.0, 0.25, 0.375, 1e-12])  # capped at 1, floored
-    state = (torch.zeros(4, 4, 3), torch.full((1, 4, 1), 7.0))
+    assert new.exp().flatten().tolist() == pytest.approx([1.0, 0.25, 0.375, 1e-12])  # capped at 1, floored
+    state = (torch.zeros(4, 4, 3, dtype=torch.float64), torch.full((1, 4, 1), 7.0, dtype=torch.float64))
     joined = join_step_scale(state, new)
     assert joined[1].shape == (2, 4, 1)
     own, back = split_step_scale(joined)
     assert torch.equal(own[1], state[1]) and torch.equal(back, new) and own[0] is state[0]
     assert split_step_scale(state) == (state, None) and split_step_scale(None) == (None, None)
+    # a slot that starts a new trajectory is zeroed: its σ is 1 again, the others keep theirs
+    keep = torch.tensor([True, True, False, False])
+    _, after = split_step_scale(LearnedState(joined, []).reset(keep).update)
+    assert after.exp().flatten().tolist() == pytest.approx([1.0, 0.25, 1.0, 1.0])
 
 
 def run(opt: LearnedOptimizer, batch, steps: int):
@@ -70,8 +74,8 @@ def test_backoff_follows_the_refusals_and_unstalls_a_too_large_step(variant):
         for t, s in enumerate(scales):
             taken = backed[t + 1] < backed[t]
             expect = torch.where(taken, (expect * 1.25).clamp(max=1.0), expect * 0.5)
-            assert torch.allclose(s.flatten(), expect)
-    assert (scales[-1] < 1).any()  # some trajectories did back off
+            assert torch.allclose(s.exp().flatten(), expect)
+    assert (scales[-1] < 0).any()  # some trajectories did back off (log σ < 0)
     # the safeguard alone stands still on tasks where the rate is too large; the backoff goes on
     assert (stalled[-1] == stalled[-10]).any()
     assert (backed[-1] < stalled[-1]).sum() >= 6 and (backed[-1] <= stalled[-1]).all()
@@ -96,8 +100,8 @@ def test_the_meta_gradient_flows_through_the_scaled_step_and_the_scale_is_carrie
     eng.meta_step()
     grads = [p.grad for p in eng.optimizer.update.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
-    count, scale = eng.trajectories.state.update[1]
-    assert torch.all(count == 4) and torch.all((scale > 0) & (scale <= 1)) and (scale < 1).any()
+    count, log_scale = eng.trajectories.state.update[1]
+    assert torch.all(count == 4) and torch.all(log_scale <= 0) and (log_scale < 0).any()
 
 
 def test_a_run_with_backoff_resumes_bitwise(tmp_path):

@@ -262,10 +262,10 @@ def test_coordinatewise_dropin_with_the_safeguard_backoff_follows_the_stacked_st
         with torch.no_grad():
             W, _, _, state = learned.step(W, X[None], Y[None], state)
     torch.testing.assert_close(model[2].weight.detach(), W[1][0])
-    scale = state.update[1][1]
-    assert float(scale) < 1  # backed off
+    log_scale = state.update[1][1]
+    assert float(log_scale) < 0  # backed off
     saved = opt.state_dict()
-    assert torch.equal(saved["state"][0]["update_c"][1], scale)  # σ travels with the optimizer's state
+    assert torch.equal(saved["state"][0]["update_c"][1], log_scale)  # σ travels with the optimizer's state
 
 
 def test_coordinatewise_dropin_honours_parameter_groups_and_round_trips_state():

@@ -15,9 +15,9 @@ is then exactly ``teleport(W − u, T)`` with the teleport's safeguard):
   restoring the old state would propose the same refused update at the same weights forever).
 * ``update_backoff``: with the update safeguard, a per-trajectory step scale ``σ`` multiplies
   the update; a refusal multiplies it by ``update_backoff``, an acceptance by ``update_regrow``
-  (capped at 1). It is carried as a second row of the update state's step count
-  (:func:`split_step_scale`, :func:`join_step_scale`), so it is detached, checkpointed and
-  resumed with the rest of the trajectory.
+  (capped at 1). ``log σ`` is carried as a second row of the update state's step count
+  (:func:`split_step_scale`, :func:`join_step_scale`), so it is detached, checkpointed, resumed
+  and reset (to σ = 1) with the rest of the trajectory's state.
 * ``safeguard`` (the teleport's): a teleport that would raise a task's loss is not taken
   (:func:`safeguarded_teleport`).
 * ``teleport_state: reset``: where a teleport was actually taken (m2's schedule and gate, and
@@ -27,6 +27,8 @@ is then exactly ``teleport(W − u, T)`` with the teleport's safeguard):
 Every choice is a per-task ``torch.where`` or mask on the device: no host sync.
 """
 from __future__ import annotations
+
+import math
 
 from typing import Callable, Sequence
 
@@ -78,25 +80,30 @@ def teleport_outputs(
 
 
 def split_step_scale(state: State | None) -> tuple[State | None, torch.Tensor | None]:
-    """A state that carries the step scale ``σ`` (its step count ``[2, B, 1]``: count, ``σ``) →
-    ``(the update's own state with the count [1, B, 1], σ [1, B, 1])``; ``(state, None)`` for
-    a fresh trajectory (``None``) or a state without ``σ``."""
+    """A state that carries the step scale (its step count ``[2, B, 1]``: the count, then
+    ``log σ``) → ``(the update's own state with the count [1, B, 1], log σ [1, B, 1])``;
+    ``(state, None)`` for a fresh trajectory (``None``) or a state without it.
+
+    ``log σ`` rather than ``σ``: a state zeroed for a new trajectory (:meth:`LearnedState.reset`,
+    ``teleport_state: reset``) then restarts at ``σ = 1`` like everything else in it."""
     if state is None or state[1].shape[0] < 2:
         return state, None
     return (state[0], state[1][:1]), state[1][1:]
 
 
-def join_step_scale(state: State, scale: torch.Tensor) -> State:
-    """Inverse of :func:`split_step_scale`: ``σ`` ``[1, B, 1]`` appended to the step count."""
-    return state[0], torch.cat([state[1], scale.to(state[1].dtype)])
+def join_step_scale(state: State, log_scale: torch.Tensor) -> State:
+    """Inverse of :func:`split_step_scale`: ``log σ`` ``[1, B, 1]`` appended to the step count."""
+    return state[0], torch.cat([state[1], log_scale.to(state[1].dtype)])
 
 
-def next_step_scale(scale: torch.Tensor, taken: torch.Tensor, backoff: float, regrow: float,
+def next_step_scale(log_scale: torch.Tensor, taken: torch.Tensor, backoff: float, regrow: float,
                     floor: float = 1e-12) -> torch.Tensor:
-    """``σ · regrow`` (at most 1) where the update was ``taken`` ``[B]``, ``σ · backoff`` (at
-    least ``floor``) elsewhere; ``scale`` ``[1, B, 1]``. Data: no graph, no host sync."""
+    """``log σ``: ``σ · regrow`` (at most 1) where the update was ``taken`` ``[B]``, ``σ · backoff``
+    (at least ``floor``) elsewhere; ``log_scale`` ``[1, B, 1]``. Data: no graph, no host sync."""
     k = taken.view(1, -1, 1)
-    return torch.where(k, (scale * regrow).clamp(max=1.0), (scale * backoff).clamp(min=floor)).detach()
+    grown = (log_scale + math.log(regrow)).clamp(max=0.0)
+    shrunk = (log_scale + math.log(backoff)).clamp(min=math.log(floor))
+    return torch.where(k, grown, shrunk).detach()
 
 
 def bounded_updates(
@@ -173,8 +180,8 @@ def stable_step(
         update_state: the local update's new state ``(moments [k, B, P], t [1, B, 1])``, or ``None``.
         X, exact, x_qr: the data, the form and the factorisation the group action uses.
         loss_fn: the per-task loss ``[B]`` the safeguards compare (needed by either safeguard).
-        step_scale: with ``update_backoff``, the trajectories' ``σ`` ``[1, B, 1]`` before this
-            step (from :func:`split_step_scale` of the previous state; ``None``: 1).
+        step_scale: with ``update_backoff``, the trajectories' ``log σ`` ``[1, B, 1]`` before
+            this step (from :func:`split_step_scale` of the previous state; ``None``: σ = 1).
 
     Returns:
         ``(new weights, the update's state after the teleport)``; with ``update_backoff``, the
@@ -189,9 +196,10 @@ def stable_step(
     if config.update_bound is not None:
         updates = bounded_updates(weights, updates, config.update_bound, config.update_bound_floor)
     if backoff:
-        if step_scale is None:
-            step_scale = torch.ones(1, weights[0].shape[0], 1, device=weights[0].device, dtype=update_state[1].dtype)
-        updates = [step_scale[0].view(-1, *([1] * (u.dim() - 1))).to(u.dtype) * u for u in updates]
+        if step_scale is None:  # log σ = 0
+            step_scale = torch.zeros(1, weights[0].shape[0], 1, device=weights[0].device, dtype=update_state[1].dtype)
+        sigma = step_scale[0].exp()
+        updates = [sigma.view(-1, *([1] * (u.dim() - 1))).to(u.dtype) * u for u in updates]
     new = [w - u for w, u in zip(weights, updates)]
     loss = None
     if config.update_safeguard:
