@@ -254,6 +254,7 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
     from metatele.release.checkpoint import load_checkpoint
     from metatele.release.manifest import verify_manifest
     from metatele.meta.config import load_config
+    from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
 
     manifests = sorted(Path("checkpoints").glob("*.manifest.json"))
     names = {m.name.removesuffix(".manifest.json") for m in manifests}
@@ -267,7 +268,12 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
         if name == "digits":  # the digits study's checkpoints: one manifest, configs from the study
             continue
         ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
-        want = load_config(f"ship/{name}").to_dict()
+        bench = json.loads(m.read_text())["extra"].get("benchmark") if name.startswith("benchmark_") else None
+        if bench:  # the benchmark's learned methods: the config is the default protocol's for that run
+            protocol, _ = load_protocol(DEFAULT_CONFIG)
+            want = protocol.learned_config(bench["setting"], bench["method"], bench["meta_seed"]).to_dict()
+        else:
+            want = load_config(f"ship/{name}").to_dict()
         assert {**want, "device": ck.config.device} == ck.config.to_dict(), name
 
 
