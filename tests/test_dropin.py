@@ -228,44 +228,37 @@ def test_coordinatewise_dropin_trains_an_unseen_network_with_biases(variant):
     assert float(loss.detach()) < (0.8 if variant == "lr+tele" else 0.3) * first
 
 
-def test_coordinatewise_dropin_step_equals_the_stacked_step():
+def dropin_beside_stacked(learned: LearnedOptimizer, steps: int):
+    """``steps`` drop-in steps on a biased model and the same steps of ``learned`` on its stacked
+    weights: ``(model, stacked weights, stacked state, drop-in optimizer)``."""
     model = biased_model([6, 7, 5, 3])
-    X = torch.randn(6, 5, dtype=torch.float64)
-    Y = torch.randn(3, 5, dtype=torch.float64)
-    learned = coordinatewise("update+tele")
+    X, Y = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     W = [torch.cat([model[0].weight, model[0].bias[:, None]], 1)[None].detach().clone(),
          model[2].weight[None].detach().clone(),
          torch.cat([model[4].weight, model[4].bias[:, None]], 1)[None].detach().clone()]
     opt = LearnedTeleportOptimizer.for_model(model, learned, X=X, Y=Y)
     closure = make_closure(opt, model, X, Y)
     state = learned.initial_state(1, None, torch.float64)
-    for _ in range(3):
+    for _ in range(steps):
         opt.step(closure)
         with torch.no_grad():
             W, _, _, state = learned.step(W, X[None], Y[None], state)
+    return model, W, state, opt
+
+
+def test_coordinatewise_dropin_step_equals_the_stacked_step():
+    model, W, _, _ = dropin_beside_stacked(coordinatewise("update+tele"), 3)
     torch.testing.assert_close(model[2].weight.detach(), W[1][0])
     torch.testing.assert_close(model[4].bias.detach(), W[2][0, :, -1])
 
 
 def test_coordinatewise_dropin_with_the_safeguard_backoff_follows_the_stacked_step_and_keeps_its_scale():
-    model = biased_model([6, 7, 5, 3])
-    X, Y = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     learned = coordinatewise("update+tele", lr=1.0, update_safeguard=True, update_backoff=0.5)  # refusals
-    W = [torch.cat([model[0].weight, model[0].bias[:, None]], 1)[None].detach().clone(),
-         model[2].weight[None].detach().clone(),
-         torch.cat([model[4].weight, model[4].bias[:, None]], 1)[None].detach().clone()]
-    opt = LearnedTeleportOptimizer.for_model(model, learned, X=X, Y=Y)
-    closure = make_closure(opt, model, X, Y)
-    state = learned.initial_state(1, None, torch.float64)
-    for _ in range(12):
-        opt.step(closure)
-        with torch.no_grad():
-            W, _, _, state = learned.step(W, X[None], Y[None], state)
+    model, W, state, opt = dropin_beside_stacked(learned, 12)
     torch.testing.assert_close(model[2].weight.detach(), W[1][0])
     log_scale = state.update[1][1]
     assert float(log_scale) < 0  # backed off
-    saved = opt.state_dict()
-    assert torch.equal(saved["state"][0]["update_c"][1], log_scale)  # σ travels with the optimizer's state
+    assert torch.equal(opt.state_dict()["state"][0]["update_c"][1], log_scale)  # σ travels with the state
 
 
 def test_coordinatewise_dropin_honours_parameter_groups_and_round_trips_state():
