@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from metatele import BaselineConfig, TaskConfig, validation_seeds
+from metatele.configs import merge_overrides
 from metatele.evaluation.evaluate import BaselineMethod, evaluate
 from metatele.meta.config import MetaTrainConfig
 from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
@@ -46,16 +47,6 @@ CANDIDATES = {
 ADAM_LRS = {"gaussian-20": (0.1, 0.0316, 0.01), "uniform-20": (0.1, 0.0316, 0.316)}
 
 
-def with_keys(config: MetaTrainConfig, keys: dict) -> MetaTrainConfig:
-    data = config.to_dict()
-    for key, value in keys.items():
-        node, parts = data, key.split(".")
-        for p in parts[:-1]:
-            node = node[p]
-        node[parts[-1]] = value
-    return MetaTrainConfig.from_dict(data)
-
-
 def means(curves, at=AT) -> list[float]:
     L = np.log10(np.asarray(curves.loss))
     return [float(np.mean(L[s])) for s in at]
@@ -64,7 +55,7 @@ def means(curves, at=AT) -> list[float]:
 def candidate(setting: str, name: str, keys: dict) -> tuple[str, str, float, int, float, list[float]]:
     torch.set_num_threads(1)
     protocol, _ = load_protocol(DEFAULT_CONFIG)
-    config = with_keys(protocol.learned_config(setting, "CW(update+tele)", 0), keys)
+    config = MetaTrainConfig.from_dict(merge_overrides(protocol.learned_config(setting, "CW(update+tele)", 0).to_dict(), keys))
     result, selected, history = meta_train_selected(config, protocol.selection(setting, "CW(update+tele)"),
                                                     progress=False)
     curves = evaluate(result.optimizer.eval(), config.task, list(validation_seeds(48, start=100)), max(AT))

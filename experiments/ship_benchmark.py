@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metatele.evaluation.format import cell
 from metatele.release.checkpoint import read_metadata
 from metatele.release.manifest import write_manifest
 
@@ -74,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         k = chosen["meta_seed"]
         for m in args.methods:
             entry = methods[m]
-            info = next((i for i in entry["meta_seeds_info"] if i["meta_seed"] == k), None)
-            if info is None:
+            done = [i["meta_seed"] for i in entry["meta_seeds_info"]]
+            if k not in done:
                 print(f"{setting}/{m}: meta-seed {k} failed in the benchmark", file=sys.stderr)
                 return 2
+            index = done.index(k)
+            info = entry["meta_seeds_info"][index]
             src = Path(info["checkpoint"])
-            index = [i["meta_seed"] for i in entry["meta_seeds_info"]].index(k)
             dst = out / f"{file_name(m, setting)}.safetensors"
             shutil.copyfile(src, dst)
             sel = info.get("selected") or {}
@@ -108,14 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(rows: list[tuple[str, str, str, int, dict]], steps: list[int]) -> str:
     """The shipped files' test-seed numbers (mean log10 loss [95% CI] of that very checkpoint)."""
-    fmt = lambda x: f"{x:.2f}".replace("-", "−")  # noqa: E731
     out = ["| file | setting | method | meta-seed | " + " | ".join(f"@ {s}" for s in steps) + " |",
            "|---" * (4 + len(steps)) + "|"]
     for stem, setting, m, k, stats in rows:
-        cells = []
-        for s in steps:
-            st = stats["at_step"][str(s)]
-            cells.append(f"{fmt(st['mean'])} [{fmt(st['ci95'][0])}, {fmt(st['ci95'][1])}]")
+        cells = [cell(stats["at_step"].get(str(s))) for s in steps]
         out.append(f"| `{stem}` | {setting} | {m} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

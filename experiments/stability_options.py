@@ -14,8 +14,6 @@ validation seeds (float64):
 ``OMP_NUM_THREADS=1 python experiments/stability_options.py``; prints markdown tables and the
 paired comparisons of ``reset`` against ``keep``.
 """
-import dataclasses
-
 import torch
 
 from metatele import (BaselineConfig, CoordinatewiseConfig, LearnedConfig, LearnedOptimizer, TaskConfig, compare,

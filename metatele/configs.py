@@ -186,6 +186,16 @@ def merge_overrides(data: dict[str, Any], overrides: Any) -> dict[str, Any]:
     return out
 
 
+def is_int(v: Any) -> bool:
+    """An integer that is not a bool (YAML's ``true`` would pass ``isinstance(v, int)``)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def require(cond: bool, field: str, message: str) -> None:
     """Raise :class:`ConfigError` naming ``field`` unless ``cond`` holds."""
     if not cond:

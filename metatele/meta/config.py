@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, require, resolve_config, to_dict
+from ..configs import (ConfigError, apply_overrides, from_dict, is_int, is_number, load_yaml_mapping, require,
+                       resolve_config, to_dict)
 from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
@@ -22,16 +23,6 @@ META_OBJECTIVES = ("train", "validation")
 #: how the meta-gradient is estimated: truncated backpropagation, or persistent evolution strategies
 ESTIMATORS = ("tbptt", "pes")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _is_int(v: Any) -> bool:
-    """An integer that is not a bool (YAML's ``true`` would pass ``isinstance(v, int)``)."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    """An int or float that is not a bool."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -131,17 +122,17 @@ class MetaTrainConfig:
             self.learned = from_dict(LearnedConfig, self.learned, "learned")
         for name in ("trajectories", "steps", "unroll", "batch_size", "unroll_max", "log_every", "diverge_patience"):
             v = getattr(self, name)
-            require(_is_int(v) and v >= 1, name, f"must be a positive integer, got {v!r}")
+            require(is_int(v) and v >= 1, name, f"must be a positive integer, got {v!r}")
         require(self.truncation in TRUNCATIONS, "truncation", f"must be one of {TRUNCATIONS}, got {self.truncation!r}")
         require(self.unroll_max >= self.unroll, "unroll_max", f"must be ≥ unroll ({self.unroll}), got {self.unroll_max}")
         require(self.horizon in HORIZONS, "horizon", f"must be one of {HORIZONS}, got {self.horizon!r}")
-        require(_is_int(self.steps_min) and 1 <= self.steps_min <= self.steps, "steps_min",
+        require(is_int(self.steps_min) and 1 <= self.steps_min <= self.steps, "steps_min",
                 f"must be an integer in [1, steps = {self.steps}], got {self.steps_min!r}")
-        require(_is_int(self.curriculum) and self.curriculum >= 0, "curriculum",
+        require(is_int(self.curriculum) and self.curriculum >= 0, "curriculum",
                 f"must be a non-negative integer (meta-steps), got {self.curriculum!r}")
-        require(_is_number(self.augment_scale) and self.augment_scale >= 1, "augment_scale",
+        require(is_number(self.augment_scale) and self.augment_scale >= 1, "augment_scale",
                 f"must be a number ≥ 1 (1: no augmentation), got {self.augment_scale!r}")
-        require(_is_number(self.late_weight) and self.late_weight >= 0, "late_weight",
+        require(is_number(self.late_weight) and self.late_weight >= 0, "late_weight",
                 f"must be a number ≥ 0, got {self.late_weight!r}")
         require(self.lr_update > 0, "lr_update", f"must be > 0, got {self.lr_update}")
         require(self.lr_teleport > 0, "lr_teleport", f"must be > 0, got {self.lr_teleport}")
@@ -170,10 +161,10 @@ class MetaTrainConfig:
 
     def _validate_estimator(self) -> None:
         require(self.estimator in ESTIMATORS, "estimator", f"must be one of {ESTIMATORS}, got {self.estimator!r}")
-        require(_is_number(self.pes_sigma) and math.isfinite(self.pes_sigma) and self.pes_sigma > 0, "pes_sigma",
+        require(is_number(self.pes_sigma) and math.isfinite(self.pes_sigma) and self.pes_sigma > 0, "pes_sigma",
                 f"must be a finite number > 0, got {self.pes_sigma!r}")
         batch = min(self.batch_size, self.trajectories)
-        require(_is_int(self.pes_groups) and 1 <= self.pes_groups <= batch, "pes_groups",
+        require(is_int(self.pes_groups) and 1 <= self.pes_groups <= batch, "pes_groups",
                 f"must be an integer in [1, {batch}] (the batch, min(batch_size, trajectories)), got {self.pes_groups!r}")
         require(not (self.estimator == "pes" and self.second_order), "second_order",
                 "must be false with estimator: pes (PES does not differentiate through the unroll)")

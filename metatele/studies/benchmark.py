@@ -308,8 +308,7 @@ class BenchmarkRun:
             per_seed.append(r["curves"])
         for t, target in self.transfers.items():  # in report order, whichever finished first
             entries, curves, self.skipped[t], timings = transfer_methods(
-                self.p, t, target, self.entries.get(self.p.transfer.setting, {}), self.methods, self.seeds, self.device,
-                evaluated[t])
+                self.p, t, target, self.entries.get(self.p.transfer.setting, {}), self.methods, evaluated[t])
             self.entries.setdefault(t, {}).update(entries)
             self.curves.setdefault(t, {}).update(curves)
             self.timings += timings

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ..configs import from_dict, require, to_dict
+from ..configs import from_dict, is_int, require, to_dict
 from ..evaluation.evaluate import BaselineMethod, Curves, evaluate
 from ..evaluation.stats import mean_ci
 from ..evaluation.tuning import grid_search
@@ -135,7 +135,7 @@ class DigitsStudyConfig:
                      "geometry_steps", "geometry_directions", "meta_trajectories", "meta_horizon",
                      "meta_unroll", "meta_batch", "learned_steps"):
             v = getattr(self, name)
-            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, f"must be a positive integer, got {v!r}")
+            require(is_int(v) and v >= 1, name, f"must be a positive integer, got {v!r}")
         require(self.seeds >= 2 and self.corr_seeds >= 4 and self.mid_seeds >= 2, "seeds/corr_seeds/mid_seeds",
                 "confidence intervals need ≥ 2 seeds (≥ 4 for a correlation)")
         require(all(0 <= s < self.steps for s in self.teleport_steps), "teleport_steps",

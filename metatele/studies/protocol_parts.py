@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..configs import ConfigError, from_dict, require
+from ..configs import ConfigError, from_dict, is_int, require
 from ..tasks.family import TaskConfig
 
 
@@ -99,7 +99,7 @@ class Target:
 
     def __post_init__(self) -> None:
         require(self.rule in TARGET_RULES, f"targets.{self.name}.rule", f"must be one of {TARGET_RULES}, got {self.rule!r}")
-        require(bool(self.steps) and all(isinstance(s, int) and s >= 0 for s in self.steps),
+        require(bool(self.steps) and all(is_int(s) and s >= 0 for s in self.steps),
                 f"targets.{self.name}.steps", f"must be a non-empty list of steps, got {self.steps!r}")
         require(self.rule == "diverged_at_most" or bool(self.b), f"targets.{self.name}.b", f"rule {self.rule} needs b")
         require(0 <= self.at_most <= 1, f"targets.{self.name}.at_most", f"must be a fraction in [0, 1], got {self.at_most}")

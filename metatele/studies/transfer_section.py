@@ -2,16 +2,16 @@
 
 A protocol's ``transfer`` (:class:`~metatele.studies.protocol.Transfer`) names a setting and target
 tasks. For each target, :class:`~metatele.studies.benchmark.BenchmarkRun` tunes and evaluates the
-protocol's baselines on the target task (as for a setting), and :func:`transfer_methods` evaluates
-every meta-seed's checkpoint of the setting's learned methods on it, on the same test seeds. A
-``paper``-architecture optimizer is tied to its training network's weight shapes: on a target with
-other shapes it is skipped, with the reason recorded (the ``coordinatewise`` architecture runs on
-any network).
+protocol's baselines on the target task (as for a setting), and evaluates every meta-seed's
+checkpoint of the setting's learned methods on it, on the same test seeds. A
+``paper``-architecture optimizer is tied to its training network's weight shapes: on a target
+with other shapes it is skipped, with the reason recorded (the ``coordinatewise`` architecture
+runs on any network).
 
 Each evaluation (one checkpoint on one target) is :func:`evaluate_transfer`, a top-level function,
 so that :class:`~metatele.studies.benchmark.BenchmarkRun` can run it in its worker pool as soon as
-the checkpoint's meta-training has finished; :func:`transfer_methods` then assembles the section
-from those results in report order (or evaluates inline when it is given none).
+the checkpoint's meta-training has finished (:func:`transfer_calls` says which); :func:`transfer_methods`
+then assembles the section from those results in report order.
 """
 from __future__ import annotations
 
@@ -60,17 +60,17 @@ def evaluate_transfer(checkpoint: str | Path, task: TaskConfig, seeds: list[int]
 
 
 def transfer_methods(protocol: BenchmarkProtocol, section: str, target: TransferTarget,
-                     source: Mapping[str, Mapping[str, Any]], methods: Sequence[str], seeds: list[int],
-                     device: torch.device, evaluated: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+                     source: Mapping[str, Mapping[str, Any]], methods: Sequence[str],
+                     evaluated: Mapping[tuple[str, int], Mapping[str, Any]],
                      ) -> tuple[dict[str, Any], dict[str, list[Curves]], dict[str, str], list[dict]]:
-    """Evaluate the checkpoints of the transfer setting's learned ``methods`` on ``target``.
+    """The transfer section of ``target``: the checkpoints of the transfer setting's learned
+    ``methods``, evaluated on it (by :func:`evaluate_transfer`, in the benchmark's worker pool).
 
     Args:
         source: the setting's entries (method → JSON entry with ``meta_seeds_info``).
         methods: the learned methods this run includes (filtered by ``transfer.methods``).
-        seeds: the shared test seeds; every curve runs to the last reported step.
         evaluated: (method, meta-seed) → the :func:`evaluate_transfer` result for this target,
-            computed elsewhere (a worker pool); ``None``: evaluate each checkpoint here.
+            for every checkpoint that :func:`transfer_calls` named.
 
     Returns:
         ``(entries, curves, skipped, timings)``: method → entry (``kind: learned``, its source
@@ -92,11 +92,9 @@ def transfer_methods(protocol: BenchmarkProtocol, section: str, target: Transfer
         if not src or not src["meta_seeds_info"]:
             skipped[m] = f"no trained checkpoint in {p.transfer.setting} (meta-training failed)"
             continue
-        dtype = p.learned_config(p.transfer.setting, m, p.meta_seeds[0]).torch_dtype
         infos, per_seed = [], []
         for info in src["meta_seeds_info"]:
-            r = (evaluated[(m, info["meta_seed"])] if evaluated is not None else
-                 evaluate_transfer(info["checkpoint"], target.task, seeds, max(p.steps), m, device, dtype))
+            r = evaluated[(m, info["meta_seed"])]
             per_seed.append(r["curves"])
             infos.append({**info, "reused": True, "shared_with": f"{p.transfer.setting}/{m}"})
             timings.append({"stage": "evaluate", "section": section, "method": m, "meta_seed": info["meta_seed"],

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..configs import require
+from ..configs import is_int, require
 
 #: first seed of the test split; training seeds are ``[0, TEST_SEED_OFFSET)``.
 TEST_SEED_OFFSET = 1_000_000_000
@@ -47,7 +47,7 @@ def validate_dims(dims: Sequence[int], field_name: str = "dims") -> list[int]:
     )
     for i, d in enumerate(dims):
         require(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0,
+            is_int(d) and d > 0,
             field_name,
             f"entry {i} must be a positive integer, got {d!r} in {dims}",
         )
@@ -104,8 +104,7 @@ class TaskConfig:
                 f"must be null or an integer in [1, {min(limit, self.dims[0])}] (the narrowest teleported layer "
                 f"input{' + 1 with biases' if self.bias else ''}), got {self.teleport_batch!r}")
             require(self.minibatch is None or (
-                isinstance(self.minibatch, int) and not isinstance(self.minibatch, bool)
-                and 1 <= self.minibatch <= self.dims[0]), "task.minibatch",
+                is_int(self.minibatch) and 1 <= self.minibatch <= self.dims[0]), "task.minibatch",
                 f"must be null (full batch) or an integer in [1, {self.dims[0]}] (the training images "
                 f"n_train = dims[0]), got {self.minibatch!r}")
         else:
