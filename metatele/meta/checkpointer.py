@@ -31,6 +31,7 @@ from ..configs import ConfigError, to_dict
 from ..storage.container import atomic_write
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
+from .mixture import build_engine
 from .state import (SHARED, STATE_DIR, ResumeError, config_differences, decode, encode, latest_state, rank_state,
                     say, seed_end, state_files)
 
@@ -316,7 +317,7 @@ def resumable_callback(
     # 2. the engine: built here when resuming or data-parallel, else left to the trainer
     engine = None
     if data or comm is not None:
-        engine = UnrollEngine(config, device=device, rank=rank, world_size=world)
+        engine = build_engine(config, device=device, rank=rank, world_size=world)
         if comm is not None:
             comm.attach(engine)
 
