@@ -177,7 +177,7 @@ def test_checkpoints_are_written_with_provenance_and_reproduce_their_curves(run)
             by_seed.setdefault(k, set()).add((a, b))
         for k, j in ((k, j) for k in by_seed for j in by_seed if k < j):
             assert all(b1 <= a2 or b2 <= a1 for a1, b1 in by_seed[k] for a2, b2 in by_seed[j])
-    assert n == 3 * (6 * 3 + 13 + 2 * 2)  # methods × settings, ablation arms and references, transferred methods × targets
+    assert n == 3 * (7 * 3 + 13 + 2 * 2)  # methods × settings, ablation arms and references, transferred methods × targets
     assert (out / "checkpoints" / "uniform-small" / "LSTM-update+tele" / "seed2.safetensors").is_file()
 
 
