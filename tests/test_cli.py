@@ -228,3 +228,11 @@ def test_train_records_exactly_the_trajectories_and_seeds_it_trained(tmp_path):
     assert prov["training_seeds"] == [[0, 10]] and prov["n_training_seeds"] == 10
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["trajectories_started"] == history[-1]["trajectories_finished"] == 10
+
+
+@pytest.mark.parametrize("item", ["lr_update=.inf", "learned.lstm.hidden=2.5", "learned.base.lr=nan"])
+def test_a_mistyped_or_non_finite_value_is_one_line_and_exit_2(offline, capsys, item):
+    assert main(["train", "--out", str(offline / "x"), "--set", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metatele train: error: {item.split('=')[0]}: must be") and "\n" not in err
+    assert not (offline / "x").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import math
 import subprocess
 import sys
 import zipfile
@@ -207,3 +208,37 @@ def test_field_docs_reads_the_attributes_section_of_a_dataclass():
     assert docs["lr_update"] == docs["lr_teleport"]  # one entry documenting two fields
     assert "log-uniformly" in docs["truncation"]  # continuation lines are joined
     assert set(docs) <= {f for f in MetaTrainConfig.__dataclass_fields__}
+
+
+# -- types and finiteness of every numeric key (configs.check_value) ----------------------------------
+BAD_VALUES = [
+    ("lr_update", "nan"), ("lr_update", ".nan"), ("lr_update", "abc"), ("lr_update", ".inf"),
+    ("learned.lstm.hidden", "2.5"), ("learned.lstm.layers", "2.5"), ("learned.coordinatewise.hidden", "2.5"),
+    ("lr_teleport", ".inf"), ("learned.teleport.eps", ".inf"), ("augment_scale", ".inf"), ("late_weight", ".inf"),
+    ("learned.lstm.output_scale", ".inf"), ("learned.coordinatewise.lr", ".inf"), ("learned.base.lr", ".inf"),
+    ("grad_clip", ".inf"), ("steps", "true"), ("task.dims", "[8, 4.5, 3]"),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES)
+def test_a_non_finite_or_mistyped_value_is_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as e:
+        MetaTrainConfig.from_dict(apply_overrides({}, [f"{key}={value}"]))
+    assert str(e.value).startswith(f"{key}: must be")
+
+
+def test_a_config_built_in_python_is_checked_like_one_read_from_yaml():
+    with pytest.raises(ConfigError, match=r"^baseline\.lr: must be a finite number, got inf"):
+        BaselineConfig(lr=math.inf)
+    with pytest.raises(ConfigError, match=r"^baseline\.lr: must be a finite number, got nan"):
+        BaselineConfig(lr=math.nan)
+    with pytest.raises(ConfigError, match=r"^task\.family: must be a string"):
+        TaskConfig(family=3)
+
+
+def test_from_dict_checks_the_types_of_every_config_not_only_meta_training():
+    with pytest.raises(ConfigError, match=r"^steps: must be an integer, got 2\.5"):
+        from_dict(DigitsStudyConfig, {"steps": 2.5})
+    with pytest.raises(ConfigError, match=r"^lrs: must be a list of finite numbers"):
+        from_dict(DigitsStudyConfig, {"lrs": [0.1, float("inf")]})
+    assert from_dict(DigitsStudyConfig, {"geometry_step_norm": 1}).geometry_step_norm == 1  # an int is a number

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..configs import (ConfigError, apply_overrides, from_dict, is_int, is_number, load_yaml_mapping, require,
+from ..configs import (ConfigError, apply_overrides, check_fields, from_dict, is_int, is_number, load_yaml_mapping, require,
                        resolve_config, to_dict)
 from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
@@ -120,6 +120,7 @@ class MetaTrainConfig:
             self.task = from_dict(TaskConfig, self.task, "task")
         if isinstance(self.learned, dict):
             self.learned = from_dict(LearnedConfig, self.learned, "learned")
+        check_fields(self)
         for name in ("trajectories", "steps", "unroll", "batch_size", "unroll_max", "log_every", "diverge_patience"):
             v = getattr(self, name)
             require(is_int(v) and v >= 1, name, f"must be a positive integer, got {v!r}")

@@ -56,7 +56,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ..configs import require
+from ..configs import check_fields, require
 from .lstm import State, flatten, log_space
 from ..symmetry.strategies import normalize_frobenius
 
@@ -156,6 +156,7 @@ class CoordinatewiseConfig:
     learn_norm: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "coordinatewise")
         self.betas = tuple(self.betas)
         require(self.hidden >= 1, "coordinatewise.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "coordinatewise.layers", f"must be ≥ 1, got {self.layers}")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .baselines import BaselineConfig, HandDesignedUpdate
-from ..configs import require
+from ..configs import check_fields, require
 from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, sanitize
 from .coordinatewise_step import split_step_scale, stable_step, teleport_outputs
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
@@ -67,6 +67,7 @@ class LearnedConfig:
     coordinatewise: CoordinatewiseConfig = field(default_factory=CoordinatewiseConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self, "learned")
         require(self.variant in VARIANTS, "learned.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
         require(self.arch in ARCHS, "learned.arch", f"must be one of {ARCHS}, got {self.arch!r}")
         if self.variant == "lr+tele" and not self.teleport.emit_lr:

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..configs import require
+from ..configs import check_fields, require
 from ..symmetry.strategies import normalize_frobenius
 
 State = tuple[torch.Tensor, torch.Tensor]
@@ -69,6 +69,7 @@ class LSTMConfig:
     skip_lr_max: float = 0.1
 
     def __post_init__(self) -> None:
+        check_fields(self, "lstm")
         require(self.hidden >= 1, "lstm.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "lstm.layers", f"must be ≥ 1, got {self.layers}")
         require(self.preprocess_p > 0, "lstm.preprocess_p", f"must be > 0, got {self.preprocess_p}")
@@ -220,6 +221,7 @@ class TeleportConfig:
     exact: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "teleport")
         require(self.eps > 0, "teleport.eps", f"must be > 0, got {self.eps}")
         require(0 < self.lr_min < self.lr_max, "teleport.lr_min/lr_max",
                 f"need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..configs import is_int, require
+from ..configs import check_fields, is_int, require
 
 #: first seed of the test split; training seeds are ``[0, TEST_SEED_OFFSET)``.
 TEST_SEED_OFFSET = 1_000_000_000
@@ -84,6 +84,7 @@ class TaskConfig:
     minibatch: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "task")
         self.dims = validate_dims(self.dims, "task.dims")
         require(
             self.distribution in DISTRIBUTIONS,
