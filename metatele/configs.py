@@ -55,13 +55,21 @@ def _unwrap_optional(tp: Any) -> Any:
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys with a helpful message.
 
-    Nested dataclass fields accept dicts. Validation of values is the dataclass's own
-    ``__post_init__``.
+    Nested dataclass fields accept dicts. Every value is checked against its field's type
+    (:func:`check_value`) before the dataclass's own ``__post_init__`` validates it. Keys the class
+    lists in a ``REMOVED`` mapping (removed options, each with the value a saved config may still
+    hold) are dropped, so that old checkpoints load.
     """
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, old in getattr(cls, "REMOVED", {}).items():
+        if k in data:
+            name = f"{where}.{k}" if where else k
+            require(data[k] == old, name, f"was removed: its behaviour is fixed at the old default {old!r} "
+                    f"(a saved config may hold only that value), got {data[k]!r}")
+            del data[k]
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:

@@ -236,3 +236,10 @@ def test_a_mistyped_or_non_finite_value_is_one_line_and_exit_2(offline, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"metatele train: error: {item.split('=')[0]}: must be") and "\n" not in err
     assert not (offline / "x").exists()
+
+
+def test_an_option_that_does_not_apply_is_a_one_line_cli_error_naming_it(offline, capsys):
+    assert main(["train", "--config", "quick", "--out", str(offline / "x"), "--set", "learned.arch=coordinatewise",
+                 "--set", "learned.lstm.hidden=64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metatele train: error: learned.lstm.hidden: does not apply to this run") and "\n" not in err

@@ -242,3 +242,47 @@ def test_from_dict_checks_the_types_of_every_config_not_only_meta_training():
     with pytest.raises(ConfigError, match=r"^lrs: must be a list of finite numbers"):
         from_dict(DigitsStudyConfig, {"lrs": [0.1, float("inf")]})
     assert from_dict(DigitsStudyConfig, {"geometry_step_norm": 1}).geometry_step_norm == 1  # an int is a number
+
+
+# -- an option either applies to the run or setting it is an error (LearnedConfig) ---------------------
+@pytest.mark.parametrize("arch,item,key", [
+    ("coordinatewise", "learned.lstm.hidden=64", "learned.lstm.hidden"),
+    ("coordinatewise", "learned.lstm.gd_skip=true", "learned.lstm.gd_skip"),
+    ("coordinatewise", "learned.teleport.eps=0.1", "learned.teleport.eps"),
+    ("coordinatewise", "learned.teleport.learn_eps=true", "learned.teleport.learn_eps"),
+    ("paper", "learned.coordinatewise.update_bound=0.5", "learned.coordinatewise.update_bound"),
+    ("paper", "learned.coordinatewise.hidden=8", "learned.coordinatewise.hidden"),
+])
+def test_an_option_that_does_not_apply_to_the_architecture_is_an_error_naming_it(arch, item, key):
+    with pytest.raises(ConfigError) as e:
+        MetaTrainConfig.from_dict(apply_overrides({}, [f"learned.arch={arch}", item]))
+    assert str(e.value).startswith(f"{key}: does not apply to this run: ")
+    MetaTrainConfig.from_dict(apply_overrides({}, [f"learned.arch={arch}"]))  # the defaults are fine
+
+
+def test_the_options_each_architecture_reads_are_accepted():
+    cw = MetaTrainConfig.from_dict(apply_overrides({}, [
+        "learned.arch=coordinatewise", "learned.variant=lr+tele", "learned.teleport.exact=false",
+        "learned.teleport.lr_max=0.01", "learned.coordinatewise.update_bound=0.5"]))
+    assert cw.learned.teleport_norm == cw.learned.coordinatewise.tele_norm_init
+    paper = MetaTrainConfig.from_dict(apply_overrides({}, ["learned.lstm.hidden=64", "learned.teleport.eps=0.1"]))
+    assert paper.learned.teleport_norm == 0.1
+
+
+def test_a_saved_config_holding_options_its_architecture_never_read_still_loads():
+    saved = to_dict(MetaTrainConfig())  # arch: paper
+    saved["learned"]["coordinatewise"]["lr"] = 0.1  # as a protocol's shared base once set for every method
+    with pytest.raises(ConfigError, match="learned.coordinatewise.lr: does not apply"):
+        MetaTrainConfig.from_dict(saved)
+    assert MetaTrainConfig.from_saved(saved) == MetaTrainConfig()
+
+
+@pytest.mark.parametrize("key", ["tele_direction_scale", "tele_gradient_power"])
+def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(key):
+    config = MetaTrainConfig.from_dict({"learned": {"arch": "coordinatewise"}})
+    saved = to_dict(config)
+    saved["learned"]["coordinatewise"][key] = 1.0
+    assert MetaTrainConfig.from_saved(saved) == config
+    saved["learned"]["coordinatewise"][key] = 0.5
+    with pytest.raises(ConfigError, match=rf"^learned\.coordinatewise\.{key}: was removed"):
+        MetaTrainConfig.from_saved(saved)

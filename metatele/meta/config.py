@@ -13,7 +13,7 @@ import torch
 
 from ..configs import (ConfigError, apply_overrides, check_fields, from_dict, is_int, is_number, load_yaml_mapping, require,
                        resolve_config, to_dict)
-from ..optimizers.learned import LearnedConfig
+from ..optimizers.learned import LearnedConfig, inapplicable_options
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
 
@@ -192,6 +192,26 @@ class MetaTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MetaTrainConfig":
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "MetaTrainConfig":
+        """The config saved in a checkpoint or training state.
+
+        Files written before options were checked for applying to the run may hold options
+        that the run's architecture never read (``learned.coordinatewise.*`` of an ``arch:
+        paper`` run whose protocol set them for every method): they did not affect it, and take
+        their defaults here rather than being refused (:func:`inapplicable_options`).
+        """
+        learned = data.get("learned")
+        if isinstance(learned, dict):
+            learned = dict(learned)
+            for section, keys, _ in inapplicable_options(learned.get("arch", "paper")):
+                if keys is None:
+                    learned.pop(section, None)
+                elif isinstance(learned.get(section), dict):
+                    learned[section] = {k: v for k, v in learned[section].items() if k not in keys}
+            data = {**data, "learned": learned}
         return from_dict(cls, data)
 
 

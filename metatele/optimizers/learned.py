@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .baselines import BaselineConfig, HandDesignedUpdate
-from ..configs import check_fields, require
+from ..configs import changed_fields, check_fields, require
 from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, sanitize
 from .coordinatewise_step import split_step_scale, stable_step, teleport_outputs
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
@@ -42,6 +42,20 @@ from ..symmetry.teleport_grad import LossFn, squared_loss
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
 ARCHS = ("paper", "coordinatewise")
+
+
+def inapplicable_options(arch: str) -> list[tuple[str, tuple[str, ...] | None, str]]:
+    """``(section of LearnedConfig, its keys or None for all, why)`` of the options that
+    architecture ``arch`` does not read: setting one of them (to anything but its default) is an
+    error (:class:`LearnedConfig`)."""
+    if arch == "coordinatewise":
+        return [("lstm", None, "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"),
+                ("teleport", ("eps", "learn_eps", "lr_log_space"),
+                 "the coordinatewise m2 sets the norm of T with learned.coordinatewise.tele_norm_init, tele_norm_max "
+                 "and learn_norm, and its step size (lr+tele) always in log space; it reads only teleport.exact, "
+                 "lr_min and lr_max")]
+    return [("coordinatewise", None, "learned.coordinatewise.* are the options of arch: coordinatewise, and this "
+             "run uses arch: paper (its options are learned.lstm.* and learned.teleport.*)")]
 
 
 @dataclass
@@ -72,6 +86,16 @@ class LearnedConfig:
         require(self.arch in ARCHS, "learned.arch", f"must be one of {ARCHS}, got {self.arch!r}")
         if self.variant == "lr+tele" and not self.teleport.emit_lr:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
+        for section, keys, why in inapplicable_options(self.arch):
+            changed = [k for k in changed_fields(getattr(self, section)) if keys is None or k in keys]
+            require(not changed, f"learned.{section}.{changed[0] if changed else ''}",
+                    f"does not apply to this run: {why}; remove it")
+
+    @property
+    def teleport_norm(self) -> float:
+        """The (initial) Frobenius norm of m2's ``T``: ``teleport.eps`` for the paper's m2,
+        ``coordinatewise.tele_norm_init`` for the coordinatewise one."""
+        return self.coordinatewise.tele_norm_init if self.arch == "coordinatewise" else self.teleport.eps
 
     @property
     def uses_update(self) -> bool:
