@@ -147,10 +147,17 @@ def check_value(name: str, tp: Any, v: Any) -> None:
     string, ``X | None`` also null, and ``list[X]`` / ``tuple[X, ...]`` a list of such values.
     Nested dataclasses and other types are left to their own validation.
     """
-    if not _fits(tp, v):
-        expects = _expects(tp)
-        if expects is not None:
-            raise ConfigError(f"{name}: must be {expects}, got {v!r}")
+    if _fits(tp, v):
+        return
+    inner = _unwrap_optional(tp)
+    args = [a for a in typing.get_args(inner) if a is not Ellipsis]
+    if typing.get_origin(inner) in (list, tuple) and isinstance(v, (list, tuple)) and len(set(args)) == 1:
+        i, x = next((i, x) for i, x in enumerate(v) if not _fits(args[0], x))
+        if _expects(args[0]) is not None:
+            raise ConfigError(f"{name}: entry {i} must be {_expects(args[0])}, got {x!r} in {list(v)}")
+    expects = _expects(tp)
+    if expects is not None:
+        raise ConfigError(f"{name}: must be {expects}, got {v!r}")
 
 
 def check_fields(config: Any, prefix: str = "") -> None:

@@ -224,7 +224,7 @@ BAD_VALUES = [
 def test_a_non_finite_or_mistyped_value_is_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError) as e:
         MetaTrainConfig.from_dict(apply_overrides({}, [f"{key}={value}"]))
-    assert str(e.value).startswith(f"{key}: must be")
+    assert str(e.value).startswith(f"{key}: ") and " must be " in str(e.value)
 
 
 def test_a_config_built_in_python_is_checked_like_one_read_from_yaml():
@@ -239,7 +239,7 @@ def test_a_config_built_in_python_is_checked_like_one_read_from_yaml():
 def test_from_dict_checks_the_types_of_every_config_not_only_meta_training():
     with pytest.raises(ConfigError, match=r"^steps: must be an integer, got 2\.5"):
         from_dict(DigitsStudyConfig, {"steps": 2.5})
-    with pytest.raises(ConfigError, match=r"^lrs: must be a list of finite numbers"):
+    with pytest.raises(ConfigError, match=r"^lrs: entry 1 must be a finite number, got inf"):
         from_dict(DigitsStudyConfig, {"lrs": [0.1, float("inf")]})
     assert from_dict(DigitsStudyConfig, {"geometry_step_norm": 1}).geometry_step_norm == 1  # an int is a number
 

@@ -148,7 +148,7 @@ class MetaTrainConfig:
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
         require(self.meta_objective in META_OBJECTIVES, "meta_objective",
                 f"must be one of {META_OBJECTIVES}, got {self.meta_objective!r}")
-        require(self.meta_objective == "train" or self.task.family == "digits", "meta_objective",
+        require(self.meta_objective == "train" or self.task.kind.has_validation, "meta_objective",
                 f"'validation' needs a task family with validation data (digits), got {self.task.family!r}")
         require(isinstance(self.allow_non_symmetric, bool), "allow_non_symmetric",
                 f"must be true or false, got {self.allow_non_symmetric!r}")

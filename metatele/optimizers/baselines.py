@@ -21,10 +21,9 @@ from torch import nn
 
 from ..configs import check_fields, require
 from .lstm import State, flatten
-from ..tasks.mlp import DataLoss, grad_norm_sq, mlp_loss
+from ..tasks.mlp import DataLoss, check_problem, grad_norm_sq, mlp_loss
 from ..symmetry.strategies import TeleportSchedule
 from ..tasks.digits import MinibatchSampler
-from ..tasks.family import check_problem
 
 BASELINES = ("gd", "momentum", "adam", "rmsprop", "adagrad")
 

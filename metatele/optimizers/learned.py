@@ -36,7 +36,7 @@ from .coordinatewise_step import split_step_scale, stable_step, teleport_outputs
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
-from ..tasks.digits import MinibatchSampler, task_loss
+from ..tasks.digits import MinibatchSampler
 from ..tasks.family import TaskConfig
 from ..symmetry.teleport_grad import LossFn, squared_loss
 
@@ -285,7 +285,7 @@ class LearnedOptimizer(nn.Module):
         # digits: the family's loss on all training samples (or the step's minibatch); the teleport
         # acts with the teleport batch (x_qr must factor it), its teleport gradient and safeguard
         # read the full training loss
-        data_loss = task_loss(self.task)
+        data_loss = self.task.kind.loss
         X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
         loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
         new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
@@ -295,7 +295,7 @@ class LearnedOptimizer(nn.Module):
     def teleport_data(self, X: torch.Tensor) -> torch.Tensor:
         """The samples the group action acts with: ``X`` itself, or a digits task's teleport
         batch ``X[..., :k]`` (``k = task.teleport_samples``)."""
-        return X[..., : self.task.teleport_samples] if self.task.family == "digits" else X
+        return self.task.kind.teleport_data(self.task, X)
 
     # -- evaluator-facing --------------------------------------------------------------------
     @property

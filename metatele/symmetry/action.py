@@ -33,8 +33,7 @@ from typing import Sequence
 
 import torch
 
-from ..tasks.mlp import affine, augment, has_bias, join_bias, mlp_loss, sigma, sigma_inv, split_bias
-from ..tasks.family import check_problem
+from ..tasks.mlp import affine, augment, check_problem, has_bias, join_bias, mlp_loss, sigma, sigma_inv, split_bias
 
 
 class SymmetryWarning(UserWarning):
