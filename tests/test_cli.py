@@ -26,7 +26,7 @@ def offline(tmp_path, monkeypatch):
 def test_help_lists_subcommands_and_config_defaults(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "eval", "compare", "demo", "bench", "benchmark"):
+    for cmd in ("train", "eval", "compare", "demo", "throughput", "benchmark"):
         assert cmd in out
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
@@ -196,14 +196,14 @@ def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
     (["eval", "CKPT", "--steps", "0"], "--steps: must be ≥ 1"),
     (["compare", "CKPT", "--seeds", "1"], "--seeds: need at least 2 seeds"),
     (["compare", "CKPT", "--baselines", "sgd"], "invalid choice: 'sgd'"),
-    (["bench", "--batch-sizes", "0"], "--batch-sizes: must be ≥ 1"),
+    (["throughput", "--batch-sizes", "0"], "--batch-sizes: must be ≥ 1"),
     (["train", "--seed", "-1"], "--seed: must be ≥ 0"),
 ])
 def test_bad_arguments_are_refused_by_the_parser(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     Path("CKPT").write_bytes(b"not read: the parser refuses first")
     with pytest.raises(SystemExit) as e:
-        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "bench" else argv)
+        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "throughput" else argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -243,3 +243,12 @@ def test_an_option_that_does_not_apply_is_a_one_line_cli_error_naming_it(offline
                  "--set", "learned.lstm.hidden=64"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("metatele train: error: learned.lstm.hidden: does not apply to this run") and "\n" not in err
+
+
+def test_throughput_is_the_command_and_bench_its_deprecated_alias(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(commands, "bench", lambda args: seen.append(args.batch_sizes) or 0)
+    assert main(["throughput", "--batch-sizes", "2"]) == 0 and capsys.readouterr().err == ""
+    assert main(["bench", "--batch-sizes", "3"]) == 0
+    err = capsys.readouterr().err
+    assert seen == [[2], [3]] and "renamed 'metatele throughput'" in err and "next release" in err

@@ -202,7 +202,8 @@ class TeleportConfig:
     """m2 options (defaults: the paper's).
 
     Attributes:
-        eps: Frobenius norm of ``T`` (paper: 0.01).
+        eps: Frobenius norm of ``T``, the paper's ε (0.01); not an Adam-style denominator epsilon
+            (those are ``base.eps`` and ``coordinatewise.eps``).
         learn_eps: let m2 scale ``T`` by ``eps · 2·sigmoid(z)`` (``z`` an extra output), i.e. a
             learned magnitude in ``(0, 2 eps)`` instead of the fixed ``eps``.
         emit_lr: also write a step size for gradient descent (the ``lr+tele`` variant).
@@ -268,11 +269,11 @@ class TeleportLSTM(nn.Module):
         x, _ = self.config.encode(flatten([grad_v, grad_u]))
         out, state = self.net(x, state)
         dd = self.d * self.d
-        eps: float | torch.Tensor = self.tele.eps
+        norm: float | torch.Tensor = self.tele.eps  # the Frobenius norm of T (the paper's ε)
         col = dd
         if self.tele.learn_eps:
-            eps = self.tele.eps * 2 * torch.sigmoid(out[:, col])
+            norm = self.tele.eps * 2 * torch.sigmoid(out[:, col])
             col += 1
-        T = normalize_frobenius(out[:, :dd].view(-1, self.d, self.d), eps)
+        T = normalize_frobenius(out[:, :dd].view(-1, self.d, self.d), norm)
         lr = self.step_size(out[:, col]) if self.tele.emit_lr else None
         return T, lr, state

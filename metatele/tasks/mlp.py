@@ -63,7 +63,7 @@ def has_bias(W: torch.Tensor, h: torch.Tensor) -> bool:
     return W.shape[-1] == h.shape[-2] + 1
 
 
-def augment(h: torch.Tensor) -> torch.Tensor:
+def append_ones_row(h: torch.Tensor) -> torch.Tensor:
     """``[h; 1ᵀ]``: a layer input ``[B, d, n]`` with a row of ones appended, ``[B, d + 1, n]``."""
     return torch.cat([h, torch.ones_like(h[..., :1, :])], dim=-2)
 
