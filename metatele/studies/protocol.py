@@ -23,10 +23,10 @@ from typing import Any, Mapping
 
 from ..optimizers.baselines import BaselineConfig
 from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, merge_overrides, require, resolve_config, to_dict
-from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
+from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, training_seeds, unseen_seeds, validation_seeds
 from ..meta.config import MetaTrainConfig
 from ..evaluation.identity import MethodId, baseline_id, learned_id
-from ..evaluation.tuning import OBJECTIVES
+from ..evaluation.tuning import DEFAULT_LRS, OBJECTIVES, TuneResult, grid_search
 from .selection import SelectionConfig
 from .protocol_parts import HelpPair, Target, Transfer, TransferTarget, at_horizon, horizon_name, parse_named  # noqa: F401
 
@@ -323,6 +323,14 @@ class BenchmarkProtocol:
             return from_dict(BaselineConfig, spec, f"baselines.{name}"), tune
         except TypeError as e:
             raise ConfigError(f"baselines.{name}: {e}") from None
+
+    def tune(self, name: str, task: TaskConfig, device: Any = None) -> TuneResult:
+        """Tune the ``tune: true`` baseline ``name`` on ``task`` as the benchmark does: a grid
+        search on the protocol's ``tuning.seeds`` training seeds for its :meth:`tune_steps`."""
+        cfg, tune = self.baseline(name)
+        require(tune, f"baselines.{name}", "is not tuned (tune: true), so it has no tuned rate")
+        return grid_search(cfg, task, training_seeds(self.tuning.seeds, self.tuning.seed_start), self.tune_steps(name),
+                           lrs=self.tuning.lrs or DEFAULT_LRS, objective=self.tuning.objective, device=device)
 
     def tune_steps(self, name: str) -> int:
         """The tuning horizon of a ``tune: true`` baseline: its ``tune_steps``, else ``tuning.steps``."""
