@@ -70,6 +70,10 @@ TINY = 1e-30
 #: ``gate: learned``: the untrained gate is sigmoid(GATE_LOGIT) = 0.9 (teleports nearly as ``every``)
 GATE_LOGIT = math.log(9.0)
 TELEPORT_STATES = ("keep", "reset")
+#: decay of the second moment of m1's Adam direction (Adam's β₂)
+BETA2 = 0.999
+#: bound of m1's direction correction, in units of the Adam direction
+DIRECTION_SCALE = 0.5
 GATES = ("every", "learned")
 
 
@@ -82,10 +86,8 @@ class CoordinatewiseConfig:
         layers: hidden layers of each MLP.
         lr: the base step size of m1 (it starts as Adam at this rate).
         betas: time scales of the gradient momenta m1 reads (the second is the direction's).
-        beta2: decay of the second moment.
         eps: Adam's denominator epsilon.
         magnitude_scale: bound of m1's log step-size correction (factor within ``e^{±s}``).
-        direction_scale: bound of m1's direction correction (in units of the Adam direction).
         tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``, before the
             norm is multiplied by ``min(1, ‖∇‖ / ‖∇ at step 0‖)`` for the pair's gradients (teleports
             shrink with the gradient as a trajectory converges).
@@ -127,16 +129,15 @@ class CoordinatewiseConfig:
 
     #: options that were removed, each with the one value a saved config may still hold for it
     #: (its old default, whose behaviour is now fixed): ``from_dict`` drops them
-    REMOVED: ClassVar[dict[str, Any]] = {"tele_direction_scale": 1.0, "tele_gradient_power": 1.0}
+    REMOVED: ClassVar[dict[str, Any]] = {"tele_direction_scale": 1.0, "tele_gradient_power": 1.0, "beta2": BETA2,
+                                         "direction_scale": DIRECTION_SCALE}
 
     hidden: int = 32
     layers: int = 2
     lr: float = 0.03
     betas: tuple[float, float, float] = (0.5, 0.9, 0.99)
-    beta2: float = 0.999
     eps: float = 1e-8
     magnitude_scale: float = 1.0
-    direction_scale: float = 0.5
     tele_norm_init: float = 0.003
     tele_norm_max: float = 0.2
     tele_beta: float = 0.9
@@ -163,10 +164,8 @@ class CoordinatewiseConfig:
         require(self.lr > 0, "coordinatewise.lr", f"must be > 0, got {self.lr}")
         require(len(self.betas) == 3 and all(0 <= b < 1 for b in self.betas), "coordinatewise.betas",
                 f"must be three numbers in [0, 1), got {self.betas}")
-        require(0 <= self.beta2 < 1, "coordinatewise.beta2", f"must be in [0, 1), got {self.beta2}")
         require(self.eps > 0, "coordinatewise.eps", f"must be > 0, got {self.eps}")
         require(self.magnitude_scale >= 0, "coordinatewise.magnitude_scale", f"must be ≥ 0, got {self.magnitude_scale}")
-        require(self.direction_scale >= 0, "coordinatewise.direction_scale", f"must be ≥ 0, got {self.direction_scale}")
         require(0 < self.tele_norm_init < self.tele_norm_max, "coordinatewise.tele_norm_init/tele_norm_max",
                 f"need 0 < tele_norm_init < tele_norm_max, got {self.tele_norm_init}, {self.tele_norm_max}")
         require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
@@ -246,7 +245,7 @@ class CoordinateUpdate(nn.Module):
         self.net = coordinate_mlp(N_UPDATE_FEATURES + int(self.config.time_feature), 2, self.config.hidden,
                                   self.config.layers)
         # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
-        decay = torch.tensor(list(self.config.betas) + [self.config.beta2], dtype=torch.float64)
+        decay = torch.tensor(list(self.config.betas) + [BETA2], dtype=torch.float64)
         self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
 
     def initial_state(self, weights: Sequence[torch.Tensor], dtype=None) -> State:
@@ -298,7 +297,7 @@ class CoordinateUpdate(nn.Module):
         # the direction correction is in units of the Adam direction's RMS over the tensor, so it
         # shrinks with the step as a trajectory converges (an absolute one would stall it)
         unit = _per_tensor(direction, [gr[0].numel() for gr in grads], _rms)
-        flat = cfg.lr * scale * (direction + cfg.direction_scale * unit * torch.tanh(out[..., 1]))
+        flat = cfg.lr * scale * (direction + DIRECTION_SCALE * unit * torch.tanh(out[..., 1]))
         updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
         return updates, state
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -41,8 +41,7 @@ class LSTMConfig:
     Attributes:
         hidden: hidden units per LSTM cell (paper: 300).
         layers: stacked LSTM cells (paper: 2).
-        preprocess: log-magnitude/sign gradient preprocessing (off in the paper).
-        preprocess_p: the ``p`` of that preprocessing (10).
+        preprocess: log-magnitude/sign gradient preprocessing with p = 10 (off in the paper).
         output_scale: multiplier on m1's linear head (1: the paper's raw head).
         input_norm: ``none`` (the paper: the LSTMs read raw gradients) or ``rms``: each LSTM
             reads its gradient divided by its root-mean-square ``s`` (per trajectory) plus the
@@ -58,10 +57,12 @@ class LSTMConfig:
         skip_lr_min, skip_lr_max: the range of that step size.
     """
 
+    #: removed options, each with the one value a saved config may still hold (see CoordinatewiseConfig)
+    REMOVED: ClassVar[dict[str, Any]] = {"preprocess_p": 10.0}
+
     hidden: int = 300
     layers: int = 2
     preprocess: bool = False
-    preprocess_p: float = 10.0
     output_scale: float = 1.0
     input_norm: str = "none"
     gd_skip: bool = False
@@ -72,7 +73,6 @@ class LSTMConfig:
         check_fields(self, "lstm")
         require(self.hidden >= 1, "lstm.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "lstm.layers", f"must be ≥ 1, got {self.layers}")
-        require(self.preprocess_p > 0, "lstm.preprocess_p", f"must be > 0, got {self.preprocess_p}")
         require(self.output_scale > 0, "lstm.output_scale", f"must be > 0, got {self.output_scale}")
         require(self.input_norm in INPUT_NORMS, "lstm.input_norm",
                 f"must be one of {INPUT_NORMS}, got {self.input_norm!r}")
@@ -91,7 +91,7 @@ class LSTMConfig:
             scale = x.square().mean(dim=1, keepdim=True).add(RMS_FLOOR).sqrt()
             x = x / scale
         if self.preprocess:
-            x = preprocess_gradients(x, self.preprocess_p)
+            x = preprocess_gradients(x)
         if scale is not None:
             x = torch.cat([x, scale.log() / 10], dim=1)
         return x, scale
