@@ -38,7 +38,7 @@ from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
 from ..tasks.digits import MinibatchSampler
 from ..tasks.family import TaskConfig
-from ..symmetry.teleport_grad import LossFn, squared_loss
+from ..symmetry.teleport_grad import LossFn
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
 ARCHS = ("paper", "coordinatewise")
@@ -278,13 +278,9 @@ class LearnedOptimizer(nn.Module):
         Returns ``(new_weights, loss [B], squared gradient norm [B], new_state)``; the loss is
         measured at ``weights`` and keeps its graph.
         """
-        if self.task.family == "regression":
-            loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
-            new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
-            return new, loss, grad_norm_sq(grads).detach(), state
-        # digits: the family's loss on all training samples (or the step's minibatch); the teleport
-        # acts with the teleport batch (x_qr must factor it), its teleport gradient and safeguard
-        # read the full training loss
+        # the family's loss on all training samples (or the step's minibatch); the teleport acts with
+        # the family's teleport batch (x_qr must factor it: all of X for regression), its teleport
+        # gradient and safeguard read the full training loss
         data_loss = self.task.kind.loss
         X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
         loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
