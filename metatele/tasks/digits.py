@@ -262,6 +262,7 @@ class DigitsFamily(TaskFamily):
     accuracy = staticmethod(accuracy)
     has_validation = True
     scale_targets = False  # one-hot labels
+    sample = staticmethod(sample_digits)
 
     def validate(self, config: TaskConfig) -> None:
         dims = config.dims
@@ -276,10 +277,6 @@ class DigitsFamily(TaskFamily):
         require(config.minibatch is None or (is_int(config.minibatch) and 1 <= config.minibatch <= dims[0]),
                 "task.minibatch", f"must be null (full batch) or an integer in [1, {dims[0]}] (the training images "
                 f"n_train = dims[0]), got {config.minibatch!r}")
-
-    def sample(self, config: TaskConfig, seeds: Iterable[int], device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> "DigitsBatch":
-        return sample_digits(config, seeds, device=device, dtype=dtype)
 
     def teleport_batch(self, config: TaskConfig) -> int:
         """The first ``teleport_batch`` training images, by default as many as the narrowest

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -279,6 +279,8 @@ class TaskFamily:
 
     Attributes:
         name: the ``TaskConfig.family`` that names it.
+        sample: ``(config, seeds, device=None, dtype=torch.float32) -> TaskBatch``: one task per
+            seed, stacked (what :func:`sample_tasks` returns; a family may return a subclass).
         loss: the tasks' loss ``(weights, X, Y) -> [B]``.
         accuracy: the tasks' accuracy ``(weights, X, Y) -> [B]`` (``None``: not a classification).
         has_validation: its tasks carry validation data (``X_val``, ``Y_val``), so the
@@ -287,6 +289,7 @@ class TaskFamily:
     """
 
     name: str = ""
+    sample: Callable[..., TaskBatch]
     loss: DataLoss = staticmethod(mlp_loss)
     accuracy: DataLoss | None = None
     has_validation: bool = False
@@ -299,11 +302,6 @@ class TaskFamily:
                 f"applies to family 'digits' only, got {config.teleport_batch!r}")
         require(config.minibatch is None, "task.minibatch",
                 f"applies to family 'digits' only ({self.name} steps are full batch), got {config.minibatch!r}")
-
-    def sample(self, config: TaskConfig, seeds: Iterable[int], device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> TaskBatch:
-        """One task per seed, stacked (what :func:`sample_tasks` returns)."""
-        raise NotImplementedError
 
     def teleport_batch(self, config: TaskConfig) -> int | None:
         """``k`` when the group action acts with the first ``k`` samples only (``X[..., :k]``);
@@ -323,10 +321,7 @@ class RegressionFamily(TaskFamily):
     """Synthetic LeakyReLU regression (the paper's tasks): squared error, full batch."""
 
     name = "regression"
-
-    def sample(self, config: TaskConfig, seeds: Iterable[int], device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> TaskBatch:
-        return sample_regression(config, seeds, device=device, dtype=dtype)
+    sample = staticmethod(sample_regression)
 
 
 #: task family name → its :class:`TaskFamily` (``digits`` is added by :mod:`metatele.tasks.digits`,
