@@ -18,7 +18,6 @@ import torch
 from ..optimizers.baselines import BASELINES, BaselineConfig, HandDesigned
 from ..configs import to_dict
 from .evaluate import LOG_FLOOR, mark_diverged
-from ..tasks.mlp import mlp_loss
 from ..tasks.digits import minibatch_sampler
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks
 
@@ -258,13 +257,14 @@ def hypergradient_tune(
     adam = torch.optim.Adam([log_lr], lr=meta_lr)
     trajectory = []
     for k in range(meta_steps):
-        opt = HandDesigned(config, batch.X, batch.Y, batch.weights, differentiable=True, lr=log_lr.exp())
+        opt = HandDesigned(config, batch.X, batch.Y, batch.weights, differentiable=True, lr=log_lr.exp(),
+                           loss_fn=task.kind.loss)
         W, total = [w.detach() for w in batch.weights], 0.0
         for t in range(steps):
             W, loss, _ = opt.step(W)  # loss at the weights before this step, with its graph
             if t > 0:
                 total = total + loss.log().mean()
-        total = total + mlp_loss(W, batch.X, batch.Y).log().mean()
+        total = total + task.kind.loss(W, batch.X, batch.Y).log().mean()
         value = float(total.detach())  # one host read per meta-step
         trajectory.append({"meta_step": k, "lr": float(log_lr.detach().exp()), "objective": value})
         adam.zero_grad()
