@@ -4,7 +4,7 @@ call the library and log are in :mod:`metatele.commands`).
 Subcommands: ``train`` (meta-train from a YAML config), ``eval`` (one checkpoint against GD on
 unseen seeds), ``compare`` (checkpoints against tuned baselines: JSON, table, figures, wandb),
 ``demo`` (the README's main job: a short meta-training of each variant, then a comparison),
-``bench`` (meta-training throughput), ``transfer`` (learned optimizers on networks they were not
+``throughput`` (meta-training speed; ``bench``, its old name, is a deprecated alias), ``transfer`` (learned optimizers on networks they were not
 trained on, against baselines tuned on each), ``benchmark`` (the statistical protocol behind
 ``experiments/RESULTS.md``), ``search`` (configuration selection on validation seeds) and
 ``digits`` (the real-data study behind ``experiments/DIGITS.md``).
@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "shipped selection that the benchmark and ship configs use is "
                    f"{defaults_dir() / 'search_selected.yaml'}: copy a new selection there to adopt it)")
 
-    p = sub.add_parser("bench", help="meta-training throughput (trajectory-steps/s) at several batch sizes", **sub_kw)
+    p = sub.add_parser("throughput", aliases=["bench"], help="meta-training throughput (trajectory-steps/s) at several "
+                       "batch sizes ('bench', its old name, still works until the next release)", **sub_kw)
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64, 256, 1024],
                    help="batch sizes B to time")
     p.add_argument("--variant", default="update+tele", choices=["update", "update+tele", "lr+tele", "tele"],
@@ -305,6 +306,10 @@ def build_distributed_parser() -> argparse.ArgumentParser:
 # -- handlers --------------------------------------------------------------------------------------
 
 
+#: old command name → its new name (the old one still works, with a warning, until the next release)
+DEPRECATED_COMMANDS = {"bench": "throughput"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``metatele ARGS``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -318,9 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "train": lambda: commands.train(args), "eval": lambda: commands.eval_checkpoint(args), "compare": lambda: commands.compare_checkpoints(args),
         "demo": lambda: commands.demo(args), "benchmark": lambda: commands.benchmark(args, rest),
-        "search": lambda: commands.search(args, rest), "bench": lambda: commands.bench(args),
+        "search": lambda: commands.search(args, rest), "throughput": lambda: commands.bench(args),
         "transfer": lambda: commands.transfer(args), "digits": lambda: commands.digits(args, rest),
     }
+    if args.command in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[args.command]
+        print(f"metatele {args.command}: warning: renamed 'metatele {new}' (so that it is not mistaken for "
+              f"'metatele benchmark'); '{args.command}' will be removed in the next release", file=sys.stderr)
+        args.command = new
     try:
         if hasattr(args, "wandb"):
             resolve_mode(args.wandb)  # a bad $WANDB_MODE fails now, not after the training

@@ -21,12 +21,11 @@ from .release.checkpoint import read_metadata
 from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, BenchmarkRun, load_protocol, render_only, run_benchmark
 from .studies.demo import demo_configs
 from .studies.digits import DigitsStudyConfig, load_results
-from .studies.digits_report import conclusions as digits_conclusions
-from .studies.digits_report import render_report as render_digits_report
+from .studies.digits_report import digits_conclusions, render_digits_report
 from .studies.digits_report import run_digits_study, write_figures
 from .studies.experiment import CompareConfig, run_comparison, train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
-from .studies.throughput import run_benchmark as run_throughput
+from .studies.throughput import run_throughput
 from .studies.transfer import TransferConfig, run_transfer
 from .tasks.family import TaskConfig
 

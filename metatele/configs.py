@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import os
 import re
 import types
@@ -54,13 +55,21 @@ def _unwrap_optional(tp: Any) -> Any:
 def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     """Build dataclass ``cls`` from ``data``, rejecting unknown keys with a helpful message.
 
-    Nested dataclass fields accept dicts. Validation of values is the dataclass's own
-    ``__post_init__``.
+    Nested dataclass fields accept dicts. Every value is checked against its field's type
+    (:func:`check_value`) before the dataclass's own ``__post_init__`` validates it. Keys the class
+    lists in a ``REMOVED`` mapping (removed options, each with the value a saved config may still
+    hold) are dropped, so that old checkpoints load.
     """
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, old in getattr(cls, "REMOVED", {}).items():
+        if k in data:
+            name = f"{where}.{k}" if where else k
+            require(data[k] == old, name, f"was removed: its behaviour is fixed at the old default {old!r} "
+                    f"(a saved config may hold only that value), got {data[k]!r}")
+            del data[k]
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -79,7 +88,91 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
         elif typing.get_origin(tp) is tuple and isinstance(v, list):
             v = tuple(v)
         kwargs[k] = v
+    for k, v in kwargs.items():
+        check_value(f"{where}.{k}" if where else k, hints[k], v)
     return cls(**kwargs)
+
+
+_WORDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
+          str: ("a string", "strings"), dict: ("a mapping", "mappings")}
+
+
+def _expects(tp: Any, plural: bool = False) -> str | None:
+    """What a value of annotation ``tp`` must be, in words, or ``None`` where it is not checked."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        words = [_expects(a, plural) for a in args]
+        if None in words:
+            return None
+        return " or ".join(words) + (" or null" if len(args) < len(typing.get_args(tp)) else "")
+    if origin in (list, tuple):
+        inner = {_expects(a, plural=True) for a in typing.get_args(tp) if a is not Ellipsis}
+        return "lists" if plural else "a list" + (f" of {inner.pop()}" if len(inner) == 1 and None not in inner else "")
+    words = _WORDS.get(origin or tp)
+    return words and words[plural]
+
+
+def _fits(tp: Any, v: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, v) for a in typing.get_args(tp))
+    if tp is type(None):
+        return v is None
+    if origin in (list, tuple):
+        if not isinstance(v, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if origin is tuple and len(args) == len(v) and Ellipsis not in typing.get_args(tp):
+            return all(_fits(a, x) for a, x in zip(args, v))
+        return len(args) != 1 or all(_fits(args[0], x) for x in v)
+    if origin is dict or tp is dict:
+        return isinstance(v, dict)
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return is_int(v)
+    if tp is float:
+        return is_number(v) and math.isfinite(v)
+    if tp is str:
+        return isinstance(v, str)
+    return True  # a nested dataclass (it checks itself) or a type this check does not cover
+
+
+def check_value(name: str, tp: Any, v: Any) -> None:
+    """Raise :class:`ConfigError` naming ``name`` unless ``v`` fits the field annotation ``tp``.
+
+    The one type check of every config key: ``int`` takes an integer (not a bool, not 2.5),
+    ``float`` a finite int or float (no nan, inf or string), ``bool`` true or false, ``str`` a
+    string, ``X | None`` also null, and ``list[X]`` / ``tuple[X, ...]`` a list of such values.
+    Nested dataclasses and other types are left to their own validation.
+    """
+    if _fits(tp, v):
+        return
+    inner = _unwrap_optional(tp)
+    args = [a for a in typing.get_args(inner) if a is not Ellipsis]
+    if typing.get_origin(inner) in (list, tuple) and isinstance(v, (list, tuple)) and len(set(args)) == 1:
+        i, x = next((i, x) for i, x in enumerate(v) if not _fits(args[0], x))
+        if _expects(args[0]) is not None:
+            raise ConfigError(f"{name}: entry {i} must be {_expects(args[0])}, got {x!r} in {list(v)}")
+    expects = _expects(tp)
+    if expects is not None:
+        raise ConfigError(f"{name}: must be {expects}, got {v!r}")
+
+
+def check_fields(config: Any, prefix: str = "") -> None:
+    """:func:`check_value` for every field of dataclass instance ``config`` (keys named
+    ``prefix.field``): a config's ``__post_init__`` calls it first, so that a value set in Python
+    (``BaselineConfig(lr=math.inf)``) is refused like one read from YAML."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        check_value(f"{prefix}.{f.name}" if prefix else f.name, hints[f.name], getattr(config, f.name))
+
+
+def changed_fields(config: Any) -> list[str]:
+    """Names of the fields of dataclass instance ``config`` that differ from its class's defaults."""
+    default = type(config)()
+    return [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)]
 
 
 def defaults_dir() -> Path:

@@ -10,7 +10,7 @@ def tiny(**kw) -> dict:
     """A tiny float64 meta-training config as a dict; ``a.b=value`` keys set nested values."""
     base = {
         "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
-        "learned": {"variant": "update+tele", "lstm": {"hidden": 16}, "teleport": {"eps": 0.05}},
+        "learned": {"variant": "update+tele"},
         "trajectories": 8, "steps": 6, "unroll": 3, "batch_size": 4,
         "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
     }
@@ -19,6 +19,9 @@ def tiny(**kw) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = v
+    if base["learned"].get("arch", "paper") == "paper":  # small LSTMs (options of the paper's architecture only)
+        base["learned"].setdefault("lstm", {}).setdefault("hidden", 16)
+        base["learned"].setdefault("teleport", {}).setdefault("eps", 0.05)
     return base
 
 

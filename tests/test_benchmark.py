@@ -16,7 +16,7 @@ import torch
 
 from metatele import cli
 from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
-from metatele.configs import defaults_dir
+from metatele.configs import ConfigError, defaults_dir
 from metatele.optimizers.baselines import BaselineConfig
 from metatele.release.checkpoint import load_checkpoint
 from metatele.evaluation.evaluate import Curves, evaluate
@@ -670,3 +670,23 @@ def test_a_pretrained_method_with_a_missing_checkpoint_fails_before_any_work(tmp
     err = capsys.readouterr().err
     assert "methods.shipped.pretrained" in err and "none0.safetensors" in err
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow  # two grid searches of 300 steps (≈ 10 s); test_protocol_tune_is_the_benchmarks_tuning covers the call
+def test_the_protocols_pasted_rates_are_its_own_tuned_rates():
+    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    for setting in ("gaussian-20", "uniform-20"):
+        tuned = protocol.tune("adam(tuned@300)", protocol.settings[setting].task).config.lr
+        base = protocol.learned_config(setting, "adam+CW(tele)", 0).learned.base
+        assert base.name == "adam" and base.lr == tuned
+        if setting == "gaussian-20":  # m1 starts as Adam at the same rate
+            assert protocol.learned_config(setting, "CW(update+tele)", 0).learned.coordinatewise.lr == tuned
+
+
+def test_protocol_tune_is_the_benchmarks_tuning():
+    protocol, _ = load_protocol(QUICK_CONFIG, ["tuning.seeds=2", "tuning.steps=5"])
+    task = next(iter(protocol.settings.values())).task
+    tuned = protocol.tune("gd(tuned)", task)
+    assert tuned.config.name == "gd" and tuned.config.lr in [g["lr"] for g in tuned.grid]
+    with pytest.raises(ConfigError, match=r"baselines\.gd\(lr=3e-4\): is not tuned"):
+        protocol.tune("gd(lr=3e-4)", task)

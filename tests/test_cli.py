@@ -26,7 +26,7 @@ def offline(tmp_path, monkeypatch):
 def test_help_lists_subcommands_and_config_defaults(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for cmd in ("train", "eval", "compare", "demo", "bench", "benchmark"):
+    for cmd in ("train", "eval", "compare", "demo", "throughput", "benchmark"):
         assert cmd in out
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
@@ -196,14 +196,14 @@ def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
     (["eval", "CKPT", "--steps", "0"], "--steps: must be ≥ 1"),
     (["compare", "CKPT", "--seeds", "1"], "--seeds: need at least 2 seeds"),
     (["compare", "CKPT", "--baselines", "sgd"], "invalid choice: 'sgd'"),
-    (["bench", "--batch-sizes", "0"], "--batch-sizes: must be ≥ 1"),
+    (["throughput", "--batch-sizes", "0"], "--batch-sizes: must be ≥ 1"),
     (["train", "--seed", "-1"], "--seed: must be ≥ 0"),
 ])
 def test_bad_arguments_are_refused_by_the_parser(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     Path("CKPT").write_bytes(b"not read: the parser refuses first")
     with pytest.raises(SystemExit) as e:
-        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "bench" else argv)
+        main(argv + ["--out", str(tmp_path / "out")] if argv[0] != "throughput" else argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -228,3 +228,27 @@ def test_train_records_exactly_the_trajectories_and_seeds_it_trained(tmp_path):
     assert prov["training_seeds"] == [[0, 10]] and prov["n_training_seeds"] == 10
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["trajectories_started"] == history[-1]["trajectories_finished"] == 10
+
+
+@pytest.mark.parametrize("item", ["lr_update=.inf", "learned.lstm.hidden=2.5", "learned.base.lr=nan"])
+def test_a_mistyped_or_non_finite_value_is_one_line_and_exit_2(offline, capsys, item):
+    assert main(["train", "--out", str(offline / "x"), "--set", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metatele train: error: {item.split('=')[0]}: must be") and "\n" not in err
+    assert not (offline / "x").exists()
+
+
+def test_an_option_that_does_not_apply_is_a_one_line_cli_error_naming_it(offline, capsys):
+    assert main(["train", "--config", "quick", "--out", str(offline / "x"), "--set", "learned.arch=coordinatewise",
+                 "--set", "learned.lstm.hidden=64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metatele train: error: learned.lstm.hidden: does not apply to this run") and "\n" not in err
+
+
+def test_throughput_is_the_command_and_bench_its_deprecated_alias(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(commands, "bench", lambda args: seen.append(args.batch_sizes) or 0)
+    assert main(["throughput", "--batch-sizes", "2"]) == 0 and capsys.readouterr().err == ""
+    assert main(["bench", "--batch-sizes", "3"]) == 0
+    err = capsys.readouterr().err
+    assert seen == [[2], [3]] and "renamed 'metatele throughput'" in err and "next release" in err

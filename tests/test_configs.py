@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import configparser
 import fnmatch
+import math
 import subprocess
 import sys
 import zipfile
@@ -207,3 +208,81 @@ def test_field_docs_reads_the_attributes_section_of_a_dataclass():
     assert docs["lr_update"] == docs["lr_teleport"]  # one entry documenting two fields
     assert "log-uniformly" in docs["truncation"]  # continuation lines are joined
     assert set(docs) <= {f for f in MetaTrainConfig.__dataclass_fields__}
+
+
+# -- types and finiteness of every numeric key (configs.check_value) ----------------------------------
+BAD_VALUES = [
+    ("lr_update", "nan"), ("lr_update", ".nan"), ("lr_update", "abc"), ("lr_update", ".inf"),
+    ("learned.lstm.hidden", "2.5"), ("learned.lstm.layers", "2.5"), ("learned.coordinatewise.hidden", "2.5"),
+    ("lr_teleport", ".inf"), ("learned.teleport.eps", ".inf"), ("augment_scale", ".inf"), ("late_weight", ".inf"),
+    ("learned.lstm.output_scale", ".inf"), ("learned.coordinatewise.lr", ".inf"), ("learned.base.lr", ".inf"),
+    ("grad_clip", ".inf"), ("steps", "true"), ("task.dims", "[8, 4.5, 3]"),
+]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES)
+def test_a_non_finite_or_mistyped_value_is_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as e:
+        MetaTrainConfig.from_dict(apply_overrides({}, [f"{key}={value}"]))
+    assert str(e.value).startswith(f"{key}: ") and " must be " in str(e.value)
+
+
+def test_a_config_built_in_python_is_checked_like_one_read_from_yaml():
+    with pytest.raises(ConfigError, match=r"^baseline\.lr: must be a finite number, got inf"):
+        BaselineConfig(lr=math.inf)
+    with pytest.raises(ConfigError, match=r"^baseline\.lr: must be a finite number, got nan"):
+        BaselineConfig(lr=math.nan)
+    with pytest.raises(ConfigError, match=r"^task\.family: must be a string"):
+        TaskConfig(family=3)
+
+
+def test_from_dict_checks_the_types_of_every_config_not_only_meta_training():
+    with pytest.raises(ConfigError, match=r"^steps: must be an integer, got 2\.5"):
+        from_dict(DigitsStudyConfig, {"steps": 2.5})
+    with pytest.raises(ConfigError, match=r"^lrs: entry 1 must be a finite number, got inf"):
+        from_dict(DigitsStudyConfig, {"lrs": [0.1, float("inf")]})
+    assert from_dict(DigitsStudyConfig, {"geometry_step_norm": 1}).geometry_step_norm == 1  # an int is a number
+
+
+# -- an option either applies to the run or setting it is an error (LearnedConfig) ---------------------
+@pytest.mark.parametrize("arch,item,key", [
+    ("coordinatewise", "learned.lstm.hidden=64", "learned.lstm.hidden"),
+    ("coordinatewise", "learned.lstm.gd_skip=true", "learned.lstm.gd_skip"),
+    ("coordinatewise", "learned.teleport.eps=0.1", "learned.teleport.eps"),
+    ("coordinatewise", "learned.teleport.learn_eps=true", "learned.teleport.learn_eps"),
+    ("paper", "learned.coordinatewise.update_bound=0.5", "learned.coordinatewise.update_bound"),
+    ("paper", "learned.coordinatewise.hidden=8", "learned.coordinatewise.hidden"),
+])
+def test_an_option_that_does_not_apply_to_the_architecture_is_an_error_naming_it(arch, item, key):
+    with pytest.raises(ConfigError) as e:
+        MetaTrainConfig.from_dict(apply_overrides({}, [f"learned.arch={arch}", item]))
+    assert str(e.value).startswith(f"{key}: does not apply to this run: ")
+    MetaTrainConfig.from_dict(apply_overrides({}, [f"learned.arch={arch}"]))  # the defaults are fine
+
+
+def test_the_options_each_architecture_reads_are_accepted():
+    cw = MetaTrainConfig.from_dict(apply_overrides({}, [
+        "learned.arch=coordinatewise", "learned.variant=lr+tele", "learned.teleport.exact=false",
+        "learned.teleport.lr_max=0.01", "learned.coordinatewise.update_bound=0.5"]))
+    assert cw.learned.teleport_norm == cw.learned.coordinatewise.tele_norm_init
+    paper = MetaTrainConfig.from_dict(apply_overrides({}, ["learned.lstm.hidden=64", "learned.teleport.eps=0.1"]))
+    assert paper.learned.teleport_norm == 0.1
+
+
+def test_a_saved_config_holding_options_its_architecture_never_read_still_loads():
+    saved = to_dict(MetaTrainConfig())  # arch: paper
+    saved["learned"]["coordinatewise"]["lr"] = 0.1  # as a protocol's shared base once set for every method
+    with pytest.raises(ConfigError, match="learned.coordinatewise.lr: does not apply"):
+        MetaTrainConfig.from_dict(saved)
+    assert MetaTrainConfig.from_saved(saved) == MetaTrainConfig()
+
+
+@pytest.mark.parametrize("key", ["tele_direction_scale", "tele_gradient_power"])
+def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(key):
+    config = MetaTrainConfig.from_dict({"learned": {"arch": "coordinatewise"}})
+    saved = to_dict(config)
+    saved["learned"]["coordinatewise"][key] = 1.0
+    assert MetaTrainConfig.from_saved(saved) == config
+    saved["learned"]["coordinatewise"][key] = 0.5
+    with pytest.raises(ConfigError, match=rf"^learned\.coordinatewise\.{key}: was removed"):
+        MetaTrainConfig.from_saved(saved)

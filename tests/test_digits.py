@@ -8,9 +8,9 @@ import torch
 from metatele.configs import ConfigError
 from metatele.symmetry.action import teleport
 from metatele.tasks.digits import (
-    N_IMAGES, accuracy, cross_entropy, load_digits_data, sample_digits, task_loss, teleport_loss_change,
+    N_IMAGES, accuracy, cross_entropy, load_digits_data, sample_digits, teleport_loss_change,
 )
-from metatele.tasks.family import TaskConfig, sample_tasks
+from metatele.tasks.family import FAMILIES, TaskBatch, TaskConfig, sample_tasks
 from metatele.tasks.mlp import loss_and_grads, mlp_loss
 from metatele.optimizers.baselines import HandDesigned
 
@@ -56,8 +56,24 @@ def test_family_field_defaults_to_regression_and_is_validated():
         TaskConfig(family="digits", dims=[1000, 64, 16, 10, 10], bias=True, teleport_batch=18)
     with pytest.raises(ConfigError, match="task.teleport_batch"):
         TaskConfig(teleport_batch=5)
-    with pytest.raises(ValueError, match="sample_digits"):
-        sample_tasks(DIGITS, [0])
+
+
+def test_sample_tasks_samples_every_family_as_its_own_sampler_does():
+    a, b = sample_tasks(DIGITS, [3, 4], dtype=torch.float64), sample_digits(DIGITS, [3, 4], dtype=torch.float64)
+    assert type(a) is type(b) and torch.equal(a.X, b.X) and torch.equal(a.Y, b.Y) and torch.equal(a.X_val, b.X_val)
+    assert all(torch.equal(u, v) for u, v in zip(a.weights, b.weights)) and a.teleport_samples == b.teleport_samples
+    regression = sample_tasks(TaskConfig([8, 5, 4, 3]), [3])
+    assert type(regression) is TaskBatch and regression.X.shape == (1, 5, 8)
+
+
+def test_a_task_family_knows_its_loss_accuracy_and_teleport_batch():
+    digits, regression = DIGITS.kind, TaskConfig().kind
+    assert digits is FAMILIES["digits"] and regression is FAMILIES["regression"]
+    assert (digits.loss, digits.accuracy, regression.loss, regression.accuracy) == (cross_entropy, accuracy, mlp_loss, None)
+    assert digits.teleport_batch(DIGITS) == DIGITS.teleport_samples == 17 and regression.teleport_batch(TaskConfig()) is None
+    X = torch.zeros(2, 64, DIGITS.dims[0])
+    assert digits.teleport_data(DIGITS, X).shape == (2, 64, 17) and regression.teleport_data(TaskConfig(), X) is X
+    assert digits.has_validation and not regression.has_validation
 
 
 def test_teleport_batch_is_the_narrowest_teleported_input():
@@ -80,7 +96,7 @@ def test_cross_entropy_and_accuracy_on_a_hand_made_case():
 
 def test_loss_and_grads_takes_the_family_loss():
     b = sample_digits(DIGITS, [0, 1], dtype=torch.float64)
-    assert task_loss(DIGITS) is cross_entropy and task_loss(TaskConfig()) is mlp_loss
+    assert DIGITS.kind.loss is cross_entropy and TaskConfig().kind.loss is mlp_loss
     loss, grads = loss_and_grads(b.weights, b.X, b.Y, loss_fn=cross_entropy)
     assert torch.allclose(loss, cross_entropy(b.weights, b.X, b.Y))
     W = [w.clone().requires_grad_(True) for w in b.weights]

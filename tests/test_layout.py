@@ -14,6 +14,7 @@ Each violation is reported as ``path:line: what``.
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,6 +388,14 @@ def test_documentation_examples_use_importable_names():
     missing = [f"{where}: {name}" for name, places in sorted(used.items())
                if not hasattr(metatele, name) for where in places]
     assert not missing, "names the documentation uses that `metatele` lacks:\n" + "\n".join(missing)
+
+
+def test_all_is_a_curated_list_of_the_public_names():
+    names = metatele.__all__
+    assert len(names) == len(set(names)), "a name listed twice in metatele.__all__"
+    assert all(hasattr(metatele, n) for n in names)
+    assert not [n for n in names if n == "annotations" or n.startswith("_") or inspect.ismodule(getattr(metatele, n))]
+    assert set(PUBLIC_NAMES) | set(documented_names()) <= set(names)
 
 
 @pytest.mark.parametrize("name", PUBLIC_NAMES)

@@ -251,7 +251,12 @@ def test_warning_is_only_for_teleported_non_symmetric_pairs(random_T):
 
 def test_warn_false_silences_the_warning(random_T):
     batch = sample_tasks(TaskConfig([12, 8, 10, 6]), range(2), dtype=torch.float64)
-    teleport(batch.weights, batch.X, random_T(batch.weights, 0.1), warn=False)  # errors if it warns
+    T = random_T(batch.weights, 0.1)
+    with pytest.warns(SymmetryWarning):  # 12 samples through a layer input of width 8: the action warns...
+        teleport(batch.weights, batch.X, T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ...and with warn=False any warning would fail this test
+        teleport(batch.weights, batch.X, T, warn=False)
 
 
 # --- pseudo-inverse ----------------------------------------------------------------------

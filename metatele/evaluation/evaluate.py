@@ -23,7 +23,7 @@ import torch
 from ..optimizers.baselines import BaselineConfig, HandDesigned
 from ..configs import to_dict
 from ..storage.jsonable import to_json
-from ..tasks.digits import MinibatchSampler, minibatch_sampler, sample_digits, task_loss
+from ..tasks.digits import MinibatchSampler, minibatch_sampler
 from ..tasks.mlp import DataLoss, grad_norm_sq, loss_and_grads
 from ..tasks.family import TaskConfig, is_test_seed, is_validation_seed, sample_tasks
 
@@ -64,8 +64,8 @@ class BaselineMethod:
     def __init__(self, config: BaselineConfig, name: str | None = None, task: TaskConfig | None = None) -> None:
         self.config = config
         self.name = name or config.label
-        self.loss_fn: DataLoss | None = task_loss(task) if task is not None else None
-        self.teleport_samples = task.teleport_samples if task is not None and task.family == "digits" else None
+        self.loss_fn: DataLoss | None = task.kind.loss if task is not None else None
+        self.teleport_samples = task.kind.teleport_batch(task) if task is not None else None
 
     def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor],
               minibatches: MinibatchSampler | None = None) -> HandDesigned:
@@ -294,12 +294,12 @@ def evaluate(
     seeds, note = check_seeds(seeds, train_seeds, allow_overlap)
     device = torch.device(device) if device is not None else torch.device("cpu")
     _check_module_placement(method, device, dtype)
-    digits = task.family == "digits"
+    validation = task.kind.has_validation  # digits: validation loss and accuracy at every step
     method_task = getattr(method, "task", None)  # a learned optimizer steps with its own task's loss
     if isinstance(method_task, TaskConfig) and method_task.family != task.family:
         raise ValueError(f"method {method.name!r} was built for family {method_task.family!r} but the tasks are "
                          f"{task.family!r}; rebuild it for this task (e.g. load_optimizer(path, task=task))")
-    batch = (sample_digits if digits else sample_tasks)(task, seeds, device=device, dtype=dtype)
+    batch = sample_tasks(task, seeds, device=device, dtype=dtype)
     X, Y, W = batch.X, batch.Y, [w.detach() for w in batch.weights]
 
     sampler = minibatch_sampler(task, seeds)
@@ -312,7 +312,7 @@ def evaluate(
         W = [w.detach() for w in W]
         losses.append(loss.detach())
         grads_sq.append(gsq.detach())
-        if digits:
+        if validation:
             visited.append(W)
         clock.mark()
     seconds = clock.seconds()
@@ -321,7 +321,7 @@ def evaluate(
         losses, grads_sq, measure = [], [], visited
     for w in measure:
         with torch.no_grad():
-            loss, grads = loss_and_grads(w, X, Y, loss_fn=task_loss(task))
+            loss, grads = loss_and_grads(w, X, Y, loss_fn=task.kind.loss)
         losses.append(loss.detach())
         grads_sq.append(grad_norm_sq(grads))
 
@@ -329,7 +329,7 @@ def evaluate(
     gsq_t = torch.where(torch.isinf(loss_t), loss_t, torch.stack(grads_sq).to("cpu", torch.float64))
     loss_np, gsq_np = loss_t.numpy(), gsq_t.numpy()
     metrics = {}
-    if digits:
+    if validation:
         per_step = [batch.metrics(w) for w in visited]
         gone = torch.isinf(loss_t)
         for name, fill in (("val_loss", math.inf), ("val_accuracy", math.nan)):

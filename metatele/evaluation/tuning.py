@@ -18,8 +18,7 @@ import torch
 from ..optimizers.baselines import BASELINES, BaselineConfig, HandDesigned
 from ..configs import to_dict
 from .evaluate import LOG_FLOOR, mark_diverged
-from ..tasks.mlp import mlp_loss
-from ..tasks.digits import minibatch_sampler, sample_digits, task_loss
+from ..tasks.digits import minibatch_sampler
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig, sample_tasks
 
 #: default learning-rate grid: half-decades from 1e-7 to 1.
@@ -171,9 +170,8 @@ def grid_search(
         momenta_list: list[float | None] = [float(m) for m in (momenta if momenta is not None else DEFAULT_MOMENTA)]
     else:
         momenta_list = [None]
-    digits = task.family == "digits"
-    batch = (sample_digits if digits else sample_tasks)(task, seeds, device=device, dtype=dtype)
-    loss_fn = task_loss(task)
+    batch = sample_tasks(task, seeds, device=device, dtype=dtype)
+    loss_fn = task.kind.loss
     S = len(seeds)
 
     def run(points: list[float]) -> list[dict[str, Any]]:
@@ -186,7 +184,7 @@ def grid_search(
         for mom in momenta_list:
             cfg = config if mom is None else replace(config, momentum=mom)
             opt = HandDesigned(cfg, X, Y, W0, lr=lr_t, loss_fn=loss_fn,
-                               teleport_samples=task.teleport_samples if digits else None, minibatches=sampler)
+                               teleport_samples=task.kind.teleport_batch(task), minibatches=sampler)
             W, losses = W0, []
             for _ in range(steps):
                 full = None if sampler is None else loss_fn(W, X, Y).detach()  # not the step's minibatch loss
@@ -259,13 +257,14 @@ def hypergradient_tune(
     adam = torch.optim.Adam([log_lr], lr=meta_lr)
     trajectory = []
     for k in range(meta_steps):
-        opt = HandDesigned(config, batch.X, batch.Y, batch.weights, differentiable=True, lr=log_lr.exp())
+        opt = HandDesigned(config, batch.X, batch.Y, batch.weights, differentiable=True, lr=log_lr.exp(),
+                           loss_fn=task.kind.loss)
         W, total = [w.detach() for w in batch.weights], 0.0
         for t in range(steps):
             W, loss, _ = opt.step(W)  # loss at the weights before this step, with its graph
             if t > 0:
                 total = total + loss.log().mean()
-        total = total + mlp_loss(W, batch.X, batch.Y).log().mean()
+        total = total + task.kind.loss(W, batch.X, batch.Y).log().mean()
         value = float(total.detach())  # one host read per meta-step
         trajectory.append({"meta_step": k, "lr": float(log_lr.detach().exp()), "objective": value})
         adam.zero_grad()

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ..configs import (ConfigError, apply_overrides, from_dict, is_int, is_number, load_yaml_mapping, require,
+from ..configs import (ConfigError, apply_overrides, check_fields, from_dict, is_int, is_number, load_yaml_mapping, require,
                        resolve_config, to_dict)
-from ..optimizers.learned import LearnedConfig
+from ..optimizers.learned import LearnedConfig, inapplicable_options
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 from ..tasks.mixture import TaskMix
 from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
@@ -139,6 +139,7 @@ class MetaTrainConfig:
             self.task = from_dict(TaskConfig, self.task, "task")
         if isinstance(self.learned, dict):
             self.learned = from_dict(LearnedConfig, self.learned, "learned")
+        check_fields(self)
         for name in ("trajectories", "steps", "unroll", "batch_size", "unroll_max", "log_every", "diverge_patience"):
             v = getattr(self, name)
             require(is_int(v) and v >= 1, name, f"must be a positive integer, got {v!r}")
@@ -166,7 +167,7 @@ class MetaTrainConfig:
                 f"must be auto, cpu, cuda[:i] or mps, got {self.device!r}")
         require(self.meta_objective in META_OBJECTIVES, "meta_objective",
                 f"must be one of {META_OBJECTIVES}, got {self.meta_objective!r}")
-        require(self.meta_objective == "train" or self.task.family == "digits", "meta_objective",
+        require(self.meta_objective == "train" or self.task.kind.has_validation, "meta_objective",
                 f"'validation' needs a task family with validation data (digits), got {self.task.family!r}")
         require(isinstance(self.allow_non_symmetric, bool), "allow_non_symmetric",
                 f"must be true or false, got {self.allow_non_symmetric!r}")
@@ -228,6 +229,26 @@ class MetaTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MetaTrainConfig":
+        return from_dict(cls, data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "MetaTrainConfig":
+        """The config saved in a checkpoint or training state.
+
+        Files written before options were checked for applying to the run may hold options
+        that the run's architecture never read (``learned.coordinatewise.*`` of an ``arch:
+        paper`` run whose protocol set them for every method): they did not affect it, and take
+        their defaults here rather than being refused (:func:`inapplicable_options`).
+        """
+        learned = data.get("learned")
+        if isinstance(learned, dict):
+            learned = dict(learned)
+            for section, keys, _ in inapplicable_options(learned.get("arch", "paper")):
+                if keys is None:
+                    learned.pop(section, None)
+                elif isinstance(learned.get(section), dict):
+                    learned[section] = {k: v for k, v in learned[section].items() if k not in keys}
+            data = {**data, "learned": learned}
         return from_dict(cls, data)
 
 

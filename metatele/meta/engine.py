@@ -49,7 +49,7 @@ import torch
 
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
-from ..tasks.digits import cross_entropy, minibatch_sampler, sample_digits, task_loss
+from ..tasks.digits import minibatch_sampler
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, TaskConfig, sample_tasks
 from ..tasks.augment import augment
 from .config import MetaTrainConfig, resolve_device
@@ -194,9 +194,8 @@ class UnrollEngine:
         self.next_seed += count
         self.trajectories_started += count
         c = self.config
-        sample = sample_digits if c.task.family == "digits" else sample_tasks
-        tasks = sample(c.task, seeds, device=self.device, dtype=self.dtype)
-        return augment(tasks, seeds, c.augment_scale, c.seed, scale_targets=c.task.family == "regression")
+        tasks = sample_tasks(c.task, seeds, device=self.device, dtype=self.dtype)
+        return augment(tasks, seeds, c.augment_scale, c.seed, scale_targets=c.task.kind.scale_targets)
 
     def _horizons(self, tasks: TaskBatch | None) -> np.ndarray | None:
         """Each task's horizon (host integers from its seed)."""
@@ -208,7 +207,7 @@ class UnrollEngine:
 
     def _loss(self, W: list[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """The task family's loss ``[B]`` (regression: squared error; digits: cross-entropy)."""
-        return task_loss(self.config.task)(W, X, Y)
+        return self.config.task.kind.loss(W, X, Y)
 
     def _start_all(self) -> None:
         """Start a whole batch of trajectories from the next training seeds (the slots beyond the
@@ -314,7 +313,7 @@ class UnrollEngine:
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
             if validation:  # learning for generalization: the validation loss at W_{t+1}
-                val_terms.append(cross_entropy(W, tr.X_val, tr.Y_val))
+                val_terms.append(c.task.kind.loss(W, tr.X_val, tr.Y_val))
         final = self._loss(W, tr.X, tr.Y)
         for w in W:
             alive = alive & _finite_rows(w)

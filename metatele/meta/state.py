@@ -168,7 +168,7 @@ def config_differences(saved: dict[str, Any], config: MetaTrainConfig) -> list[s
         return out
 
     try:  # keys added to the config since the state was written take their defaults
-        saved = to_dict(MetaTrainConfig.from_dict(saved))
+        saved = to_dict(MetaTrainConfig.from_saved(saved))
     except (ConfigError, TypeError, ValueError):
         pass  # compare as saved
     a, b = flat(saved), flat(to_dict(config))
@@ -186,7 +186,7 @@ def load_training_state(out: str | os.PathLike, config: MetaTrainConfig | None =
     if found is None:
         raise ResumeError(f"no training state that loads cleanly in {Path(out) / STATE_DIR}")
     path, _, doc, state = found
-    config = config or MetaTrainConfig.from_dict(doc["config"])
+    config = config or MetaTrainConfig.from_saved(doc["config"])
     if doc["world_size"] != 1:
         raise ResumeError(f"{path} holds {doc['world_size']} ranks' states; load it with metatele.meta.distributed")
     from .mixture import build_engine  # the mixture engine imports this module

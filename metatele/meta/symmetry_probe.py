@@ -2,7 +2,9 @@
 
 Where a teleported pair's layer input is narrower than the number of samples, the group action
 changes the loss (:func:`metatele.meta.config.non_symmetric_pairs`). A run that trains anyway
-measures by how much, every meta-step: fixed random teleports of norm ``eps`` (one per pair, drawn
+measures by how much, every meta-step: fixed random teleports of m2's norm
+(:attr:`~metatele.optimizers.learned.LearnedConfig.teleport_norm`: ``teleport.eps`` for the paper's
+m2, ``coordinatewise.tele_norm_init`` for the coordinatewise one; one per pair, drawn
 from their own generator so that the run's random stream is untouched) are applied to the
 current weights, and the largest relative loss change over the trajectories is recorded as
 ``teleport_loss_change``.
@@ -19,12 +21,12 @@ from .config import MetaTrainConfig, describe_non_symmetric, non_symmetric_pairs
 
 
 class SymmetryProbe:
-    """Fixed teleports ``T`` (``[1, d, d]`` per pair) of norm ``eps`` for ``config``'s task."""
+    """Fixed teleports ``T`` (``[1, d, d]`` per pair) of m2's norm for ``config``'s task."""
 
     def __init__(self, config: MetaTrainConfig, device: torch.device, dtype: torch.dtype) -> None:
         gen = torch.Generator().manual_seed(config.seed)
         self.T = [normalize_frobenius(torch.randn(1, d, d, generator=gen, dtype=torch.float64),
-                                      config.learned.teleport.eps).to(device, dtype) for d in config.task.dims[2:-1]]
+                                      config.learned.teleport_norm).to(device, dtype) for d in config.task.dims[2:-1]]
         self.exact = config.learned.teleport.exact
 
     @classmethod
@@ -36,7 +38,7 @@ class SymmetryProbe:
             return None
         warnings.warn(
             f"{describe_non_symmetric(config.task, pairs)}: the teleport is not a symmetry of the loss "
-            "(allow_non_symmetric: true); the relative loss change of a teleport of norm eps is recorded "
+            "(allow_non_symmetric: true); the relative loss change of a teleport of m2's norm is recorded "
             "every meta-step as 'teleport_loss_change'", SymmetryWarning, stacklevel=4)
         return cls(config, device, dtype)
 

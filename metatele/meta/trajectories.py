@@ -4,7 +4,7 @@ As in learned_optimization's truncated steps, the state carries every trajectory
 weights, recurrent LSTM state and progress; finished or diverged trajectories are replaced in
 place (:meth:`Trajectories.reset`) while the run's budget of training seeds lasts, after which
 their slots fall idle (``active``); the first batch's start offsets can be staggered
-(:func:`metatele.meta.config.start_offsets`) so that the batch does not run in lockstep.
+(:func:`metatele.meta.schedules.start_offsets`) so that the batch does not run in lockstep.
 """
 from __future__ import annotations
 

@@ -19,12 +19,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..configs import require
+from ..configs import check_fields, require
 from .lstm import State, flatten
-from ..tasks.mlp import DataLoss, grad_norm_sq, mlp_loss
+from ..tasks.mlp import DataLoss, check_problem, grad_norm_sq, mlp_loss
 from ..symmetry.strategies import TeleportSchedule
 from ..tasks.digits import MinibatchSampler
-from ..tasks.family import check_problem
 
 BASELINES = ("gd", "momentum", "adam", "rmsprop", "adagrad")
 
@@ -52,6 +51,7 @@ class BaselineConfig:
     teleport: TeleportSchedule | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "baseline")
         require(self.name in BASELINES, "baseline.name", f"must be one of {BASELINES}, got {self.name!r}")
         require(self.lr > 0, "baseline.lr", f"must be > 0, got {self.lr}")
         require(0 <= self.momentum < 1, "baseline.momentum", f"must be in [0, 1), got {self.momentum}")

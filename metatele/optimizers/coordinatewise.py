@@ -51,12 +51,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from ..configs import require
+from ..configs import check_fields, require
 from .lstm import State, flatten, log_space
 from ..symmetry.strategies import normalize_frobenius
 
@@ -70,6 +70,10 @@ TINY = 1e-30
 #: ``gate: learned``: the untrained gate is sigmoid(GATE_LOGIT) = 0.9 (teleports nearly as ``every``)
 GATE_LOGIT = math.log(9.0)
 TELEPORT_STATES = ("keep", "reset")
+#: decay of the second moment of m1's Adam direction (Adam's β₂)
+BETA2 = 0.999
+#: bound of m1's direction correction, in units of the Adam direction
+DIRECTION_SCALE = 0.5
 GATES = ("every", "learned")
 
 
@@ -82,17 +86,12 @@ class CoordinatewiseConfig:
         layers: hidden layers of each MLP.
         lr: the base step size of m1 (it starts as Adam at this rate).
         betas: time scales of the gradient momenta m1 reads (the second is the direction's).
-        beta2: decay of the second moment.
         eps: Adam's denominator epsilon.
         magnitude_scale: bound of m1's log step-size correction (factor within ``e^{±s}``).
-        direction_scale: bound of m1's direction correction (in units of the Adam direction).
-        tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``.
-        tele_direction_scale: weight of m2's learned correction of the gradient-ascent direction.
+        tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``, before the
+            norm is multiplied by ``min(1, ‖∇‖ / ‖∇ at step 0‖)`` for the pair's gradients (teleports
+            shrink with the gradient as a trajectory converges).
         tele_beta: decay of the running average of the normalised teleport gradient.
-        tele_gradient_power: the norm of ``T`` is multiplied by ``(‖∇‖ / ‖∇ at step 0‖)^p``
-            (at most 1) for the pair's gradients, so teleports shrink with the gradient as a
-            trajectory converges (a fixed-size teleport near a minimum undoes the optimizer's
-            progress: its momenta refer to the weights before the teleport). 0: no decay.
         every: teleport on steps that are multiples of ``every`` (per trajectory).
         time_feature: m1 also reads the trajectory's step count, as ``log10(t) / 3`` (0 at the
             first step, 1 at step 1000). Every other feature is scale-free and the same at any
@@ -105,7 +104,8 @@ class CoordinatewiseConfig:
         update_bound: bound each coordinate's local update by ``b · s`` (smoothly,
             ``b s tanh(u / (b s))``), ``s`` the RMS of its weight tensor per trajectory
             (``None``: unbounded). Applies to every local update (m1, the ``tele`` variant's
-            base optimizer, ``lr+tele``'s ``η g``), after the drop-in's group scales.
+            base optimizer, ``lr+tele``'s ``η g``) of the coordinatewise architecture, after the
+            drop-in's group scales.
         update_bound_floor: added to ``s`` in quadrature (``s = √(rms² + floor²)``), so that
             an all-zero tensor can move.
         update_safeguard: do not take a local update that raises a task's loss (an extra forward
@@ -127,19 +127,20 @@ class CoordinatewiseConfig:
         learn_norm: m2 learns ``T``'s norm; ``False``: ``tele_norm_init`` (times the gradient decay).
     """
 
+    #: options that were removed, each with the one value a saved config may still hold for it
+    #: (its old default, whose behaviour is now fixed): ``from_dict`` drops them
+    REMOVED: ClassVar[dict[str, Any]] = {"tele_direction_scale": 1.0, "tele_gradient_power": 1.0, "beta2": BETA2,
+                                         "direction_scale": DIRECTION_SCALE}
+
     hidden: int = 32
     layers: int = 2
     lr: float = 0.03
     betas: tuple[float, float, float] = (0.5, 0.9, 0.99)
-    beta2: float = 0.999
     eps: float = 1e-8
     magnitude_scale: float = 1.0
-    direction_scale: float = 0.5
     tele_norm_init: float = 0.003
     tele_norm_max: float = 0.2
-    tele_direction_scale: float = 1.0
     tele_beta: float = 0.9
-    tele_gradient_power: float = 1.0
     every: int = 1
     time_feature: bool = False
     safeguard: bool = True
@@ -156,23 +157,18 @@ class CoordinatewiseConfig:
     learn_norm: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "coordinatewise")
         self.betas = tuple(self.betas)
         require(self.hidden >= 1, "coordinatewise.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "coordinatewise.layers", f"must be ≥ 1, got {self.layers}")
         require(self.lr > 0, "coordinatewise.lr", f"must be > 0, got {self.lr}")
         require(len(self.betas) == 3 and all(0 <= b < 1 for b in self.betas), "coordinatewise.betas",
                 f"must be three numbers in [0, 1), got {self.betas}")
-        require(0 <= self.beta2 < 1, "coordinatewise.beta2", f"must be in [0, 1), got {self.beta2}")
         require(self.eps > 0, "coordinatewise.eps", f"must be > 0, got {self.eps}")
         require(self.magnitude_scale >= 0, "coordinatewise.magnitude_scale", f"must be ≥ 0, got {self.magnitude_scale}")
-        require(self.direction_scale >= 0, "coordinatewise.direction_scale", f"must be ≥ 0, got {self.direction_scale}")
         require(0 < self.tele_norm_init < self.tele_norm_max, "coordinatewise.tele_norm_init/tele_norm_max",
                 f"need 0 < tele_norm_init < tele_norm_max, got {self.tele_norm_init}, {self.tele_norm_max}")
-        require(self.tele_direction_scale >= 0, "coordinatewise.tele_direction_scale",
-                f"must be ≥ 0, got {self.tele_direction_scale}")
         require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
-        require(self.tele_gradient_power >= 0, "coordinatewise.tele_gradient_power",
-                f"must be ≥ 0, got {self.tele_gradient_power}")
         require(self.safeguard_tol >= 0, "coordinatewise.safeguard_tol", f"must be ≥ 0, got {self.safeguard_tol}")
         require(isinstance(self.every, int) and self.every >= 1, "coordinatewise.every",
                 f"must be a positive integer, got {self.every!r}")
@@ -249,7 +245,7 @@ class CoordinateUpdate(nn.Module):
         self.net = coordinate_mlp(N_UPDATE_FEATURES + int(self.config.time_feature), 2, self.config.hidden,
                                   self.config.layers)
         # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
-        decay = torch.tensor(list(self.config.betas) + [self.config.beta2], dtype=torch.float64)
+        decay = torch.tensor(list(self.config.betas) + [BETA2], dtype=torch.float64)
         self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
 
     def initial_state(self, weights: Sequence[torch.Tensor], dtype=None) -> State:
@@ -301,7 +297,7 @@ class CoordinateUpdate(nn.Module):
         # the direction correction is in units of the Adam direction's RMS over the tensor, so it
         # shrinks with the step as a trajectory converges (an absolute one would stall it)
         unit = _per_tensor(direction, [gr[0].numel() for gr in grads], _rms)
-        flat = cfg.lr * scale * (direction + cfg.direction_scale * unit * torch.tanh(out[..., 1]))
+        flat = cfg.lr * scale * (direction + DIRECTION_SCALE * unit * torch.tanh(out[..., 1]))
         updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
         return updates, state
 
@@ -396,10 +392,13 @@ class EquivariantTeleport(nn.Module):
         Gn = G / G.flatten(1).square().mean(1).add(TINY).sqrt().view(-1, 1, 1)
         g_rms = (0.5 * (grad_v.square().mean(dim=(1, 2)) + grad_u.square().mean(dim=(1, 2)))).sqrt()
         g0 = torch.where(t == 0, g_rms, g0)
-        progress = (g_rms / (g0 + TINY)).clamp(max=1.0) ** cfg.tele_gradient_power
+        # T's norm shrinks with the pair's gradient as a trajectory converges (a fixed-size
+        # teleport near a minimum undoes the optimizer's progress: its momenta refer to the
+        # weights before the teleport)
+        progress = (g_rms / (g0 + TINY)).clamp(max=1.0)
         avg = cfg.tele_beta * avg_flat.view(B, d, d) + (1 - cfg.tele_beta) * Gn
         out = self.net(pair_features(G, grad_v, grad_u, avg))  # [B, d, d, k]
-        direction = Gn + cfg.tele_direction_scale * out[..., 0]
+        direction = Gn + out[..., 0]
         if cfg.learn_norm:
             norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2))) * progress
         else:

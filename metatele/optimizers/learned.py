@@ -30,18 +30,32 @@ import torch
 from torch import nn
 
 from .baselines import BaselineConfig, HandDesignedUpdate
-from ..configs import require
+from ..configs import changed_fields, check_fields, require
 from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, sanitize
 from .coordinatewise_step import split_step_scale, stable_step, teleport_outputs
 from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
-from ..tasks.digits import MinibatchSampler, task_loss
+from ..tasks.digits import MinibatchSampler
 from ..tasks.family import TaskConfig
-from ..symmetry.teleport_grad import LossFn, squared_loss
+from ..symmetry.teleport_grad import LossFn
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
 ARCHS = ("paper", "coordinatewise")
+
+
+def inapplicable_options(arch: str) -> list[tuple[str, tuple[str, ...] | None, str]]:
+    """``(section of LearnedConfig, its keys or None for all, why)`` of the options that
+    architecture ``arch`` does not read: setting one of them (to anything but its default) is an
+    error (:class:`LearnedConfig`)."""
+    if arch == "coordinatewise":
+        return [("lstm", None, "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"),
+                ("teleport", ("eps", "learn_eps", "lr_log_space"),
+                 "the coordinatewise m2 sets the norm of T with learned.coordinatewise.tele_norm_init, tele_norm_max "
+                 "and learn_norm, and its step size (lr+tele) always in log space; it reads only teleport.exact, "
+                 "lr_min and lr_max")]
+    return [("coordinatewise", None, "learned.coordinatewise.* are the options of arch: coordinatewise, and this "
+             "run uses arch: paper (its options are learned.lstm.* and learned.teleport.*)")]
 
 
 @dataclass
@@ -67,10 +81,21 @@ class LearnedConfig:
     coordinatewise: CoordinatewiseConfig = field(default_factory=CoordinatewiseConfig)
 
     def __post_init__(self) -> None:
+        check_fields(self, "learned")
         require(self.variant in VARIANTS, "learned.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
         require(self.arch in ARCHS, "learned.arch", f"must be one of {ARCHS}, got {self.arch!r}")
         if self.variant == "lr+tele" and not self.teleport.emit_lr:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
+        for section, keys, why in inapplicable_options(self.arch):
+            changed = [k for k in changed_fields(getattr(self, section)) if keys is None or k in keys]
+            require(not changed, f"learned.{section}.{changed[0] if changed else ''}",
+                    f"does not apply to this run: {why}; remove it")
+
+    @property
+    def teleport_norm(self) -> float:
+        """The (initial) Frobenius norm of m2's ``T``: ``teleport.eps`` for the paper's m2,
+        ``coordinatewise.tele_norm_init`` for the coordinatewise one."""
+        return self.coordinatewise.tele_norm_init if self.arch == "coordinatewise" else self.teleport.eps
 
     @property
     def uses_update(self) -> bool:
@@ -253,14 +278,10 @@ class LearnedOptimizer(nn.Module):
         Returns ``(new_weights, loss [B], squared gradient norm [B], new_state)``; the loss is
         measured at ``weights`` and keeps its graph.
         """
-        if self.task.family == "regression":
-            loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
-            new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
-            return new, loss, grad_norm_sq(grads).detach(), state
-        # digits: the family's loss on all training samples (or the step's minibatch); the teleport
-        # acts with the teleport batch (x_qr must factor it), its teleport gradient and safeguard
-        # read the full training loss
-        data_loss = task_loss(self.task)
+        # the family's loss on all training samples (or the step's minibatch); the teleport acts with
+        # the family's teleport batch (x_qr must factor it: all of X for regression), its teleport
+        # gradient and safeguard read the full training loss
+        data_loss = self.task.kind.loss
         X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
         loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
         new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
@@ -270,7 +291,7 @@ class LearnedOptimizer(nn.Module):
     def teleport_data(self, X: torch.Tensor) -> torch.Tensor:
         """The samples the group action acts with: ``X`` itself, or a digits task's teleport
         batch ``X[..., :k]`` (``k = task.teleport_samples``)."""
-        return X[..., : self.task.teleport_samples] if self.task.family == "digits" else X
+        return self.task.kind.teleport_data(self.task, X)
 
     # -- evaluator-facing --------------------------------------------------------------------
     @property

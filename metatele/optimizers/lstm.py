@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from ..configs import require
+from ..configs import check_fields, require
 from ..symmetry.strategies import normalize_frobenius
 
 State = tuple[torch.Tensor, torch.Tensor]
@@ -41,8 +41,7 @@ class LSTMConfig:
     Attributes:
         hidden: hidden units per LSTM cell (paper: 300).
         layers: stacked LSTM cells (paper: 2).
-        preprocess: log-magnitude/sign gradient preprocessing (off in the paper).
-        preprocess_p: the ``p`` of that preprocessing (10).
+        preprocess: log-magnitude/sign gradient preprocessing with p = 10 (off in the paper).
         output_scale: multiplier on m1's linear head (1: the paper's raw head).
         input_norm: ``none`` (the paper: the LSTMs read raw gradients) or ``rms``: each LSTM
             reads its gradient divided by its root-mean-square ``s`` (per trajectory) plus the
@@ -58,10 +57,12 @@ class LSTMConfig:
         skip_lr_min, skip_lr_max: the range of that step size.
     """
 
+    #: removed options, each with the one value a saved config may still hold (see CoordinatewiseConfig)
+    REMOVED: ClassVar[dict[str, Any]] = {"preprocess_p": 10.0}
+
     hidden: int = 300
     layers: int = 2
     preprocess: bool = False
-    preprocess_p: float = 10.0
     output_scale: float = 1.0
     input_norm: str = "none"
     gd_skip: bool = False
@@ -69,9 +70,9 @@ class LSTMConfig:
     skip_lr_max: float = 0.1
 
     def __post_init__(self) -> None:
+        check_fields(self, "lstm")
         require(self.hidden >= 1, "lstm.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "lstm.layers", f"must be ≥ 1, got {self.layers}")
-        require(self.preprocess_p > 0, "lstm.preprocess_p", f"must be > 0, got {self.preprocess_p}")
         require(self.output_scale > 0, "lstm.output_scale", f"must be > 0, got {self.output_scale}")
         require(self.input_norm in INPUT_NORMS, "lstm.input_norm",
                 f"must be one of {INPUT_NORMS}, got {self.input_norm!r}")
@@ -90,7 +91,7 @@ class LSTMConfig:
             scale = x.square().mean(dim=1, keepdim=True).add(RMS_FLOOR).sqrt()
             x = x / scale
         if self.preprocess:
-            x = preprocess_gradients(x, self.preprocess_p)
+            x = preprocess_gradients(x)
         if scale is not None:
             x = torch.cat([x, scale.log() / 10], dim=1)
         return x, scale
@@ -201,7 +202,8 @@ class TeleportConfig:
     """m2 options (defaults: the paper's).
 
     Attributes:
-        eps: Frobenius norm of ``T`` (paper: 0.01).
+        eps: Frobenius norm of ``T``, the paper's ε (0.01); not an Adam-style denominator epsilon
+            (those are ``base.eps`` and ``coordinatewise.eps``).
         learn_eps: let m2 scale ``T`` by ``eps · 2·sigmoid(z)`` (``z`` an extra output), i.e. a
             learned magnitude in ``(0, 2 eps)`` instead of the fixed ``eps``.
         emit_lr: also write a step size for gradient descent (the ``lr+tele`` variant).
@@ -220,6 +222,7 @@ class TeleportConfig:
     exact: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "teleport")
         require(self.eps > 0, "teleport.eps", f"must be > 0, got {self.eps}")
         require(0 < self.lr_min < self.lr_max, "teleport.lr_min/lr_max",
                 f"need 0 < lr_min < lr_max, got {self.lr_min}, {self.lr_max}")
@@ -266,11 +269,11 @@ class TeleportLSTM(nn.Module):
         x, _ = self.config.encode(flatten([grad_v, grad_u]))
         out, state = self.net(x, state)
         dd = self.d * self.d
-        eps: float | torch.Tensor = self.tele.eps
+        norm: float | torch.Tensor = self.tele.eps  # the Frobenius norm of T (the paper's ε)
         col = dd
         if self.tele.learn_eps:
-            eps = self.tele.eps * 2 * torch.sigmoid(out[:, col])
+            norm = self.tele.eps * 2 * torch.sigmoid(out[:, col])
             col += 1
-        T = normalize_frobenius(out[:, :dd].view(-1, self.d, self.d), eps)
+        T = normalize_frobenius(out[:, :dd].view(-1, self.d, self.d), norm)
         lr = self.step_size(out[:, col]) if self.tele.emit_lr else None
         return T, lr, state

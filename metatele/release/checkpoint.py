@@ -241,7 +241,7 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
     path = Path(path)
     data, doc = _read_document(path)
     try:
-        config = MetaTrainConfig.from_dict(doc["config"])
+        config = MetaTrainConfig.from_saved(doc["config"])
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
     if task is not None:

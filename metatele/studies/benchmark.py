@@ -48,13 +48,11 @@ from ..evaluation.figures import plot_loss_vs_step
 from ..evaluation.identity import MethodId
 from ..storage.jsonable import to_json
 from ..storage.provenance import available_cpus, machine_info
-from ..evaluation.tuning import DEFAULT_LRS, grid_search
 from ..meta import train as meta_training
 from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..tasks.family import training_seeds
-from .aggregate import combine_meta_seeds, compare_pairs, diverged_by, speedups, load_curves, method_ids, method_stats, save_curves
+from .aggregate import combine_meta_seeds, compare_pairs, diverged_by, load_curves, method_ids, method_stats, save_curves, speedups
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import conclusions, goal_check, render_report
 from .selection import SelectionConfig, meta_train_selected
@@ -249,13 +247,10 @@ class BenchmarkRun:
             cfg, tune = p.baseline(name)
             record = None
             if tune:  # with its teleport on, if any: a teleport raises the gradient norm
-                steps = p.tune_steps(name)
-                key = json.dumps([to_dict(cfg), steps], sort_keys=True)
+                key = json.dumps([to_dict(cfg), p.tune_steps(name)], sort_keys=True)
                 if key not in tuned:
                     t0 = time.perf_counter()
-                    tuned[key] = grid_search(cfg, task, training_seeds(p.tuning.seeds, p.tuning.seed_start),
-                                             steps, lrs=p.tuning.lrs or DEFAULT_LRS,
-                                             objective=p.tuning.objective, device=self.device)
+                    tuned[key] = p.tune(name, task, device=self.device)
                     self.timings.append({"stage": "tune", "section": section, "method": name,
                                          "seconds": time.perf_counter() - t0})
                 record = tuned[key]

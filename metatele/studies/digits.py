@@ -421,7 +421,7 @@ def results_json(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
-    """Inverse of :func:`results_json` as far as :func:`render_report` needs: configs and curves
+    """Inverse of :func:`results_json` as far as :func:`~metatele.studies.digits_report.render_digits_report` needs: configs and curves
     come back as objects, everything else as JSON values (``None`` for non-finite numbers)."""
     data = json.loads(Path(path).read_text())
     opt = data["optimizers"]

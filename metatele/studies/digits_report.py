@@ -91,7 +91,7 @@ def _excludes_zero(ci: Sequence[float | None]) -> bool:
     return all(x is not None and math.isfinite(x) for x in ci) and (ci[0] > 0 or ci[1] < 0)
 
 
-def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "figures") -> str:
+def render_digits_report(results: Mapping[str, Any], command: str, figures_rel: str = "figures") -> str:
     """The markdown of ``DIGITS.md`` from :func:`run_digits_study`'s results."""
     cfg: DigitsStudyConfig = results["config"]
     opt = results["optimizers"]
@@ -201,7 +201,7 @@ def render_report(results: Mapping[str, Any], command: str, figures_rel: str = "
     if "learned" in results:
         L += learned_section(results, figures_rel)
     L += ["", "## Conclusions", ""] + [x for line in summary(results) for x in (line, "")]
-    L += ["In detail:", ""] + [f"- {c}" for c in conclusions(results)]
+    L += ["In detail:", ""] + [f"- {c}" for c in digits_conclusions(results)]
     L += ["", "## Reproduce", "", "```", command, "```", "",
           "Numbers are deterministic given the seeds on one machine and thread count; wall-clock columns are not.", ""]
     return "\n".join(L)
@@ -302,7 +302,7 @@ def summary(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def conclusions(results: Mapping[str, Any]) -> list[str]:
+def digits_conclusions(results: Mapping[str, Any]) -> list[str]:
     """Plain statements read off the results (signs decided by whether a 95% CI excludes 0)."""
     cfg: DigitsStudyConfig = results["config"]
     opt, out = results["optimizers"], []
@@ -384,7 +384,7 @@ def run_digits_study(cfg: DigitsStudyConfig, out: str | Path, command: str = "me
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results_json(results), indent=1, allow_nan=False))
     tmp.replace(out / "results.json")
-    report.write_text(render_report(results, command, figures_rel="figures"))
+    report.write_text(render_digits_report(results, command, figures_rel="figures"))
     return results
 
 

@@ -24,11 +24,11 @@ from typing import Any, Mapping
 
 from ..optimizers.baselines import BaselineConfig
 from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, merge_overrides, require, resolve_config, to_dict
-from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
+from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, training_seeds, unseen_seeds, validation_seeds
 from ..meta.config import MetaTrainConfig
 from ..release.checkpoint import CheckpointError, read_metadata
 from ..evaluation.identity import MethodId, baseline_id, learned_id
-from ..evaluation.tuning import OBJECTIVES
+from ..evaluation.tuning import DEFAULT_LRS, OBJECTIVES, TuneResult, grid_search
 from .selection import SelectionConfig
 from .protocol_parts import HelpPair, Speedup, Target, Transfer, TransferTarget, at_horizon, horizon_name, parse_named  # noqa: F401
 
@@ -332,7 +332,7 @@ class BenchmarkProtocol:
                 saved = read_metadata(path)["config"]
             except (CheckpointError, OSError) as e:
                 raise ConfigError(f"methods.{method}.pretrained: {e}") from None
-            return MetaTrainConfig.from_dict({**saved, "task": to_dict(s.task), "mix": None, "device": self.device})
+            return MetaTrainConfig.from_saved({**saved, "task": to_dict(s.task), "mix": None, "device": self.device})
         d = self._merged(setting, method, ablation, reference)
         d.pop("selection", None)
         d.update(task=to_dict(s.task), seed=meta_seed, device=self.device,
@@ -354,6 +354,14 @@ class BenchmarkProtocol:
             return from_dict(BaselineConfig, spec, f"baselines.{name}"), tune
         except TypeError as e:
             raise ConfigError(f"baselines.{name}: {e}") from None
+
+    def tune(self, name: str, task: TaskConfig, device: Any = None) -> TuneResult:
+        """Tune the ``tune: true`` baseline ``name`` on ``task`` as the benchmark does: a grid
+        search on the protocol's ``tuning.seeds`` training seeds for its :meth:`tune_steps`."""
+        cfg, tune = self.baseline(name)
+        require(tune, f"baselines.{name}", "is not tuned (tune: true), so it has no tuned rate")
+        return grid_search(cfg, task, training_seeds(self.tuning.seeds, self.tuning.seed_start), self.tune_steps(name),
+                           lrs=self.tuning.lrs or DEFAULT_LRS, objective=self.tuning.objective, device=device)
 
     def tune_steps(self, name: str) -> int:
         """The tuning horizon of a ``tune: true`` baseline: its ``tune_steps``, else ``tuning.steps``."""

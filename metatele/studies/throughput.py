@@ -76,7 +76,7 @@ def measure(batch_size: int, variant: str = "update+tele", hidden: int = 300, un
             "teleport_gradient_share": share}
 
 
-def run_benchmark(batch_sizes: list[int], variant: str = "update+tele", hidden: int = 300,
+def run_throughput(batch_sizes: list[int], variant: str = "update+tele", hidden: int = 300,
                   unrolls: int = 3, device: str = "auto", dims: list[int] | None = None,
                   arch: str = "paper", bias: bool = False, distribution: str = "uniform",
                   second_order: bool = False, estimator: str = "tbptt", pes_groups: int = 1) -> list[dict[str, Any]]:

@@ -33,8 +33,7 @@ from typing import Sequence
 
 import torch
 
-from ..tasks.mlp import affine, augment, has_bias, join_bias, mlp_loss, sigma, sigma_inv, split_bias
-from ..tasks.family import check_problem
+from ..tasks.mlp import affine, append_ones_row, check_problem, has_bias, join_bias, mlp_loss, sigma, sigma_inv, split_bias
 
 
 class SymmetryWarning(UserWarning):
@@ -90,7 +89,7 @@ def apply_pinv(
 def input_qr(weights: Sequence[torch.Tensor], X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`qr_factor` of the first layer's input: ``X`` ``[B, d0, n]``, or ``[X; 1ᵀ]`` when
     ``weights[0]`` is an augmented ``[W b]`` (what :func:`group_action` takes as ``x_qr``)."""
-    return qr_factor(augment(X) if has_bias(weights[0], X) else X)
+    return qr_factor(append_ones_row(X) if has_bias(weights[0], X) else X)
 
 
 def _identity_like(T: torch.Tensor) -> torch.Tensor:
@@ -154,7 +153,7 @@ def group_action(
             # V' = V + (A − V h) h⁺: V' h = A whenever h⁺ h = I (the spec's V' = A h⁺ then), and
             # V' = V at g = I even when n < d (A h⁺ alone would project V onto the data span).
             # With a bias, V is [V b] and h is the augmented [h; 1ᵀ].
-            h_in = augment(h) if has_bias(V, h) else h
+            h_in = append_ones_row(h) if has_bias(V, h) else h
             qr = x_qr if m == 0 and x_qr is not None and x_qr[0].shape[-2] == h_in.shape[-2] else None
             new[m] = V + apply_pinv(A - Vh, h_in, qr)
             U_w, U_b = split_bias(U, d)  # g acts on U's weight columns; its bias stays

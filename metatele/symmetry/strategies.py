@@ -22,10 +22,11 @@ from .teleport_grad import mlp_teleport_gradient, teleport_gradient
 STRATEGIES = ("random", "gradient_ascent")
 
 
-def normalize_frobenius(T: torch.Tensor, eps: float | torch.Tensor, tiny: float = 1e-30) -> torch.Tensor:
-    """Rescale each ``[d, d]`` matrix of ``T`` (``[B, d, d]``) to Frobenius norm ``eps``."""
-    norm = T.flatten(1).norm(dim=1).clamp_min(tiny)
-    return T * (eps / norm).view(-1, 1, 1)
+def normalize_frobenius(T: torch.Tensor, norm: float | torch.Tensor, tiny: float = 1e-30) -> torch.Tensor:
+    """Rescale each ``[d, d]`` matrix of ``T`` (``[B, d, d]``) to Frobenius norm ``norm`` (a number
+    or one per matrix ``[B]``)."""
+    current = T.flatten(1).norm(dim=1).clamp_min(tiny)
+    return T * (norm / current).view(-1, 1, 1)
 
 
 class TeleportStrategy:

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .family import TaskBatch, TaskConfig, as_seed_list
-from .mlp import DataLoss, forward, mlp_loss
+from ..configs import is_int, require
+from .family import TaskBatch, TaskConfig, TaskFamily, as_seed_list, register_family
+from .mlp import forward
 
 #: images in scikit-learn's digits set, pixels per image, classes
 N_IMAGES, N_PIXELS, N_CLASSES = 1797, 64, 10
@@ -84,10 +85,6 @@ def accuracy(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor) 
     logits = forward(weights, X)
     return (logits.argmax(dim=1) == Y.argmax(dim=1)).to(X.dtype).mean(dim=1)
 
-
-def task_loss(config: TaskConfig) -> DataLoss:
-    """The family's loss ``(weights, X, Y) -> [B]``: squared error or cross-entropy."""
-    return cross_entropy if config.family == "digits" else mlp_loss
 
 
 @dataclass
@@ -154,7 +151,7 @@ def sample_digits(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> DigitsBatch:
-    """Draw one digits task per seed and stack them (the digits counterpart of ``sample_tasks``).
+    """Draw one digits task per seed and stack them (what :func:`~metatele.tasks.family.sample_tasks` does for ``digits``).
 
     Raises ``ValueError`` for a config of another family, an empty seed list or a seed outside
     ``[0, 2 · TEST_SEED_OFFSET)``.
@@ -254,3 +251,37 @@ def teleport_loss_change(
         rel = lambda X, Y: (cross_entropy(after, X, Y) - cross_entropy(before, X, Y)) / cross_entropy(before, X, Y)  # noqa: E731
         return TeleportLossChange(rel(batch.X_tele, batch.Y_tele), rel(batch.X_rest, batch.Y_rest),
                                   rel(batch.X_val, batch.Y_val))
+
+
+class DigitsFamily(TaskFamily):
+    """scikit-learn's 8×8 digits: networks ``[n_train, 64, h_1, ..., 10]``, cross-entropy, the
+    held-out images as validation data, a teleport batch and optional minibatches."""
+
+    name = "digits"
+    loss = staticmethod(cross_entropy)
+    accuracy = staticmethod(accuracy)
+    has_validation = True
+    scale_targets = False  # one-hot labels
+    sample = staticmethod(sample_digits)
+
+    def validate(self, config: TaskConfig) -> None:
+        dims = config.dims
+        require(dims[1] == N_PIXELS and dims[-1] == N_CLASSES and len(dims) >= 4, "task.dims",
+                f"a digits network is [n_train, {N_PIXELS}, h_1, ..., {N_CLASSES}], got {dims}")
+        require(dims[0] < N_IMAGES, "task.dims", f"n_train must leave validation images (< {N_IMAGES}), got {dims[0]}")
+        limit = min(min((s[1] for s in config.weight_shapes[:-1]), default=0), dims[0])
+        require(config.teleport_batch is None or (is_int(config.teleport_batch) and 1 <= config.teleport_batch <= limit),
+                "task.teleport_batch",
+                f"must be null or an integer in [1, {limit}] (the narrowest teleported layer "
+                f"input{' + 1 with biases' if config.bias else ''}), got {config.teleport_batch!r}")
+        require(config.minibatch is None or (is_int(config.minibatch) and 1 <= config.minibatch <= dims[0]),
+                "task.minibatch", f"must be null (full batch) or an integer in [1, {dims[0]}] (the training images "
+                f"n_train = dims[0]), got {config.minibatch!r}")
+
+    def teleport_batch(self, config: TaskConfig) -> int:
+        """The first ``teleport_batch`` training images, by default as many as the narrowest
+        teleported layer input allows."""
+        return config.teleport_batch or min(config.dims[0], min(s[1] for s in config.weight_shapes[:-1]))
+
+
+register_family(DigitsFamily())

@@ -1,4 +1,10 @@
-"""Task families: batches of LeakyReLU regression problems generated from integer seeds.
+"""Task families: batches of inner problems generated from integer seeds.
+
+A task family is a :class:`TaskFamily` object, registered by name in :data:`FAMILIES`
+(``TaskConfig.family`` names it): it validates its configs, samples its tasks and knows their
+loss, accuracy and teleport batch, so that the rest of the library asks the family instead of
+branching on its name. This module defines the synthetic LeakyReLU regression family
+(``regression``); :mod:`metatele.tasks.digits` registers the real-image one (``digits``).
 
 A task is ``(X, Y, W_1..W_L)`` for sizes ``dims = [n, d0, d1, ..., dL]`` (docs/tasks.md):
 ``X`` is ``[d0, n]``, ``Y`` is ``[dL, n]`` and ``W_i`` is ``[d_i, d_{i-1}]``. Tasks are stacked
@@ -20,19 +26,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..configs import is_int, require
+from ..configs import check_fields, is_int, require
+from .mlp import DataLoss, check_problem, mlp_loss
 
 #: first seed of the test split; training seeds are ``[0, TEST_SEED_OFFSET)``.
 TEST_SEED_OFFSET = 1_000_000_000
 #: first validation seed (inside the training split, above every seed meta-training draws).
 VALIDATION_SEED_OFFSET = TEST_SEED_OFFSET - 1_000_000
 DISTRIBUTIONS = ("uniform", "gaussian")
-#: task families: synthetic regression (this module) and real images (:mod:`metatele.tasks.digits`)
-FAMILIES = ("regression", "digits")
 
 
 def validate_dims(dims: Sequence[int], field_name: str = "dims") -> list[int]:
@@ -84,6 +89,7 @@ class TaskConfig:
     minibatch: int | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "task")
         self.dims = validate_dims(self.dims, "task.dims")
         require(
             self.distribution in DISTRIBUTIONS,
@@ -91,27 +97,13 @@ class TaskConfig:
             f"must be one of {DISTRIBUTIONS}, got {self.distribution!r}",
         )
         require(isinstance(self.bias, bool), "task.bias", f"must be true or false, got {self.bias!r}")
-        require(self.family in FAMILIES, "task.family", f"must be one of {FAMILIES}, got {self.family!r}")
-        if self.family == "digits":
-            # the digits set: 1,797 images of 64 pixels in 10 classes (metatele.tasks.digits)
-            require(self.dims[1] == 64 and self.dims[-1] == 10 and len(self.dims) >= 4, "task.dims",
-                    f"a digits network is [n_train, 64, h_1, ..., 10], got {self.dims}")
-            require(self.dims[0] < 1797, "task.dims", f"n_train must leave validation images (< 1797), got {self.dims[0]}")
-            limit = min((s[1] for s in self.weight_shapes[:-1]), default=0)
-            require(self.teleport_batch is None or (
-                isinstance(self.teleport_batch, int) and 1 <= self.teleport_batch <= min(limit, self.dims[0])),
-                "task.teleport_batch",
-                f"must be null or an integer in [1, {min(limit, self.dims[0])}] (the narrowest teleported layer "
-                f"input{' + 1 with biases' if self.bias else ''}), got {self.teleport_batch!r}")
-            require(self.minibatch is None or (
-                is_int(self.minibatch) and 1 <= self.minibatch <= self.dims[0]), "task.minibatch",
-                f"must be null (full batch) or an integer in [1, {self.dims[0]}] (the training images "
-                f"n_train = dims[0]), got {self.minibatch!r}")
-        else:
-            require(self.teleport_batch is None, "task.teleport_batch",
-                    f"applies to family 'digits' only, got {self.teleport_batch!r}")
-            require(self.minibatch is None, "task.minibatch",
-                    f"applies to family 'digits' only (regression steps are full batch), got {self.minibatch!r}")
+        require(self.family in FAMILIES, "task.family", f"must be one of {tuple(FAMILIES)}, got {self.family!r}")
+        self.kind.validate(self)
+
+    @property
+    def kind(self) -> "TaskFamily":
+        """The task family object named by ``family`` (:data:`FAMILIES`)."""
+        return FAMILIES[self.family]
 
     @property
     def n_samples(self) -> int:
@@ -120,9 +112,7 @@ class TaskConfig:
     @property
     def teleport_samples(self) -> int:
         """Samples the group action acts with: ``n`` (regression), the teleport batch (digits)."""
-        if self.family == "digits":
-            return self.teleport_batch or min(self.dims[0], min(s[1] for s in self.weight_shapes[:-1]))
-        return self.n_samples
+        return self.kind.teleport_batch(self) or self.n_samples
 
     @property
     def widths(self) -> list[int]:
@@ -185,33 +175,6 @@ class TaskBatch:
                 raise ValueError(f"{name} contains NaN or inf (tasks {bad[:10]})")
 
 
-def check_problem(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor | None = None) -> None:
-    """Validate shapes of stacked weights and data (no host sync: shapes only).
-
-    Raises ``ValueError`` naming the offending tensor and the expected shape.
-    """
-    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
-        raise ValueError("weights must be a non-empty list of [B, d_i, d_{i-1}] tensors")
-    if X.dim() != 3:
-        raise ValueError(f"X must be [B, d0, n], got shape {tuple(X.shape)}")
-    B, d0, n = X.shape
-    prev = d0
-    for i, w in enumerate(weights):
-        if w.dim() != 3:
-            raise ValueError(f"weights[{i}] must be [B, d_out, d_in], got shape {tuple(w.shape)}")
-        if w.shape[0] != B:
-            raise ValueError(f"weights[{i}] has batch size {w.shape[0]} but X has {B}")
-        if w.shape[2] not in (prev, prev + 1):  # prev + 1: an augmented [W b] with a bias column
-            raise ValueError(
-                f"weights[{i}] has input width {w.shape[2]} but the previous layer "
-                f"({'X' if i == 0 else f'weights[{i - 1}]'}) gives {prev} (or {prev + 1} for [W b] with a bias)"
-            )
-        prev = w.shape[1]
-    if Y is not None:
-        if Y.dim() != 3 or Y.shape != (B, prev, n):
-            raise ValueError(f"Y must be [B, dL, n] = {(B, prev, n)}, got shape {tuple(Y.shape)}")
-
-
 def _sample_one(config: TaskConfig, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
@@ -251,14 +214,25 @@ def sample_tasks(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> TaskBatch:
-    """Draw one task per seed and stack them.
+    """Draw one task of ``config``'s family per seed and stack them (a :class:`TaskBatch`, or the
+    family's subclass of it: a digits batch also holds validation images).
+
+    Every family draws a task from its seed alone (not from the batch or the device).
+    """
+    return config.kind.sample(config, seeds, device=device, dtype=dtype)
+
+
+def sample_regression(
+    config: TaskConfig,
+    seeds: Iterable[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> TaskBatch:
+    """Draw one regression task per seed and stack them (:func:`sample_tasks` of ``regression``).
 
     Data are drawn in float64 on the CPU from ``torch.Generator().manual_seed(seed)`` and then
     cast and moved, so a task depends only on its seed (not on the batch or the device).
     """
-    if config.family != "regression":
-        raise ValueError(f"sample_tasks draws regression tasks; family {config.family!r} is sampled by "
-                         "metatele.tasks.digits.sample_digits")
     seeds = as_seed_list(seeds)
     parts = [_sample_one(config, s, dtype) for s in seeds]
     X = torch.stack([p[0] for p in parts]).to(device)
@@ -298,3 +272,69 @@ def is_test_seed(seed: int) -> bool:
 
 def is_validation_seed(seed: int) -> bool:
     return VALIDATION_SEED_OFFSET <= seed < TEST_SEED_OFFSET
+
+
+class TaskFamily:
+    """What a task family knows about its tasks; one instance per family in :data:`FAMILIES`.
+
+    Attributes:
+        name: the ``TaskConfig.family`` that names it.
+        sample: ``(config, seeds, device=None, dtype=torch.float32) -> TaskBatch``: one task per
+            seed, stacked (what :func:`sample_tasks` returns; a family may return a subclass).
+        loss: the tasks' loss ``(weights, X, Y) -> [B]``.
+        accuracy: the tasks' accuracy ``(weights, X, Y) -> [B]`` (``None``: not a classification).
+        has_validation: its tasks carry validation data (``X_val``, ``Y_val``), so the
+            ``validation`` meta-objective and the evaluator's validation metrics apply.
+        scale_targets: task augmentation rescales the targets too (regression values, not labels).
+    """
+
+    name: str = ""
+    sample: Callable[..., TaskBatch]
+    loss: DataLoss = staticmethod(mlp_loss)
+    accuracy: DataLoss | None = None
+    has_validation: bool = False
+    scale_targets: bool = True
+
+    def validate(self, config: TaskConfig) -> None:
+        """Raise :class:`~metatele.configs.ConfigError` naming the field of ``config`` that this
+        family cannot run. The options of another family must be unset."""
+        require(config.teleport_batch is None, "task.teleport_batch",
+                f"applies to family 'digits' only, got {config.teleport_batch!r}")
+        require(config.minibatch is None, "task.minibatch",
+                f"applies to family 'digits' only ({self.name} steps are full batch), got {config.minibatch!r}")
+
+    def teleport_batch(self, config: TaskConfig) -> int | None:
+        """``k`` when the group action acts with the first ``k`` samples only (``X[..., :k]``);
+        ``None``: with all of them."""
+        return None
+
+    def teleport_data(self, config: TaskConfig, X: torch.Tensor) -> torch.Tensor:
+        """The samples the group action acts with: ``X`` ``[B, d0, n]`` or its first ``k`` columns."""
+        k = self.teleport_batch(config)
+        return X if k is None else X[..., :k]
+
+    def __repr__(self) -> str:
+        return f"<task family {self.name!r}>"
+
+
+class RegressionFamily(TaskFamily):
+    """Synthetic LeakyReLU regression (the paper's tasks): squared error, full batch."""
+
+    name = "regression"
+    sample = staticmethod(sample_regression)
+
+
+#: task family name → its :class:`TaskFamily` (``digits`` is added by :mod:`metatele.tasks.digits`,
+#: which the package ``metatele.tasks`` imports)
+FAMILIES: dict[str, TaskFamily] = {}
+
+
+def register_family(family: TaskFamily) -> TaskFamily:
+    """Add ``family`` to :data:`FAMILIES` under its name (an error if the name is taken)."""
+    if family.name in FAMILIES:
+        raise ValueError(f"task family {family.name!r} is already registered")
+    FAMILIES[family.name] = family
+    return family
+
+
+register_family(RegressionFamily())

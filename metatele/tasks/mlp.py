@@ -17,10 +17,35 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .family import check_problem
-
 #: negative slope of σ; σ⁻¹ is LeakyReLU with slope 1 / NEGATIVE_SLOPE.
 NEGATIVE_SLOPE = 0.1
+
+
+def check_problem(weights: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor | None = None) -> None:
+    """Validate shapes of stacked weights and data (no host sync: shapes only).
+
+    Raises ``ValueError`` naming the offending tensor and the expected shape.
+    """
+    if not isinstance(weights, (list, tuple)) or len(weights) == 0:
+        raise ValueError("weights must be a non-empty list of [B, d_i, d_{i-1}] tensors")
+    if X.dim() != 3:
+        raise ValueError(f"X must be [B, d0, n], got shape {tuple(X.shape)}")
+    B, d0, n = X.shape
+    prev = d0
+    for i, w in enumerate(weights):
+        if w.dim() != 3:
+            raise ValueError(f"weights[{i}] must be [B, d_out, d_in], got shape {tuple(w.shape)}")
+        if w.shape[0] != B:
+            raise ValueError(f"weights[{i}] has batch size {w.shape[0]} but X has {B}")
+        if w.shape[2] not in (prev, prev + 1):  # prev + 1: an augmented [W b] with a bias column
+            raise ValueError(
+                f"weights[{i}] has input width {w.shape[2]} but the previous layer "
+                f"({'X' if i == 0 else f'weights[{i - 1}]'}) gives {prev} (or {prev + 1} for [W b] with a bias)"
+            )
+        prev = w.shape[1]
+    if Y is not None:
+        if Y.dim() != 3 or Y.shape != (B, prev, n):
+            raise ValueError(f"Y must be [B, dL, n] = {(B, prev, n)}, got shape {tuple(Y.shape)}")
 
 
 def sigma(x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +63,7 @@ def has_bias(W: torch.Tensor, h: torch.Tensor) -> bool:
     return W.shape[-1] == h.shape[-2] + 1
 
 
-def augment(h: torch.Tensor) -> torch.Tensor:
+def append_ones_row(h: torch.Tensor) -> torch.Tensor:
     """``[h; 1ᵀ]``: a layer input ``[B, d, n]`` with a row of ones appended, ``[B, d + 1, n]``."""
     return torch.cat([h, torch.ones_like(h[..., :1, :])], dim=-2)
 
