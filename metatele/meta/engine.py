@@ -14,10 +14,14 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    step s's minibatch (drawn independently of ``W_s``: an unbiased estimate).
 3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
    the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
-   the shared meta-parameters.
+   the shared meta-parameters. A meta-step whose meta-gradient is non-finite (and zeroed), or in
+   which every trajectory had diverged, taught the meta-parameters nothing: it is counted as
+   skipped (``skipped_total``, and ``skipped`` in its metrics).
 4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
    host reads the metrics; trajectories that finished their horizon (``steps``, or their own drawn
-   horizon; a trajectory ends with the unroll that reaches it) or diverged are replaced by fresh
+   horizon: a trajectory takes exactly that many inner steps, the unroll that reaches it leaves its
+   weights and state there and drops its later meta-loss terms; an unroll is never longer than the
+   longest horizon left) or diverged are replaced by fresh
    tasks from the next training seeds (their LSTM state zeroed; optionally rescaled,
    ``augment_scale``) until ``trajectories`` have started; their slots then fall idle (masked like
    diverged ones), and the run is :attr:`done` when the last trajectory has finished. Horizons,
@@ -40,6 +44,7 @@ every rank takes the same meta-step as one process with the whole batch would.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -68,6 +73,24 @@ def _finite_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t).flatten(1).all(1)
 
 
+def _hold(running: np.ndarray, new: tuple[list[torch.Tensor], LearnedState],
+          old: tuple[list[torch.Tensor], LearnedState]) -> tuple[list[torch.Tensor], LearnedState]:
+    """The ``new`` weights and learned-optimizer state where ``running`` (``[B]`` host bool), the
+    ``old`` ones elsewhere: trajectories past their horizon take no more steps."""
+    (W, state), (W0, state0) = new, old
+    keep = torch.as_tensor(running).to(W[0].device, non_blocking=True)
+    rows = lambda t: keep.view(-1, *(1,) * (t.dim() - 1))  # noqa: E731 - weights: trajectories on dim 0
+    W = [torch.where(rows(w), w, w0) for w, w0 in zip(W, W0)]
+
+    def pick(s, s0):  # recurrent states: trajectories on dim 1
+        m = keep.view(1, -1, *(1,) * (s[0].dim() - 2))
+        return torch.where(m, s[0], s0[0]), torch.where(m, s[1], s0[1])
+
+    update = pick(state.update, state0.update) if state.update is not None and state0.update is not None \
+        else state.update
+    return W, LearnedState(update, [pick(s, s0) for s, s0 in zip(state.teleport, state0.teleport)])
+
+
 @dataclass
 class Unroll:
     """The result of one truncated unroll (before the trajectories are advanced)."""
@@ -93,7 +116,7 @@ class UnrollEngine:
 
     #: the host counters saved by :meth:`state_dict`
     COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
-                "diverged_total", "all_dead_streak", "train_seconds", "done")
+                "diverged_total", "all_dead_streak", "train_seconds", "done", "skipped_total")
 
     def __init__(
         self,
@@ -143,6 +166,9 @@ class UnrollEngine:
         self.trajectories_finished = 0
         self.diverged_total = 0
         self.all_dead_streak = 0
+        #: meta-steps that taught the meta-parameters nothing: the meta-gradient was non-finite
+        #: (zeroed) or every trajectory had diverged (no update)
+        self.skipped_total = 0
         #: wall-clock seconds of meta-training so far, over every segment of a resumed run (kept
         #: by :func:`metatele.meta.train.meta_train`)
         self.train_seconds = 0.0
@@ -269,6 +295,9 @@ class UnrollEngine:
         (:meth:`metatele.meta.pes.PES.meta_gradient`).
         """
         K = self._unroll_length()
+        tr = self.trajectories
+        if tr.active.any():  # never unroll past the longest horizon left (host integers: no sync)
+            K = min(K, int((tr.horizon - tr.steps_done)[tr.active].max()))
         if self.pes is not None:
             W, state, alive, final, meta_loss = self.pes.meta_gradient(self.trajectories, K, self.meta_step_count,
                                                                        self._unroll)
@@ -298,10 +327,15 @@ class UnrollEngine:
         validation = c.meta_objective == "validation"
         terms, val_terms = [], []
         sampler = minibatch_sampler(c.task, tr.seeds)  # None: full batch
+        # inner steps each trajectory takes in this unroll: it stops at its horizon (host integers)
+        taken = np.where(tr.active, np.minimum(K, tr.horizon - tr.steps_done), K)
         for k in range(K):  # step k of the unroll is step steps_done + k of each trajectory (host integers)
+            before = W, state
             W, loss, grad_sq, state = self.optimizer.step(
                 W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr,
                 minibatch=sampler.select(tr.X, tr.Y, tr.steps_done + k) if sampler is not None else None)
+            if (taken <= k).any():  # trajectories past their horizon keep their weights and state
+                W, state = _hold(taken > k, (W, state), before)
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
             if validation:  # learning for generalization: the validation loss at W_{t+1}
@@ -317,9 +351,14 @@ class UnrollEngine:
         term = self._meta_term(per_step, tr)
         if c.late_weight:
             term = term * self._late_weights(K, tr)
-        contrib = torch.where(alive.unsqueeze(0), term, torch.zeros_like(per_step))
+        counted = alive.unsqueeze(0)
+        if (taken < K).any():  # the terms after a trajectory's horizon are not its meta-loss
+            within = torch.as_tensor(np.arange(K)[:, None] < taken[None, :]).to(self.device, non_blocking=True)
+            counted = counted & within
+        contrib = torch.where(counted, term, torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
-            contrib = contrib / K
+            contrib = contrib / K if (taken == K).all() else \
+                contrib / torch.as_tensor(taken, dtype=contrib.dtype).to(self.device, non_blocking=True)
         return W, state, alive, final, contrib
 
     @property
@@ -348,11 +387,11 @@ class UnrollEngine:
 
         with torch.no_grad():
             log_loss = torch.where(alive, final.clamp_min(1e-30).log10(), torch.zeros_like(final)).sum()
-            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss]
+            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss, finite_grad.to(meta_loss.dtype)]
                                 + ([probe.to(meta_loss.dtype)] if probe is not None else []))
         # --- host sync: once per meta-step -------------------------------------------------
         alive_host = alive.cpu().numpy()
-        meta_loss_h, norm_h, log_loss_h, *probe_h = stats.cpu().tolist()
+        meta_loss_h, norm_h, log_loss_h, finite_h, *probe_h = stats.cpu().tolist()
         n_alive = int(alive_host.sum())
         totals = [float(n_alive), meta_loss_h * self.B, log_loss_h, float(self._active_after(alive_host, K))]
         if self.stats_reducer is not None:  # sums over data-parallel ranks: every rank decides alike
@@ -364,6 +403,8 @@ class UnrollEngine:
             self.all_dead_streak = 0
         else:
             self.all_dead_streak += 1
+        skipped = n_alive == 0 or not finite_h  # the gradient was zeroed, or there was none
+        self.skipped_total += int(skipped)
         self.meta_step_count += 1
         self.trajectories.advance(W, state, K)
         dead = np.flatnonzero(~alive_host & self.trajectories.active)  # this rank's slots (idle ones are not dead)
@@ -372,9 +413,12 @@ class UnrollEngine:
         self.trajectories_finished += len(finished)
         metrics = {
             "meta_step": self.meta_step_count,
-            "meta_loss": totals[1] / max(n_alive, 1),
-            "mean_log10_loss": totals[2] / max(n_alive, 1),
-            "meta_grad_norm": norm_h,
+            # no live trajectory: no meta-loss (None, never a 0.0 that reads like a perfect loss)
+            "meta_loss": totals[1] / n_alive if n_alive else None,
+            "mean_log10_loss": totals[2] / n_alive if n_alive else None,
+            "meta_grad_norm": norm_h if math.isfinite(norm_h) else None,
+            "skipped": skipped,
+            "skipped_total": self.skipped_total,
             "diverged": int(len(dead)),
             "diverged_total": self.diverged_total,
             "trajectories_started": self.trajectories_started,
