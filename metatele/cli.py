@@ -30,7 +30,8 @@ import yaml
 
 from . import commands
 from ._version import __version__
-from .configs import (ConfigError, default_names, defaults_dir, field_docs, resolve_config, to_dict)
+from .configs import (ConfigError, default_names, defaults_dir, field_docs, resolve_config, to_dict,
+                      training_names)
 from .meta.config import ESTIMATORS, MetaTrainConfig
 from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distributed
 from .meta.engine import DivergenceError
@@ -142,9 +143,8 @@ def _config_keys_help() -> str:
 
 def _shipped_help(prefix: str = "") -> str:
     """The shipped names starting with ``prefix`` (none: the training configs) and where they are."""
-    studies = ("benchmark", "search", "digits")  # study configs, not training ones
-    names = [n for n in default_names() if n != "search_selected"
-             and (n.startswith(prefix) if prefix else not n.startswith(studies))]
+    names = [n for n in default_names() if n != "search_selected" and n.startswith(prefix)] if prefix \
+        else training_names()
     return f"shipped: {', '.join(names)}; in {defaults_dir()}"
 
 
