@@ -376,3 +376,26 @@ def test_an_empty_out_is_refused(tmp_path, monkeypatch, capsys):
             cli.main(argv)
         assert e.value.code == 2 and "--out: an empty path; name an output folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+def test_history_and_config_are_written_atomically(tmp_path, monkeypatch):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress", "--wandb", "disabled"]
+    assert cli.main(argv) == 0
+    before = {n: (out / n).read_bytes() for n in ("history.json", "config.json")}
+    real_open = open
+
+    def disk_full(path, mode="r", *a, **k):  # the disk fills while the new history is written
+        f = real_open(path, mode, *a, **k)
+        if "history.json" in str(path) and "w" in mode:
+            f.write(b"[{")
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return f
+
+    monkeypatch.setattr(container_mod, "open", disk_full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        cli.main(argv + ["--resume", "--overwrite"])  # the finished run again: its files rewritten
+    assert {n: (out / n).read_bytes() for n in before} == before  # the old files, whole
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
