@@ -127,7 +127,7 @@ def resolve_config(name_or_path: str | os.PathLike, what: str = "config", names:
         raise ConfigError(f"{name_or_path} is a shipped file of another kind (a study protocol of `metatele "
                           f"benchmark`, `search` or `digits`), not a {what}; shipped {what}s: {', '.join(accepted)}")
     raise ConfigError(f"{what} file not found: {name_or_path} (neither a file nor a shipped default; shipped "
-                      f"{what}s in {defaults_dir()}: {', '.join(accepted)})")
+                      f"defaults in {defaults_dir()}: {', '.join(accepted)})")
 
 
 def load_yaml_mapping(path: str, what: str = "config") -> dict[str, Any]:
