@@ -14,14 +14,12 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    step s's minibatch (drawn independently of ``W_s``: an unbiased estimate).
 3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
    the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
-   the shared meta-parameters. A meta-step whose meta-gradient is non-finite (and zeroed), or in
-   which every trajectory had diverged, taught the meta-parameters nothing: it is counted as
-   skipped (``skipped_total``, and ``skipped`` in its metrics).
+   the shared meta-parameters. A meta-step with a non-finite (zeroed) meta-gradient or no live
+   trajectory is counted as skipped (``skipped_total``).
 4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
    host reads the metrics; trajectories that finished their horizon (``steps``, or their own drawn
-   horizon: a trajectory takes exactly that many inner steps, the unroll that reaches it leaves its
-   weights and state there and drops its later meta-loss terms; an unroll is never longer than the
-   longest horizon left) or diverged are replaced by fresh
+   horizon, exactly: the unroll that reaches it holds it there and drops its later meta-loss terms)
+   or diverged are replaced by fresh
    tasks from the next training seeds (their LSTM state zeroed; optionally rescaled,
    ``augment_scale``) until ``trajectories`` have started; their slots then fall idle (masked like
    diverged ones), and the run is :attr:`done` when the last trajectory has finished. Horizons,
@@ -61,7 +59,7 @@ from .config import MetaTrainConfig, resolve_device
 from .schedules import staggered, start_offsets, trajectory_horizon, unroll_length
 from .pes import PES
 from .symmetry_probe import SymmetryProbe
-from .trajectories import Trajectories
+from .trajectories import Trajectories, hold
 
 
 class DivergenceError(RuntimeError):
@@ -71,24 +69,6 @@ class DivergenceError(RuntimeError):
 def _finite_rows(t: torch.Tensor) -> torch.Tensor:
     """``[B, ...]`` → ``[B]`` bool: every entry of the row is finite."""
     return torch.isfinite(t).flatten(1).all(1)
-
-
-def _hold(running: np.ndarray, new: tuple[list[torch.Tensor], LearnedState],
-          old: tuple[list[torch.Tensor], LearnedState]) -> tuple[list[torch.Tensor], LearnedState]:
-    """The ``new`` weights and learned-optimizer state where ``running`` (``[B]`` host bool), the
-    ``old`` ones elsewhere: trajectories past their horizon take no more steps."""
-    (W, state), (W0, state0) = new, old
-    keep = torch.as_tensor(running).to(W[0].device, non_blocking=True)
-    rows = lambda t: keep.view(-1, *(1,) * (t.dim() - 1))  # noqa: E731 - weights: trajectories on dim 0
-    W = [torch.where(rows(w), w, w0) for w, w0 in zip(W, W0)]
-
-    def pick(s, s0):  # recurrent states: trajectories on dim 1
-        m = keep.view(1, -1, *(1,) * (s[0].dim() - 2))
-        return torch.where(m, s[0], s0[0]), torch.where(m, s[1], s0[1])
-
-    update = pick(state.update, state0.update) if state.update is not None and state0.update is not None \
-        else state.update
-    return W, LearnedState(update, [pick(s, s0) for s, s0 in zip(state.teleport, state0.teleport)])
 
 
 @dataclass
@@ -295,9 +275,8 @@ class UnrollEngine:
         (:meth:`metatele.meta.pes.PES.meta_gradient`).
         """
         K = self._unroll_length()
-        tr = self.trajectories
-        if tr.active.any():  # never unroll past the longest horizon left (host integers: no sync)
-            K = min(K, int((tr.horizon - tr.steps_done)[tr.active].max()))
+        if self.trajectories.active.any():  # never past the longest horizon left (host integers)
+            K = int(self.trajectories.steps_in_unroll(K)[self.trajectories.active].max())
         if self.pes is not None:
             W, state, alive, final, meta_loss = self.pes.meta_gradient(self.trajectories, K, self.meta_step_count,
                                                                        self._unroll)
@@ -327,15 +306,14 @@ class UnrollEngine:
         validation = c.meta_objective == "validation"
         terms, val_terms = [], []
         sampler = minibatch_sampler(c.task, tr.seeds)  # None: full batch
-        # inner steps each trajectory takes in this unroll: it stops at its horizon (host integers)
-        taken = np.where(tr.active, np.minimum(K, tr.horizon - tr.steps_done), K)
+        taken = tr.steps_in_unroll(K)  # host integers: a trajectory stops at its horizon
         for k in range(K):  # step k of the unroll is step steps_done + k of each trajectory (host integers)
             before = W, state
             W, loss, grad_sq, state = self.optimizer.step(
                 W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr,
                 minibatch=sampler.select(tr.X, tr.Y, tr.steps_done + k) if sampler is not None else None)
             if (taken <= k).any():  # trajectories past their horizon keep their weights and state
-                W, state = _hold(taken > k, (W, state), before)
+                W, state = hold(taken > k, (W, state), before)
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
             if validation:  # learning for generalization: the validation loss at W_{t+1}
@@ -351,14 +329,12 @@ class UnrollEngine:
         term = self._meta_term(per_step, tr)
         if c.late_weight:
             term = term * self._late_weights(K, tr)
-        counted = alive.unsqueeze(0)
-        if (taken < K).any():  # the terms after a trajectory's horizon are not its meta-loss
-            within = torch.as_tensor(np.arange(K)[:, None] < taken[None, :]).to(self.device, non_blocking=True)
-            counted = counted & within
+        counted, short = alive.unsqueeze(0), bool((taken < K).any())
+        if short:  # the terms after a trajectory's horizon are not its meta-loss
+            counted = counted & torch.as_tensor(np.arange(K)[:, None] < taken).to(self.device, non_blocking=True)
         contrib = torch.where(counted, term, torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
-            contrib = contrib / K if (taken == K).all() else \
-                contrib / torch.as_tensor(taken, dtype=contrib.dtype).to(self.device, non_blocking=True)
+            contrib = contrib / (torch.as_tensor(taken, dtype=contrib.dtype).to(self.device) if short else K)
         return W, state, alive, final, contrib
 
     @property
