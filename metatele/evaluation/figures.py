@@ -237,3 +237,31 @@ def plot_comparison(curves_by_name: Mapping[str, Curves], folder: str | os.PathL
         "loss_vs_time": plot_loss_vs_time(curves_by_name, str(folder / "loss_vs_time.png"), ids=ids),
         "gradsq_vs_loss": plot_gradsq_vs_loss(curves_by_name, str(folder / "gradsq_vs_loss.png"), ids=ids),
     }
+
+
+def plot_learning_curve(history: list[dict], path: str, title: str = "Validation during meta-training") -> str:
+    """The validation history of a meta-training run (:class:`~metatele.meta.snapshots.Snapshots`):
+    mean log10 loss on the validation seeds at each reported inner step, against meta-steps (left)
+    and against wall-clock seconds of meta-training (right); solid for the current
+    meta-parameters, dashed for their average."""
+    if not history:
+        raise ValueError("no validation rows to plot")
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    steps = list(history[0]["current"]["mean_log10_at"])
+    x_of = {"meta-step": [r["meta_step"] for r in history], "meta-training seconds": [r["train_seconds"] for r in history]}
+    for ax, (xlabel, x) in zip(axes, x_of.items()):
+        for i, s in enumerate(steps):
+            colour = PALETTE[i % len(PALETTE)]
+            for kind, style in (("current", PLAIN_STYLE), ("average", TELEPORT_STYLE)):
+                if kind in history[0]:
+                    y = [r[kind]["mean_log10_at"][s] for r in history]
+                    ax.plot(x, y, style, color=colour, label=f"inner step {s} ({kind})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean log10 loss, validation seeds")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -36,6 +36,7 @@ from ..storage.container import atomic_write
 from ..storage.output import FolderLock, OutputFolderError, check_output_folder
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
+from .mixture import build_engine
 from .state import (CHECKPOINT_FILE, SHARED, STATE_DIR, ResumeError, config_differences, decode, encode, latest_state, rank_state,
                     say, seed_end, state_files)
 
@@ -352,7 +353,7 @@ def _prepare(config: MetaTrainConfig, out: Path, resume: bool, every: int, keep:
     # 2. the engine: built here when resuming or data-parallel, else left to the trainer
     engine = None
     if data or comm is not None:
-        engine = UnrollEngine(config, device=device, rank=rank, world_size=world)
+        engine = build_engine(config, device=device, rank=rank, world_size=world)
         if comm is not None:
             comm.attach(engine)
 

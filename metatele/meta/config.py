@@ -15,7 +15,9 @@ from ..configs import (ConfigError, apply_overrides, from_dict, is_int, is_numbe
                        resolve_config, to_dict, training_names)
 from ..optimizers.learned import LearnedConfig
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
+from ..tasks.mixture import TaskMix
 from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
+from .snapshots import ValidationConfig
 
 META_LOSSES = ("sum", "mean_log")
 #: what the meta-loss sums: the training loss of the inner problem, or (digits) its validation loss
@@ -81,6 +83,15 @@ class MetaTrainConfig:
         pes_sigma: PES: standard deviation of the Gaussian perturbation of every meta-parameter.
         pes_groups: PES: independent perturbations per meta-step; the batch's antithetic pairs
             are dealt round-robin into this many groups, one forward pass per group and sign.
+        max_meta_steps: the run's budget in meta-steps: it ends after this many even if
+            trajectories remain (``None``: when all ``trajectories`` are trained).
+        max_seconds: the run's budget in wall-clock seconds of meta-training, summed over every
+            segment of a resumed run; it ends after the meta-step that exceeds it (``None``: none).
+        validation: validation on held-out seeds during the run: the best snapshot and an average
+            of recent ones (:mod:`metatele.meta.snapshots`; ``every: 0``, the default: none).
+        mix: a task mixture for a generalist (:class:`~metatele.tasks.mixture.TaskMix`): ``task``
+            is then the reference architecture, trained on with the mixture's drawn ones
+            (:mod:`metatele.meta.mixture`); ``None``: train on ``task`` alone.
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -114,8 +125,16 @@ class MetaTrainConfig:
     estimator: str = "tbptt"
     pes_sigma: float = 0.01
     pes_groups: int = 1
+    max_meta_steps: int | None = None
+    max_seconds: float | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    mix: TaskMix | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.mix, dict):
+            self.mix = from_dict(TaskMix, self.mix, "mix")
+        if isinstance(self.validation, dict):
+            self.validation = from_dict(ValidationConfig, self.validation, "validation")
         if isinstance(self.task, dict):
             self.task = from_dict(TaskConfig, self.task, "task")
         if isinstance(self.learned, dict):
@@ -157,6 +176,17 @@ class MetaTrainConfig:
                     "variant's teleport would then change the loss. Use at least as many units as samples in "
                     "every teleported layer input, or set allow_non_symmetric: true to train anyway (the "
                     "loss change is then measured and recorded)")
+        require(self.max_meta_steps is None or (is_int(self.max_meta_steps) and self.max_meta_steps >= 1),
+                "max_meta_steps", f"must be a positive integer or null, got {self.max_meta_steps!r}")
+        require(self.max_seconds is None or (is_number(self.max_seconds) and math.isfinite(self.max_seconds)
+                                             and self.max_seconds > 0),
+                "max_seconds", f"must be a finite number of seconds > 0 or null, got {self.max_seconds!r}")
+        require(self.mix is None or self.task.family == "regression", "mix",
+                f"a task mixture draws regression networks; the reference task must be one, got family {self.task.family!r}")
+        require(self.mix is None or self.learned.arch == "coordinatewise", "mix",
+                "a task mixture needs an optimizer for any network: learned.arch: coordinatewise")
+        require(self.mix is None or self.max_meta_steps is not None, "max_meta_steps",
+                "a task mixture run needs a budget in meta-steps (its groups take turns; set max_meta_steps)")
         self._validate_estimator()
 
     def _validate_estimator(self) -> None:
@@ -181,10 +211,17 @@ class MetaTrainConfig:
         until ``trajectories`` have started; slots then fall idle, and the run ends when the last
         trajectory finishes. This is the plan when no trajectory diverges (a diverged one is
         replaced early, which can end the run sooner); the engine itself stops when it is done.
+        With ``max_meta_steps``, at most that many (not simulated when the seeds cannot run out
+        within the budget).
         """
-        return planned_meta_steps(self.trajectories, min(self.batch_size, self.trajectories), self.steps,
+        cap = self.max_meta_steps
+        B = min(self.batch_size, self.trajectories)
+        if cap is not None and (self.mix is not None or self.trajectories >= (cap + 1) * B):
+            return cap  # a slot starts at most one trajectory per meta-step: the seeds cannot run out
+        planned = planned_meta_steps(self.trajectories, min(self.batch_size, self.trajectories), self.steps,
                                   self.unroll, self.truncation, self.unroll_max, self.stagger, self.seed,
                                   self.horizon, self.steps_min, self.train_seed_start, self.curriculum)
+        return planned if cap is None else min(planned, cap)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -53,11 +53,12 @@ import torch
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
 from ..tasks.digits import cross_entropy, minibatch_sampler, sample_digits, task_loss
-from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
+from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, TaskConfig, sample_tasks
 from ..tasks.augment import augment
 from .config import MetaTrainConfig, resolve_device
 from .schedules import staggered, start_offsets, trajectory_horizon, unroll_length
 from .pes import PES
+from .snapshots import Snapshots
 from .symmetry_probe import SymmetryProbe
 from .trajectories import Trajectories, hold
 
@@ -166,7 +167,15 @@ class UnrollEngine:
         #: fixed teleports of norm eps (one per pair) whose loss change is measured every meta-step
         #: when the config allows a teleport that is not a symmetry (``None`` otherwise)
         self.symmetry_probe = SymmetryProbe.for_run(config, self.device, self.dtype)
+        #: validation, the best snapshot and the average of the meta-parameters (``None`` when
+        #: ``validation.every`` is 0); called by :func:`metatele.meta.train.meta_train`
+        self.snapshots = (Snapshots(config.validation, self.validation_tasks(), self.optimizer, self.meta_parameters)
+                          if config.validation.enabled else None)
         self._start_all()
+
+    def validation_tasks(self) -> list[TaskConfig]:
+        """The tasks validation runs on: the run's task."""
+        return [self.config.task]
 
     # -- trajectories ------------------------------------------------------------------------
     def _seed_of(self, position: int) -> int:
@@ -430,6 +439,7 @@ class UnrollEngine:
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            **({"snapshots": self.snapshots.state_dict()} if self.snapshots is not None else {}),
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -449,6 +459,10 @@ class UnrollEngine:
         torch.set_rng_state(sd["torch_rng"])
         if sd.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(sd["cuda_rng"], self.device)
+        if self.snapshots is not None:
+            if "snapshots" not in sd:
+                raise ValueError("the training state has no validation snapshots, but the config validates")
+            self.snapshots.load_state_dict(sd["snapshots"])
 
     @property
     def trained_seed_range(self) -> tuple[int, int]:

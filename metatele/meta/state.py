@@ -191,7 +191,8 @@ def load_training_state(out: str | os.PathLike, config: MetaTrainConfig | None =
     config = config or MetaTrainConfig.from_dict(doc["config"])
     if doc["world_size"] != 1:
         raise ResumeError(f"{path} holds {doc['world_size']} ranks' states; load it with metatele.meta.distributed")
-    engine = UnrollEngine(config, device=device)
+    from .mixture import build_engine  # the mixture engine imports this module
+    engine = build_engine(config, device=device)
     engine.load_state_dict({**state["shared"], **state["ranks"][0]})
     engine.prior_history = list(doc["history"])
     return engine, doc

@@ -8,6 +8,9 @@ certain to be exceeded).
 """
 from __future__ import annotations
 
+import copy
+import os
+import platform
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Callable
@@ -18,6 +21,8 @@ from tqdm.auto import tqdm
 from ..optimizers.learned import LearnedOptimizer
 from .config import MetaTrainConfig, non_symmetric_pairs
 from .engine import UnrollEngine
+from .mixture import build_engine
+from .snapshots import Snapshots
 
 
 @dataclass
@@ -35,6 +40,9 @@ class MetaTrainResult:
             zeroed, or every trajectory diverged).
         train_seconds: wall-clock seconds of meta-training, summed over every segment of a resumed
             run (up to the checkpoint each segment was resumed from).
+        snapshots: the run's validation history, best snapshot and average (``None`` without
+            validation).
+        device: where it ran.
     """
 
     optimizer: LearnedOptimizer
@@ -45,6 +53,8 @@ class MetaTrainResult:
     diverged_total: int
     train_seconds: float
     skipped_total: int = 0
+    snapshots: Snapshots | None = None
+    device: str = "cpu"
 
     def provenance(self) -> dict[str, Any]:
         """What the run records in its checkpoint (``provenance`` of
@@ -56,7 +66,10 @@ class MetaTrainResult:
             "skipped_meta_steps": self.skipped_total,
             "train_seconds": round(self.train_seconds, 1),
             "meta_seed": self.config.seed,
+            "machine": machine(self.device),
         }
+        if self.snapshots is not None:
+            prov["trajectory_steps"] = self.snapshots.trajectory_steps
         changes = [row["teleport_loss_change"] for row in self.history if "teleport_loss_change" in row]
         if changes:  # allow_non_symmetric: the teleport was not a symmetry; how much it changed the loss
             prov["non_symmetric_teleport"] = {
@@ -94,10 +107,52 @@ def failure(engine: UnrollEngine, max_skipped_share: float = MAX_SKIPPED_SHARE) 
     if steps and skipped == steps:
         return (f"every one of its {steps} meta-steps was skipped (non-finite meta-gradient, or every trajectory "
                 "diverged): the meta-parameters learned nothing")
-    if skipped > max_skipped_share * (steps if engine.done else engine.config.meta_steps):
+    if skipped > max_skipped_share * steps:
         return (f"{skipped} of its {steps} meta-steps were skipped (non-finite meta-gradient, or every trajectory "
                 f"diverged), more than the allowed share {max_skipped_share:g}")
     return None
+
+
+def machine(device: str) -> dict[str, Any]:
+    """Where a run ran: device, CPU, cores, torch threads and version (recorded in provenance)."""
+    info: dict[str, Any] = {"device": device, "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def budget_spent(config: MetaTrainConfig, engine: UnrollEngine) -> bool:
+    """The run's budget (``max_meta_steps`` or ``max_seconds``) is spent."""
+    return ((config.max_meta_steps is not None and engine.meta_step_count >= config.max_meta_steps)
+            or (config.max_seconds is not None and engine.train_seconds >= config.max_seconds))
+
+
+def validation_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """A validation row of :class:`~metatele.meta.snapshots.Snapshots` as flat metrics
+    (``val/current/score``, ``val/current/log10_at_100``, ``val/average/...``) for the history
+    and wandb."""
+    out: dict[str, float] = {}
+    for kind in ("current", "average"):
+        if kind in row:
+            out[f"val/{kind}/score"] = row[kind]["score"]
+            out.update({f"val/{kind}/log10_at_{s}": v for s, v in row[kind]["mean_log10_at"].items()})
+            out[f"val/{kind}/diverged"] = row[kind]["diverged_fraction"]
+    return out
+
+
+def selected_optimizer(engine: UnrollEngine) -> LearnedOptimizer:
+    """A copy of the engine's optimizer holding the snapshot its validation selected."""
+    if engine.snapshots is None:
+        raise ValueError("this run has no validation (validation.every is 0): nothing was selected")
+    best = engine.snapshots.best
+    if best is None:
+        raise ValueError("no validation of this run has a finite score: nothing to select")
+    opt = copy.deepcopy(engine.optimizer)
+    opt.output_hook = None
+    opt.load_state_dict(best["state"])
+    return opt
 
 
 def meta_train(
@@ -123,6 +178,11 @@ def meta_train(
     Returns:
         :class:`MetaTrainResult` with the trained optimizer and the per-meta-step history.
 
+    The run ends when every trajectory is trained, or when its budget (``max_meta_steps``,
+    ``max_seconds``) is spent. With ``validation.every > 0`` the engine's
+    :class:`~metatele.meta.snapshots.Snapshots` validates the run as it goes; the result's
+    optimizer holds the *last* meta-parameters, and :func:`selected_optimizer` the best snapshot.
+
     Raises:
         engine.DivergenceError: every trajectory diverged for ``diverge_patience`` meta-steps.
         TrainingFailed: the run learned nothing usable (see :func:`failure`); its ``result``
@@ -130,16 +190,28 @@ def meta_train(
     """
     if not (0 <= max_skipped_share <= 1):
         raise ValueError(f"max_skipped_share: must lie in [0, 1], got {max_skipped_share!r}")
-    engine = engine or UnrollEngine(config, device=device)
+    engine = engine or build_engine(config, device=device)
     total = config.meta_steps
+    slots = engine.B * engine.world_size
     history: list[dict[str, Any]] = []
     bar = tqdm(total=total, initial=engine.meta_step_count, disable=not progress, desc=f"meta-train {config.learned.variant}",
                unit="meta-step", dynamic_ncols=True)
     t0, before = perf_counter(), engine.train_seconds  # a resumed engine carries its earlier time
+    snapshots = engine.snapshots
+    if snapshots is not None and not snapshots.history:  # the untrained optimizer is a candidate too
+        snapshots.validate(engine)
     try:
         while not engine.done:
             metrics = engine.meta_step()
             engine.train_seconds = before + perf_counter() - t0
+            if budget_spent(config, engine):
+                engine.done = True
+            if snapshots is not None:  # average, validation, best snapshot (resumable with the engine)
+                row = snapshots.after_step(engine, slots * metrics["unroll"])
+                if row is not None:
+                    metrics.update(validation_metrics(row))
+                    bar.set_postfix(val=f"{row['current']['score']:.3f}", best=f"{snapshots.best['score']:.3f}"
+                                    if snapshots.best else "-")
             history.append(metrics)
             if callback is not None:
                 callback(engine, metrics)
@@ -163,6 +235,8 @@ def meta_train(
         diverged_total=engine.diverged_total,
         train_seconds=engine.train_seconds,
         skipped_total=engine.skipped_total,
+        snapshots=engine.snapshots,
+        device=str(engine.device),
     )
     why = failure(engine, max_skipped_share)
     if why is not None:

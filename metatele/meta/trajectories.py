@@ -41,6 +41,18 @@ def hold(running: np.ndarray, new: tuple[list[torch.Tensor], LearnedState],
     return W, LearnedState(update, [pick(s, s0) for s, s0 in zip(state.teleport, state0.teleport)])
 
 
+def _qr_layout(saved: tuple[torch.Tensor, ...], W: list[torch.Tensor], X: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Saved QR factors in the memory layout :func:`input_qr` gives them (LAPACK's column-major
+    matrices), as a run that never stopped holds them: the kernels that read them sum in an
+    order that depends on the layout, so a resumed run is bit-identical only in the same one."""
+    fresh = input_qr([w[:1] for w in W], X[:1])
+    out = []
+    for t, f in zip(saved, fresh):
+        column_major = f.dim() >= 2 and f.shape[-1] > 1 and f.shape[-2] > 1 and f.stride(-2) == 1
+        out.append(t.transpose(-1, -2).contiguous().transpose(-1, -2) if column_major else t.contiguous())
+    return tuple(out)
+
+
 @dataclass
 class Trajectories:
     """B trajectories: their tasks, weights, recurrent state and progress.
@@ -212,7 +224,8 @@ class Trajectories:
         upd = tuple(to(t) for t in sd["update_state"]) if sd["update_state"] is not None else None
         out = cls(
             X=X, Y=to(sd["Y"]), W=W, loss0=to(sd["loss0"]),
-            X_qr=tuple(to(t) for t in sd["X_qr"]) if sd.get("X_qr") is not None else input_qr(W, teleport_data(X)),
+            X_qr=_qr_layout(tuple(to(t) for t in sd["X_qr"]), W, teleport_data(X)) if sd.get("X_qr") is not None
+            else input_qr(W, teleport_data(X)),
             state=LearnedState(upd, [tuple(to(t) for t in s) for s in sd["teleport_state"]]),
             seeds=np.asarray(sd["seeds"], dtype=np.int64).copy(),
             steps_done=np.asarray(sd["steps_done"], dtype=np.int64).copy(),

@@ -11,6 +11,7 @@ figures → wandb) so that the command line and the scripts in ``experiments/`` 
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from ..release.checkpoint import Checkpoint, CheckpointError, load_checkpoint, r
 from ..configs import ConfigError, require, to_dict
 from ..evaluation.evaluate import BaselineMethod, Curves, compare
 from ..storage.jsonable import to_json
-from ..evaluation.figures import plot_comparison
+from ..evaluation.figures import plot_comparison, plot_learning_curve
 from ..evaluation.format import cell
 from ..evaluation.identity import MethodId, baseline_id, learned_id
 from ..evaluation.stats import markdown_table, report_steps, results_to_json, step_history, summarize
@@ -107,17 +108,51 @@ def train_and_save(
             raise TrainingFailed(f"{e} (no checkpoint written; history: {out / 'history.json'})", e.result) from None
         seconds = result.train_seconds  # every segment of a resumed run
         write_records(result)
-        ckpt = save_checkpoint(out / CHECKPOINT_FILE, result.optimizer, config, provenance=result.provenance())
+        ckpt = _save_outputs(out, result, config)
         run.summary["train_seconds"] = seconds
         log_checkpoint_artifact(run, ckpt, name=f"{config.learned.variant.replace('+', '-')}-seed{config.seed}",
                                 metadata=checkpoint_metadata(ckpt))
         where = run_dir(run)
     finally:
         run.finish()
+    snap = result.snapshots
+    if snap is not None and snap.best is not None:
+        sel = snap.selected()
+        _log(f"selected the {sel['kind']} meta-parameters of meta-step {sel['meta_step']} on validation seeds "
+             f"(score {sel['score']:.3f}; last: {snap.history[-1]['current']['score']:.3f}); learning curve: "
+             f"{out / 'validation.png'}")
     _log(f"meta-trained {config.learned.variant} in {seconds:.0f} s ({result.meta_steps} meta-steps, "
          f"{result.skipped_total} skipped, {result.diverged_total} diverged trajectories) → {ckpt}"
          + (f"; wandb run: {where}" if where else ""))
     return result, ckpt
+
+
+def _save_outputs(out: Path, result: MetaTrainResult, config: MetaTrainConfig) -> Path:
+    """Write the run's checkpoint(s): ``checkpoint.safetensors`` is the selected snapshot when the
+    run validates (``final.safetensors`` then holds the last meta-parameters and
+    ``average.safetensors`` their average), else the last meta-parameters; plus
+    ``validation.json`` and the learning-curve figure ``validation.png``."""
+    prov = result.provenance()
+    snap = result.snapshots
+    if snap is None:
+        return save_checkpoint(out / CHECKPOINT_FILE, result.optimizer, config, provenance=prov)
+    evaluation = {"validation_history": snap.history}
+    save_checkpoint(out / "final.safetensors", result.optimizer, config,
+                    provenance={**prov, "snapshot": "final"}, evaluation=evaluation)
+    if snap.average is not None:
+        save_checkpoint(out / "average.safetensors", snap.averaged_optimizer(result.optimizer), config,
+                        provenance={**prov, "snapshot": f"average (decay {config.validation.average})"},
+                        evaluation=evaluation)
+    atomic_write(out / "validation.json", json.dumps(to_json(snap.history), indent=1, allow_nan=False).encode())
+    plot_learning_curve(snap.history, str(out / "validation.png"),
+                        title=f"{config.learned.variant}: validation during meta-training")
+    if snap.best is None:
+        raise ValueError("no validation of this run had a finite score: nothing to select; the last "
+                         f"meta-parameters are in {out / 'final.safetensors'}")
+    selected = copy.deepcopy(result.optimizer)
+    selected.load_state_dict(snap.best["state"])
+    return save_checkpoint(out / CHECKPOINT_FILE, selected, config,
+                           provenance={**prov, "selection": snap.selected()}, evaluation=evaluation)
 
 
 # -- comparison ------------------------------------------------------------------------------

@@ -1,0 +1,188 @@
+"""Long meta-training runs: budgets, validation with the best and the averaged snapshot, the task
+mixture of a generalist, and bitwise resume of all of it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from metatele.configs import ConfigError
+from metatele.meta.checkpointer import TrainingCheckpointer
+from metatele.meta.config import MetaTrainConfig
+from metatele.meta.mixture import MixtureEngine, build_engine
+from metatele.meta.state import load_training_state
+from metatele.meta.train import meta_train, selected_optimizer
+from metatele.tasks.family import TaskConfig
+from metatele.tasks.mixture import TaskMix, architecture_key
+
+from helpers import same_parameters, tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cw(**kw) -> MetaTrainConfig:
+    """A tiny coordinatewise update+tele run with validation every 3 meta-steps and an average."""
+    base = dict(tiny(**{"learned.arch": "coordinatewise", "trajectories": 1000, "max_meta_steps": 9,
+                        "validation.every": 3, "validation.seeds": 3, "validation.steps": 6,
+                        "validation.at_steps": [3, 6], "validation.average": 0.5,
+                        "learned.coordinatewise.lr": 0.05}))
+    base["learned"].pop("lstm")
+    base["learned"]["teleport"].pop("eps")
+    for k, v in kw.items():
+        node, parts = base, k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return MetaTrainConfig.from_dict(base)
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted_then_resumed(cfg: MetaTrainConfig, tmp_path, at: int):
+    """Run ``cfg`` saving the training state at meta-step ``at`` and dying there; resume it from
+    the file in a fresh engine and finish. Returns the finished engine."""
+    saver = TrainingCheckpointer(cfg, tmp_path, every=at, handle_signals=False)
+
+    def callback(engine, metrics):
+        saver(engine, metrics)
+        if engine.meta_step_count == at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        meta_train(cfg, progress=False, callback=callback)
+    engine, doc = load_training_state(tmp_path)
+    assert doc["meta_step"] == at
+    meta_train(cfg, progress=False, engine=engine)
+    return engine
+
+
+def assert_same_snapshots(a, b) -> None:
+    sa, sb = a.snapshots, b.snapshots
+    clockless = lambda h: [{k: v for k, v in r.items() if k != "train_seconds"} for r in h]  # noqa: E731
+    assert clockless(sa.history) == clockless(sb.history) and sa.trajectory_steps == sb.trajectory_steps
+    assert all(torch.equal(x, y) for x, y in zip(sa.average, sb.average))
+    assert sa.best["meta_step"] == sb.best["meta_step"] and sa.best["kind"] == sb.best["kind"]
+    assert same_parameters(sa.best["state"], sb.best["state"])
+    assert same_parameters(a, b)
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+def test_a_meta_step_budget_ends_the_run_there_and_is_the_plan():
+    cfg = cw(**{"validation.every": 0})
+    assert cfg.meta_steps == 9
+    result = meta_train(cfg, progress=False)
+    assert result.meta_steps == 9 and len(result.history) == 9
+
+
+def test_budgets_and_validation_options_are_checked():
+    for key, value in [("max_meta_steps", 0), ("max_seconds", math.inf), ("validation.average", 1.0),
+                       ("validation.at_steps", [7]), ("validation.every", -1)]:
+        with pytest.raises(ConfigError, match=key.split(".")[-1]):
+            cw(**{key: value})
+
+
+# -- validation and snapshots ----------------------------------------------------------------------
+def test_validation_keeps_the_best_of_current_and_average_and_selects_it():
+    result = meta_train(cw(), progress=False)
+    snap = result.snapshots
+    assert [r["meta_step"] for r in snap.history] == [0, 3, 6, 9]
+    scores = [(r[k]["score"], r["meta_step"], k) for r in snap.history for k in ("current", "average")]
+    best = min(scores)
+    assert (snap.best["score"], snap.best["meta_step"], snap.best["kind"]) == best
+    assert snap.trajectory_steps == 9 * 4 * 3  # B × unroll per meta-step
+
+
+def test_the_average_is_an_exponential_moving_average_of_the_meta_parameters():
+    cfg = cw(**{"max_meta_steps": 2, "validation.every": 100})
+    engine = build_engine(cfg)
+    params = engine.meta_parameters
+    expected = [p.detach().clone() for p in params]
+    def callback(eng, metrics):
+        for e, p in zip(expected, params):
+            e.mul_(0.5).add_(0.5 * p.detach())
+    meta_train(cfg, progress=False, engine=engine, callback=callback)
+    assert all(torch.allclose(a, e, rtol=0, atol=1e-12) for a, e in zip(engine.snapshots.average, expected))
+    avg = engine.snapshots.averaged_optimizer(engine.optimizer)
+    named = dict(avg.named_parameters())
+    assert all(torch.equal(named[n], a) for n, a in zip(engine.snapshots.names, engine.snapshots.average))
+
+
+def test_selected_optimizer_holds_the_best_snapshot():
+    engine = build_engine(cw())
+    meta_train(cw(), progress=False, engine=engine)
+    chosen = selected_optimizer(engine)
+    assert same_parameters(chosen.state_dict(), engine.snapshots.best["state"])
+
+
+def test_validation_and_snapshots_resume_bit_for_bit(tmp_path):
+    cfg = cw()
+    straight = build_engine(cfg)
+    meta_train(cfg, progress=False, engine=straight)
+    resumed = interrupted_then_resumed(cfg, tmp_path, at=4)
+    assert_same_snapshots(straight, resumed)
+
+
+# -- the task mixture --------------------------------------------------------------------------------
+REFERENCE = TaskConfig(dims=[20, 20, 20, 20], distribution="gaussian")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_mixture_draws_the_same_architectures_from_its_seed_and_never_a_held_out_one(seed):
+    mix = TaskMix(pool=12, held_out=3, seed=seed)
+    train, held = mix.training_architectures(REFERENCE), mix.held_out_architectures(REFERENCE)
+    assert [t.dims for t in train] == [t.dims for t in TaskMix(pool=12, held_out=3, seed=seed).training_architectures(REFERENCE)]
+    assert train[0] is REFERENCE and len(train) == 13 and len(held) == 3
+    keys = [architecture_key(t) for t in train]
+    assert len(set(keys)) == len(keys)
+    assert not set(keys) & {architecture_key(t) for t in held}
+    for t in train[1:] + held:
+        assert 2 <= len(t.weight_shapes) <= 5 and all(8 <= w <= 64 for w in t.widths)
+        assert t.non_symmetric_pairs() == []  # every teleport is a symmetry of the loss
+
+
+def test_a_larger_pool_keeps_the_smaller_pools_architectures_and_the_held_out_ones():
+    small, large = TaskMix(pool=4), TaskMix(pool=10)
+    assert [t.dims for t in large.training_architectures(REFERENCE)[:5]] == \
+        [t.dims for t in small.training_architectures(REFERENCE)]
+    assert [t.dims for t in large.held_out_architectures(REFERENCE)] == \
+        [t.dims for t in small.held_out_architectures(REFERENCE)]
+
+
+def mixture(**kw) -> MetaTrainConfig:
+    return cw(**{"mix": {"pool": 2, "held_out": 1, "widths": [4, 8], "layers": [2, 3], "validate_on": 1},
+                 "max_meta_steps": 8, "validation.every": 4, **kw})
+
+
+def test_mixture_groups_take_turns_on_disjoint_seeds_with_one_adam_state():
+    cfg = mixture(**{"validation.every": 0})
+    engine = build_engine(cfg)
+    assert isinstance(engine, MixtureEngine) and len(engine.groups) == 3
+    result = meta_train(cfg, progress=False, engine=engine)
+    assert [m["group"] for m in result.history] == [0, 1, 2, 0, 1, 2, 0, 1]
+    seeds = [set(e.trajectories.seeds.tolist()) for e in engine.groups]
+    assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2]) and not (seeds[0] & seeds[2])
+    assert all(e.meta_opt is engine.meta_opt for e in engine.groups)
+    step = next(iter(engine.meta_opt.state.values()))["step"]
+    assert int(step) == 8  # every meta-step updated the one shared Adam state
+
+
+def test_a_mixture_run_resumes_bit_for_bit(tmp_path):
+    cfg = mixture()
+    straight = build_engine(cfg)
+    meta_train(cfg, progress=False, engine=straight)
+    resumed = interrupted_then_resumed(cfg, tmp_path, at=5)
+    assert_same_snapshots(straight, resumed)
+    assert all(torch.equal(x, y) for a, b in zip(straight.groups, resumed.groups)
+               for x, y in zip(a.trajectories.W, b.trajectories.W))
+
+
+def test_mixture_options_are_checked():
+    with pytest.raises(ConfigError, match="max_meta_steps"):
+        mixture(max_meta_steps=None)
+    with pytest.raises(ConfigError, match="coordinatewise"):
+        MetaTrainConfig.from_dict({**tiny(), "mix": {"pool": 2}, "max_meta_steps": 3})
+    with pytest.raises(ConfigError, match="mix.widths"):
+        TaskMix(widths=[8])
