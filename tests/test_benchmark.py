@@ -640,3 +640,33 @@ def test_shipping_picks_the_meta_seed_on_validation_scores_and_writes_checkpoint
     bad = subprocess.run([*cmd[:3], str(tmp_path / "none.json"), *cmd[4:]], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1])
     assert bad.returncode == 2 and "metatele benchmark" in bad.stderr
+
+
+def test_a_pretrained_method_is_evaluated_from_its_checkpoints_as_they_are(run, tmp_path):
+    out, _, results = run
+    pattern = str(out / "checkpoints" / "gaussian-small" / "CW-update+tele" / "seed{seed}.safetensors")
+    before = {k: Path(pattern.format(seed=k)).read_bytes() for k in (0, 1, 2)}
+    argv = ["--quick", "--out", str(tmp_path), "--no-progress", "--set", f"methods.shipped={{pretrained: '{pattern}'}}",
+            "--settings", "gaussian-small", "--methods", "shipped", "adam(tuned)", "--ablations", "none"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads((tmp_path / "results.json").read_text())
+    shipped = again["sections"]["gaussian-small"]["methods"]["shipped"]
+    trained = results["sections"]["gaussian-small"]["methods"]["CW(update+tele)"]
+    assert [i["checkpoint"] for i in shipped["meta_seeds_info"]] == [pattern.format(seed=k) for k in (0, 1, 2)]
+    assert all(i["pretrained"] and i["reused"] for i in shipped["meta_seeds_info"])
+    assert shipped["summary"] == trained["summary"]  # the same optimizers on the same test seeds
+    assert {k: Path(pattern.format(seed=k)).read_bytes() for k in (0, 1, 2)} == before  # never rewritten
+    assert not (tmp_path / "checkpoints" / "gaussian-small" / "shipped").exists()
+
+
+def test_a_pretrained_method_with_a_missing_checkpoint_fails_before_any_work(tmp_path, capsys):
+    argv = ["--quick", "--out", str(tmp_path), "--no-progress", "--set",
+            f"methods.shipped={{pretrained: '{tmp_path}/none{{seed}}.safetensors'}}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "methods.shipped.pretrained" in err and "none0.safetensors" in err
+    assert not (tmp_path / "results.json").exists()

@@ -12,7 +12,7 @@ from metatele.meta.checkpointer import TrainingCheckpointer
 from metatele.meta.config import MetaTrainConfig
 from metatele.meta.mixture import MixtureEngine, build_engine
 from metatele.meta.state import load_training_state
-from metatele.meta.train import meta_train, selected_optimizer
+from metatele.meta.train import meta_train
 from metatele.tasks.family import TaskConfig
 from metatele.tasks.mixture import TaskMix, architecture_key
 
@@ -111,10 +111,11 @@ def test_the_average_is_an_exponential_moving_average_of_the_meta_parameters():
 
 
 def test_selected_optimizer_holds_the_best_snapshot():
-    engine = build_engine(cw())
-    meta_train(cw(), progress=False, engine=engine)
-    chosen = selected_optimizer(engine)
-    assert same_parameters(chosen.state_dict(), engine.snapshots.best["state"])
+    result = meta_train(cw(), progress=False)
+    chosen = result.selected_optimizer()
+    assert same_parameters(chosen.state_dict(), result.snapshots.best["state"])
+    last = same_parameters(chosen.state_dict(), result.optimizer.state_dict())
+    assert last == (result.snapshots.best["meta_step"] == 9 and result.snapshots.best["kind"] == "current")
 
 
 def test_validation_and_snapshots_resume_bit_for_bit(tmp_path):

@@ -62,7 +62,7 @@ class ValidationConfig:
     def __post_init__(self) -> None:
         require(is_int(self.every) and self.every >= 0, "validation.every",
                 f"must be a non-negative integer (meta-steps; 0: no validation), got {self.every!r}")
-        require(is_int(self.seeds) and self.seeds >= 2, "validation.seeds", f"must be an integer ≥ 2, got {self.seeds!r}")
+        require(is_int(self.seeds) and self.seeds >= 1, "validation.seeds", f"must be a positive integer, got {self.seeds!r}")
         require(is_int(self.steps) and self.steps >= 1, "validation.steps", f"must be a positive integer, got {self.steps!r}")
         require(isinstance(self.at_steps, (list, tuple)) and len(self.at_steps) > 0
                 and all(is_int(s) and 0 <= s <= self.steps for s in self.at_steps), "validation.at_steps",

@@ -56,6 +56,18 @@ class MetaTrainResult:
     snapshots: Snapshots | None = None
     device: str = "cpu"
 
+    def selected_optimizer(self) -> LearnedOptimizer:
+        """The snapshot the run's validation selected (a copy), or the last meta-parameters when
+        the run does not validate (``validation.every`` 0)."""
+        if self.snapshots is None:
+            return self.optimizer
+        if self.snapshots.best is None:
+            raise ValueError("no validation of this run has a finite score: nothing to select")
+        opt = copy.deepcopy(self.optimizer)
+        opt.output_hook = None
+        opt.load_state_dict(self.snapshots.best["state"])
+        return opt
+
     def provenance(self) -> dict[str, Any]:
         """What the run records in its checkpoint (``provenance`` of
         :func:`metatele.release.checkpoint.save_checkpoint`)."""
@@ -142,19 +154,6 @@ def validation_metrics(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def selected_optimizer(engine: UnrollEngine) -> LearnedOptimizer:
-    """A copy of the engine's optimizer holding the snapshot its validation selected."""
-    if engine.snapshots is None:
-        raise ValueError("this run has no validation (validation.every is 0): nothing was selected")
-    best = engine.snapshots.best
-    if best is None:
-        raise ValueError("no validation of this run has a finite score: nothing to select")
-    opt = copy.deepcopy(engine.optimizer)
-    opt.output_hook = None
-    opt.load_state_dict(best["state"])
-    return opt
-
-
 def meta_train(
     config: MetaTrainConfig,
     device: torch.device | str | None = None,
@@ -181,7 +180,7 @@ def meta_train(
     The run ends when every trajectory is trained, or when its budget (``max_meta_steps``,
     ``max_seconds``) is spent. With ``validation.every > 0`` the engine's
     :class:`~metatele.meta.snapshots.Snapshots` validates the run as it goes; the result's
-    optimizer holds the *last* meta-parameters, and :func:`selected_optimizer` the best snapshot.
+    optimizer holds the *last* meta-parameters, and :meth:`MetaTrainResult.selected_optimizer` the best snapshot.
 
     Raises:
         engine.DivergenceError: every trajectory diverged for ``diverge_patience`` meta-steps.

@@ -15,6 +15,7 @@ Everything here works on the JSON-ready results dict that :mod:`metatele.studies
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -82,6 +83,44 @@ def compare_pairs(curves: Mapping[str, Curves], pairs: Iterable[Sequence[str]], 
                         "decision": decision(c, alpha), "verdict": verdict(c, alpha),
                         **({"pair": [pa, pb]} if (a, b) != (pa, pb) else {})})
     return out
+
+
+def mean_log10(curves: Curves) -> np.ndarray:
+    """``[steps + 1]`` mean over the test seeds of ``log10`` loss (``inf`` from the first step at
+    which any seed has diverged)."""
+    with np.errstate(divide="ignore"):
+        return np.log10(np.maximum(curves.loss, LOG_FLOOR)).mean(axis=1)
+
+
+def seconds_per_step(curves: Curves) -> float:
+    """Wall-clock seconds per inner step of one trajectory (the batch's time / steps / seeds)."""
+    steps = len(curves.time) - 1
+    return float(curves.time[-1]) / max(steps, 1) / max(len(curves.seeds), 1)
+
+
+def speedups(curves: Mapping[str, Curves], a: str, baselines: Sequence[str], at: Sequence[int]) -> list[dict[str, Any]]:
+    """The field's headline metric (Celo's): for each ``h`` in ``at``, the best of ``baselines``
+    (``@*`` patterns read as the one tuned for ``h``) at step ``h`` sets a target mean log10 loss;
+    ``a`` reaches it first at step ``s`` (``None``: not within its curve), a speed-up of ``h / s``
+    in steps. Each row also gives both methods' wall-clock seconds per inner step of one
+    trajectory, so that a step-count speed-up can be read against its cost."""
+    if a not in curves:
+        return []
+    ours = mean_log10(curves[a])
+    rows = []
+    for h in at:
+        names = [at_horizon(b, h) if "@*" in b else b for b in baselines]
+        scored = [(float(mean_log10(curves[n])[h]), n) for n in names if n in curves and h < len(curves[n].loss)]
+        if not scored or h >= len(ours):
+            continue
+        target, best = min(scored)
+        hit = np.flatnonzero(ours <= target)
+        first = int(hit[0]) if hit.size else None
+        rows.append({"step": h, "baseline": best, "target_log10": target, "reached_at": first,
+                     "speedup": (h / first if first else math.inf) if first is not None else None,
+                     "seconds_per_step": seconds_per_step(curves[a]),
+                     "baseline_seconds_per_step": seconds_per_step(curves[best])})
+    return rows
 
 
 def diverged_by(curves: Curves | Sequence[Curves], steps: Sequence[int]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..tasks.family import training_seeds
-from .aggregate import combine_meta_seeds, compare_pairs, diverged_by, load_curves, method_ids, method_stats, save_curves
+from .aggregate import combine_meta_seeds, compare_pairs, diverged_by, speedups, load_curves, method_ids, method_stats, save_curves
 from .protocol import Ablation, BenchmarkProtocol, Setting, Tuning, expand, load_protocol  # noqa: F401 (re-exported)
 from .report import conclusions, goal_check, render_report
 from .selection import SelectionConfig, meta_train_selected
@@ -84,6 +84,8 @@ class Job:
     config: MetaTrainConfig
     checkpoint: Path
     selection: SelectionConfig | None = field(default=None)
+    #: evaluate ``checkpoint`` as it is (a protocol's ``pretrained`` method): no meta-training
+    pretrained: bool = False
 
     @property
     def selection_dict(self) -> dict[str, Any] | None:
@@ -93,10 +95,14 @@ class Job:
     def cost(self) -> float:
         """Rough relative cost (the pool starts the longest first, so no worker has a long tail)."""
         c = self.config
+        if self.pretrained:
+            return 1.0  # evaluation only
         return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_teleport) * (1 + c.second_order)
 
     @property
     def key(self) -> str:
+        if self.pretrained:
+            return json.dumps({"pretrained": str(self.checkpoint), "task": to_dict(self.config.task)}, sort_keys=True)
         extra = {"selection": self.selection_dict} if self.selection else {}
         return json.dumps({**self.config.to_dict(), **extra}, sort_keys=True)
 
@@ -118,18 +124,24 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
     device = resolve_device(config.device)
     t0 = time.perf_counter()
     ck = None
-    if resume and path.is_file():
+    if job.pretrained:  # a shipped optimizer: evaluated as it is, never retrained or rewritten
+        try:
+            ck = load_checkpoint(path, device=device)
+        except CheckpointError as e:
+            return {"error": f"CheckpointError: {e}", "timings": [
+                {"stage": "load", **where, "seconds": time.perf_counter() - t0, "failed": True}]}
+    elif resume and path.is_file():
         try:
             ck = load_checkpoint(path, device=device)
         except CheckpointError:  # damaged or foreign: train again
             ck = None
     sel = job.selection_dict
-    reused = (ck is not None and ck.config.to_dict() == config.to_dict()
-              and (ck.provenance.get("selection") or {}).get("config") == sel)
+    reused = job.pretrained or (ck is not None and ck.config.to_dict() == config.to_dict()
+                                and (ck.provenance.get("selection") or {}).get("config") == sel)
     selection = None
     if reused:
         opt, prov = ck.optimizer, ck.provenance
-        train_seeds, meta_steps = tuple(prov["training_seeds"][0]), prov["meta_steps"]
+        train_seeds, meta_steps = tuple(prov["training_seeds"][0]), prov.get("meta_steps")
         diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
         selection = prov.get("selection")
     else:
@@ -137,15 +149,20 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
             if job.selection:
                 result, selected, history = meta_train_selected(config, job.selection, progress=progress)
                 selection = to_json({"config": sel, "selected": selected, "history": history})
-            else:
+            else:  # a run that validates itself (config.validation) ships its selected snapshot
                 result = meta_training.meta_train(config, device=device, progress=progress)
+                result.optimizer = result.selected_optimizer()
+                if result.snapshots is not None:
+                    selection = to_json({"config": to_dict(config.validation), "selected": result.snapshots.selected(),
+                                         "history": result.snapshots.history})
         except DivergenceError as e:
             return {"error": f"DivergenceError: {e}", "timings": [
                 {"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "failed": True}]}
         opt, train_seeds, meta_steps = result.optimizer, tuple(result.train_seeds), result.meta_steps
         diverged, train_seconds = result.diverged_total, time.perf_counter() - t0
     timings = [{"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "reused": reused,
-                "trajectory_steps": config.trajectories * config.steps}]
+                "trajectory_steps": (ck.provenance.get("trajectory_steps") if job.pretrained
+                                     else config.trajectories * config.steps)}]
     t0 = time.perf_counter()
     curves = evaluate(opt.eval(), config.task, test_seeds, max(steps), device=device, dtype=config.torch_dtype,
                       train_seeds=range(*train_seeds))
@@ -162,7 +179,7 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
                                     "summary": to_json(method_stats(curves, steps)["summary"])})
     info = {"meta_seed": job.meta_seed, "checkpoint": str(path), "train_seeds": list(train_seeds),
             "meta_steps": meta_steps, "train_seconds": train_seconds, "diverged_trajectories": diverged,
-            "reused": reused}
+            "reused": reused, **({"pretrained": True} if job.pretrained else {})}
     if selection:
         info.update(selected=selection["selected"], selection_history=selection["history"])
     return {"info": info, "curves": curves, "timings": timings}
@@ -206,8 +223,10 @@ class BenchmarkRun:
         p, out = self.p, []
         ck = self.out / "checkpoints"
         for s in self.settings:
-            out += [Job(s, m, k, p.learned_config(s, m, k), ck / s / slug(m) / f"seed{k}.safetensors",
-                        p.selection(s, m)) for m in self.methods for k in p.meta_seeds]
+            out += [Job(s, m, k, p.learned_config(s, m, k),
+                        p.pretrained(m, k) or ck / s / slug(m) / f"seed{k}.safetensors",
+                        p.selection(s, m), pretrained=p.pretrained(m, k) is not None)
+                    for m in self.methods for k in p.meta_seeds]
         for arm, (m, ab, ref) in p.ablation_arms(self.ablations).items():
             out += [Job("ablations", arm, k, p.learned_config(p.ablation_setting, m, k, ab, ref),
                         ck / "ablations" / slug(arm) / f"seed{k}.safetensors",
@@ -341,6 +360,9 @@ class BenchmarkRun:
                                       for c in compare_pairs(flat, [[ab, f"{a.method} [reference]"]], p.steps, p.alpha)]
             else:
                 sec["comparisons"] = compare_pairs(flat, p.comparisons + p.extra_pairs(), p.steps, p.alpha)
+                rows = [dict(r, method=x.a) for x in p.speedup for r in speedups(flat, x.a, x.baselines, x.at)]
+                if rows:
+                    sec["speedup"] = rows
             out[name] = sec
         return out
 

@@ -11,7 +11,6 @@ figures → wandb) so that the command line and the scripts in ``experiments/`` 
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -89,7 +88,10 @@ def train_and_save(
                    name=f"{config.learned.variant}-seed{config.seed}", mode=wandb_mode, dir=out)
 
     def log_step(engine, metrics):
-        run.log({k: v for k, v in metrics.items() if k != "meta_step"}, step=metrics["meta_step"])
+        run.log({k: v for k, v in metrics.items() if k not in ("meta_step", "dims")}, step=metrics["meta_step"])
+        if "val/current/score" in metrics:  # a validation: redraw the learning curve as the run goes
+            plot_learning_curve(engine.snapshots.history, str(out / "validation.png"),
+                                title=f"{config.learned.variant}: validation during meta-training")
         if callback is not None:
             callback(engine, metrics)
 
@@ -149,9 +151,7 @@ def _save_outputs(out: Path, result: MetaTrainResult, config: MetaTrainConfig) -
     if snap.best is None:
         raise ValueError("no validation of this run had a finite score: nothing to select; the last "
                          f"meta-parameters are in {out / 'final.safetensors'}")
-    selected = copy.deepcopy(result.optimizer)
-    selected.load_state_dict(snap.best["state"])
-    return save_checkpoint(out / CHECKPOINT_FILE, selected, config,
+    return save_checkpoint(out / CHECKPOINT_FILE, result.selected_optimizer(), config,
                            provenance={**prov, "selection": snap.selected()}, evaluation=evaluation)
 
 

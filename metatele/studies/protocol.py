@@ -18,6 +18,7 @@ named :func:`horizon_name` (``adam(tuned)`` → ``adam(tuned@300)``), each tuned
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -25,10 +26,11 @@ from ..optimizers.baselines import BaselineConfig
 from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping, merge_overrides, require, resolve_config, to_dict
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, unseen_seeds, validation_seeds
 from ..meta.config import MetaTrainConfig
+from ..release.checkpoint import CheckpointError, read_metadata
 from ..evaluation.identity import MethodId, baseline_id, learned_id
 from ..evaluation.tuning import OBJECTIVES
 from .selection import SelectionConfig
-from .protocol_parts import HelpPair, Target, Transfer, TransferTarget, at_horizon, horizon_name, parse_named  # noqa: F401
+from .protocol_parts import HelpPair, Speedup, Target, Transfer, TransferTarget, at_horizon, horizon_name, parse_named  # noqa: F401
 
 EVAL_SPLITS = ("test", "validation")
 SEED_STRIDE = 1_000_000  #: meta-seed k trains on seeds from ``train_seed_start + k * SEED_STRIDE``
@@ -146,6 +148,7 @@ class BenchmarkProtocol:
     divergence_steps: list[int] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     teleport_help: list[HelpPair] = field(default_factory=list)
+    speedup: list[Speedup] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.settings = {k: v if isinstance(v, Setting) else parse_named(Setting, v, f"settings.{k}")
@@ -159,6 +162,8 @@ class BenchmarkProtocol:
                         for i, t in enumerate(self.targets or [])]
         self.teleport_help = [h if isinstance(h, HelpPair) else parse_named(HelpPair, h, f"teleport_help[{i}]")
                               for i, h in enumerate(self.teleport_help or [])]
+        self.speedup = [x if isinstance(x, Speedup) else parse_named(Speedup, x, f"speedup[{i}]")
+                        for i, x in enumerate(self.speedup or [])]
         ms = self.meta_seeds
         require(isinstance(ms, list) and ms and len(set(ms)) == len(ms)
                 and all(isinstance(s, int) and 0 <= s < MAX_META_SEED for s in ms),
@@ -185,6 +190,10 @@ class BenchmarkProtocol:
         for i, h in enumerate(self.teleport_help):
             require(self._known(h.a) and self._known(h.b), f"teleport_help[{i}]",
                     f"a and b must name methods/baselines {sorted(names)}, got {h.a!r}, {h.b!r}")
+        for i, x in enumerate(self.speedup):
+            require(self._known(x.a) and all(self._known(b) for b in x.baselines), f"speedup[{i}]",
+                    f"a and baselines must name methods/baselines {sorted(names)}, got {x.a!r}, {x.baselines!r}")
+            require(all(h <= self.steps[-1] for h in x.at), f"speedup[{i}].at", f"must be ≤ {self.steps[-1]}, got {x.at}")
         for t in self.targets:
             require(self._known(t.a) and (t.b is None or self._known(t.b)), f"targets.{t.name}",
                     f"a and b must name methods/baselines {sorted(names)}, got {t.a!r}, {t.b!r}")
@@ -298,10 +307,32 @@ class BenchmarkProtocol:
         require(isinstance(sel, dict), where, f"must be a mapping of {sorted(to_dict(SelectionConfig()))} or null")
         return parse_named(SelectionConfig, sel, where)
 
+    def pretrained(self, method: str, meta_seed: int) -> Path | None:
+        """The checkpoint a ``pretrained`` method evaluates for ``meta_seed`` (``None``: the method
+        is meta-trained by the benchmark). ``pretrained`` names a file, with ``{seed}`` standing
+        for the meta-seed (relative paths are taken from the current folder)."""
+        spec = (self.methods.get(method) or {}).get("pretrained")
+        if spec is None:
+            return None
+        require(isinstance(spec, str) and spec, f"methods.{method}.pretrained",
+                f"must be a checkpoint path (with {{seed}} for the meta-seed), got {spec!r}")
+        return Path(spec.format(seed=meta_seed))
+
     def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
                        reference: bool = False) -> MetaTrainConfig:
-        """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``."""
+        """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``.
+        A ``pretrained`` method's is its checkpoint's config, on the setting's task."""
         s = self.settings[setting]
+        path = self.pretrained(method, meta_seed)
+        if path is not None:
+            require(not ablation and not reference, f"ablations: {method}", "a pretrained method cannot be ablated")
+            extra = sorted(set(self.methods[method]) - {"pretrained"})
+            require(not extra, f"methods.{method}", f"a pretrained method takes no meta-training options, got {extra}")
+            try:
+                saved = read_metadata(path)["config"]
+            except (CheckpointError, OSError) as e:
+                raise ConfigError(f"methods.{method}.pretrained: {e}") from None
+            return MetaTrainConfig.from_dict({**saved, "task": to_dict(s.task), "mix": None, "device": self.device})
         d = self._merged(setting, method, ablation, reference)
         d.pop("selection", None)
         d.update(task=to_dict(s.task), seed=meta_seed, device=self.device,

@@ -107,6 +107,23 @@ class Target:
 
 
 @dataclass
+class Speedup:
+    """The speed-up rows of the report (:func:`metatele.studies.aggregate.speedups`): the step at
+    which method ``a`` first reaches the loss the best of ``baselines`` reaches at each step of
+    ``at`` (``@*`` patterns: the baseline tuned for that step)."""
+
+    a: str = ""
+    baselines: list[str] = field(default_factory=list)
+    at: list[int] = field(default_factory=lambda: [100, 300, 1000])
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.baselines, list) and len(self.baselines) > 0, "speedup.baselines",
+                f"must be a non-empty list of baselines, got {self.baselines!r}")
+        require(isinstance(self.at, list) and len(self.at) > 0 and all(isinstance(h, int) and h >= 1 for h in self.at),
+                "speedup.at", f"must be a non-empty list of positive steps, got {self.at!r}")
+
+
+@dataclass
 class HelpPair:
     """One comparison of the generated "Does learning to teleport help?" section: ``a`` (with a
     learned teleport) against ``b`` (the same without it; may be a ``@*`` pattern)."""

@@ -1,29 +1,22 @@
-"""Snapshot selection on validation seeds during meta-training.
+"""Snapshot selection on validation seeds for the studies (benchmark, scripts).
 
-Meta-training a learned optimizer is noisy: the loss its snapshots reach on held-out tasks can
-swing by orders of magnitude from one meta-step to the next. :func:`meta_train_selected` runs
-:func:`metatele.meta.train.meta_train` and, every ``every`` meta-steps (and before the first), runs the
-current meta-parameters on a fixed set of validation seeds (training-split tasks that
-meta-training never draws, see :func:`metatele.tasks.family.validation_seeds`) for ``steps`` inner
-steps. The snapshot with the best :func:`validation_score` is kept and loaded into the returned
-optimizer. Test seeds are never used.
+The selection itself is part of meta-training (:mod:`metatele.meta.snapshots`: ``validation`` in
+:class:`~metatele.meta.config.MetaTrainConfig`). :func:`meta_train_selected` runs it for a study
+that states its selection apart from the run's config (the benchmark protocol's ``selection:``),
+so that the config saved with the checkpoint stays the study's own: it validates the current
+meta-parameters (no average) every ``every`` meta-steps, before the first and at the end, and
+returns the best snapshot. Test seeds are never used.
 """
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass
-from typing import Any, Sequence
-
-import numpy as np
-import torch
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ..configs import require
-from ..meta.engine import UnrollEngine
-from ..evaluation.evaluate import DIVERGED_LOSS, Curves, evaluate
-from ..tasks.family import validation_seeds
-from ..meta.train import MetaTrainResult, meta_train
 from ..meta.config import MetaTrainConfig
+from ..meta.snapshots import ValidationConfig, validation_score  # noqa: F401 (re-exported)
+from ..meta.train import MetaTrainResult, meta_train
+from ..meta.mixture import build_engine
 
 
 @dataclass
@@ -49,13 +42,10 @@ class SelectionConfig:
         require(all(0 <= s <= self.steps for s in self.at_steps), "selection.at_steps",
                 f"must lie in [0, steps = {self.steps}], got {self.at_steps}")
 
-
-def validation_score(curves: Curves, at_steps: Sequence[int]) -> float:
-    """Mean over ``at_steps`` and seeds of log10 loss, a diverged seed counting as
-    ``log10(DIVERGED_LOSS)`` (so a snapshot that diverges anywhere is heavily penalised)."""
-    loss = np.where(np.isfinite(curves.loss), curves.loss, DIVERGED_LOSS)
-    logl = np.log10(np.clip(loss[list(at_steps)], 1e-300, DIVERGED_LOSS))
-    return float(logl.mean())
+    def validation(self) -> ValidationConfig:
+        """The same selection as meta-training's ``validation`` config."""
+        return ValidationConfig(every=self.every, seeds=self.seeds, steps=self.steps,
+                                at_steps=list(self.at_steps), average=0.0)
 
 
 def meta_train_selected(
@@ -64,42 +54,19 @@ def meta_train_selected(
     """Meta-train ``config`` and return the best snapshot on validation seeds.
 
     Returns:
-        ``(result, selected, history)``: ``result.optimizer`` holds the selected meta-parameters,
-        ``selected`` says which meta-step they are from (``meta_step``, ``score``,
-        ``validation_seeds`` as ``[start, end)``, ``steps``, ``at_steps``); ``history`` lists
-        ``{meta_step, score, mean_log10_at, diverged_fraction}`` of every validation run.
+        ``(result, selected, history)``: ``result.optimizer`` holds the selected meta-parameters
+        (``result.config`` is ``config``), ``selected`` says which meta-step they are from
+        (``meta_step``, ``score``, ``validation_seeds`` as ``[start, end)``, ``steps``,
+        ``at_steps``); ``history`` lists ``{meta_step, score, mean_log10_at, diverged_fraction}``
+        of every validation run.
     """
     sel = selection or SelectionConfig()
-    seeds = validation_seeds(sel.seeds)
-    engine = UnrollEngine(config)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": math.inf}
-
-    def validate(eng: UnrollEngine) -> None:
-        opt = eng.optimizer
-        with torch.random.fork_rng(devices=[]):  # validation must not change the training stream
-            opt.output_hook, hook = None, opt.output_hook
-            try:
-                curves = evaluate(opt, config.task, seeds, sel.steps, device=eng.device, dtype=eng.dtype)
-            finally:
-                opt.output_hook = hook
-        score = validation_score(curves, sel.at_steps)
-        logl = np.log10(np.clip(np.where(np.isfinite(curves.loss), curves.loss, DIVERGED_LOSS), 1e-300, None))
-        row = {"meta_step": eng.meta_step_count, "score": score,
-               "mean_log10_at": {int(s): float(logl[s].mean()) for s in sel.at_steps},
-               "diverged_fraction": float(curves.diverged[-1].mean())}
-        history.append(row)
-        if score < best["score"]:
-            best.update(score=score, meta_step=eng.meta_step_count, state=copy.deepcopy(opt.state_dict()))
-
-    def callback(eng: UnrollEngine, metrics: dict[str, Any]) -> None:
-        if eng.meta_step_count % sel.every == 0 or eng.meta_step_count == config.meta_steps:
-            validate(eng)
-
-    validate(engine)  # the untrained optimizer is a candidate too
-    result = meta_train(config, progress=progress, callback=callback, engine=engine)
-    result.optimizer.load_state_dict(best["state"])
-    selected = {"meta_step": best["meta_step"], "score": best["score"],
-                "validation_seeds": [seeds[0], seeds[-1] + 1], "steps": sel.steps,
-                "at_steps": list(sel.at_steps)}
+    validating = replace(config, validation=sel.validation())
+    engine = build_engine(validating)
+    result = meta_train(validating, progress=progress, engine=engine)
+    result.optimizer = result.selected_optimizer()
+    result.config = config
+    chosen = engine.snapshots.selected()
+    selected = {k: chosen[k] for k in ("meta_step", "score", "validation_seeds", "steps", "at_steps")}
+    history = [{"meta_step": r["meta_step"], **r["current"]} for r in engine.snapshots.history]
     return result, selected, history
