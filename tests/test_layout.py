@@ -35,8 +35,8 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("tasks",),
     ("symmetry",),
     ("optimizers",),
+    ("evaluation",),  # runs optimizers on tasks; meta-training validates its snapshots with it
     ("meta",),
-    ("evaluation",),
     ("release",),
     ("studies",),
     ("commands",),  # the handlers of the command line
