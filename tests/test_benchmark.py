@@ -19,6 +19,7 @@ from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, loa
 from metatele.configs import defaults_dir
 from metatele.optimizers.baselines import BaselineConfig
 from metatele.release.checkpoint import load_checkpoint
+from metatele.release.manifest import rerun_check
 from metatele.evaluation.evaluate import Curves, evaluate
 from metatele.evaluation.stats import decision, paired_comparison, summarize
 from metatele.studies.aggregate import combine_meta_seeds, compare_pairs, load_curves, save_curves
@@ -635,7 +636,11 @@ def test_shipping_picks_the_meta_seed_on_validation_scores_and_writes_checkpoint
             assert manifest["metrics"]["this_checkpoint"] == methods[m]["meta_seeds"][k]
             assert manifest["files"][0]["sha256"] == hashlib.sha256(dst.read_bytes()).hexdigest()
             assert manifest["seeds"]["train"] == infos[k]["train_seeds"]
-            assert f"--set meta_seeds=[{best}]" in manifest["extra"]["rerun"]
+            assert f"--set meta_seeds=[{best}]" in manifest["commands"][0]  # the rerun that makes it
+            assert manifest["headline"]["mean_log10_loss_at"] == {
+                s: v["mean"] for s, v in methods[m]["meta_seeds"][k]["at_step"].items()}
+            assert manifest["config"] == load_checkpoint(dst).manifest["config"]
+            assert rerun_check(dst, manifest["check"]) == pytest.approx(manifest["check"]["mean_log10_loss"], abs=1e-9)
             assert load_checkpoint(dst).config.learned.variant == methods[m]["config"]["learned"]["variant"]
     bad = subprocess.run([*cmd[:3], str(tmp_path / "none.json"), *cmd[4:]], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1])
