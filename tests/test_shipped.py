@@ -8,8 +8,6 @@ write a check that does not reproduce it), so rerunning it here reproduces a pub
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,6 @@ import metatele as mt
 from metatele.release.checkpoint import CheckpointError, load_checkpoint
 from metatele.release.manifest import manifest_path, rerun_check, verify_manifest
 from metatele.release.pretrained import REGISTRY, describe, pretrained_dir, pretrained_path, resolve_checkpoint
-
-from helpers import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "checkpoints"
@@ -91,15 +87,15 @@ def test_metatele_pretrained_lists_one_line_per_name_with_its_headline(capsys):
         assert line in lines and "log10 loss @ 10 /" in line and "seeds)" in line
 
 
-def test_metatele_eval_and_compare_take_a_shipped_name(tmp_path):
+def test_metatele_eval_and_compare_take_a_shipped_name(tmp_path, capsys):
+    from metatele.cli import build_parser, main
+
     name = next(iter(REGISTRY))
-    for cmd in (["eval", name], ["compare", name, "--baselines", "adam", "--tune", "none", "--no-teleport-baselines"]):
-        out = tmp_path / cmd[0]
-        done = subprocess.run([sys.executable, "-m", "metatele", *cmd, "--seeds", "3", "--steps", "5", "--out", str(out),
-                               "--wandb", "disabled"], capture_output=True, text=True, cwd=tmp_path, env=subprocess_env())
-        assert done.returncode == 0, done.stderr[-2000:]
-        results = json.loads((out / "results.json").read_text())
-        assert any(s["n_seeds"] == 3 for s in results["summaries"].values())
-    bad = subprocess.run([sys.executable, "-m", "metatele", "eval", "nope", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, cwd=tmp_path, env=subprocess_env())
-    assert bad.returncode == 2 and "no such file or shipped optimizer: nope" in bad.stderr
+    assert main(["eval", name, "--seeds", "3", "--steps", "5", "--out", str(tmp_path), "--wandb", "disabled"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [s["n_seeds"] for s in results["summaries"].values()] == [3, 3]  # the optimizer and GD
+    for cmd in (["compare", name, "cw-update-gaussian"], ["transfer", name]):
+        assert build_parser().parse_args([*cmd, "--out", "x"]).checkpoints[0] == str(pretrained_path(name))
+    with pytest.raises(SystemExit):
+        main(["eval", "nope", "--out", str(tmp_path / "x")])
+    assert "no such file or shipped optimizer: nope" in capsys.readouterr().err
