@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                          "all_meta_seeds": entry["summary"]},
                 headline=headline({s: v["mean"] for s, v in stats["at_step"].items()}, "test", test["count"],
                                   task=results["sections"][setting].get("task")),
+                check_seeds=[test["start"], test["start"] + test["count"]],
                 commands=[rerun, "python experiments/ship_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)],
                 extra={"benchmark": {"protocol": results["protocol_name"], "setting": setting, "method": m,
                                      "meta_seed": k, "git_commit": results["machine"].get("git_commit"),

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = {"train": [list(r) for r in ckpt.provenance.get("training_seeds", [])], "test": [test[0], test[-1] + 1]}
         at_step = {s: v["mean"] for s, v in results["summaries"][method]["at_step"].items()}
         write_checkpoint_manifest(
-            path, seeds=seeds, metrics=metrics, headline=headline(at_step, "test", args.seeds),
+            path, seeds=seeds, metrics=metrics, headline=headline(at_step, "test", args.seeds), check_seeds=seeds["test"],
             commands=[f"metatele train --config ship/{name} --out {runs / name}",
                       "python experiments/ship_checkpoints.py " + " ".join(sys.argv[1:] if argv is None else argv)])
         print(f"shipped {path} ({method}) with {out / f'{name}.manifest.json'}")

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                               metrics={"selection": sel, "validation_history": history,
                                        "meta_train_seconds": round(seconds, 1)},
                               headline=headline(chosen["mean_log10_at"], "validation", args.select_seeds),
-                              commands=[command])
+                              commands=[command], check_seeds=sel["validation_seeds"])
     print(f"wrote {out}")
     return 0
 

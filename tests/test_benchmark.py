@@ -649,7 +649,8 @@ def test_shipping_picks_the_meta_seed_on_validation_scores_and_writes_checkpoint
             assert manifest["headline"]["mean_log10_loss_at"] == {
                 s: v["mean"] for s, v in methods[m]["meta_seeds"][k]["at_step"].items()}
             assert manifest["config"] == load_checkpoint(dst).manifest["config"]
-            assert rerun_check(dst, manifest["check"]) == pytest.approx(manifest["check"]["mean_log10_loss"], abs=1e-9)
+            assert manifest["check"]["steps"] == 10 and rerun_check(dst, manifest["check"]) == pytest.approx(
+                manifest["headline"]["mean_log10_loss_at"]["10"], abs=1e-6)  # the check reproduces the headline
             assert load_checkpoint(dst).config.learned.variant == methods[m]["config"]["learned"]["variant"]
     bad = subprocess.run([*cmd[:3], str(tmp_path / "none.json"), *cmd[4:]], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1])

@@ -216,6 +216,7 @@ def write_checkpoint_manifest(
     headline: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     check: Mapping[str, Any] | None = None,
+    check_seeds: Sequence[int] | None = None,
 ) -> Path:
     """Write ``<name>.manifest.json`` beside one shipped learned optimizer, in the one shape.
 
@@ -230,13 +231,16 @@ def write_checkpoint_manifest(
         headline: see :func:`headline`.
         extra: anything else worth recording (how it was chosen, ...).
         check: a precomputed :func:`reference_check` record.
+        check_seeds: ``[start, end)`` of the seeds the check runs on (default: the first 4 test
+            seeds); give the headline's, so that the check reproduces its number at step 10.
 
     Returns:
         The manifest path.
     """
     doc = read_metadata(checkpoint)
     sections = {"provenance": doc["provenance"], "headline": headline,
-                "check": dict(check) if check is not None else reference_check(checkpoint),
+                "check": dict(check) if check is not None else
+                reference_check(checkpoint, **({"seeds": check_seeds} if check_seeds is not None else {})),
                 "commands": list(commands)}
     return write_manifest(manifest_path(checkpoint), [checkpoint], config=doc["config"], seeds=seeds,
                           metrics=metrics, extra=extra, sections=sections)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation.format import cell, num, p_is, pct, pval
+from ..evaluation.format import cell, interval, num, p_is, pct
 from ..evaluation.stats import HIGHER, LOWER, NO_DIFF, decision
 from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
@@ -30,20 +30,15 @@ def _seed_means(entry: Mapping[str, Any], step: int) -> list[float | None]:
     return [(at_step(m, step) or {}).get("mean") for m in entry.get("meta_seeds", [])]
 
 
-def _best(section: Mapping[str, Any], methods: Sequence[str], step: int) -> float | None:
-    """The lowest mean log10-loss at ``step`` among ``methods`` of the section (``None``: none measured)."""
-    means = [(at_step(section["methods"][n]["summary"], step) or {}).get("mean") for n in methods]
-    finite = [m for m in means if m is not None and math.isfinite(m)]
-    return min(finite) if finite else None
-
-
 def methods_table(section: Mapping[str, Any], steps: Sequence[int]) -> str:
     """Methods × steps: mean log10-loss [95% CI] over test seeds (a learned method's seeds averaged
-    over its meta-seeds first), the lowest mean of each column in bold, and the diverged fraction at
-    the last step. Each meta-seed's own numbers are in ``results.json``."""
+    over its meta-seeds first; each meta-seed's own in ``results.json``), the lowest mean of each
+    column in bold, and the diverged fraction at the last step."""
     methods = [n for n, m in section["methods"].items() if m.get("summary")]
     shown = [s for s in steps if any(at_step(section["methods"][n]["summary"], s) for n in methods)]
-    best = {s: _best(section, methods, s) for s in shown}
+    means = {s: [m for n in methods if (m := (at_step(section["methods"][n]["summary"], s) or {}).get("mean")) is not None
+                 and math.isfinite(m)] for s in shown}
+    best = {s: min(v) if v else None for s, v in means.items()}
     lines = ["| method | " + " | ".join(f"log10 loss @ {s}" for s in shown) + " | diverged |",
              "|---|" + "---|" * (len(shown) + 1)]
     for name in methods:
@@ -58,14 +53,12 @@ def methods_table(section: Mapping[str, Any], steps: Sequence[int]) -> str:
 
 
 def verdict_cell(c: Mapping[str, Any], alpha: float = 0.05, fmt: str = D) -> str:
-    """A table cell for one :func:`~metatele.evaluation.stats.paired_comparison`: ``Δ [lo, hi], p``
-    (where some seed diverged, the sign test's ``a better on w/n, sign p``); bold when the
-    difference is significant at ``alpha``."""
+    """A :func:`~metatele.evaluation.stats.paired_comparison` as ``Δ [lo, hi], p`` (where some seed
+    diverged: ``a better on w/n, sign p``); bold when significant at ``alpha``."""
     if c["n_excluded"] > 0:
         text = f"a better on {c['wins']}/{c['n_seeds']}, sign {p_is(c['p_sign'])}"
     else:
-        lo, hi = c["ci95"]
-        text = f"{num(c['mean_diff'], fmt)} [{num(lo, fmt)}, {num(hi, fmt)}], {p_is(c['p_value'])}"
+        text = f"{num(c['mean_diff'], fmt)} {interval(c['ci95'], fmt)}, {p_is(c['p_value'])}"
     return text if decision(c, alpha) == NO_DIFF else f"**{text}**"
 
 
@@ -138,8 +131,7 @@ def _section_notes(sec: Mapping[str, Any], last: int) -> list[str]:
 
 
 def run_notes(results: Mapping[str, Any]) -> list[str]:
-    """The sentences of :func:`conclusions` that are not verdicts: failed meta-trainings, diverged
-    fractions and the spread over meta-seeds, section by section."""
+    """The sentences of :func:`conclusions` that are not verdicts, section by section."""
     return [line for sec in results["sections"].values() for line in _section_notes(sec, results["steps"][-1])]
 
 
