@@ -24,11 +24,10 @@ REGISTRY: dict[str, str] = {
     "cw-update-tele-uniform": "coordinatewise update+tele meta-trained on uniform [20,20,20,20] tasks, "
                               "300-step horizons; snapshot chosen on validation seeds",
     "cw-update-uniform": "its update-only twin (same config and seeds)",
-    "bench-cw-update-tele-gaussian": "the long-horizon benchmark's CW(update+tele) on gaussian [20,20,20,20] "
-                                     "(300 tasks x 1000 steps, 69 meta-steps; update safeguard with backoff)",
+    "bench-cw-update-tele-gaussian": "the long-horizon benchmark's CW(update+tele) on gaussian [20,20,20,20]; "
+                                     "no snapshot beat meta-step 0, so it is its initialisation: Adam at lr 0.0316 "
+                                     "with the update safeguard and its backoff, and an untrained teleport",
     "bench-cw-update-gaussian": "its update-only twin CW(update), same meta-seed",
-    "bench-cw-update-tele-uniform": "the long-horizon benchmark's CW(update+tele) on uniform [20,20,20,20]",
-    "bench-cw-update-uniform": "its update-only twin CW(update), same meta-seed",
 }
 
 
