@@ -159,7 +159,6 @@ def verify_manifest(path: PathLike) -> dict[str, Any]:
     return doc
 
 
-
 # -- one shipped learned optimizer -----------------------------------------------------------------
 def manifest_path(checkpoint: PathLike) -> Path:
     """``dir/name.safetensors`` → ``dir/name.manifest.json``."""
@@ -181,15 +180,18 @@ def headline(at_step: Mapping[Any, float], seeds: str, n_seeds: int, task: Mappi
             "n_seeds": int(n_seeds), "task": dict(task) if task is not None else None}
 
 
-def reference_check(checkpoint: PathLike, seeds: Sequence[int] = (TEST_SEED_OFFSET, TEST_SEED_OFFSET + 4), steps: int = 10,
+#: the seeds of a check unless the manifest's own numbers were measured on others: the first 4 test seeds
+CHECK_SEEDS = (TEST_SEED_OFFSET, TEST_SEED_OFFSET + 4)
+
+
+def reference_check(checkpoint: PathLike, seeds: Sequence[int] = CHECK_SEEDS, steps: int = 10,
                     task: TaskConfig | None = None) -> dict[str, Any]:
     """A number anyone can reproduce from a checkpoint in seconds: its mean log10 loss after
     ``steps`` steps on the seeds ``[start, end)`` (default: the first 4 unseen test seeds) of
     ``task`` (default: its training task), float32 on the CPU. Stored under ``check`` in its
     manifest; :func:`rerun_check` recomputes it. Where a manifest's own measurement is that cheap,
     the shipping scripts record it (the same seeds and step), so the check reproduces it."""
-    ckpt = load_checkpoint(checkpoint)
-    task = task or ckpt.config.task
+    task = task or TaskConfig(**read_metadata(checkpoint)["config"]["task"])
     start, end = (int(s) for s in seeds)
     with torch.random.fork_rng(devices=[]):
         curves = evaluate(load_checkpoint(checkpoint, task=task).optimizer, task, range(start, end), steps,
@@ -239,8 +241,7 @@ def write_checkpoint_manifest(
     """
     doc = read_metadata(checkpoint)
     sections = {"provenance": doc["provenance"], "headline": headline,
-                "check": dict(check) if check is not None else
-                reference_check(checkpoint, **({"seeds": check_seeds} if check_seeds is not None else {})),
+                "check": dict(check) if check is not None else reference_check(checkpoint, check_seeds or CHECK_SEEDS),
                 "commands": list(commands)}
     return write_manifest(manifest_path(checkpoint), [checkpoint], config=doc["config"], seeds=seeds,
                           metrics=metrics, extra=extra, sections=sections)
