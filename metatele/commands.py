@@ -18,6 +18,7 @@ from .meta.config import MetaTrainConfig, load_config
 from .meta.state import STATE_DIR
 from .optimizers.baselines import BASELINES
 from .release.checkpoint import read_metadata
+from .release.pretrained import REGISTRY, describe, pretrained_dir
 from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, BenchmarkRun, load_protocol, render_only, run_benchmark
 from .studies.demo import demo_configs
 from .studies.digits import DigitsStudyConfig, load_results
@@ -111,6 +112,14 @@ def eval_checkpoint(args: argparse.Namespace) -> int:
 def compare_checkpoints(args: argparse.Namespace) -> int:
     baselines = list(BASELINES) if args.baselines is None else args.baselines
     return compare(args, args.checkpoints, baselines, tune=args.tune, teleport=not args.no_teleport_baselines)
+
+
+def pretrained() -> int:
+    """``metatele pretrained``: one line per shipped optimizer."""
+    for name in REGISTRY:
+        print(describe(name))
+    print(f"\n(in {pretrained_dir()}; load one with mt.load_optimizer(NAME), or pass NAME to metatele eval / compare)")
+    return 0
 
 
 def demo(args: argparse.Namespace) -> int:
