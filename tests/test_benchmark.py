@@ -705,3 +705,26 @@ def test_protocol_tune_is_the_benchmarks_tuning():
     assert tuned.config.name == "gd" and tuned.config.lr in [g["lr"] for g in tuned.grid]
     with pytest.raises(ConfigError, match=r"baselines\.gd\(lr=3e-4\): is not tuned"):
         protocol.tune("gd(lr=3e-4)", task)
+
+
+def test_speed_up_rows_read_the_curves_and_reach_the_report(run):
+    from metatele.studies.aggregate import mean_log10, speedups
+    out, _, results = run
+    curves = load_curves(out / "curves.npz")
+    for name, sec in results["sections"].items():
+        if sec["kind"] != "setting":
+            continue
+        flat = {m: c.get("combined") or c.get("baseline") for m, c in curves[name].items()}
+        rows = speedups(flat, "CW-mix(update+tele)", ["adam(tuned@*)", "momentum(tuned@*)"], [30, 100])
+        assert [{k: v for k, v in r.items()} for r in rows] == [{k: v for k, v in r.items() if k != "method"}
+                                                               for r in sec["speedup"]]
+        for r in rows:
+            best = min(float(mean_log10(flat[f"{b}(tuned@{r['step']})"])[r["step"]]) for b in ("adam", "momentum"))
+            assert r["target_log10"] == pytest.approx(best)
+            ours = mean_log10(flat["CW-mix(update+tele)"])
+            if r["reached_at"] is not None:
+                assert ours[r["reached_at"]] <= best and (ours[: r["reached_at"]] > best).all()
+                assert r["speedup"] == pytest.approx(r["step"] / r["reached_at"]) if r["reached_at"] else True
+            else:
+                assert (ours > best).all()
+    assert "Speed-up (the field's headline metric)" in (out / "RESULTS.md").read_text()

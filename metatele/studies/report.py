@@ -21,7 +21,7 @@ from ..evaluation.format import cell, interval, num, p_is, pct
 from ..evaluation.stats import HIGHER, LOWER, NO_DIFF, decision
 from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
-from .targets import divergence_table, targets_table, teleport_help_lines, transfer_lines
+from .targets import divergence_table, speedup_table, targets_table, teleport_help_lines, transfer_lines
 
 D = ".3f"  # differences of log10-loss
 
@@ -342,8 +342,7 @@ def _checkpoint_lines(results: Mapping[str, Any]) -> list[str]:
 def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protocol_yaml: str) -> str:
     """The markdown of ``RESULTS.md``. ``figures``: section → figure path relative to the report."""
     steps, alpha = results["steps"], results["alpha"]
-    ts = results["test_seeds"]
-    m = results["machine"]
+    ts, m = results["test_seeds"], results["machine"]
     out = [
         f"# metatele benchmark: {results['protocol_name']}",
         "",
@@ -438,7 +437,8 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         div = divergence_table(sec) if any(v for e in sec["methods"].values()
                                            for v in (e.get("diverged_by") or {}).values()) else ""
         out += [methods_table(sec, steps), *(["Diverged fraction of the test seeds by step (learned methods: per "
-                                              "meta-seed in parentheses):", "", div] if div else [])]
+                                              "meta-seed in parentheses):", "", div] if div else []),
+                *([speedup_table(sec)] if sec.get("speedup") else [])]
         if name in figures:
             out += [f"![loss vs step, {title}]({figures[name]})", ""]
     out += ["## Checkpoints", "",
