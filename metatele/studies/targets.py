@@ -14,7 +14,6 @@ protocol recorded in it, so ``--render-only`` recomputes the same text. Nothing 
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 from ..evaluation.format import cell, num, p_is, pct
@@ -210,7 +209,7 @@ def speedup_table(sec: Mapping[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in sec.get("speedup", []):
         reached = "not reached" if r["reached_at"] is None else str(r["reached_at"])
-        speed = "–" if r["speedup"] is None else f"{r['speedup']:.2f}×" if math.isfinite(r["speedup"]) else "at step 0"
+        speed = "–" if r["speedup"] is None else f"{r['speedup']:.2f}×"
         lines.append(f"| {r['method']} | {r['step']} | {r['baseline']} | {r['target_log10']:.2f} | {reached} | {speed} "
                      f"| {r['seconds_per_step']:.2e} | {r['baseline_seconds_per_step']:.2e} |")
     return "\n".join(lines + [""])
