@@ -15,7 +15,6 @@ Everything here works on the JSON-ready results dict that :mod:`metatele.studies
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
