@@ -43,7 +43,7 @@ from .release.pretrained import REGISTRY, resolve_checkpoint
 from .storage.container import ContainerError
 from .storage.wandb_log import MODES, resolve_mode
 from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG
-from .studies.experiment import train_and_save
+from .release.training import train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK
 from .tasks.family import DISTRIBUTIONS
 

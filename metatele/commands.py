@@ -24,7 +24,8 @@ from .studies.demo import demo_configs
 from .studies.digits import DigitsStudyConfig, load_results
 from .studies.digits_report import digits_conclusions, render_digits_report
 from .studies.digits_report import run_digits_study, write_figures
-from .studies.experiment import CompareConfig, run_comparison, train_and_save
+from .release.training import train_and_save
+from .studies.experiment import CompareConfig, run_comparison
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
 from .studies.throughput import run_throughput
 from .studies.transfer import TransferConfig, run_transfer
