@@ -26,7 +26,7 @@ from .studies.digits_report import render_report as render_digits_report
 from .studies.digits_report import run_digits_study, write_figures
 from .studies.experiment import CompareConfig, run_comparison, train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
-from .studies.throughput import run_benchmark as run_throughput
+from .studies.throughput import run_benchmark as run_throughput, run_profile
 from .studies.transfer import TransferConfig, run_transfer
 from .tasks.family import TaskConfig
 
@@ -158,6 +158,11 @@ def search(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.profile:
+        run_profile(args.batch_sizes, variant=args.variant, meta_steps=args.unrolls, device=args.device, dims=args.dims,
+                    arch=args.arch, bias=args.bias, distribution=args.distribution, second_order=args.second_order,
+                    hidden=args.hidden, estimator=args.estimator, pes_groups=args.pes_groups)
+        return 0
     run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
                    device=args.device, dims=args.dims, arch=args.arch, bias=args.bias,
                    distribution=args.distribution, second_order=args.second_order,

@@ -39,6 +39,7 @@ from ..symmetry.action import input_qr, teleport
 from ..tasks.digits import MinibatchSampler, task_loss
 from ..tasks.family import TaskConfig
 from ..symmetry.teleport_grad import LossFn, squared_loss
+from ..profiling import INNER_LOSS, phase
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
 ARCHS = ("paper", "coordinatewise")
@@ -254,7 +255,8 @@ class LearnedOptimizer(nn.Module):
         measured at ``weights`` and keeps its graph.
         """
         if self.task.family == "regression":
-            loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
+            with phase(INNER_LOSS):
+                loss, grads = loss_and_grads(weights, X, Y, create_graph=second_order)
             new, state = self.apply(weights, grads, X, state, x_qr, loss_fn=squared_loss(X, Y))
             return new, loss, grad_norm_sq(grads).detach(), state
         # digits: the family's loss on all training samples (or the step's minibatch); the teleport
@@ -262,7 +264,8 @@ class LearnedOptimizer(nn.Module):
         # read the full training loss
         data_loss = task_loss(self.task)
         X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
-        loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
+        with phase(INNER_LOSS):
+            loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
         new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
                                 loss_fn=lambda w: data_loss(w, X, Y))
         return new, loss, grad_norm_sq(grads).detach(), state
