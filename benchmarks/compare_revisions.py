@@ -80,7 +80,8 @@ def median(runs: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", default="main", help="the revision to compare with (default: main)")
+    p.add_argument("--base", help="the revision to compare with (default: where this branch left main, "
+                   "git merge-base HEAD main)")
     p.add_argument("--rounds", type=int, default=5, help="measurements of each code per setting")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64], help="coordinatewise batch sizes")
     p.add_argument("--unrolls", type=int, default=3, help="timed meta-steps per measurement")
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paper-rounds", type=int, default=2, help="measurements of each code for the paper rows")
     p.add_argument("--out", help="also write the tables (and the raw runs as JSON beside them) here")
     args = p.parse_args(argv)
+    if args.base is None:
+        args.base = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], check=True,
+                                   capture_output=True, text=True).stdout.strip()
 
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.strip()
@@ -96,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
                               capture_output=True, text=True).stdout.strip()
     current = f"{head}{' + uncommitted changes' if dirty else ''}"
-    lines = [f"`python benchmarks/compare_revisions.py --base {args.base} --rounds {args.rounds} "
-             f"--batch-sizes {' '.join(map(str, args.batch_sizes))} --paper-batch {args.paper_batch}`: "
+    lines = [f"`python benchmarks/compare_revisions.py --base {base_rev} --rounds {args.rounds} "
+             f"--batch-sizes {' '.join(map(str, args.batch_sizes))} --unrolls {args.unrolls} "
+             f"--paper-batch {args.paper_batch} --paper-rounds {args.paper_rounds}`: "
              f"base {base_rev} against {current}; one torch thread, medians of {args.rounds} interleaved runs "
              f"({args.unrolls} timed meta-steps each), torch in {sys.executable}", ""]
     raw: dict[str, dict] = {}

@@ -37,7 +37,10 @@ def mlp_columns(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     shape = x.shape[1:]
     h = x.reshape(x.shape[0], -1)
     for layer in net:
-        h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h) if isinstance(layer, nn.Linear) else layer(h)
+        if isinstance(layer, nn.Linear):
+            h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h)
+        else:  # the ReLU after a product, in place (the product's backward does not read its output)
+            h = torch.relu_(h)
     return h.view(-1, *shape)
 
 
