@@ -10,6 +10,9 @@ thread, importing one code or the other through ``PYTHONPATH``. The two codes al
 every round (base, current, base, current, ...), so that a busy machine slows both alike, and the
 tables give the median over the rounds:
 
+``--current REV`` measures a revision in place of the working tree (so that the checkout can
+change while the benchmark runs). The tables:
+
 1. the coordinatewise optimizer, ``update`` and ``update+tele``, second order, gaussian
    [20, 20, 20, 20], in trajectory-steps/s at each batch size, and the speed-up;
 2. the share of a teleporting meta-step spent on the teleport gradient (``update+tele``);
@@ -45,8 +48,9 @@ print(json.dumps(r))
 
 
 def export_revision(rev: str, into: Path) -> Path:
-    """``git archive`` of the ``metatele`` package at ``rev`` into ``into``; returns the folder to
-    put on ``PYTHONPATH``."""
+    """``git archive`` of the ``metatele`` package at ``rev`` into ``into`` (created); returns the
+    folder to put on ``PYTHONPATH``."""
+    into.mkdir(parents=True)
     data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "metatele"],
                           check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(data)) as tar:
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", help="the revision to compare with (default: where this branch left main, "
                    "git merge-base HEAD main)")
+    p.add_argument("--current", help="a revision to measure instead of this checkout's working tree")
     p.add_argument("--rounds", type=int, default=5, help="measurements of each code per setting")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64], help="coordinatewise batch sizes")
     p.add_argument("--unrolls", type=int, default=3, help="timed meta-steps per measurement")
@@ -100,14 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
                               capture_output=True, text=True).stdout.strip()
     current = f"{head}{' + uncommitted changes' if dirty else ''}"
-    lines = [f"`python benchmarks/compare_revisions.py --base {base_rev} --rounds {args.rounds} "
+    if args.current is not None:
+        current = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.current], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+    lines = [f"`python benchmarks/compare_revisions.py --base {base_rev}"
+             f"{f' --current {current}' if args.current else ''} --rounds {args.rounds} "
              f"--batch-sizes {' '.join(map(str, args.batch_sizes))} --unrolls {args.unrolls} "
              f"--paper-batch {args.paper_batch} --paper-rounds {args.paper_rounds}`: "
              f"base {base_rev} against {current}; one torch thread, medians of {args.rounds} interleaved runs "
              f"({args.unrolls} timed meta-steps each), torch in {sys.executable}", ""]
     raw: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        codes = {"base": export_revision(args.base, Path(tmp)), "current": ROOT}
+        codes = {"base": export_revision(args.base, Path(tmp) / "base"),
+                 "current": ROOT if args.current is None else export_revision(args.current, Path(tmp) / "current")}
         lines += ["| coordinatewise, second order, gaussian [20]^4 | B | base: trajectory-steps/s | "
                   "current: trajectory-steps/s | speed-up |", "|---|---:|---:|---:|---:|"]
         shares = {}
