@@ -6,7 +6,9 @@
 The base revision's ``metatele`` package is exported with ``git archive`` into a temporary
 folder. Every measurement is :func:`metatele.studies.throughput.measure` (``metatele bench``'s
 timing: one warm-up meta-step, then ``--unrolls`` timed ones) in a fresh subprocess with one torch
-thread, importing one code or the other through ``PYTHONPATH``. The two codes alternate within
+thread, importing one code or the other through ``PYTHONPATH``, and timed by the process's CPU
+time (``--clock cpu``, the default: other processes on a shared machine then barely change the
+figures; ``--clock wall`` for the wall clock). The two codes alternate within
 every round (base, current, base, current, ...), so that a busy machine slows both alike, and the
 tables give the median over the rounds:
 
@@ -36,10 +38,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 MEASURE = """
-import json, sys, torch
+import json, sys, time
+kw, clock = json.loads(sys.argv[1]), sys.argv[2]
+if clock == "cpu":  # measure()'s timer becomes this process's CPU time
+    time.perf_counter = time.process_time
+import torch
 import metatele
 from metatele.studies.throughput import measure
-kw = json.loads(sys.argv[1])
 torch.set_num_threads(1)
 r = measure(**kw)
 r["package"] = metatele.__file__
@@ -58,10 +63,11 @@ def export_revision(rev: str, into: Path) -> Path:
     return into
 
 
-def measure_in(path: Path, **kw) -> dict:
-    """:func:`measure` with the ``metatele`` package under ``path``, in a fresh one-thread process."""
+def measure_in(path: Path, clock: str, **kw) -> dict:
+    """:func:`measure` with the ``metatele`` package under ``path``, in a fresh one-thread process,
+    timed by ``clock`` (``cpu``: the process's CPU time; ``wall``)."""
     env = {**os.environ, "PYTHONPATH": str(path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(kw)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(kw), clock], env=env, check=True,
                          capture_output=True, text=True, cwd=path).stdout
     r = json.loads(out.strip().splitlines()[-1])
     if not Path(r["package"]).resolve().is_relative_to(path.resolve()):
@@ -69,12 +75,12 @@ def measure_in(path: Path, **kw) -> dict:
     return r
 
 
-def interleaved(codes: dict[str, Path], rounds: int, **kw) -> dict[str, list[dict]]:
+def interleaved(codes: dict[str, Path], rounds: int, clock: str, **kw) -> dict[str, list[dict]]:
     """``rounds`` measurements of every code, alternating within each round."""
     runs: dict[str, list[dict]] = {name: [] for name in codes}
     for _ in range(rounds):
         for name, path in codes.items():
-            runs[name].append(measure_in(path, **kw))
+            runs[name].append(measure_in(path, clock, **kw))
     return runs
 
 
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unrolls", type=int, default=3, help="timed meta-steps per measurement")
     p.add_argument("--paper-batch", type=int, default=1024, help="the paper architecture's batch size (0: skip)")
     p.add_argument("--paper-rounds", type=int, default=2, help="measurements of each code for the paper rows")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="time by the measuring process's CPU time (default: robust to other processes on a "
+                        "shared machine) or by the wall clock")
     p.add_argument("--out", help="also write the tables (and the raw runs as JSON beside them) here")
     args = p.parse_args(argv)
     if args.base is None:
@@ -111,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"`python benchmarks/compare_revisions.py --base {base_rev}"
              f"{f' --current {current}' if args.current else ''} --rounds {args.rounds} "
              f"--batch-sizes {' '.join(map(str, args.batch_sizes))} --unrolls {args.unrolls} "
-             f"--paper-batch {args.paper_batch} --paper-rounds {args.paper_rounds}`: "
+             f"--paper-batch {args.paper_batch} --paper-rounds {args.paper_rounds} --clock {args.clock}`: "
              f"base {base_rev} against {current}; one torch thread, medians of {args.rounds} interleaved runs "
-             f"({args.unrolls} timed meta-steps each), torch in {sys.executable}", ""]
+             f"({args.unrolls} timed meta-steps each), trajectory-steps per "
+             f"{'CPU-second of the measuring process' if args.clock == 'cpu' else 'second of wall-clock time'}", ""]
     raw: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         codes = {"base": export_revision(args.base, Path(tmp) / "base"),
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         shares = {}
         for variant in ("update", "update+tele"):
             for B in args.batch_sizes:
-                runs = interleaved(codes, args.rounds, batch_size=B, variant=variant, unrolls=args.unrolls,
+                runs = interleaved(codes, args.rounds, args.clock, batch_size=B, variant=variant, unrolls=args.unrolls,
                                    device="cpu", arch="coordinatewise", distribution="gaussian", second_order=True)
                 raw[f"{variant} B={B}"] = runs
                 base, cur = (median(runs[k], "trajectory_steps_per_s") for k in ("base", "current"))
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["", f"| paper architecture, update+tele, hidden 300 | base | current |", "|---|---:|---:|"]
             tps = {}
             for B in (1, args.paper_batch):
-                runs = interleaved(codes, args.paper_rounds, batch_size=B, variant="update+tele",
+                runs = interleaved(codes, args.paper_rounds, args.clock, batch_size=B, variant="update+tele",
                                    unrolls=args.unrolls if B > 1 else max(3, args.unrolls), device="cpu",
                                    arch="paper")
                 raw[f"paper B={B}"] = runs
