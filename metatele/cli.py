@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-order", action="store_true", help="second-order unrolls (what coordinatewise training uses)")
     p.add_argument("--estimator", default="tbptt", choices=list(ESTIMATORS), help="meta-gradient estimator")
     p.add_argument("--pes-groups", type=positive_int, default=1, help="PES: independent perturbations per meta-step")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the throughput table, the time of a meta-step by phase (torch.profiler) at each "
+                        "batch size (B=1 only if given), over --unrolls meta-steps")
 
     p = sub.add_parser("transfer", help="checkpoints on networks they were not trained on, against GD/Adam tuned on each",
                        **sub_kw)

@@ -27,7 +27,7 @@ from .studies.digits_report import run_digits_study, write_figures
 from .release.training import train_and_save
 from .studies.experiment import CompareConfig, run_comparison
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
-from .studies.throughput import run_throughput
+from .studies.throughput import run_profile, run_throughput
 from .studies.transfer import TransferConfig, run_transfer
 from .storage.container import atomic_write
 from .storage.output import FolderLock, check_output_folder
@@ -186,6 +186,11 @@ def search(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.profile:
+        run_profile(args.batch_sizes, variant=args.variant, meta_steps=args.unrolls, device=args.device, dims=args.dims,
+                    arch=args.arch, bias=args.bias, distribution=args.distribution, second_order=args.second_order,
+                    hidden=args.hidden, estimator=args.estimator, pes_groups=args.pes_groups)
+        return 0
     run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
                    device=args.device, dims=args.dims, arch=args.arch, bias=args.bias,
                    distribution=args.distribution, second_order=args.second_order,

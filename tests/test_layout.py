@@ -31,7 +31,7 @@ PACKAGE = ROOT / "metatele"
 # top-level module); ``__init__`` is the top-level package ``metatele`` itself, which re-exports
 # the public names and so comes last with the command line.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("configs", "_version", "storage"),  # foundations: import no stage
+    ("configs", "_version", "storage", "profiling"),  # foundations: import no stage
     ("tasks",),
     ("symmetry",),
     ("optimizers",),
