@@ -11,8 +11,10 @@ trained on, against baselines tuned on each), ``benchmark`` (the statistical pro
 ``experiments/train_distributed.py`` (data-parallel ``train`` under torchrun) is
 :func:`train_distributed_main`.
 
-Every argument is checked before any work starts; a command that fails exits with status 2 and
-one ``metatele <command>: error: ...`` line.
+Every argument is checked before any work starts; a command that fails exits with one
+``metatele <command>: error: ...`` line and status 2 (refused: bad input, a folder in use or holding
+a finished checkpoint) or 3 (a training run that failed: every trajectory diverged, or it learned
+nothing); 130 after Ctrl-C, 128 + N after signal N (docs/running.md, "What is guaranteed").
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ import yaml
 
 from . import commands
 from ._version import __version__
-from .configs import (ConfigError, default_names, defaults_dir, field_docs, resolve_config, to_dict)
+from .configs import (ConfigError, default_names, defaults_dir, field_docs, resolve_config, to_dict,
+                      training_names)
 from .meta.config import ESTIMATORS, MetaTrainConfig
 from .meta.distributed import DEFAULT_TIMEOUT_S, DistributedError, train_distributed
 from .meta.engine import DivergenceError
 from .meta.state import STATE_DIR
+from .meta.train import MAX_SKIPPED_SHARE, TrainingFailed
 from .optimizers.baselines import BASELINES
 from .optimizers.learned import ARCHS
 from .storage.container import ContainerError
@@ -43,7 +47,12 @@ from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK
 from .tasks.family import DISTRIBUTIONS
 
 #: the failures a command reports as one ``error:`` line (exit status 2) instead of a traceback
-USER_ERRORS = (ConfigError, ContainerError, DivergenceError, ValueError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ContainerError, ValueError, FileNotFoundError)
+#: a training run that ran and failed: one ``error:`` line, exit status ``RUN_FAILED``
+RUN_FAILURES = (DivergenceError, TrainingFailed)
+RUN_FAILED = 3
+#: the exit status after Ctrl-C (the shell's 128 + SIGINT)
+INTERRUPTED = 130
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -86,6 +95,24 @@ def at_least_two(text: str) -> int:
     return value
 
 
+def output_folder(text: str) -> str:
+    """A non-empty output folder path (argparse type; ``""`` would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name an output folder")
+    return text
+
+
+def share(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
 def existing_file(text: str) -> str:
     """A path to an existing file (argparse type)."""
     if not Path(text).is_file():
@@ -116,9 +143,8 @@ def _config_keys_help() -> str:
 
 def _shipped_help(prefix: str = "") -> str:
     """The shipped names starting with ``prefix`` (none: the training configs) and where they are."""
-    studies = ("benchmark", "search", "digits")  # study configs, not training ones
-    names = [n for n in default_names() if n != "search_selected"
-             and (n.startswith(prefix) if prefix else not n.startswith(studies))]
+    names = [n for n in default_names() if n != "search_selected" and n.startswith(prefix)] if prefix \
+        else training_names()
     return f"shipped: {', '.join(names)}; in {defaults_dir()}"
 
 
@@ -134,8 +160,15 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     """The options of ``metatele train`` (also those of ``experiments/train_distributed.py``)."""
     p.add_argument("--config", help="YAML config: a file, or a shipped default by name, e.g. update_tele "
                    f"({_shipped_help()}). Default: the paper's update+tele (the defaults below)")
-    p.add_argument("--out", required=True, help="output folder: checkpoint.safetensors, history.json, "
-                   f"config.json, {STATE_DIR}/, wandb/")
+    p.add_argument("--out", required=True, type=output_folder,
+                   help="output folder: checkpoint.safetensors, history.json, "
+                   f"config.json, {STATE_DIR}/, wandb/ (locked while the run lasts)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow a run into an --out that holds a finished checkpoint.safetensors (replaced when "
+                        "this run ends)")
+    p.add_argument("--max-skipped-share", type=share, default=MAX_SKIPPED_SHARE,
+                   help="fail (exit 3, no checkpoint) when more than this share of the meta-steps were skipped "
+                        "(non-finite meta-gradient, or every trajectory diverged)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable; keys below)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (overrides the config's device)")
@@ -152,7 +185,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_compare_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder: results.json, results.md, figures/, wandb/")
+    p.add_argument("--out", required=True, type=output_folder,
+                   help="output folder: results.json, results.md, figures/, wandb/")
     p.add_argument("--seeds", type=at_least_two, default=100, help="number of unseen test seeds")
     p.add_argument("--steps", type=positive_int, default=100, help="inner steps of every optimizer")
     p.add_argument("--allow-overlap", action="store_true",
@@ -338,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"metatele {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RUN_FAILURES as e:
+        print(f"metatele {args.command}: error: {e}", file=sys.stderr)
+        return RUN_FAILED
+    except KeyboardInterrupt:
+        print(f"metatele {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def train_distributed_main(argv: list[str] | None = None) -> int:
@@ -351,17 +391,22 @@ def train_distributed_main(argv: list[str] | None = None) -> int:
         if rank == "0":  # wandb's slow import before the group forms, so that no rank waits on it
             importlib.import_module("wandb")
         save = functools.partial(train_and_save, out=args.out, wandb_mode=args.wandb, project=args.project,
-                                 group=args.group, progress=not args.no_progress)
+                                 group=args.group, progress=not args.no_progress,
+                                 max_skipped_share=args.max_skipped_share)
         train_distributed(config, args.out, resume=args.resume, every=args.save_every, keep=args.keep,
                           rank0_train=lambda cfg, callback, engine: save(cfg, callback=callback, engine=engine)[0],
-                          progress=not args.no_progress, backend=args.backend, timeout_s=args.timeout)
+                          progress=not args.no_progress, backend=args.backend, timeout_s=args.timeout,
+                          overwrite=args.overwrite, max_skipped_share=args.max_skipped_share)
     except DistributedError as e:
         print(f"train_distributed [rank {rank}]: error: {e}", file=sys.stderr, flush=True)
         return 1
-    except USER_ERRORS as e:
+    except USER_ERRORS + RUN_FAILURES as e:
         if rank == "0":  # the same on every rank: say it once
             print(f"train_distributed: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return 2 if isinstance(e, USER_ERRORS) else RUN_FAILED
+    except KeyboardInterrupt:
+        print(f"train_distributed [rank {rank}]: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
     return 0
 
 

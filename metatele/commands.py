@@ -27,6 +27,8 @@ from .studies.experiment import CompareConfig, run_comparison, train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
 from .studies.throughput import run_throughput
 from .studies.transfer import TransferConfig, run_transfer
+from .storage.container import atomic_write
+from .storage.output import FolderLock, check_output_folder
 from .tasks.family import TaskConfig
 
 
@@ -44,27 +46,37 @@ def train_config(args: argparse.Namespace) -> MetaTrainConfig:
 
 @contextlib.contextmanager
 def no_debris(out: Path) -> Iterator[None]:
-    """On failure, remove the folders this command created under ``out`` if they are still empty."""
-    created = [p for p in (out, out / STATE_DIR) if not p.exists()]
+    """On failure, remove the folders this command created (``out``, its parents, ``out/STATE_DIR``)
+    if they are still empty."""
+    created = [p for p in (out / STATE_DIR, out, *out.parents) if not p.exists()]  # innermost first
     try:
         yield
     except BaseException:
-        for folder in reversed(created):
+        for folder in created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds on an empty folder
         raise
+
+
+@contextlib.contextmanager
+def locked(out: Path, command: str) -> Iterator[None]:
+    """Hold the lock on ``out`` (created if needed) for the block; on failure leave no empty folders."""
+    with no_debris(out), FolderLock(out, f"metatele {command}"):
+        yield
 
 
 def train(args: argparse.Namespace) -> int:
     config = train_config(args)
     out = Path(args.out)
     with no_debris(out):
-        engine, callback = resumable_callback(config, out, resume=args.resume, every=args.save_every, keep=args.keep)
+        engine, callback = resumable_callback(config, out, resume=args.resume, every=args.save_every, keep=args.keep,
+                                              overwrite=args.overwrite)
         try:
             train_and_save(config, out, wandb_mode=args.wandb, project=args.project, group=args.group,
-                           progress=not args.no_progress, callback=callback, engine=engine)
+                           progress=not args.no_progress, callback=callback, engine=engine,
+                           max_skipped_share=args.max_skipped_share)
         finally:
-            callback.close()  # restore the SIGINT/SIGTERM handlers
+            callback.finish()  # restore the SIGINT/SIGTERM handlers, unlock the folder
     return 0
 
 
@@ -75,6 +87,8 @@ def check_checkpoints(paths: list[str]) -> list[dict[str, Any]]:
 
 def compare(args: argparse.Namespace, checkpoints: list[str], baselines: list[str], tune: str,
              teleport: bool, paper_gd: bool = True) -> int:
+    out = Path(args.out)
+    check_output_folder(out)  # before any work: a file, or a folder that cannot be written
     docs = check_checkpoints(checkpoints)
     task = None
     if args.dims or args.distribution:
@@ -84,7 +98,8 @@ def compare(args: argparse.Namespace, checkpoints: list[str], baselines: list[st
                         teleport_baselines=teleport, seeds=args.seeds, steps=args.steps,
                         at_steps=[s for s in (10, 30, 100, 300) if s <= args.steps],
                         allow_overlap=args.allow_overlap)
-    run_comparison(cfg, args.out, wandb_mode=args.wandb, project=args.project, group=args.group)
+    with locked(out, args.command):
+        run_comparison(cfg, out, wandb_mode=args.wandb, project=args.project, group=args.group)
     return 0
 
 
@@ -103,12 +118,13 @@ def demo(args: argparse.Namespace) -> int:
                for name, cfg in demo_configs().items()}  # every config checked before the first run
     out = Path(args.out)
     ckpts = []
-    for name, cfg in configs.items():
-        _, path = train_and_save(cfg, out / name, wandb_mode=args.wandb, project=args.project, group="demo-train")
-        ckpts.append(str(path))
-    cfg = CompareConfig(checkpoints=ckpts, seeds=100, steps=100, tune="grid", tune_steps=50,
-                        baselines=["adam", "momentum"], teleport_baselines=True)
-    run_comparison(cfg, out / "compare", wandb_mode=args.wandb, project=args.project, group="demo-compare")
+    with locked(out, "demo"):
+        for name, cfg in configs.items():
+            _, path = train_and_save(cfg, out / name, wandb_mode=args.wandb, project=args.project, group="demo-train")
+            ckpts.append(str(path))
+        cfg = CompareConfig(checkpoints=ckpts, seeds=100, steps=100, tune="grid", tune_steps=50,
+                            baselines=["adam", "momentum"], teleport_baselines=True)
+        run_comparison(cfg, out / "compare", wandb_mode=args.wandb, project=args.project, group="demo-compare")
     print(f"\nDone. Figures: {out / 'compare' / 'figures'}; table: {out / 'compare' / 'results.md'}; "
           f"wandb runs (offline unless --wandb online): {out}/*/wandb")
     return 0
@@ -128,11 +144,13 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> int:
               f"learned runs for {len(runner.jobs())} table entries); out {out}; report {report}")
         return 0
     if args.render_only:
-        return render_only(out, report)
+        with locked(out, "benchmark --render-only"):
+            return render_only(out, report)
     command = "metatele benchmark" + (" " + shlex.join(argv) if argv else "")
-    results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
-                            resume=args.resume, settings=args.settings, ablations=ablations,
-                            workers=args.workers, threads=args.threads, methods=args.methods)
+    with locked(out, "benchmark"):
+        results = run_benchmark(protocol, out, report, command=command, raw=raw, progress=not args.no_progress,
+                                resume=args.resume, settings=args.settings, ablations=ablations,
+                                workers=args.workers, threads=args.threads, methods=args.methods)
     print("\n".join(results["conclusions"]))
     print(f"\nreport: {report}; results: {out / 'results.json'}; wall time {results['wall_seconds'] / 60:.1f} min")
     return 0
@@ -147,9 +165,10 @@ def search(args: argparse.Namespace, argv: list[str]) -> int:
     if args.render_only and not (out / "results.json").is_file():
         raise ConfigError(f"--render-only: no results at {out / 'results.json'}; run the search first")
     tables = args.tables or (out / "RESULTS.md" if args.quick else None)
-    chosen = run_search(config, out, report, selected, args.overrides, progress=not args.no_progress,
-                        resume=args.resume, render_only=args.render_only,
-                        command="metatele search" + (" " + shlex.join(argv) if argv else ""), tables=tables)
+    with locked(out, "search"):
+        chosen = run_search(config, out, report, selected, args.overrides, progress=not args.no_progress,
+                            resume=args.resume, render_only=args.render_only,
+                            command="metatele search" + (" " + shlex.join(argv) if argv else ""), tables=tables)
     for key, sel in chosen.items():
         print(f"{key}: selected candidate [{sel['tag']}] ({sel['met']}/{sel['total']} criteria on validation seeds)")
     print(f"report: {report}; selection: {selected}")
@@ -169,11 +188,12 @@ def transfer(args: argparse.Namespace) -> int:
     cfg = TransferConfig(checkpoints=list(args.checkpoints), seeds=args.seeds, steps=args.steps,
                          tune_seeds=args.tune_seeds, include_training_task=not args.no_training_task,
                          at_steps=tuple(s for s in (10, 30, 100, 300) if s <= args.steps))
-    result = run_transfer(cfg)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "transfer.md").write_text(result["markdown"])
-    (out / "transfer.json").write_text(json.dumps(result, indent=1, allow_nan=False))
+    check_output_folder(out)
+    result = run_transfer(cfg)
+    with locked(out, "transfer"):
+        atomic_write(out / "transfer.md", result["markdown"].encode())
+        atomic_write(out / "transfer.json", json.dumps(result, indent=1, allow_nan=False).encode())
     print(result["markdown"])
     print(f"wrote {out / 'transfer.md'} and {out / 'transfer.json'}")
     return 0
@@ -185,6 +205,11 @@ def digits(args: argparse.Namespace, argv: list[str]) -> int:
         base.update(load_yaml_mapping(args.config, "digits config"))
     cfg = from_dict(DigitsStudyConfig, apply_overrides(base, args.overrides))
     out = Path(args.out)
+    with locked(out, "digits"):
+        return _digits(args, argv, cfg, out)
+
+
+def _digits(args: argparse.Namespace, argv: list[str], cfg: DigitsStudyConfig, out: Path) -> int:
     if args.render_only:
         results = load_results(out / "results.json")
         report = Path(args.report) if args.report else out / "DIGITS.md"

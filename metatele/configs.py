@@ -188,24 +188,41 @@ def default_names() -> list[str]:
     return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
-def resolve_config(name_or_path: str | os.PathLike, what: str = "config") -> Path:
+#: the shipped study protocols and configs (``metatele benchmark``, ``search``, ``digits``), and the
+#: selection they read: not meta-training configs
+STUDY_PREFIXES = ("benchmark", "search", "digits")
+
+
+def training_names() -> list[str]:
+    """The shipped meta-training configs (``metatele train --config NAME``): no study protocol."""
+    return [n for n in default_names() if not n.startswith(STUDY_PREFIXES)]
+
+
+def resolve_config(name_or_path: str | os.PathLike, what: str = "config", names: list[str] | None = None) -> Path:
     """The YAML file meant by ``name_or_path``: an existing file, else a shipped default by name.
 
     ``update_tele``, ``update_tele.yaml`` and ``ship/update_tele`` name files in
     :func:`defaults_dir`; a path that exists is taken as it is (it wins over a shipped name).
 
+    ``names``: the shipped names this caller accepts (default: every one); another shipped
+    name is refused as not a ``what``.
+
     Raises:
-        ConfigError: neither a file nor a shipped name; the message lists the shipped names.
+        ConfigError: neither a file nor an accepted shipped name; the message lists the accepted names.
     """
     path = Path(name_or_path)
     if path.is_file():
         return path
     name = path.as_posix().removesuffix(".yaml")
     shipped = defaults_dir() / f"{name}.yaml"
+    accepted = default_names() if names is None else names
     if not path.is_absolute() and shipped.is_file():
-        return shipped
+        if name in accepted:
+            return shipped
+        raise ConfigError(f"{name_or_path} is a shipped file of another kind (a study protocol of `metatele "
+                          f"benchmark`, `search` or `digits`), not a {what}; shipped {what}s: {', '.join(accepted)}")
     raise ConfigError(f"{what} file not found: {name_or_path} (neither a file nor a shipped default; shipped "
-                      f"defaults in {defaults_dir()}: {', '.join(default_names())})")
+                      f"defaults in {defaults_dir()}: {', '.join(accepted)})")
 
 
 def load_yaml_mapping(path: str, what: str = "config") -> dict[str, Any]:

@@ -217,6 +217,33 @@ def test_missing_unexpected_and_misshapen_tensors_raise(tmp_path, saved):
         load_checkpoint(bad_config)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int64])
+def test_a_tensor_of_another_dtype_is_refused_not_cast(tmp_path, saved, dtype):
+    path = saved[0]
+    key = sorted(saved[1].state_dict())[0]
+
+    def cast(t):
+        t[key] = t[key].to(dtype)
+
+    bad = _rewrite(path, tmp_path / "d.safetensors", edit_tensors=cast)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CheckpointError, match=rf"wrong dtype \({re.escape(key)}: {name}\).*never cast on load"):
+        load_checkpoint(bad)
+    mixed = _rewrite(path, tmp_path / "m.safetensors", edit_tensors=lambda t: t.update({key: t[key].double()}))
+    with pytest.raises(CheckpointError, match="wrong dtype \\(mixed float32, float64\\)"):
+        load_checkpoint(mixed)
+
+
+def test_non_finite_meta_parameters_are_never_saved_as_a_checkpoint(tmp_path):
+    config = small_config()
+    opt = build(config)
+    with torch.no_grad():
+        next(opt.parameters())[0].fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="not saving .* are not finite"):
+        save_checkpoint(tmp_path / "opt.safetensors", opt, config)
+    assert not list(tmp_path.iterdir())
+
+
 def test_incompatible_task_names_both_dims(tmp_path):
     config = small_config(dims=(20, 20, 20, 20))
     path = save_checkpoint(tmp_path / "ref.safetensors", build(config), config)

@@ -185,9 +185,9 @@ def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(commands, "train_and_save", diverges)
     out = tmp_path / "deep" / "out"
-    assert main(["train", "--out", str(out), "--set", "trajectories=4", "--wandb", "disabled"]) == 2
+    assert main(["train", "--out", str(out), "--set", "trajectories=4", "--wandb", "disabled"]) == 3  # a failed run
     assert "diverged" in capsys.readouterr().err
-    assert not out.exists()
+    assert not (tmp_path / "deep").exists()  # nor the parent it created
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -214,6 +214,38 @@ def test_a_damaged_checkpoint_is_refused_before_tuning_or_writing(tmp_path, caps
     out = tmp_path / "out"
     assert main(["compare", str(bad), "--out", str(out), "--wandb", "disabled"]) == 2
     assert "never unpickles" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_eval_and_compare_check_out_before_any_work(command, tmp_path, monkeypatch, capsys):
+    from metatele.meta.config import MetaTrainConfig
+    from metatele.optimizers.learned import LearnedOptimizer
+    from metatele.release.checkpoint import save_checkpoint
+
+    config = MetaTrainConfig.from_dict({"task": {"dims": [4, 6, 5, 3]}, "learned": {"lstm": {"hidden": 8}},
+                                        "trajectories": 4})
+    ckpt = save_checkpoint(tmp_path / "c.safetensors", LearnedOptimizer(config.task, config.learned), config)
+
+    def no_work(*a, **k):
+        raise AssertionError("no tuning or evaluation may start")
+
+    monkeypatch.setattr(commands, "check_checkpoints", no_work)
+    monkeypatch.setattr(commands, "run_comparison", no_work)
+    (tmp_path / "taken").write_text("a file")
+    rc = main([command, str(ckpt), "--out", str(tmp_path / "taken"), "--wandb", "disabled"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"metatele {command}: error: output folder {tmp_path / 'taken'} is a file, not a folder")
+
+
+def test_train_offers_only_training_configs(tmp_path, capsys):
+    assert main(["train", "--config", "nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "training config file not found: nope" in err and "quick" in err and "benchmark_quick" not in err
+    assert main(["train", "--config", "benchmark_quick", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "benchmark_quick is a shipped file of another kind (a study protocol" in err
+    assert "unknown config key" not in err and not (tmp_path / "o").exists()
 
 
 def test_train_records_exactly_the_trajectories_and_seeds_it_trained(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from metatele.release.checkpoint import load_optimizer, save_checkpoint
-from metatele.optimizers.dropin import LearnedTeleportOptimizer, check_model
+from metatele.optimizers.dropin import ActivationWarning, LearnedTeleportOptimizer, check_model
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
 from metatele.optimizers.coordinatewise import CoordinatewiseConfig
 from metatele.optimizers.lstm import LSTMConfig, TeleportConfig
@@ -80,7 +80,7 @@ def test_teleport_alone_keeps_the_user_loss():
     batch = sample_tasks(TASK, [3], dtype=torch.float64)
     model = user_model(batch.weights)
     X, Y = batch.X[0], batch.Y[0]
-    opt = LearnedTeleportOptimizer(model.parameters(), learned, X=X)
+    opt = LearnedTeleportOptimizer(model, learned, X=X)
     closure = make_closure(opt, model, X, Y)
     before = [p.detach().clone() for p in model.parameters()]
     losses = [float(opt.step(closure).detach()) for _ in range(3)]
@@ -130,8 +130,8 @@ def test_data_is_validated_and_may_be_batched_or_replaced():
     with pytest.raises(ValueError, match="needs the data X"):
         LearnedTeleportOptimizer(model.parameters(), learned)
     with pytest.raises(ValueError, match=r"\[6, n\].*got shape \(4, 6\).*X.T"):
-        LearnedTeleportOptimizer(model.parameters(), learned, X=batch.X[0].T)
-    opt = LearnedTeleportOptimizer(model.parameters(), learned, X=batch.X)  # [1, d0, n]
+        LearnedTeleportOptimizer(model, learned, X=batch.X[0].T)
+    opt = LearnedTeleportOptimizer(model, learned, X=batch.X)  # [1, d0, n]
     assert opt.X.shape == (1, 6, 4)
     with pytest.warns(SymmetryWarning, match="not a symmetry"):
         opt.set_data(torch.randn(6, 8, dtype=torch.float64))  # n = 8 > 6: no left inverse
@@ -151,14 +151,14 @@ def test_state_dict_round_trip_continues_the_same_trajectory():
             opt.step(closure)
 
     ref = user_model(batch.weights)
-    ref_opt = LearnedTeleportOptimizer(ref.parameters(), learned, X=X)
+    ref_opt = LearnedTeleportOptimizer(ref, learned, X=X)
     run(5, ref, ref_opt)
 
     first = user_model(batch.weights)
-    first_opt = LearnedTeleportOptimizer(first.parameters(), learned, X=X)
+    first_opt = LearnedTeleportOptimizer(first, learned, X=X)
     run(2, first, first_opt)
     resumed = user_model([p.detach().unsqueeze(0) for p in first.parameters()])
-    resumed_opt = LearnedTeleportOptimizer(resumed.parameters(), learned, X=X)
+    resumed_opt = LearnedTeleportOptimizer(resumed, learned, X=X)
     resumed_opt.load_state_dict(first_opt.state_dict())
     run(3, resumed, resumed_opt)
     for a, b in zip(ref.parameters(), resumed.parameters()):
@@ -320,3 +320,58 @@ def test_custom_loss_on_the_teleport_batch():
     for _ in range(40):
         loss = opt.step(closure)
     assert float(loss.detach()) < 0.5 * first
+
+
+# --- what the drop-in refuses: activations it cannot teleport, non-finite data and weights, foreign states ---
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.2), nn.Tanh()])
+def test_the_plain_constructor_refuses_a_model_it_cannot_teleport(activation):
+    learned = learned_optimizer("update+tele")
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), activation, nn.Linear(5, 3, bias=False)).double()
+    X = torch.randn(6, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"model\[1\] must be nn.LeakyReLU\(0.1\)"):
+        LearnedTeleportOptimizer(model, learned, X=X)
+    with pytest.warns(ActivationWarning, match="cannot check the network's activations or the order"):
+        LearnedTeleportOptimizer(model.parameters(), learned, X=X)  # bare parameters: it says what it cannot see
+    with pytest.warns(ActivationWarning):  # square layers in the wrong order: shapes cannot tell
+        square = nn.Sequential(nn.Linear(6, 6, bias=False), nn.LeakyReLU(0.1), nn.Linear(6, 6, bias=False)).double()
+        LearnedTeleportOptimizer(list(square.parameters())[::-1], coordinatewise("update+tele"), X=X,
+                                 Y=torch.randn(6, 4, dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checked model, or a variant that does not teleport: no warning
+        LearnedTeleportOptimizer(user_model(sample_tasks(TASK, [1], dtype=torch.float64).weights), learned, X=X)
+        LearnedTeleportOptimizer(model.parameters(), learned_optimizer("update"))
+
+
+def test_a_non_finite_teleport_batch_is_refused_when_set_and_the_weights_stay_finite():
+    learned = learned_optimizer("update+tele")
+    batch = sample_tasks(TASK, [1], dtype=torch.float64)
+    model = user_model(batch.weights)
+    X, Y = batch.X[0].clone(), batch.Y[0]
+    X[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="X has 1 non-finite entries"):
+        LearnedTeleportOptimizer(model, learned, X=X)
+    opt = LearnedTeleportOptimizer(model, learned, X=batch.X[0])
+    bad_Y = Y.clone()
+    bad_Y[1, 3] = float("inf")
+    with pytest.raises(ValueError, match="Y has 1 non-finite entries"):
+        opt.set_data(batch.X[0], bad_Y)
+    before = [p.detach().clone() for p in model.parameters()]
+    make_closure(opt, model, batch.X[0], Y)()
+    with torch.no_grad():  # a learned optimizer whose update overflows
+        learned.update.net.head.bias.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="non-finite weights from finite weights and gradients.*left unchanged"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_a_coordinatewise_state_is_refused_by_a_paper_optimizer_at_load_time():
+    X, Y = torch.randn(6, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    paper_model = user_model(sample_tasks(TASK, [1], dtype=torch.float64).weights)
+    cw_model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.LeakyReLU(0.1), nn.Linear(5, 3, bias=False)).double()
+    cw = LearnedTeleportOptimizer(cw_model, coordinatewise("update+tele"), X=X, Y=Y)
+    make_closure(cw, cw_model, X, Y)()
+    cw.step()
+    paper = LearnedTeleportOptimizer(paper_model, learned_optimizer("update+tele"), X=X)
+    with pytest.raises(ValueError, match="does not fit the learned optimizer .arch paper"):
+        paper.load_state_dict(cw.state_dict())
+    assert not paper.state  # nothing was loaded

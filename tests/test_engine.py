@@ -208,3 +208,102 @@ def test_a_partial_last_batch_keeps_idle_slots_out_of_the_meta_loss():
     eng.trajectories.W[0][2:] = float("nan")  # idle slots may hold anything
     m = eng.meta_step()
     assert m["diverged"] == 0 and math.isfinite(m["meta_loss"]) and eng.done
+
+
+# -- a run that learned nothing says so; every trajectory takes exactly its horizon ----------------
+def test_non_finite_meta_gradients_are_counted_as_skipped_and_a_run_of_them_fails():
+    from metatele.meta.train import TrainingFailed
+
+    cfg = small_config(trajectories=40)  # 20 meta-steps planned
+    original = UnrollEngine.compute_meta_gradient
+
+    def nan_gradient(self):  # every meta-gradient is non-finite (and is zeroed)
+        u = original(self)
+        for p in self.meta_parameters:
+            p.grad.fill_(float("nan"))
+        return u
+
+    eng = UnrollEngine(cfg)
+    eng.compute_meta_gradient = nan_gradient.__get__(eng)
+    metrics = eng.meta_step()
+    assert metrics["skipped"] and metrics["skipped_total"] == 1 and metrics["meta_grad_norm"] is None
+    with pytest.raises(TrainingFailed, match=r"after 11 of 20 meta-steps: every one of its 11 meta-steps was skipped") as e:
+        meta_train(cfg, progress=False, engine=eng)  # stops once more than half of the plan is certain to be skipped
+    assert e.value.result.skipped_total == 11 and len(e.value.result.history) == 10
+    assert all(torch.isfinite(p).all() for p in e.value.result.optimizer.parameters())
+
+
+def test_a_share_of_skipped_meta_steps_over_the_limit_fails_and_under_it_passes():
+    from metatele.meta.train import TrainingFailed
+
+    cfg = small_config(trajectories=16)  # 8 meta-steps
+    original = UnrollEngine.compute_meta_gradient
+
+    def every_other(self):
+        u = original(self)
+        if self.meta_step_count % 2:
+            for p in self.meta_parameters:
+                p.grad.fill_(float("inf"))
+        return u
+
+    UnrollEngine.compute_meta_gradient = every_other
+    try:
+        result = meta_train(cfg, progress=False)  # 4 of 8 skipped: not more than half
+        assert result.skipped_total == 4 and [h["skipped"] for h in result.history] == [False, True] * 4
+        with pytest.raises(TrainingFailed, match="more than the allowed share 0.25"):
+            meta_train(cfg, progress=False, max_skipped_share=0.25)
+    finally:
+        UnrollEngine.compute_meta_gradient = original
+
+
+def test_a_run_ending_while_every_trajectory_diverges_fails_before_the_patience_runs_out():
+    from metatele.meta.train import TrainingFailed
+
+    cfg = small_config(trajectories=4, steps=6, unroll=3)  # 2 meta-steps, patience 3
+    original = UnrollEngine.compute_meta_gradient
+
+    def diverge(self):
+        if self.meta_step_count == 1:
+            for w in self.trajectories.W:
+                w.fill_(float("nan"))
+        return original(self)
+
+    UnrollEngine.compute_meta_gradient = diverge
+    try:
+        with pytest.raises(TrainingFailed, match="ended while every trajectory was diverging") as e:
+            meta_train(cfg, progress=False, max_skipped_share=1.0)
+    finally:
+        UnrollEngine.compute_meta_gradient = original
+    last = e.value.result.history[-1]
+    assert last["meta_loss"] is None and last["mean_log10_loss"] is None  # not a 0.0 that reads as perfect
+
+
+@pytest.mark.parametrize("extra", [{}, {"meta_loss": "mean_log"}, {"estimator": "pes"}])
+def test_steps_not_a_multiple_of_unroll_train_exactly_steps(extra):
+    """steps 5 with unroll 10 is the same run as unroll 5 (it used to train 10 steps, recording 5)."""
+    from helpers import same_parameters
+
+    a = meta_train(small_config(steps=5, unroll=10, **extra), progress=False)
+    b = meta_train(small_config(steps=5, unroll=5, **extra), progress=False)
+    c = meta_train(small_config(steps=10, unroll=10, **extra), progress=False)
+    assert [h["unroll"] for h in a.history] == [5, 5]
+    assert same_parameters(a.optimizer.state_dict(), b.optimizer.state_dict())
+    assert not same_parameters(a.optimizer.state_dict(), c.optimizer.state_dict())
+
+
+def test_a_trajectory_reaching_its_horizon_inside_an_unroll_stops_there():
+    # stagger: slot 3 starts at step 3 of 4, so the first unroll of 3 steps takes it 1 step only
+    cfg = small_config(trajectories=4, batch_size=4, steps=4, unroll=3, stagger=True)
+    eng = UnrollEngine(cfg)
+    tr = eng.trajectories
+    assert list(tr.steps_done) == [0, 0, 0, 3]
+    W0, state0 = [w.clone() for w in tr.W], eng.optimizer.initial_state(tr.B, eng.device, eng.dtype)
+    u = eng.compute_meta_gradient()
+    with torch.no_grad():
+        one, _, _, state = eng.optimizer.step(W0, tr.X, tr.Y, state0, x_qr=tr.X_qr)
+        three = one
+        for _ in range(2):
+            three, _, _, state = eng.optimizer.step(three, tr.X, tr.Y, state, x_qr=tr.X_qr)
+    for w, w1, w3 in zip(u.W, one, three):
+        torch.testing.assert_close(w[3], w1[3], rtol=1e-12, atol=0)  # one step, then held
+        assert not torch.allclose(w[3], w3[3])

@@ -18,6 +18,7 @@ import yaml
 
 import metatele.storage.container as container_mod
 import metatele.meta.checkpointer as checkpointer_mod
+import metatele.storage.output as output_mod
 from metatele import cli
 from metatele.release.checkpoint import load_checkpoint
 from metatele.meta.engine import DivergenceError, UnrollEngine
@@ -82,7 +83,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path, monkeypatch, c
     def refuse(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(checkpointer_mod.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(output_mod.tempfile, "mkstemp", refuse)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
     rc = cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"),
                    "--no-progress", "--wandb", "disabled"])
@@ -271,3 +272,130 @@ def test_a_hung_rank_makes_the_other_fail_after_the_timeout(tmp_path):
     assert procs[0].returncode == 1, err
     assert 3 < waited < 20, waited
     assert "did not answer within the 4 s timeout" in err and "--resume" in err
+
+
+# -- the train command under faults: two runs into one folder, a run that learns nothing, a finished
+# -- checkpoint, Ctrl-C twice ---------------------------------------------------------------------
+def train_process(cfg: dict, out: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    """``metatele train`` on ``cfg`` in a process of its own, once it holds the lock on ``out``."""
+    cfg_file = tmp_path / f"{out.name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "metatele", "train", "--config", str(cfg_file), "--out", str(out),
+                             "--no-progress", "--wandb", "disabled", *extra], env=subprocess_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / ".metatele.lock").exists() or str(proc.pid) not in (out / ".metatele.lock").read_text():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < 60
+        time.sleep(0.02)
+    return proc
+
+
+def test_two_runs_into_one_folder_exactly_one_refuses_and_ctrl_c_twice_exits_130_cleanly(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny(trajectories=100_000, batch_size=20, unroll=10, steps=100,
+               **{"task.dims": [20, 20, 20, 20], "learned.lstm.hidden": 300})  # meta-steps of a good fraction of a second
+    first = train_process(cfg, out, tmp_path, "--save-every", "1")
+    try:
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
+        for extra in ([], ["--resume"]):  # a fresh run and a resume both refuse at once
+            rc = cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--seed", "2",
+                           "--no-progress", "--wandb", "disabled", *extra])
+            err = capsys.readouterr().err
+            assert rc == 2 and f"is in use by another run (pid {first.pid}, `metatele train`" in err, err
+        while not state_files(out):  # training, with the signal handlers in place
+            assert first.poll() is None
+            time.sleep(0.02)
+        first.send_signal(signal.SIGINT)
+        lines = []
+        while not lines or "received SIGINT" not in lines[-1]:
+            lines.append(first.stderr.readline())
+        first.send_signal(signal.SIGINT)  # the documented abort, during the meta-step the first one lets finish
+        _, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.rstrip().endswith("metatele train: interrupted"), err
+    assert not (out / ".metatele.lock").exists()
+    doc = latest_state(out)[2]
+    assert doc["config"]["seed"] == 0 and doc["config"]["batch_size"] == 20  # the first run's state only
+
+
+def test_non_finite_meta_gradients_fail_the_train_command_and_save_no_nan(tmp_path, monkeypatch, capsys):
+    original = UnrollEngine.compute_meta_gradient
+
+    def nan_gradient(self):
+        u = original(self)
+        if self.meta_step_count >= 1:  # from the second meta-step on
+            for p in self.meta_parameters:
+                p.grad.fill_(float("nan"))
+        return u
+
+    monkeypatch.setattr(UnrollEngine, "compute_meta_gradient", nan_gradient)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny(trajectories=40)))  # 20 meta-steps planned
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--save-every", "2",
+                   "--no-progress", "--wandb", "disabled"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "metatele train: error: meta-training failed after 12 of 20 meta-steps: 11 of its 12 meta-steps were " \
+           "skipped" in err and "no checkpoint written" in err
+    assert not (out / "checkpoint.safetensors").exists() and not (out / ".metatele.lock").exists()
+    text = (out / "history.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    history = json.loads(text)
+    assert [h["skipped"] for h in history] == [False] + [True] * 11
+    assert history[-1]["skipped_total"] == 11 and history[-1]["meta_grad_norm"] is None
+    for _, path in state_files(out):  # every training state saved holds finite meta-parameters
+        doc, state = checkpointer_mod.decode(path.read_bytes())
+        assert all(torch.isfinite(t).all() for t in state["shared"]["optimizer"].values())
+
+
+def test_a_finished_checkpoint_is_not_overwritten_without_overwrite(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress", "--wandb", "disabled"]
+    assert cli.main(argv) == 0
+    first = (out / "checkpoint.safetensors").read_bytes()
+    for p in (out / STATE_DIR).iterdir():  # the user deletes the training states (3 × 53 MB in a real run)
+        p.unlink()
+    for extra in ([], ["--resume"], ["--seed", "3"]):
+        assert cli.main(argv + extra) == 2
+        assert "already holds a finished run's checkpoint; pass --overwrite" in capsys.readouterr().err
+        assert (out / "checkpoint.safetensors").read_bytes() == first
+    assert cli.main(argv + ["--seed", "3", "--overwrite"]) == 0
+    assert load_checkpoint(out / "checkpoint.safetensors").config.seed == 3
+
+
+def test_an_empty_out_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.safetensors").write_bytes(b"not read: the parser refuses first")
+    for argv in (["train", "--out", ""], ["eval", "x.safetensors", "--out", " "]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and "--out: an empty path; name an output folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+def test_history_and_config_are_written_atomically(tmp_path, monkeypatch):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny()))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress", "--wandb", "disabled"]
+    assert cli.main(argv) == 0
+    before = {n: (out / n).read_bytes() for n in ("history.json", "config.json")}
+    real_open = open
+
+    def disk_full(path, mode="r", *a, **k):  # the disk fills while the new history is written
+        f = real_open(path, mode, *a, **k)
+        if "history.json" in str(path) and "w" in mode:
+            f.write(b"[{")
+            f.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return f
+
+    monkeypatch.setattr(container_mod, "open", disk_full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        cli.main(argv + ["--resume", "--overwrite"])  # the finished run again: its files rewritten
+    assert {n: (out / n).read_bytes() for n in before} == before  # the old files, whole
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

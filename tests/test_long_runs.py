@@ -27,8 +27,8 @@ def cw(**kw) -> MetaTrainConfig:
                         "validation.every": 3, "validation.seeds": 3, "validation.steps": 6,
                         "validation.at_steps": [3, 6], "validation.average": 0.5,
                         "learned.coordinatewise.lr": 0.05}))
-    base["learned"].pop("lstm")
-    base["learned"]["teleport"].pop("eps")
+    base["learned"].pop("lstm", None)
+    base["learned"].get("teleport", {}).pop("eps", None)
     for k, v in kw.items():
         node, parts = base, k.split(".")
         for p in parts[:-1]:

@@ -18,7 +18,7 @@ from metatele.studies.aggregate import method_ids
 from metatele.studies.search import rank_lr_candidates, rank_update_candidates, run_search
 from metatele.tasks.family import (TEST_SEED_OFFSET, VALIDATION_SEED_OFFSET, is_test_seed, is_validation_seed,
                             training_seeds, unseen_seeds, validation_seeds)
-from metatele.meta.train import meta_train
+from metatele.meta.train import TrainingFailed, meta_train
 from metatele.meta.config import MetaTrainConfig
 
 from helpers import tiny
@@ -105,8 +105,14 @@ def test_lstm_switches_reject_bad_values_naming_the_field(key, value, field):
         LSTMConfig(**{key: value})
 
 
-@pytest.mark.parametrize("switches", [{"learned.lstm.gd_skip": True, "learned.lstm.output_scale": 0.01},
-                                      {"learned.lstm.input_norm": "rms"}])
+@pytest.mark.parametrize("switches", [
+    {"learned.lstm.gd_skip": True, "learned.lstm.output_scale": 0.01},
+    # found by issue 21's skipped-step count: with input_norm rms the meta-gradient of this run is
+    # non-finite from meta-step 2 on (38 of 39 zeroed), so meta_train now fails it; it used to pass
+    # on Adam's momentum from the first meta-step alone
+    pytest.param({"learned.lstm.input_norm": "rms"}, marks=pytest.mark.xfail(
+        strict=True, raises=TrainingFailed, reason="input_norm rms: non-finite meta-gradients from meta-step 2")),
+])
 def test_meta_training_with_the_m1_switches_lowers_the_meta_loss(switches):
     cfg = MetaTrainConfig.from_dict(tiny(**{"learned.variant": "update", "trajectories": 400, "steps": 6,
                                             "batch_size": 20, "meta_loss": "mean_log", "lr_update": 3e-3,

@@ -12,6 +12,11 @@ before. Only the newest ``keep`` files are kept. A state whose meta-parameters o
 are non-finite, or one taken while every trajectory is diverging, is never written: the last good
 checkpoint stays the newest.
 
+One run at a time: :func:`resumable_callback` locks the folder (:class:`metatele.storage.output.FolderLock`)
+until :meth:`TrainingCheckpointer.finish`, so a second run into it refuses at once, naming the first
+one's pid; the lock of a killed run is taken over. A finished run's checkpoint is never replaced
+unless the caller says ``overwrite``.
+
 Data-parallel runs (:mod:`metatele.meta.distributed`) pass ``comm``: every rank's trajectories are
 gathered to rank 0, which alone writes; on resume rank 0 reads the file and broadcasts it.
 """
@@ -20,7 +25,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -29,10 +33,11 @@ import torch
 
 from ..configs import ConfigError, to_dict
 from ..storage.container import atomic_write
+from ..storage.output import FolderLock, OutputFolderError, check_output_folder
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
 from .mixture import build_engine
-from .state import (SHARED, STATE_DIR, ResumeError, config_differences, decode, encode, latest_state, rank_state,
+from .state import (CHECKPOINT_FILE, SHARED, STATE_DIR, ResumeError, config_differences, decode, encode, latest_state, rank_state,
                     say, seed_end, state_files)
 
 
@@ -94,12 +99,13 @@ class TrainingCheckpointer:
         history: metrics of the meta-steps before this process (resumed runs).
         comm: a data-parallel group; ``None`` for one process.
         handle_signals: turn SIGINT/SIGTERM into "save, then exit with 128 + signal".
+        lock: the held lock on ``out``, released by :meth:`finish`.
     """
 
     def __init__(self, config: MetaTrainConfig, out: str | os.PathLike, every: int = 50, keep: int = 3,
                  history: list[dict[str, Any]] | None = None, comm: Comm | None = None,
-                 handle_signals: bool = True) -> None:
-        self.config, self.every, self.keep, self.comm = config, every, keep, comm
+                 handle_signals: bool = True, lock: FolderLock | None = None) -> None:
+        self.config, self.every, self.keep, self.comm, self.lock = config, every, keep, comm, lock
         self.folder = Path(out) / STATE_DIR
         self.history: list[dict[str, Any]] = list(history or [])
         self.is_writer = comm is None or comm.rank == 0
@@ -135,6 +141,13 @@ class TrainingCheckpointer:
     def close(self) -> None:
         """Restore the signal handlers that were there before."""
         self.stop.uninstall()
+
+    def finish(self) -> None:
+        """The run is over (its last files written, or it failed): restore the signal handlers and
+        release the lock on the folder."""
+        self.close()
+        if self.lock is not None:
+            self.lock.release()
 
     # saving
     def _good(self, engine: UnrollEngine) -> str | None:
@@ -210,24 +223,21 @@ class TrainingCheckpointer:
 
 
 # -- preparing a run ---------------------------------------------------------------------------
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ResumeError(f"output folder {folder.parent} is not writable ({e}); choose another --out") from None
-
-
-def _find_state(out: Path, config: MetaTrainConfig, resume: bool,
-                world: int) -> tuple[Path, bytes, dict[str, Any], Any] | None:
+def _find_state(out: Path, config: MetaTrainConfig, resume: bool, world: int,
+                overwrite: bool) -> tuple[Path, bytes, dict[str, Any], Any] | None:
     """Rank 0's look at ``out``: the training state to resume from (``None``: start fresh).
 
-    Raises :class:`ResumeError` when ``out`` is not writable, holds a state without ``resume``,
-    holds only damaged states, or holds a state of another config or world size.
+    Raises :class:`ResumeError` when ``out`` is not writable, holds a finished checkpoint (without
+    ``overwrite``), holds a state without ``resume``, holds only damaged states, or holds a state of
+    another config or world size.
     """
-    _check_writable(out / STATE_DIR)
+    if (out / CHECKPOINT_FILE).exists() and not overwrite:
+        raise ResumeError(f"{out / CHECKPOINT_FILE} already holds a finished run's checkpoint; pass --overwrite to "
+                          "replace it when this run ends, or choose another --out")
+    try:
+        check_output_folder(out / STATE_DIR, create=True)
+    except OutputFolderError as e:
+        raise ResumeError(str(e)) from None
     for stale in (out / STATE_DIR).glob(".state-*.tmp"):  # left by a killed writer
         stale.unlink(missing_ok=True)
     existing = state_files(out)
@@ -270,6 +280,8 @@ def resumable_callback(
     comm: Comm | None = None,
     device: torch.device | str | None = None,
     handle_signals: bool = True,
+    overwrite: bool = False,
+    lock: bool = True,
 ) -> tuple[UnrollEngine | None, TrainingCheckpointer]:
     """Prepare a (possibly resumed) meta-training run in ``out``.
 
@@ -283,15 +295,20 @@ def resumable_callback(
             then always built, for this rank, and attached to the group.
         device: overrides ``config.device`` for the engine.
         handle_signals: install the SIGINT/SIGTERM handlers (main thread only).
+        overwrite: allow a run into a folder that holds a finished checkpoint (``CHECKPOINT_FILE``),
+            which the run's end then replaces.
+        lock: lock ``out`` (rank 0) until ``callback.finish()``.
 
     Returns:
         ``(engine, callback)``: pass both to :func:`metatele.meta.train.meta_train` (or to a
-        trainer that calls it). ``engine`` is ``None`` when a single process starts fresh (the
-        trainer builds it).
+        trainer that calls it), and call ``callback.finish()`` when the run is over. ``engine`` is
+        ``None`` when a single process starts fresh (the trainer builds it).
 
     Raises:
         ConfigError: ``every`` or ``keep`` below 1.
-        ResumeError: ``out`` is not writable; it holds a state but ``resume`` is off; the saved
+        ResumeError: ``out`` is not writable; another run holds its lock
+            (:class:`~metatele.storage.output.FolderBusyError`'s message); it holds a finished
+            checkpoint and ``overwrite`` is off; it holds a state but ``resume`` is off; the saved
             config differs from ``config``; the state was written with another world size.
     """
     if not (isinstance(every, int) and every >= 1):
@@ -301,19 +318,38 @@ def resumable_callback(
     out = Path(out)
     rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
 
-    # 1. rank 0 looks at the folder; every rank gets its verdict and the state's bytes
-    found, error = None, ""
+    # 1. rank 0 locks and looks at the folder; every rank gets its verdict and the state's bytes
+    found, error, held = None, "", None
     if rank == 0:
         try:
-            found = _find_state(out, config, resume, world)
-        except ResumeError as e:
+            if lock:
+                check_output_folder(out)
+                held = FolderLock(out, "metatele train").acquire()
+            found = _find_state(out, config, resume, world, overwrite)
+        except (ResumeError, OutputFolderError) as e:
             error = str(e)
+            if held is not None:
+                held.release()
+                held = None
     data = found[1] if found is not None else b""
     if comm is not None:
         error, data = _share_verdict(comm, error, data)
     if error:
         raise ResumeError(error)
+    try:
+        return _prepare(config, out, resume, every, keep, comm, device, handle_signals, found, data, held)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
 
+
+def _prepare(config: MetaTrainConfig, out: Path, resume: bool, every: int, keep: int, comm: Comm | None,
+             device: torch.device | str | None, handle_signals: bool,
+             found: tuple[Path, bytes, dict[str, Any], Any] | None, data: bytes,
+             held: FolderLock | None) -> tuple[UnrollEngine | None, TrainingCheckpointer]:
+    """Steps 2-4 of :func:`resumable_callback`: the engine, its restored state, the callback."""
+    rank, world = (comm.rank, comm.world_size) if comm is not None else (0, 1)
     # 2. the engine: built here when resuming or data-parallel, else left to the trainer
     engine = None
     if data or comm is not None:
@@ -341,7 +377,7 @@ def resumable_callback(
 
     # 4. the callback that saves from now on
     callback = TrainingCheckpointer(config, out, every=every, keep=keep, history=history, comm=comm,
-                                    handle_signals=handle_signals)
+                                    handle_signals=handle_signals, lock=held)
     if comm is not None:  # a signal to this rank stops every rank (agreed in stats_reducer)
         comm.local_stop = lambda: bool(callback.stop.signum)
     if data:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..configs import (ConfigError, apply_overrides, check_fields, from_dict, is_int, is_number, load_yaml_mapping, require,
-                       resolve_config, to_dict)
+                       resolve_config, to_dict, training_names)
 from ..optimizers.learned import LearnedConfig, inapplicable_options
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 from ..tasks.mixture import TaskMix
@@ -279,7 +279,7 @@ def describe_non_symmetric(task: TaskConfig, pairs: list[tuple[int, int]]) -> st
 def load_config(path: str, overrides: list[str] | None = None) -> MetaTrainConfig:
     """Read a YAML config (a file, or a shipped default by name: ``update_tele``), apply
     ``key=value`` overrides, validate."""
-    data = load_yaml_mapping(str(resolve_config(path)), "config")
+    data = load_yaml_mapping(str(resolve_config(path, "training config", training_names())), "config")
     return MetaTrainConfig.from_dict(apply_overrides(data, overrides or []))
 
 

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from .checkpointer import TrainingCheckpointer, resumable_callback
 from .config import MetaTrainConfig, resolve_device
 from .engine import UnrollEngine
-from .train import MetaTrainResult, meta_train
+from .train import MAX_SKIPPED_SHARE, MetaTrainResult, meta_train
 
 #: how rank 0 trains: ``rank0_train(config, callback=..., engine=...)`` → the result (it may also
 #: save and log, e.g. ``metatele.studies.experiment.train_and_save`` with the output folder bound)
@@ -225,6 +225,8 @@ def train_distributed(
     progress: bool = True,
     backend: str | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    overwrite: bool = False,
+    max_skipped_share: float = MAX_SKIPPED_SHARE,
 ) -> MetaTrainResult:
     """Meta-train ``config`` data-parallel over torchrun's ranks; rank 0 writes ``out``.
 
@@ -239,6 +241,9 @@ def train_distributed(
             ``meta_train`` without a progress bar.
         progress: rank 0's progress bar (for the default ``rank0_train``).
         backend, timeout_s: as for :func:`init_distributed`.
+        overwrite: as for :func:`metatele.meta.checkpointer.resumable_callback`.
+        max_skipped_share: as for :func:`metatele.meta.train.meta_train` (every rank's, so that
+            all stop alike; ``rank0_train`` must pass the same to ``meta_train``).
 
     Returns:
         The :class:`metatele.meta.train.MetaTrainResult` (its history is this rank's view: global
@@ -250,11 +255,11 @@ def train_distributed(
     try:
         comm = DataParallel(device, timeout_s)
         engine, callback = resumable_callback(config, Path(out), resume=resume, every=every, keep=keep,
-                                              comm=comm, device=device)
+                                              comm=comm, device=device, overwrite=overwrite)
         try:
-            result = _train_rank(rank, config, engine, callback, rank0_train, progress)
+            result = _train_rank(rank, config, engine, callback, rank0_train, progress, max_skipped_share)
         finally:
-            callback.close()
+            callback.finish()
         comm.barrier()  # leave together, once rank 0 has written the final files
         return result
     finally:
@@ -263,7 +268,8 @@ def train_distributed(
 
 
 def _train_rank(rank: int, config: MetaTrainConfig, engine: UnrollEngine | None, callback: TrainingCheckpointer,
-                rank0_train: Rank0Train | None, progress: bool) -> MetaTrainResult:
+                rank0_train: Rank0Train | None, progress: bool, max_skipped_share: float) -> MetaTrainResult:
     if rank == 0 and rank0_train is not None:
         return rank0_train(config, callback=callback, engine=engine)
-    return meta_train(config, progress=progress and rank == 0, callback=callback, engine=engine)
+    return meta_train(config, progress=progress and rank == 0, callback=callback, engine=engine,
+                      max_skipped_share=max_skipped_share)

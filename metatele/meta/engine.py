@@ -14,10 +14,12 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    step s's minibatch (drawn independently of ``W_s``: an unbiased estimate).
 3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
    the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
-   the shared meta-parameters.
+   the shared meta-parameters. A meta-step with a non-finite (zeroed) meta-gradient or no live
+   trajectory is counted as skipped (``skipped_total``).
 4. Truncation: weights and LSTM states are detached and carried on. Here (once per meta-step) the
    host reads the metrics; trajectories that finished their horizon (``steps``, or their own drawn
-   horizon; a trajectory ends with the unroll that reaches it) or diverged are replaced by fresh
+   horizon, exactly: the unroll that reaches it holds it there and drops its later meta-loss terms)
+   or diverged are replaced by fresh
    tasks from the next training seeds (their LSTM state zeroed; optionally rescaled,
    ``augment_scale``) until ``trajectories`` have started; their slots then fall idle (masked like
    diverged ones), and the run is :attr:`done` when the last trajectory has finished. Horizons,
@@ -40,6 +42,7 @@ every rank takes the same meta-step as one process with the whole batch would.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -57,7 +60,7 @@ from .schedules import staggered, start_offsets, trajectory_horizon, unroll_leng
 from .pes import PES
 from .snapshots import Snapshots
 from .symmetry_probe import SymmetryProbe
-from .trajectories import Trajectories
+from .trajectories import Trajectories, hold
 
 
 class DivergenceError(RuntimeError):
@@ -94,7 +97,7 @@ class UnrollEngine:
 
     #: the host counters saved by :meth:`state_dict`
     COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
-                "diverged_total", "all_dead_streak", "train_seconds", "done")
+                "diverged_total", "all_dead_streak", "train_seconds", "done", "skipped_total")
 
     def __init__(
         self,
@@ -144,6 +147,9 @@ class UnrollEngine:
         self.trajectories_finished = 0
         self.diverged_total = 0
         self.all_dead_streak = 0
+        #: meta-steps that taught the meta-parameters nothing: the meta-gradient was non-finite
+        #: (zeroed) or every trajectory had diverged (no update)
+        self.skipped_total = 0
         #: wall-clock seconds of meta-training so far, over every segment of a resumed run (kept
         #: by :func:`metatele.meta.train.meta_train`)
         self.train_seconds = 0.0
@@ -277,6 +283,8 @@ class UnrollEngine:
         (:meth:`metatele.meta.pes.PES.meta_gradient`).
         """
         K = self._unroll_length()
+        if self.trajectories.active.any():  # never past the longest horizon left (host integers)
+            K = int(self.trajectories.steps_in_unroll(K)[self.trajectories.active].max())
         if self.pes is not None:
             W, state, alive, final, meta_loss = self.pes.meta_gradient(self.trajectories, K, self.meta_step_count,
                                                                        self._unroll)
@@ -306,10 +314,14 @@ class UnrollEngine:
         validation = c.meta_objective == "validation"
         terms, val_terms = [], []
         sampler = minibatch_sampler(c.task, tr.seeds)  # None: full batch
+        taken = tr.steps_in_unroll(K)  # host integers: a trajectory stops at its horizon
         for k in range(K):  # step k of the unroll is step steps_done + k of each trajectory (host integers)
+            before = W, state
             W, loss, grad_sq, state = self.optimizer.step(
                 W, tr.X, tr.Y, state, second_order=c.second_order, x_qr=tr.X_qr,
                 minibatch=sampler.select(tr.X, tr.Y, tr.steps_done + k) if sampler is not None else None)
+            if (taken <= k).any():  # trajectories past their horizon keep their weights and state
+                W, state = hold(taken > k, (W, state), before)
             alive = alive & torch.isfinite(loss) & torch.isfinite(grad_sq)
             terms.append(loss)
             if validation:  # learning for generalization: the validation loss at W_{t+1}
@@ -325,9 +337,12 @@ class UnrollEngine:
         term = self._meta_term(per_step, tr)
         if c.late_weight:
             term = term * self._late_weights(K, tr)
-        contrib = torch.where(alive.unsqueeze(0), term, torch.zeros_like(per_step))
+        counted, short = alive.unsqueeze(0), bool((taken < K).any())
+        if short:  # the terms after a trajectory's horizon are not its meta-loss
+            counted = counted & torch.as_tensor(np.arange(K)[:, None] < taken).to(self.device, non_blocking=True)
+        contrib = torch.where(counted, term, torch.zeros_like(per_step))
         if c.meta_loss == "mean_log":
-            contrib = contrib / K
+            contrib = contrib / (torch.as_tensor(taken, dtype=contrib.dtype).to(self.device) if short else K)
         return W, state, alive, final, contrib
 
     @property
@@ -356,11 +371,11 @@ class UnrollEngine:
 
         with torch.no_grad():
             log_loss = torch.where(alive, final.clamp_min(1e-30).log10(), torch.zeros_like(final)).sum()
-            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss]
+            stats = torch.stack([meta_loss, norm.detach().to(meta_loss.dtype), log_loss, finite_grad.to(meta_loss.dtype)]
                                 + ([probe.to(meta_loss.dtype)] if probe is not None else []))
         # --- host sync: once per meta-step -------------------------------------------------
         alive_host = alive.cpu().numpy()
-        meta_loss_h, norm_h, log_loss_h, *probe_h = stats.cpu().tolist()
+        meta_loss_h, norm_h, log_loss_h, finite_h, *probe_h = stats.cpu().tolist()
         n_alive = int(alive_host.sum())
         totals = [float(n_alive), meta_loss_h * self.B, log_loss_h, float(self._active_after(alive_host, K))]
         if self.stats_reducer is not None:  # sums over data-parallel ranks: every rank decides alike
@@ -372,6 +387,8 @@ class UnrollEngine:
             self.all_dead_streak = 0
         else:
             self.all_dead_streak += 1
+        skipped = n_alive == 0 or not finite_h  # the gradient was zeroed, or there was none
+        self.skipped_total += int(skipped)
         self.meta_step_count += 1
         self.trajectories.advance(W, state, K)
         dead = np.flatnonzero(~alive_host & self.trajectories.active)  # this rank's slots (idle ones are not dead)
@@ -380,9 +397,12 @@ class UnrollEngine:
         self.trajectories_finished += len(finished)
         metrics = {
             "meta_step": self.meta_step_count,
-            "meta_loss": totals[1] / max(n_alive, 1),
-            "mean_log10_loss": totals[2] / max(n_alive, 1),
-            "meta_grad_norm": norm_h,
+            # no live trajectory: no meta-loss (None, never a 0.0 that reads like a perfect loss)
+            "meta_loss": totals[1] / n_alive if n_alive else None,
+            "mean_log10_loss": totals[2] / n_alive if n_alive else None,
+            "meta_grad_norm": norm_h if math.isfinite(norm_h) else None,
+            "skipped": skipped,
+            "skipped_total": self.skipped_total,
             "diverged": int(len(dead)),
             "diverged_total": self.diverged_total,
             "trajectories_started": self.trajectories_started,

@@ -82,6 +82,11 @@ class MixtureEngine:
         return max(e.all_dead_streak for e in self.groups)
 
     @property
+    def skipped_total(self) -> int:
+        """Meta-steps of every group that taught the meta-parameters nothing (see :class:`UnrollEngine`)."""
+        return sum(e.skipped_total for e in self.groups)
+
+    @property
     def trained_seed_range(self) -> tuple[int, int]:
         return self.config.train_seed_start, self.next_seed
 
@@ -97,6 +102,7 @@ class MixtureEngine:
         self.next_seed = max(seed_end(e.next_seed, e.rank, e.world_size, start) for e in self.groups)
         self.done = all(e.done for e in self.groups)
         return {**metrics, "meta_step": self.meta_step_count, "diverged_total": self.diverged_total,
+                "skipped_total": self.skipped_total,
                 "group": g, "dims": self.architectures[g].dims}
 
     # -- resumable state --------------------------------------------------------------------

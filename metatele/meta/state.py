@@ -35,6 +35,8 @@ FORMAT_VERSION = 1
 CONTAINER = Container(FORMAT, FORMAT_VERSION, key="metatele_training_state", what="training state",
                       writer="metatele train")
 STATE_DIR = "training_state"
+#: the finished run's checkpoint in the run folder (beside ``STATE_DIR``, ``history.json``, ``config.json``)
+CHECKPOINT_FILE = "checkpoint.safetensors"
 #: config keys that may change on resume (they do not change what is computed)
 RESUME_MUTABLE = ("device", "log_every")
 #: parts of :meth:`UnrollEngine.state_dict` that are identical on every rank: stored once

@@ -1,4 +1,11 @@
-"""``meta_train(config)``: run the unroll engine until every trajectory of the run is trained."""
+"""``meta_train(config)``: run the unroll engine until every trajectory of the run is trained.
+
+A run that learned nothing does not return as if it had: :func:`meta_train` raises
+:class:`TrainingFailed` when its meta-parameters are not finite at the end, when the run ended while
+every trajectory was diverging, or when more than ``max_skipped_share`` of its meta-steps were
+skipped (non-finite meta-gradient, or no live trajectory; it stops as soon as that share is
+certain to be exceeded).
+"""
 from __future__ import annotations
 
 import copy
@@ -29,6 +36,8 @@ class MetaTrainResult:
         train_seeds: ``[start, end)`` of the training-task seeds it consumed.
         meta_steps: meta-steps taken.
         diverged_total: trajectories masked out and restarted because they diverged.
+        skipped_total: meta-steps that taught the meta-parameters nothing (non-finite meta-gradient,
+            zeroed, or every trajectory diverged).
         train_seconds: wall-clock seconds of meta-training, summed over every segment of a resumed
             run (up to the checkpoint each segment was resumed from).
         snapshots: the run's validation history, best snapshot and average (``None`` without
@@ -43,6 +52,7 @@ class MetaTrainResult:
     meta_steps: int
     diverged_total: int
     train_seconds: float
+    skipped_total: int = 0
     snapshots: Snapshots | None = None
     device: str = "cpu"
 
@@ -65,6 +75,7 @@ class MetaTrainResult:
             "training_seeds": [list(self.train_seeds)],
             "meta_steps": self.meta_steps,
             "diverged_trajectories": self.diverged_total,
+            "skipped_meta_steps": self.skipped_total,
             "train_seconds": round(self.train_seconds, 1),
             "meta_seed": self.config.seed,
             "machine": machine(self.device),
@@ -79,6 +90,39 @@ class MetaTrainResult:
                 "max_relative_loss_change": max(changes),
             }
         return prov
+
+
+class TrainingFailed(RuntimeError):
+    """A meta-training run ran but learned nothing usable; ``result`` holds what it did."""
+
+    def __init__(self, message: str, result: MetaTrainResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+#: the default largest share of skipped meta-steps a run may have and still count as trained
+MAX_SKIPPED_SHARE = 0.5
+
+
+def failure(engine: UnrollEngine, max_skipped_share: float = MAX_SKIPPED_SHARE) -> str | None:
+    """Why the run of ``engine`` (finished, or stopped) learned nothing usable; ``None`` if it did.
+
+    Reads only what every data-parallel rank agrees on (meta-parameters, skipped steps, the
+    all-diverged streak), so that every rank comes to the same verdict.
+    """
+    steps, skipped = engine.meta_step_count, engine.skipped_total
+    if not all(bool(torch.isfinite(p).all()) for p in engine.meta_parameters):
+        return "the meta-parameters are not finite"
+    if engine.all_dead_streak:
+        return (f"the run ended while every trajectory was diverging (the last {engine.all_dead_streak} meta-step(s) "
+                "had no finite trajectory)")
+    if steps and skipped == steps:
+        return (f"every one of its {steps} meta-steps was skipped (non-finite meta-gradient, or every trajectory "
+                "diverged): the meta-parameters learned nothing")
+    if skipped > max_skipped_share * steps:
+        return (f"{skipped} of its {steps} meta-steps were skipped (non-finite meta-gradient, or every trajectory "
+                f"diverged), more than the allowed share {max_skipped_share:g}")
+    return None
 
 
 def machine(device: str) -> dict[str, Any]:
@@ -116,6 +160,7 @@ def meta_train(
     progress: bool = True,
     callback: Callable[[UnrollEngine, dict[str, Any]], None] | None = None,
     engine: UnrollEngine | None = None,
+    max_skipped_share: float = MAX_SKIPPED_SHARE,
 ) -> MetaTrainResult:
     """Meta-train the learned optimizer described by ``config``.
 
@@ -126,6 +171,8 @@ def meta_train(
         callback: called after every meta-step with the engine and that step's metrics
             (logging, checkpointing).
         engine: continue an existing (e.g. resumed) engine instead of building a new one.
+        max_skipped_share: the largest share of skipped meta-steps (non-finite meta-gradient, or
+            every trajectory diverged) the run may have; it stops as soon as more is certain.
 
     Returns:
         :class:`MetaTrainResult` with the trained optimizer and the per-meta-step history.
@@ -137,7 +184,11 @@ def meta_train(
 
     Raises:
         engine.DivergenceError: every trajectory diverged for ``diverge_patience`` meta-steps.
+        TrainingFailed: the run learned nothing usable (see :func:`failure`); its ``result``
+            holds the history.
     """
+    if not (0 <= max_skipped_share <= 1):
+        raise ValueError(f"max_skipped_share: must lie in [0, 1], got {max_skipped_share!r}")
     engine = engine or build_engine(config, device=device)
     total = config.meta_steps
     slots = engine.B * engine.world_size
@@ -165,10 +216,16 @@ def meta_train(
                 callback(engine, metrics)
             bar.update(1)
             if engine.meta_step_count % config.log_every == 0:
-                bar.set_postfix(log10_loss=f"{metrics['mean_log10_loss']:.3f}", diverged=metrics["diverged_total"])
+                loss = metrics["mean_log10_loss"]
+                bar.set_postfix(log10_loss="-" if loss is None else f"{loss:.3f}", diverged=metrics["diverged_total"],
+                                skipped=metrics["skipped_total"])
+            # more skipped meta-steps than the share allows of the planned run (a run is never
+            # longer than planned): stop now rather than after hours
+            if engine.skipped_total > max_skipped_share * total:
+                break
     finally:
         bar.close()
-    return MetaTrainResult(
+    result = MetaTrainResult(
         optimizer=engine.optimizer,
         history=history,
         config=config,
@@ -176,6 +233,13 @@ def meta_train(
         meta_steps=engine.meta_step_count,
         diverged_total=engine.diverged_total,
         train_seconds=engine.train_seconds,
+        skipped_total=engine.skipped_total,
         snapshots=engine.snapshots,
         device=str(engine.device),
     )
+    why = failure(engine, max_skipped_share)
+    if why is not None:
+        raise TrainingFailed(f"meta-training failed after {engine.meta_step_count} of {total} meta-steps: {why}. "
+                             "Lower lr_update/lr_teleport, enable grad_clip, normalize the meta-loss, or use "
+                             "meta_loss: mean_log", result)
+    return result

@@ -24,6 +24,23 @@ def _same(X: torch.Tensor) -> torch.Tensor:
     return X
 
 
+def hold(running: np.ndarray, new: tuple[list[torch.Tensor], LearnedState],
+         old: tuple[list[torch.Tensor], LearnedState]) -> tuple[list[torch.Tensor], LearnedState]:
+    """The ``new`` weights and learned-optimizer state where ``running`` (``[B]`` host bool), the
+    ``old`` ones elsewhere: trajectories past their horizon take no more steps."""
+    (W, state), (W0, state0) = new, old
+    keep = torch.as_tensor(running).to(W[0].device, non_blocking=True)
+    W = [torch.where(keep.view(-1, *(1,) * (w.dim() - 1)), w, w0) for w, w0 in zip(W, W0)]
+
+    def pick(s, s0):  # recurrent states: trajectories on dim 1
+        m = keep.view(1, -1, *(1,) * (s[0].dim() - 2))
+        return torch.where(m, s[0], s0[0]), torch.where(m, s[1], s0[1])
+
+    update = pick(state.update, state0.update) if state.update is not None and state0.update is not None \
+        else state.update
+    return W, LearnedState(update, [pick(s, s0) for s, s0 in zip(state.teleport, state0.teleport)])
+
+
 def _qr_layout(saved: tuple[torch.Tensor, ...], W: list[torch.Tensor], X: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Saved QR factors in the memory layout :func:`input_qr` gives them (LAPACK's column-major
     matrices), as a run that never stopped holds them: the kernels that read them sum in an
@@ -124,6 +141,11 @@ class Trajectories:
     @property
     def B(self) -> int:
         return self.X.shape[0]
+
+    def steps_in_unroll(self, K: int) -> np.ndarray:
+        """``[B]`` inner steps each trajectory takes in an unroll of ``K``: ``K``, or fewer where it
+        reaches its horizon (idle slots run on, masked)."""
+        return np.where(self.active, np.minimum(K, self.horizon - self.steps_done), K)
 
     def reset(self, slots: np.ndarray, tasks: TaskBatch | None, horizon: np.ndarray | None = None) -> None:
         """Give the first ``len(tasks)`` of ``slots`` (host indices) the fresh ``tasks`` with their

@@ -26,6 +26,16 @@ is :func:`metatele.mlp_loss`. Each layer is viewed as a batch of one: ``W_i`` (`
 and the step is :meth:`LearnedOptimizer.apply`, the same code the unroll engine and the evaluator
 run.
 
+Pass the model itself (``LearnedTeleportOptimizer(model, learned, X=X)``, or ``for_model``) so that
+its architecture is checked (:func:`check_model`): from bare parameters the activations between
+the layers and the order of square layers cannot be seen, so a teleporting optimizer built from
+them warns once (:class:`ActivationWarning`): its teleport keeps the loss only on a LeakyReLU(0.1)
+network with the parameters in layer order.
+
+Nothing non-finite is written: the teleport batch (``X``, and ``Y`` when it is a tensor) must be
+finite when it is set, and a step whose new weights are not finite leaves the parameters as they
+were and raises ``FloatingPointError``.
+
 The teleport acts with the *teleport batch* ``X`` (:meth:`LearnedTeleportOptimizer.set_data`
 changes it); the loss is exactly unchanged on that batch when it has at most as many samples as
 every teleported layer's input width (+1 with a bias), and a :class:`SymmetryWarning` says so
@@ -51,6 +61,11 @@ from torch import nn
 from .learned import LearnedOptimizer, LearnedState
 from ..tasks.mlp import NEGATIVE_SLOPE, forward, join_bias
 from ..symmetry.action import SymmetryWarning, input_qr, non_symmetric_pairs
+
+
+class ActivationWarning(SymmetryWarning):
+    """A teleporting drop-in built from bare parameters: the network's activations and the order
+    of its layers could not be checked."""
 
 
 def check_model(model: nn.Module, learned: LearnedOptimizer) -> None:
@@ -107,10 +122,12 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
     """Runs a :class:`LearnedOptimizer` (m1 and/or m2) on a user's network.
 
     Args:
-        params: the network's parameters in layer order (``model.parameters()``: each bias
-            right after its weight), or parameter groups (dicts with ``params`` and optionally
+        params: the network itself (an ``nn.Sequential`` checked by :func:`check_model`, as
+            :meth:`for_model` does), or its parameters in layer order (``model.parameters()``: each
+            bias right after its weight), or parameter groups (dicts with ``params`` and optionally
             ``scale``). For a ``paper`` optimizer the layer shapes must be
-            ``learned.task.weight_shapes``.
+            ``learned.task.weight_shapes``. A teleporting optimizer given bare parameters warns
+            once (:class:`ActivationWarning`): their activations and order cannot be checked.
         learned: the learned optimizer (e.g. from :func:`metatele.release.checkpoint.load_optimizer`).
             Every variant is supported (``tele``: its hand-designed base optimizer steps the
             parameters, m2 teleports them).
@@ -122,12 +139,17 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             error ``½‖output − Yᵀ‖²``).
 
     Raises:
-        ValueError: parameter shapes or ``X`` do not match the learned optimizer.
+        ValueError: the model, the parameter shapes or ``X`` do not match the learned optimizer,
+            or ``X`` (``Y``) is not finite.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], learned: LearnedOptimizer,
+    def __init__(self, params: nn.Module | Iterable[torch.Tensor] | Iterable[dict], learned: LearnedOptimizer,
                  X: torch.Tensor | None = None, Y: Any = None,
                  loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
+        checked = isinstance(params, nn.Module)
+        if checked:
+            check_model(params, learned)
+            params = params.parameters()
         super().__init__(params, defaults={"scale": 1.0})
         self.learned = learned
         self.layers = _layers_of(self._params())
@@ -154,13 +176,20 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             self.set_data(X, Y)
         elif learned.config.uses_teleport:
             raise ValueError(f"variant {learned.config.variant!r} teleports and needs the data X [d0, n]")
+        if learned.config.uses_teleport and not checked:
+            warnings.warn(
+                "built from bare parameters, the drop-in cannot check the network's activations or the order of "
+                f"its layers; the teleport keeps the loss only on Linear/LeakyReLU({NEGATIVE_SLOPE}) networks with "
+                "the parameters in layer order (ReLU, Tanh or another slope change it). Pass the model itself, "
+                "LearnedTeleportOptimizer(model, learned, X=X), to have it checked",
+                ActivationWarning, stacklevel=2)
 
     @classmethod
     def for_model(cls, model: nn.Module, learned: LearnedOptimizer, X: torch.Tensor | None = None,
                   Y: Any = None, loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> "LearnedTeleportOptimizer":
-        """Check ``model``'s architecture with :func:`check_model`, then wrap its parameters."""
-        check_model(model, learned)
-        return cls(model.parameters(), learned, X=X, Y=Y, loss=loss)
+        """Check ``model``'s architecture with :func:`check_model`, then wrap its parameters
+        (the same as ``LearnedTeleportOptimizer(model, learned, ...)``)."""
+        return cls(model, learned, X=X, Y=Y, loss=loss)
 
     # -- helpers -----------------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
@@ -212,6 +241,12 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
                 f"X must be [d0, n] = [{d0}, n] (samples in columns) or [1, {d0}, n], got shape "
                 f"{given}; for row-sample data pass X.T"
             )
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError(f"X has {int((~torch.isfinite(X)).sum())} non-finite entries: the teleport batch must "
+                             "be finite (a NaN would turn the weights to NaN)")
+        if torch.is_tensor(Y) and Y.is_floating_point() and not bool(torch.isfinite(Y).all()):
+            raise ValueError(f"Y has {int((~torch.isfinite(Y)).sum())} non-finite entries: the teleport batch's "
+                             "targets must be finite")
         device, dtype = self._meta()
         self.X = X.detach().to(device=device, dtype=dtype)
         if Y is not None:
@@ -258,6 +293,22 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         for m, (h, c) in enumerate(state.teleport):
             st[f"teleport_h.{m}"], st[f"teleport_c.{m}"] = h.detach(), c.detach()
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state written by ``state_dict()``; a recurrent state that this learned optimizer
+        cannot continue (another architecture, variant or size) is refused here, not at ``step()``."""
+        st = state_dict.get("state", {}).get(0, {})
+        if "step" in st and self.learned.config.arch == "paper":  # a coordinatewise state is network-sized
+            device, dtype = self._meta()
+            want = self.learned.initial_state(1, device, dtype)
+            shapes = {**({"update_h": want.update[0].shape, "update_c": want.update[1].shape} if want.update else {}),
+                      **{f"teleport_{x}.{m}": t.shape for m, s in enumerate(want.teleport) for x, t in zip("hc", s)}}
+            got = {k: tuple(v.shape) for k, v in st.items() if k != "step" and torch.is_tensor(v)}
+            if got != {k: tuple(v) for k, v in shapes.items()}:
+                raise ValueError(f"this state_dict does not fit the learned optimizer (arch {self.learned.config.arch}, "
+                                 f"variant {self.learned.config.variant}): it holds recurrent states {got}, this "
+                                 f"optimizer's are { {k: tuple(v) for k, v in shapes.items()} }")
+        super().load_state_dict(state_dict)
+
     def reset_state(self) -> None:
         """Forget the recurrent states (start a new trajectory on the same network)."""
         self.state.clear()
@@ -292,6 +343,12 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             grads = self._stacked(lambda p: p.grad)
             new, state = self.learned.apply(weights, grads, self.X, self._load_learned_state(), x_qr=self._x_qr,
                                             loss_fn=loss_fn, update_scale=self._scales())
+            if not all(bool(torch.isfinite(w).all()) for w in new):  # one read per step: never write NaN
+                finite_grads = all(bool(torch.isfinite(g).all()) for g in grads)
+                raise FloatingPointError(
+                    "the learned step gave non-finite weights " + ("(the gradients are not finite)" if not finite_grads
+                                                                  else "from finite weights and gradients")
+                    + "; the parameters were left unchanged")
             for (W, b), w in zip(self.layers, new):
                 W.copy_(w[0, :, :W.shape[1]])
                 if b is not None:

@@ -137,8 +137,8 @@ def save_checkpoint(
         The path written.
 
     Raises:
-        CheckpointError: the optimizer does not match ``config``, or the training seeds include
-            unseen test seeds.
+        CheckpointError: the optimizer does not match ``config``, its meta-parameters are not
+            finite, or the training seeds include unseen test seeds.
     """
     path = Path(path)
     if path.is_dir():
@@ -164,6 +164,10 @@ def save_checkpoint(
             "the unseen test split must never be trained on"
         )
     tensors = {k: v.detach().cpu().contiguous() for k, v in optimizer.state_dict().items()}
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"not saving {path}: the meta-parameters {bad[:3]}{' ...' if len(bad) > 3 else ''} "
+                              "are not finite")
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
     prov = {
         "training_seeds": ranges,
@@ -263,6 +267,13 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
     if wrong:
         raise CheckpointError(f"{path} does not match its config: wrong tensor shapes: " + "; ".join(wrong))
     dtypes = {t.dtype for t in tensors.values()}
+    name = lambda t: str(t.dtype).removeprefix("torch.")  # noqa: E731
+    wrong = [f"{k}: {name(t)}" for k, t in tensors.items() if t.dtype not in (torch.float32, torch.float64)]
+    if wrong or len(dtypes) > 1:
+        found = "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else "") if wrong else \
+            "mixed " + ", ".join(sorted({name(t) for t in tensors.values()}))
+        raise CheckpointError(f"{path} holds tensors of the wrong dtype ({found}): meta-parameters are float32 or "
+                              "float64, all of one dtype, and are never cast on load")
     if len(dtypes) == 1:
         optimizer.to(dtypes.pop())
     optimizer.load_state_dict(tensors)

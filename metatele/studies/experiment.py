@@ -33,7 +33,9 @@ from ..evaluation.stats import markdown_table, report_steps, results_to_json, st
 from ..storage.wandb_log import init_run, log_checkpoint_artifact, log_comparison_group, resolve_mode, run_dir
 from ..symmetry.strategies import TeleportSchedule
 from ..tasks.family import TaskConfig, training_seeds, unseen_seeds
-from ..meta.train import MetaTrainResult, meta_train
+from ..meta.state import CHECKPOINT_FILE
+from ..meta.train import MAX_SKIPPED_SHARE, MetaTrainResult, TrainingFailed, meta_train
+from ..storage.container import atomic_write
 from ..meta.config import MetaTrainConfig
 from ..evaluation.tuning import OBJECTIVE_TEXT, tune_all
 from .aggregate import compare_pairs
@@ -67,11 +69,17 @@ def train_and_save(
     progress: bool = True,
     callback: Callable[[Any, dict[str, Any]], None] | None = None,
     engine: Any = None,
+    max_skipped_share: float = MAX_SKIPPED_SHARE,
 ) -> tuple[MetaTrainResult, Path]:
     """Meta-train and write ``out/checkpoint.safetensors``, ``out/history.json``, ``out/config.json``.
 
     Logs per-meta-step metrics and the checkpoint (as a ``model`` artifact) to wandb.
-    Returns the result and the checkpoint path.
+    Returns the result and the checkpoint path. The JSON files are written atomically, with
+    ``null`` for a value that is not finite.
+
+    Raises:
+        TrainingFailed: the run learned nothing usable (:func:`metatele.meta.train.failure`); its
+            history and config are written, no checkpoint is.
     """
     wandb_mode = resolve_mode(wandb_mode)  # a bad mode fails before anything is written
     out = Path(out)
@@ -87,16 +95,22 @@ def train_and_save(
         if callback is not None:
             callback(engine, metrics)
 
-    try:
-        result = meta_train(config, progress=progress, callback=log_step, engine=engine)
-        seconds = result.train_seconds  # every segment of a resumed run
+    def write_records(result: MetaTrainResult) -> None:
         if engine is not None and getattr(engine, "prior_history", None):  # a resumed run: whole history
             result.history = list(engine.prior_history) + result.history
+        for name, doc in (("history.json", result.history), ("config.json", to_dict(config))):
+            atomic_write(out / name, json.dumps(to_json(doc), indent=1, allow_nan=False).encode())
+
+    try:
+        try:
+            result = meta_train(config, progress=progress, callback=log_step, engine=engine,
+                                max_skipped_share=max_skipped_share)
+        except TrainingFailed as e:
+            write_records(e.result)
+            raise TrainingFailed(f"{e} (no checkpoint written; history: {out / 'history.json'})", e.result) from None
+        seconds = result.train_seconds  # every segment of a resumed run
+        write_records(result)
         ckpt = _save_outputs(out, result, config)
-        with open(out / "history.json", "w") as f:
-            json.dump(result.history, f, indent=1)
-        with open(out / "config.json", "w") as f:
-            json.dump(to_dict(config), f, indent=1)
         run.summary["train_seconds"] = seconds
         log_checkpoint_artifact(run, ckpt, name=f"{config.learned.variant.replace('+', '-')}-seed{config.seed}",
                                 metadata=checkpoint_metadata(ckpt))
@@ -109,8 +123,8 @@ def train_and_save(
         _log(f"selected the {sel['kind']} meta-parameters of meta-step {sel['meta_step']} on validation seeds "
              f"(score {sel['score']:.3f}; last: {snap.history[-1]['current']['score']:.3f}); learning curve: "
              f"{out / 'validation.png'}")
-    _log(f"meta-trained {config.learned.variant} in {seconds:.0f} s "
-         f"({result.meta_steps} meta-steps, {result.diverged_total} diverged trajectories) → {ckpt}"
+    _log(f"meta-trained {config.learned.variant} in {seconds:.0f} s ({result.meta_steps} meta-steps, "
+         f"{result.skipped_total} skipped, {result.diverged_total} diverged trajectories) → {ckpt}"
          + (f"; wandb run: {where}" if where else ""))
     return result, ckpt
 
@@ -123,7 +137,7 @@ def _save_outputs(out: Path, result: MetaTrainResult, config: MetaTrainConfig) -
     prov = result.provenance()
     snap = result.snapshots
     if snap is None:
-        return save_checkpoint(out / "checkpoint.safetensors", result.optimizer, config, provenance=prov)
+        return save_checkpoint(out / CHECKPOINT_FILE, result.optimizer, config, provenance=prov)
     evaluation = {"validation_history": snap.history}
     save_checkpoint(out / "final.safetensors", result.optimizer, config,
                     provenance={**prov, "snapshot": "final"}, evaluation=evaluation)
@@ -131,14 +145,13 @@ def _save_outputs(out: Path, result: MetaTrainResult, config: MetaTrainConfig) -
         save_checkpoint(out / "average.safetensors", snap.averaged_optimizer(result.optimizer), config,
                         provenance={**prov, "snapshot": f"average (decay {config.validation.average})"},
                         evaluation=evaluation)
-    with open(out / "validation.json", "w") as f:
-        json.dump(to_json(snap.history), f, indent=1)
+    atomic_write(out / "validation.json", json.dumps(to_json(snap.history), indent=1, allow_nan=False).encode())
     plot_learning_curve(snap.history, str(out / "validation.png"),
                         title=f"{config.learned.variant}: validation during meta-training")
     if snap.best is None:
         raise ValueError("no validation of this run had a finite score: nothing to select; the last "
                          f"meta-parameters are in {out / 'final.safetensors'}")
-    return save_checkpoint(out / "checkpoint.safetensors", result.selected_optimizer(), config,
+    return save_checkpoint(out / CHECKPOINT_FILE, result.selected_optimizer(), config,
                            provenance={**prov, "selection": snap.selected()}, evaluation=evaluation)
 
 
