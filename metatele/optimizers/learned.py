@@ -119,6 +119,10 @@ class LearnedConfig:
             per-coordinate m1 and equivariant m2, for any network).
         coordinatewise: options of the ``coordinatewise`` architecture (its m2 takes the
             step-size range and the exact/first-order flag from ``teleport``).
+
+    An option the architecture and variant do not read (:func:`inapplicable_options`: m1's
+    without m1, m2's without m2, ``base`` outside ``tele``, ...) must keep its default: setting it
+    is a :class:`~metatele.configs.ConfigError` naming it and saying why.
     """
 
     variant: str = "update+tele"
@@ -135,8 +139,11 @@ class LearnedConfig:
         if self.variant == "lr+tele" and not self.teleport.emit_lr:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
         for section, keys, why in inapplicable_options(self.arch, self.variant, vars(self.coordinatewise)):
-            default = LEARNED_DEFAULTS[section]
-            changed = [k for k in changed_fields(getattr(self, section), default) if keys is None or k in keys]
+            value = getattr(self, section)
+            changed = [k for k in changed_fields(value, LEARNED_DEFAULTS[section]) if keys is None or k in keys]
+            # name first what differs from the class's defaults too (a partial learned.base mapping builds
+            # on BaselineConfig's, not on Adam at 1e-2): the key the user set
+            changed.sort(key=lambda k: k not in changed_fields(value))
             require(not changed, f"learned.{section}.{changed[0] if changed else ''}",
                     f"does not apply to this run: {why}; remove it")
 
