@@ -15,7 +15,8 @@ history, and the command that regenerates it:
     metatele benchmark --settings <setting> --methods "CW(update+tele)" "CW(update)" "adam+CW(tele)" \\
         --set meta_seeds=[<k>] --ablations none
 
-(meta-training is deterministic on CPU given the seed, so that rerun reproduces the checkpoint).
+(meta-training is deterministic on CPU given the seed, so that rerun reproduces the checkpoint); that
+command is the first of the manifest's ``commands``.
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from metatele.evaluation.format import cell
-from metatele.release.checkpoint import read_metadata
-from metatele.release.manifest import write_manifest
+from metatele.release.manifest import headline, write_checkpoint_manifest
 
 SHIPPED = ("CW(update+tele)", "CW(update)", "adam+CW(tele)")
 
@@ -86,22 +86,24 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(src, dst)
             sel = info.get("selected") or {}
             test = results["test_seeds"]
-            manifest = write_manifest(
-                out / f"{file_name(m, setting)}.manifest.json", [dst], config=read_metadata(dst)["config"],
-                seeds={"train": info["train_seeds"], "validation": sel.get("validation_seeds"),
-                       "test": [test["start"], test["start"] + test["count"]]},
-                metrics={"this_checkpoint": entry["meta_seeds"][index],
-                         "diverged_by": entry["diverged_by_meta_seed"][index],
+            stats = entry["meta_seeds"][index]
+            rerun = (f"metatele benchmark --settings {setting} --methods " + " ".join(f'"{x}"' for x in args.methods)
+                     + f" --set meta_seeds=[{k}] --ablations none")
+            manifest = write_checkpoint_manifest(
+                dst, seeds={"train": info["train_seeds"], "validation": sel.get("validation_seeds"),
+                            "test": [test["start"], test["start"] + test["count"]]},
+                metrics={"this_checkpoint": stats, "diverged_by": entry["diverged_by_meta_seed"][index],
                          "all_meta_seeds": entry["summary"]},
+                headline=headline({s: v["mean"] for s, v in stats["at_step"].items()}, "test", test["count"],
+                                  task=results["sections"][setting].get("task")),
+                check_seeds=[test["start"], test["start"] + test["count"]],
+                commands=[rerun, "python experiments/ship_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)],
                 extra={"benchmark": {"protocol": results["protocol_name"], "setting": setting, "method": m,
                                      "meta_seed": k, "git_commit": results["machine"].get("git_commit"),
                                      "command": results["command"], "results": str(results_path)},
                        "chosen_by": f"the lowest validation score of {lead}'s selected snapshot over the meta-seeds "
                                     f"({', '.join(str(i['meta_seed']) for i in methods[lead]['meta_seeds_info'])})",
-                       "selection": {"selected": sel, "history": info.get("selection_history")},
-                       "rerun": f"metatele benchmark --settings {setting} --methods "
-                                + " ".join(f'"{x}"' for x in args.methods)
-                                + f" --set meta_seeds=[{k}] --ablations none"})
+                       "selection": {"selected": sel, "history": info.get("selection_history")}})
             print(f"{setting}/{m} (meta-seed {k}) → {dst}, {manifest}")
             rows.append((dst.stem, setting, m, k, entry["meta_seeds"][index]))
     print(table(rows, results["steps"]))

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from metatele.release.checkpoint import load_checkpoint
-from metatele.release.manifest import write_manifest
+from metatele.release.manifest import headline, write_checkpoint_manifest
 from metatele.studies.experiment import CompareConfig, run_comparison
 from metatele.tasks.family import unseen_seeds
 
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             "baselines": {k: v["at_step"] for k, v in results["summaries"].items() if k != method},
             "comparison_folder": str(compare_out),
         }
-        seeds = {"train": [list(r) for r in ckpt.provenance.get("training_seeds", [])],
-                 "test": [unseen_seeds(args.seeds)[0], unseen_seeds(args.seeds)[-1] + 1],
-                 "meta_seed": ckpt.config.seed}
-        write_manifest(out / f"{name}.manifest.json", [path], config=ckpt.config, seeds=seeds, metrics=metrics,
-                       extra={"commands": [f"metatele train --config ship/{name} --out {runs / name}",
-                                           "python experiments/ship_checkpoints.py " + " ".join(sys.argv[1:] if argv is None else argv)],
-                              "provenance": ckpt.provenance})
+        test = unseen_seeds(args.seeds)
+        seeds = {"train": [list(r) for r in ckpt.provenance.get("training_seeds", [])], "test": [test[0], test[-1] + 1]}
+        at_step = {s: v["mean"] for s, v in results["summaries"][method]["at_step"].items()}
+        write_checkpoint_manifest(
+            path, seeds=seeds, metrics=metrics, headline=headline(at_step, "test", args.seeds), check_seeds=seeds["test"],
+            commands=[f"metatele train --config ship/{name} --out {runs / name}",
+                      "python experiments/ship_checkpoints.py " + " ".join(sys.argv[1:] if argv is None else argv)])
         print(f"shipped {path} ({method}) with {out / f'{name}.manifest.json'}")
     return 0
 

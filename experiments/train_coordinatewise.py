@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from metatele.release.checkpoint import save_checkpoint
-from metatele.release.manifest import write_manifest
+from metatele.release.manifest import headline, write_checkpoint_manifest
 from metatele.studies.selection import SelectionConfig, meta_train_selected
 from metatele.meta.config import load_config
 
@@ -51,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "selection": sel, "seconds": round(seconds, 1)},
                     evaluation={"validation_history": history})
     command = "python experiments/train_coordinatewise.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_manifest(out.with_suffix("").with_suffix(".manifest.json"), [out], config=config,
-                   seeds={"train": range(*result.train_seeds), "validation": sel["validation_seeds"]},
-                   metrics={"selection": sel, "validation_history": history, "meta_train_seconds": round(seconds, 1)},
-                   extra={"commands": [command]})
+    chosen = next(row for row in history if row["meta_step"] == sel["meta_step"])
+    write_checkpoint_manifest(out, seeds={"train": range(*result.train_seeds), "validation": sel["validation_seeds"]},
+                              metrics={"selection": sel, "validation_history": history,
+                                       "meta_train_seconds": round(seconds, 1)},
+                              headline=headline(chosen["mean_log10_at"], "validation", args.select_seeds),
+                              commands=[command], check_seeds=sel["validation_seeds"])
     print(f"wrote {out}")
     return 0
 

@@ -39,10 +39,11 @@ from .meta.state import STATE_DIR
 from .meta.train import MAX_SKIPPED_SHARE, TrainingFailed
 from .optimizers.baselines import BASELINES
 from .optimizers.learned import ARCHS
+from .release.pretrained import REGISTRY, resolve_checkpoint
 from .storage.container import ContainerError
 from .storage.wandb_log import MODES, resolve_mode
 from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG
-from .studies.experiment import train_and_save
+from .release.training import train_and_save
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK
 from .tasks.family import DISTRIBUTIONS
 
@@ -113,11 +114,14 @@ def share(text: str) -> float:
     return value
 
 
-def existing_file(text: str) -> str:
-    """A path to an existing file (argparse type)."""
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text}" + (" (a directory)" if Path(text).is_dir() else ""))
-    return text
+def checkpoint_file(text: str) -> str:
+    """A checkpoint: an existing file, or the name of a shipped optimizer (argparse type; the
+    file's path is returned)."""
+    path = resolve_checkpoint(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file or shipped optimizer: {text} (shipped: {', '.join(REGISTRY)}; "
+                                         "`metatele pretrained` lists them)")
+    return str(path)
 
 
 # -- shared options ------------------------------------------------------------------------------
@@ -226,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate one checkpoint against GD at the paper's rate on unseen seeds",
                        description="Evaluate one checkpoint and plain GD at the paper's fixed rate (3e-4, not "
                        "tuned) on the same unseen test seeds.", **sub_kw)
-    p.add_argument("checkpoint", type=existing_file, help="checkpoint file (.safetensors)")
+    p.add_argument("checkpoint", type=checkpoint_file, help="checkpoint file (.safetensors) or shipped name")
     _add_compare_options(p)
     _add_wandb_options(p)
 
     p = sub.add_parser("compare", help="compare checkpoints against tuned baselines (JSON, table, figures, wandb)",
                        **sub_kw)
-    p.add_argument("checkpoints", nargs="*", type=existing_file, help="checkpoint files")
+    p.add_argument("checkpoints", nargs="*", type=checkpoint_file, help="checkpoint files or shipped names")
     _add_compare_options(p)
     p.add_argument("--baselines", nargs="*", default=None, choices=BASELINES, metavar="NAME",
                    help=f"hand-designed optimizers, each tuned on training seeds ({', '.join(BASELINES)}; "
@@ -243,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", type=positive_int, nargs="+", help="task dims (default: the checkpoints')")
     p.add_argument("--distribution", choices=["uniform", "gaussian"], help="task distribution (default: the checkpoints')")
     _add_wandb_options(p)
+
+    sub.add_parser("pretrained", help="list the learned optimizers shipped with the package, one line each: "
+                   "what it was trained on and its headline numbers", **sub_kw)
 
     p = sub.add_parser("demo", help="the main job: short meta-training of each variant, then a comparison", **sub_kw)
     p.add_argument("--out", default="runs/demo", help="output folder (one subfolder per run, compare/)")
@@ -296,10 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-order", action="store_true", help="second-order unrolls (what coordinatewise training uses)")
     p.add_argument("--estimator", default="tbptt", choices=list(ESTIMATORS), help="meta-gradient estimator")
     p.add_argument("--pes-groups", type=positive_int, default=1, help="PES: independent perturbations per meta-step")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of the throughput table, the time of a meta-step by phase (torch.profiler) at each "
+                        "batch size (B=1 only if given), over --unrolls meta-steps")
 
     p = sub.add_parser("transfer", help="checkpoints on networks they were not trained on, against GD/Adam tuned on each",
                        **sub_kw)
-    p.add_argument("checkpoints", nargs="+", type=existing_file, help="checkpoint files (coordinatewise ones run on any network)")
+    p.add_argument("checkpoints", nargs="+", type=checkpoint_file,
+                   help="checkpoint files or shipped names (coordinatewise ones run on any network)")
     p.add_argument("--out", required=True, help="folder for transfer.md and transfer.json")
     p.add_argument("--seeds", type=positive_int, default=100, help="unseen test seeds per network")
     p.add_argument("--steps", type=positive_int, default=300, help="inner steps per evaluation")
@@ -358,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda: commands.train(args), "eval": lambda: commands.eval_checkpoint(args), "compare": lambda: commands.compare_checkpoints(args),
         "demo": lambda: commands.demo(args), "benchmark": lambda: commands.benchmark(args, rest),
         "search": lambda: commands.search(args, rest), "throughput": lambda: commands.bench(args),
-        "transfer": lambda: commands.transfer(args), "digits": lambda: commands.digits(args, rest),
+        "transfer": lambda: commands.transfer(args),
+        "pretrained": commands.pretrained, "digits": lambda: commands.digits(args, rest),
     }
     if args.command in DEPRECATED_COMMANDS:
         new = DEPRECATED_COMMANDS[args.command]

@@ -18,14 +18,16 @@ from .meta.config import MetaTrainConfig, load_config
 from .meta.state import STATE_DIR
 from .optimizers.baselines import BASELINES
 from .release.checkpoint import read_metadata
+from .release.pretrained import REGISTRY, describe, pretrained_dir
 from .studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, BenchmarkRun, load_protocol, render_only, run_benchmark
 from .studies.demo import demo_configs
 from .studies.digits import DigitsStudyConfig, load_results
 from .studies.digits_report import digits_conclusions, render_digits_report
 from .studies.digits_report import run_digits_study, write_figures
-from .studies.experiment import CompareConfig, run_comparison, train_and_save
+from .release.training import train_and_save
+from .studies.experiment import CompareConfig, run_comparison
 from .studies.search import DEFAULT_SEARCH, SEARCH_QUICK, run_search
-from .studies.throughput import run_throughput
+from .studies.throughput import run_profile, run_throughput
 from .studies.transfer import TransferConfig, run_transfer
 from .storage.container import atomic_write
 from .storage.output import FolderLock, check_output_folder
@@ -113,6 +115,14 @@ def compare_checkpoints(args: argparse.Namespace) -> int:
     return compare(args, args.checkpoints, baselines, tune=args.tune, teleport=not args.no_teleport_baselines)
 
 
+def pretrained() -> int:
+    """``metatele pretrained``: one line per shipped optimizer."""
+    for name in REGISTRY:
+        print(describe(name))
+    print(f"\n(in {pretrained_dir()}; load one with mt.load_optimizer(NAME), or pass NAME to metatele eval / compare)")
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     configs = {name: MetaTrainConfig.from_dict(apply_overrides(cfg.to_dict(), args.overrides))
                for name, cfg in demo_configs().items()}  # every config checked before the first run
@@ -176,6 +186,11 @@ def search(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.profile:
+        run_profile(args.batch_sizes, variant=args.variant, meta_steps=args.unrolls, device=args.device, dims=args.dims,
+                    arch=args.arch, bias=args.bias, distribution=args.distribution, second_order=args.second_order,
+                    hidden=args.hidden, estimator=args.estimator, pes_groups=args.pes_groups)
+        return 0
     run_throughput(args.batch_sizes, variant=args.variant, hidden=args.hidden, unrolls=args.unrolls,
                    device=args.device, dims=args.dims, arch=args.arch, bias=args.bias,
                    distribution=args.distribution, second_order=args.second_order,

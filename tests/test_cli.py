@@ -191,8 +191,8 @@ def test_a_failed_train_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["eval", "missing.safetensors"], "no such file: missing.safetensors"),
-    (["compare", "missing.safetensors"], "no such file: missing.safetensors"),
+    (["eval", "missing.safetensors"], "no such file or shipped optimizer: missing.safetensors"),
+    (["compare", "missing.safetensors"], "no such file or shipped optimizer: missing.safetensors"),
     (["eval", "CKPT", "--steps", "0"], "--steps: must be ≥ 1"),
     (["compare", "CKPT", "--seeds", "1"], "--seeds: need at least 2 seeds"),
     (["compare", "CKPT", "--baselines", "sgd"], "invalid choice: 'sgd'"),

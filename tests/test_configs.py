@@ -16,6 +16,7 @@ from metatele.studies.digits import DigitsStudyConfig
 from metatele.configs import (ConfigError, apply_overrides, default_names, defaults_dir, field_docs, from_dict,
                               load_yaml_mapping, parse_value, require, resolve_config, to_dict)
 from metatele.meta.config import MetaTrainConfig, load_config
+from metatele.release.pretrained import REGISTRY, pretrained_dir
 from metatele.studies.protocol import load_protocol
 from metatele.symmetry.strategies import TeleportSchedule
 from metatele.tasks.family import TaskConfig
@@ -187,7 +188,9 @@ def test_setup_cfg_ships_every_default_yaml():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     patterns = [p.strip() for p in cfg["options.package_data"]["metatele"].split(",")]
-    for path in defaults_dir().rglob("*.yaml"):
+    shipped = [*defaults_dir().rglob("*.yaml"), *pretrained_dir().iterdir()]  # configs and pretrained optimizers
+    assert any(p.suffix == ".safetensors" for p in shipped)
+    for path in shipped:
         rel = path.relative_to(defaults_dir().parent).as_posix()
         assert any(fnmatch.fnmatch(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
 
@@ -200,6 +203,8 @@ def test_a_built_wheel_contains_the_default_yamls(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in default_names():
         assert f"metatele/defaults/{name}.yaml" in names
+    for name in REGISTRY:
+        assert {f"metatele/pretrained/{name}.safetensors", f"metatele/pretrained/{name}.manifest.json"} <= names
 
 
 def test_field_docs_reads_the_attributes_section_of_a_dataclass():

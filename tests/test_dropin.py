@@ -375,3 +375,62 @@ def test_a_coordinatewise_state_is_refused_by_a_paper_optimizer_at_load_time():
     with pytest.raises(ValueError, match="does not fit the learned optimizer .arch paper"):
         paper.load_state_dict(cw.state_dict())
     assert not paper.state  # nothing was loaded
+
+
+# -- safe on any model: a refusing safeguard backs off, and a stall says so ------------------------
+def _stalling_setup(**kw):
+    """A coordinatewise update optimizer whose first steps are far too large for the network (m1
+    starts as Adam at lr 10), with the update safeguard: every such step raises the loss."""
+    import metatele as mt
+    from metatele.optimizers.coordinatewise import CoordinatewiseConfig
+    from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
+    torch.manual_seed(0)
+    cw = CoordinatewiseConfig(lr=10.0, update_safeguard=True, **kw)
+    learned = LearnedOptimizer(mt.TaskConfig(dims=[8, 6, 8, 4], distribution="gaussian"),
+                               LearnedConfig(variant="update", arch="coordinatewise", coordinatewise=cw))
+    model = nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.1), nn.Linear(8, 4))
+    X, Y = torch.randn(6, 8), torch.randn(4, 8)
+    return learned, model, X, Y
+
+
+def _run(opt, model, X, Y, steps):
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * (model(X.T) - Y.T).square().sum()
+        loss.backward()
+        return loss
+    return [opt.step(closure).item() for _ in range(steps)]
+
+
+def test_an_optimizer_whose_safeguard_refuses_every_step_stalls_as_trained_and_says_so():
+    from metatele.optimizers.dropin import STALL_PATIENCE, StallWarning
+    learned, model, X, Y = _stalling_setup()
+    opt = LearnedTeleportOptimizer(model, learned, X=X, Y=Y, backoff=None)
+    with pytest.warns(StallWarning, match="unchanged for 10 steps"):
+        losses = _run(opt, model, X, Y, STALL_PATIENCE + 2)
+    assert len(set(losses)) == 1 and opt.stalled_steps == STALL_PATIENCE + 2
+
+
+def test_the_drop_in_backs_off_where_the_safeguard_refuses_and_the_loss_falls():
+    import warnings as w
+    from metatele.optimizers.dropin import StallWarning
+    learned, model, X, Y = _stalling_setup()
+    opt = LearnedTeleportOptimizer(model, learned, X=X, Y=Y)  # the default backoff
+    assert learned.config.coordinatewise.update_backoff is None  # the caller's optimizer is not changed
+    assert opt.learned.config.coordinatewise.update_backoff == 0.5
+    with w.catch_warnings():
+        w.simplefilter("error", StallWarning)
+        losses = _run(opt, model, X, Y, 40)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_coordinatewise_optimizer_without_data_is_refused_when_built():
+    learned, model, X, Y = _stalling_setup()
+    with pytest.raises(ValueError, match="batch size n"):
+        LearnedTeleportOptimizer(model, learned)
+
+
+def test_backoff_is_checked():
+    learned, model, X, Y = _stalling_setup()
+    with pytest.raises(ValueError, match="backoff"):
+        LearnedTeleportOptimizer(model, learned, X=X, Y=Y, backoff=1.5)

@@ -31,12 +31,12 @@ PACKAGE = ROOT / "metatele"
 # top-level module); ``__init__`` is the top-level package ``metatele`` itself, which re-exports
 # the public names and so comes last with the command line.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("configs", "_version", "storage"),  # foundations: import no stage
+    ("configs", "_version", "storage", "profiling"),  # foundations: import no stage
     ("tasks",),
     ("symmetry",),
     ("optimizers",),
+    ("evaluation",),  # runs optimizers on tasks; meta-training validates its snapshots with it
     ("meta",),
-    ("evaluation",),
     ("release",),
     ("studies",),
     ("commands",),  # the handlers of the command line

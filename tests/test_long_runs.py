@@ -187,3 +187,17 @@ def test_mixture_options_are_checked():
         MetaTrainConfig.from_dict({**tiny(), "mix": {"pool": 2}, "max_meta_steps": 3})
     with pytest.raises(ConfigError, match="mix.widths"):
         TaskMix(widths=[8])
+
+
+def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
+    import json as _json
+    from metatele.meta.state import decode, state_files
+    cfg = cw(**{"validation.every": 0})
+    engine = build_engine(cfg)
+    engine.meta_step()
+    saver = TrainingCheckpointer(cfg, tmp_path, handle_signals=False,
+                                 history=[{"meta_step": 1, "meta_loss": float("nan"), "seconds": float("inf")}])
+    saver.save(engine)
+    doc, _ = decode(state_files(tmp_path)[0][1].read_bytes())
+    assert doc["history"] == [{"meta_step": 1, "meta_loss": None, "seconds": None}]
+    _json.dumps(doc["history"], allow_nan=False)  # strict JSON

@@ -14,6 +14,7 @@ from metatele.configs import ConfigError
 from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
 from metatele.meta.config import MetaTrainConfig
 from metatele.meta.engine import UnrollEngine
+from metatele.meta.metaloss import late_weights
 from metatele.meta.schedules import (planned_meta_steps, trajectory_horizon, truncation_lengths, unroll_cap,
                                      unroll_length)
 from metatele.meta.train import meta_train
@@ -141,7 +142,7 @@ def test_engine_trains_on_augmented_tasks_and_records_their_initial_losses():
 def test_late_weights_grow_towards_the_horizon_average_one_and_change_the_meta_gradient():
     cfg = config(steps=12, unroll=12, late_weight=2.0)
     eng = UnrollEngine(cfg)
-    w = eng._late_weights(12).numpy()  # a whole trajectory in one unroll
+    w = late_weights(cfg, eng.trajectories, 12, eng.device, eng.dtype).numpy()  # a whole trajectory in one unroll
     assert w.shape == (12, eng.B) and (np.diff(w, axis=0) > 0).all()
     assert w[-1] == pytest.approx(3.0) and w.mean() == pytest.approx(1.0, abs=0.2)  # (p+1)∫x^p = 1
     grads = {}

@@ -274,7 +274,7 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
         if name == "digits":  # the digits study's checkpoints: one manifest, configs from the study
             continue
         ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
-        bench = json.loads(m.read_text())["extra"].get("benchmark") if name.startswith("benchmark_") else None
+        bench = (json.loads(m.read_text()).get("extra") or {}).get("benchmark") if name.startswith("benchmark_") else None
         if bench:  # the benchmark's learned methods: the config is the default protocol's for that run
             protocol, _ = load_protocol(DEFAULT_CONFIG)
             want = protocol.learned_config(bench["setting"], bench["method"], bench["meta_seed"]).to_dict()

@@ -2,7 +2,8 @@
 
 ``tests/data/coordinatewise_reference.safetensors`` holds :func:`reference_run` of every variant
 as computed at commit 9d10288, before these options existed (``python tests/test_stability.py
-PATH`` writes it again); the defaults must reproduce it bit for bit.
+PATH`` writes it again); the defaults must reproduce it bit for bit in the MLPs' reference layout
+(``features_first = False``; the fast layout equals it to rounding: tests/test_fast_path.py).
 """
 from __future__ import annotations
 
@@ -44,14 +45,18 @@ def optimizer(task: TaskConfig, variant: str, lr: float | None = None, **cw) -> 
     return LearnedOptimizer(task, coordinatewise_learned(variant, lr, **cw)).double()
 
 
-def reference_run(variant: str) -> dict[str, torch.Tensor]:
+def reference_run(variant: str, features_first: bool = False) -> dict[str, torch.Tensor]:
     """Six steps of a perturbed float64 coordinatewise optimizer on 4 tasks whose first pair is
     not a symmetry (n = 8 > d0 + 1, so the teleport safeguard refuses some teleports): the final
-    weights and update state, and the gradient of the summed log losses for every meta-parameter."""
+    weights and update state, and the gradient of the summed log losses for every meta-parameter.
+    ``features_first``: the MLPs' layout (:func:`metatele.optimizers.coordinatewise.mlp_columns`)."""
     torch.manual_seed(0)
     task = TaskConfig([8, 6, 8, 4], "gaussian", bias=True)
     opt = optimizer(task, variant)
     perturb(opt)
+    for m in opt.modules():
+        if hasattr(m, "features_first"):
+            m.features_first = features_first
     batch = sample_tasks(task, range(4), dtype=torch.float64)
     W, state, total = batch.weights, opt.initial_state(4, dtype=torch.float64), 0.0
     x_qr = input_qr(W, batch.X)

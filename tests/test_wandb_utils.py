@@ -12,7 +12,7 @@ import torch
 wandb = pytest.importorskip("wandb")
 
 from metatele.storage import wandb_log as wu  # noqa: E402
-from metatele.studies.experiment import checkpoint_metadata  # noqa: E402
+from metatele.release.training import checkpoint_metadata  # noqa: E402
 from metatele.release.checkpoint import save_checkpoint  # noqa: E402
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
 from metatele.optimizers.lstm import LSTMConfig  # noqa: E402

@@ -213,6 +213,8 @@ def plot_gradsq_vs_loss(curves_by_name: Mapping[str, Curves], path: str, title: 
             if not ok.any():
                 continue
             x, med, q25, q75 = _binned_median(logl[ok], logg[ok], bins)
+            if not len(x):  # too few (loss, gradient) pairs for one bin: a run of a few steps
+                continue
             (line,) = ax.plot(10 ** x, 10 ** med, label=_label(c), **style[name])
             ax.fill_between(10 ** x, 10 ** q25, 10 ** q75, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xscale("log")

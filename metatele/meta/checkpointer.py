@@ -33,6 +33,7 @@ import torch
 
 from ..configs import ConfigError, to_dict
 from ..storage.container import atomic_write
+from ..storage.jsonable import to_json
 from ..storage.output import FolderLock, OutputFolderError, check_output_folder
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
@@ -199,7 +200,7 @@ class TrainingCheckpointer:
         doc = {
             "meta_step": engine.meta_step_count, "meta_steps_planned": self.config.meta_steps,
             "world_size": engine.world_size, "config": to_dict(self.config),
-            "training_seeds": [[start, end]], "history": self.history,
+            "training_seeds": [[start, end]], "history": to_json(self.history),  # strict JSON: null, not NaN
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
         }

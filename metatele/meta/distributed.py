@@ -41,7 +41,7 @@ from .engine import UnrollEngine
 from .train import MAX_SKIPPED_SHARE, MetaTrainResult, meta_train
 
 #: how rank 0 trains: ``rank0_train(config, callback=..., engine=...)`` → the result (it may also
-#: save and log, e.g. ``metatele.studies.experiment.train_and_save`` with the output folder bound)
+#: save and log, e.g. ``metatele.release.training.train_and_save`` with the output folder bound)
 Rank0Train = Callable[..., MetaTrainResult]
 
 DEFAULT_TIMEOUT_S = 300.0

@@ -6,12 +6,10 @@ Read top to bottom, one meta-step (:meth:`UnrollEngine.meta_step`) is:
    step ``t`` with ``task.minibatch``), then the learned optimizer's update and teleport
    (:meth:`LearnedOptimizer.step`). No host sync happens here:
    divergence is tracked as a device mask ``alive`` (loss, gradient or weights non-finite).
-2. The meta-loss: per trajectory the sum over the unroll of the inner losses at
-   ``W_{t+1}..W_{t+K}`` (or of log-losses, optionally normalised by each task's initial loss),
-   averaged over the B trajectories, diverged trajectories masked out (optionally weighted
-   towards late steps, ``late_weight``). So the meta-gradient of a batch is the mean of the
-   single-trajectory meta-gradients. With minibatches the loss at ``W_s`` (s < t+K) is the one on
-   step s's minibatch (drawn independently of ``W_s``: an unbiased estimate).
+2. The meta-loss (:mod:`metatele.meta.metaloss`): per trajectory the terms of its inner losses at
+   ``W_{t+1}..W_{t+K}``, averaged over the B trajectories, so the meta-gradient of a batch is the
+   mean of the single-trajectory ones. With minibatches the loss at ``W_s`` is the one on step
+   s's minibatch (drawn independently of ``W_s``: an unbiased estimate).
 3. Backward, optional clipping, one Adam step (separate rates for m1 and m2). Gradient hooks on
    the LSTM outputs zero a diverged trajectory's contribution, so a NaN in one task never reaches
    the shared meta-parameters. A meta-step with a non-finite (zeroed) meta-gradient or no live
@@ -53,10 +51,11 @@ import torch
 from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer, LearnedState
 from ..tasks.digits import minibatch_sampler
-from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, TaskConfig, sample_tasks
+from ..tasks.family import VALIDATION_SEED_OFFSET, TaskBatch, sample_tasks
 from ..tasks.augment import augment
 from .config import MetaTrainConfig, resolve_device
 from .schedules import staggered, start_offsets, trajectory_horizon, unroll_length
+from .metaloss import contributions
 from .pes import PES
 from .snapshots import Snapshots
 from .symmetry_probe import SymmetryProbe
@@ -169,13 +168,9 @@ class UnrollEngine:
         self.symmetry_probe = SymmetryProbe.for_run(config, self.device, self.dtype)
         #: validation, the best snapshot and the average of the meta-parameters (``None`` when
         #: ``validation.every`` is 0); called by :func:`metatele.meta.train.meta_train`
-        self.snapshots = (Snapshots(config.validation, self.validation_tasks(), self.optimizer, self.meta_parameters)
+        self.snapshots = (Snapshots(config.validation, [config.task], self.optimizer, self.meta_parameters)
                           if config.validation.enabled else None)
         self._start_all()
-
-    def validation_tasks(self) -> list[TaskConfig]:
-        """The tasks validation runs on: the run's task."""
-        return [self.config.task]
 
     # -- trajectories ------------------------------------------------------------------------
     def _seed_of(self, position: int) -> int:
@@ -258,22 +253,6 @@ class UnrollEngine:
         c = self.config
         return unroll_length(self.rng, c.truncation, c.unroll, c.unroll_max, c.curriculum, self.meta_step_count)
 
-    def _meta_term(self, loss: torch.Tensor, tr: Trajectories | None = None) -> torch.Tensor:
-        if self.config.normalize:
-            loss = loss / (tr or self.trajectories).loss0
-        if self.config.meta_loss == "mean_log":
-            return torch.log(loss.clamp_min(1e-30))
-        return loss
-
-    def _late_weights(self, K: int, tr: Trajectories | None = None) -> torch.Tensor:
-        """``[K, B]`` weights of the unroll's meta-loss terms towards late steps: the term of
-        the loss at inner step ``s`` (``W_s``) of a trajectory of horizon ``H`` weighs
-        ``(p + 1) (min(s, H) / H)^p`` (host integers, copied to the device without a sync)."""
-        tr, p = tr or self.trajectories, self.config.late_weight
-        s = tr.steps_done[None, :] + np.arange(1, K + 1)[:, None]
-        w = (p + 1) * (np.minimum(s, tr.horizon) / tr.horizon) ** p
-        return torch.as_tensor(w, dtype=self.dtype).to(self.device, non_blocking=True)
-
     def compute_meta_gradient(self) -> "Unroll":
         """Run one truncated unroll from the current trajectories and backpropagate the meta-loss.
 
@@ -334,15 +313,7 @@ class UnrollEngine:
         per_step = torch.stack(val_terms if validation else terms[1:] + [final])  # [K, B]
         if validation:
             alive = alive & torch.isfinite(per_step).all(0)
-        term = self._meta_term(per_step, tr)
-        if c.late_weight:
-            term = term * self._late_weights(K, tr)
-        counted, short = alive.unsqueeze(0), bool((taken < K).any())
-        if short:  # the terms after a trajectory's horizon are not its meta-loss
-            counted = counted & torch.as_tensor(np.arange(K)[:, None] < taken).to(self.device, non_blocking=True)
-        contrib = torch.where(counted, term, torch.zeros_like(per_step))
-        if c.meta_loss == "mean_log":
-            contrib = contrib / (torch.as_tensor(taken, dtype=contrib.dtype).to(self.device) if short else K)
+        contrib = contributions(c, tr, per_step, alive, taken)
         return W, state, alive, final, contrib
 
     @property

@@ -25,8 +25,8 @@ from ..optimizers.learned import LearnedOptimizer
 from ..tasks.family import TaskConfig
 from .config import MetaTrainConfig, resolve_device
 from .engine import UnrollEngine
+from .schedules import seed_end
 from .snapshots import Snapshots, ValidationConfig
-from .state import seed_end
 
 
 class MixtureEngine:

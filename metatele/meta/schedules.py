@@ -40,6 +40,11 @@ def trajectory_horizon(horizon: str, steps: int, steps_min: int, seed: int, task
     return min(steps, max(steps_min, int(round(math.exp(u)))))
 
 
+def seed_end(next_seed: int, rank: int, world_size: int, start: int) -> int:
+    """One past the largest training seed a rank has used, from its ``next_seed`` position."""
+    return start if next_seed <= start else start + (next_seed - 1 - start) * world_size + rank + 1
+
+
 def start_offsets(B: int, rank: int, world_size: int, steps: int, unroll: int) -> np.ndarray:
     """``stagger``'s start offsets ``[B]``: a first batch spread over the horizon of ``steps``.
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,6 @@ import torch
 from ..configs import is_int, is_number, require
 from ..evaluation.evaluate import DIVERGED_LOSS, Curves, evaluate
 from ..tasks.family import TaskConfig, validation_seeds
-
-if TYPE_CHECKING:  # the engine imports this module
-    from .engine import UnrollEngine
 
 #: the snapshot kinds a validation scores
 KINDS = ("current", "average")
@@ -113,7 +110,7 @@ class Snapshots:
         self.trajectory_steps = 0
 
     # -- every meta-step ------------------------------------------------------------------------
-    def after_step(self, engine: "UnrollEngine", slot_steps: int) -> dict[str, Any] | None:
+    def after_step(self, engine: Any, slot_steps: int) -> dict[str, Any] | None:
         """Update the average (on the device) and count ``slot_steps`` trajectory-steps; validate
         when a validation is due (every ``every`` meta-steps and when the run is done) and return
         its row (``None``: no validation now)."""
@@ -128,7 +125,7 @@ class Snapshots:
         return None
 
     # -- validation -----------------------------------------------------------------------------
-    def _run(self, opt: torch.nn.Module, engine: "UnrollEngine") -> dict[str, Any]:
+    def _run(self, opt: torch.nn.Module, engine: Any) -> dict[str, Any]:
         v = self.config
         seeds = validation_seeds(v.seeds)
         curves = []
@@ -151,7 +148,7 @@ class Snapshots:
                 avg.get_parameter(name).copy_(a)
         return avg
 
-    def validate(self, engine: "UnrollEngine") -> dict[str, Any]:
+    def validate(self, engine: Any) -> dict[str, Any]:
         """Score the current meta-parameters (and their average) now; keep the best."""
         opt = engine.optimizer
         hook, opt.output_hook = opt.output_hook, None

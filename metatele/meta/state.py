@@ -29,6 +29,8 @@ from ..configs import ConfigError, to_dict
 from ..storage.container import Container, ContainerError
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
+from .schedules import seed_end  # noqa: F401 (re-exported)
+from .mixture import build_engine
 
 FORMAT = "metatele-training-state"
 FORMAT_VERSION = 1
@@ -121,11 +123,6 @@ def rank_state(engine: UnrollEngine) -> dict[str, Any]:
     return {k: v for k, v in sd.items() if k not in SHARED}
 
 
-def seed_end(next_seed: int, rank: int, world_size: int, start: int) -> int:
-    """One past the largest training seed a rank has used, from its ``next_seed`` position."""
-    return start if next_seed <= start else start + (next_seed - 1 - start) * world_size + rank + 1
-
-
 # -- files -------------------------------------------------------------------------------------
 def state_files(out: str | os.PathLike) -> list[tuple[int, Path]]:
     """``(meta_step, path)`` of the training-state files in ``out``, newest first."""
@@ -191,7 +188,6 @@ def load_training_state(out: str | os.PathLike, config: MetaTrainConfig | None =
     config = config or MetaTrainConfig.from_saved(doc["config"])
     if doc["world_size"] != 1:
         raise ResumeError(f"{path} holds {doc['world_size']} ranks' states; load it with metatele.meta.distributed")
-    from .mixture import build_engine  # the mixture engine imports this module
     engine = build_engine(config, device=device)
     engine.load_state_dict({**state["shared"], **state["ranks"][0]})
     engine.prior_history = list(doc["history"])

@@ -57,6 +57,8 @@ import torch
 from torch import nn
 
 from ..configs import check_fields, require
+from ..profiling import FEATURES, M1, phase
+from .coordinate_mlp import coordinate_mlp, heads
 from .lstm import State, flatten, log_space
 from ..symmetry.strategies import normalize_frobenius
 
@@ -179,19 +181,6 @@ class CoordinatewiseConfig:
         require(self.gate in GATES, "coordinatewise.gate", f"must be one of {GATES}, got {self.gate!r}")
 
 
-def coordinate_mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
-    """``layers`` hidden ReLU layers of width ``hidden``; the output layer starts at zero."""
-    mods: list[nn.Module] = []
-    width = n_in
-    for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    head = nn.Linear(width, n_out)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    return nn.Sequential(*mods, head)
-
-
 def _per_tensor(x: torch.Tensor, sizes: Sequence[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Apply a per-task reduction ``fn`` (``[B, p] → [B, 1]``) to each tensor's slice of ``x``
     ``[B, P]`` and broadcast it back over that tensor's coordinates: ``[B, P]``."""
@@ -234,9 +223,12 @@ class CoordinateUpdate(nn.Module):
     def __init__(self, config: CoordinatewiseConfig | None = None) -> None:
         super().__init__()
         self.config = config or CoordinatewiseConfig()
+        #: run the MLP in the features-first layout (:func:`mlp_columns`); ``False``: the reference
+        #: layout, ``net`` on ``[B, P, k]`` rows (the same function to rounding; the tests compare them)
+        self.features_first = True
         self.net = coordinate_mlp(N_UPDATE_FEATURES + int(self.config.time_feature), 2, self.config.hidden,
                                   self.config.layers)
-        # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
+        # decay rates of the four moments [4, 1, 1] (BETAS, BETA2); not saved
         decay = torch.tensor(list(BETAS) + [BETA2], dtype=torch.float64)
         self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
 
@@ -272,8 +264,8 @@ class CoordinateUpdate(nn.Module):
         feats.append(bias_mask(grads, d0).to(g.dtype).expand_as(g))
         if cfg.time_feature:  # t is [1, B, 1]: one value per trajectory
             feats.append((t[0].log10() / 3).expand_as(g))
-        x = torch.stack(feats, dim=-1).clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
-        return x, m[1] / denom, (moments, t)
+        x = torch.stack(feats).clamp(-FEATURE_CLAMP, FEATURE_CLAMP)  # features first: [k, B, P]
+        return x.movedim(0, -1), m[1] / denom, (moments, t)
 
     def forward(
         self, weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], state: State | None, d0: int
@@ -283,14 +275,16 @@ class CoordinateUpdate(nn.Module):
         cfg = self.config
         if state is None:
             state = self.initial_state(weights, next(self.parameters()).dtype)
-        x, direction, state = self.features(weights, grads, state, d0)
-        out = self.net(x)  # [B, P, 2]
-        scale = torch.exp(cfg.magnitude_scale * torch.tanh(out[..., 0]))
-        # the direction correction is in units of the Adam direction's RMS over the tensor, so it
-        # shrinks with the step as a trajectory converges (an absolute one would stall it)
-        unit = _per_tensor(direction, [gr[0].numel() for gr in grads], _rms)
-        flat = cfg.lr * scale * (direction + DIRECTION_SCALE * unit * torch.tanh(out[..., 1]))
-        updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
+        with phase(FEATURES):
+            x, direction, state = self.features(weights, grads, state, d0)
+        with phase(M1):
+            out = heads(self.net, x, self.features_first)  # two [B, P]
+            scale = torch.exp(cfg.magnitude_scale * torch.tanh(out[0]))
+            # the direction correction is in units of the Adam direction's RMS over the tensor, so it
+            # shrinks with the step as a trajectory converges (an absolute one would stall it)
+            unit = _per_tensor(direction, [gr[0].numel() for gr in grads], _rms)
+            flat = cfg.lr * scale * (direction + DIRECTION_SCALE * unit * torch.tanh(out[1]))
+            updates = [u.view_as(gr).to(gr.dtype) for u, gr in zip(flat.split([gr[0].numel() for gr in grads], dim=1), grads)]
         return updates, state
 
 
@@ -320,8 +314,8 @@ def pair_features(
     rms = lambda x: x.flatten(1).square().mean(1).add(TINY).sqrt()  # noqa: E731
     g_scale = (0.5 * (rms(grad_v).square() + rms(grad_u).square())).sqrt().log().div(10).view(-1, 1, 1).expand_as(G)
     G_scale = rms(G).log().div(10).view(-1, 1, 1).expand_as(G)
-    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye, g_scale, G_scale], dim=-1)
-    return x.clamp(-FEATURE_CLAMP, FEATURE_CLAMP)
+    x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye, g_scale, G_scale])  # features first
+    return x.clamp(-FEATURE_CLAMP, FEATURE_CLAMP).movedim(0, -1)
 
 
 class TeleportOutput(NamedTuple):
@@ -354,6 +348,8 @@ class EquivariantTeleport(nn.Module):
         c = self.config
         n_out = 2 + int(lr_range is not None) + int(c.gate == "learned")  # the gate is the last output
         self.net = coordinate_mlp(N_TELEPORT_FEATURES, n_out, c.hidden, c.layers)
+        #: the MLP's layout, as :attr:`CoordinateUpdate.features_first`
+        self.features_first = True
         # sigmoid(offset) · norm_max = norm_init at the start
         self.register_buffer("norm_offset", torch.tensor(math.log(c.tele_norm_init / (c.tele_norm_max - c.tele_norm_init))))
 
@@ -389,21 +385,22 @@ class EquivariantTeleport(nn.Module):
         # weights before the teleport)
         progress = (g_rms / (g0 + TINY)).clamp(max=1.0)
         avg = cfg.tele_beta * avg_flat.view(B, d, d) + (1 - cfg.tele_beta) * Gn
-        out = self.net(pair_features(G, grad_v, grad_u, avg))  # [B, d, d, k]
-        direction = Gn + out[..., 0]
+        x = pair_features(G, grad_v, grad_u, avg)
+        out = heads(self.net, x, self.features_first)  # k outputs [B, d, d]
+        direction = Gn + out[0]
         if cfg.learn_norm:
-            norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[..., 1].mean(dim=(1, 2))) * progress
+            norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[1].mean(dim=(1, 2))) * progress
         else:
             norm = cfg.tele_norm_init * progress
         on = (torch.remainder(t, cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
         active = on > 0
         if cfg.gate == "learned":
-            gate = torch.sigmoid(GATE_LOGIT + out[..., -1].mean(dim=(1, 2)))
+            gate = torch.sigmoid(GATE_LOGIT + out[-1].mean(dim=(1, 2)))
             on, active = on * gate, active & (gate > 0.5)
         T = normalize_frobenius(direction, norm * on)
         lr = None
         if self.lr_range is not None:
-            lr = log_space(out[..., 2].mean(dim=(1, 2)), *self.lr_range)
+            lr = log_space(out[2].mean(dim=(1, 2)), *self.lr_range)
         new_state = (avg.reshape(1, B, d * d), torch.stack([t + 1, g0], dim=-1).unsqueeze(0))
         return TeleportOutput(T, lr, new_state, active)
 

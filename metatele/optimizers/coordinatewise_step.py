@@ -39,6 +39,7 @@ from .coordinatewise import (UPDATE_BOUND_FLOOR, CoordinatewiseConfig, Equivaria
 from .lstm import State, reset_state
 from ..symmetry.action import teleport
 from ..symmetry.teleport_grad import LossFn, teleport_gradient
+from ..profiling import M2, SAFEGUARD, TELEPORT, TELEPORT_GRADIENT, UPDATE, phase
 
 Hook = Callable[[torch.Tensor], torch.Tensor]
 
@@ -60,23 +61,25 @@ def teleport_outputs(
     data; with ``tele_gradient_input: false``, :func:`linear_teleport_gradient` and one backward)
     and the gradients at ``weights``. ``states`` empty: fresh trajectories.
     """
-    if m2.config.tele_gradient_input:
-        G, _, grads = teleport_gradient(weights, X, loss_fn, exact=exact, x_qr=x_qr)
-    else:
-        with torch.enable_grad():
-            W0 = [w.detach().requires_grad_(True) for w in weights]
-            grads = list(torch.autograd.grad(loss_fn(W0).sum(), W0))
-        G = linear_teleport_gradient(grads)
-    G = [sanitize(g) for g in G]
-    grads = [sanitize(g) for g in grads]
-    T, lrs, new_states, active = [], [], [], torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
-    for m in range(len(weights) - 1):
-        out = m2.outputs(G[m], grads[m], grads[m + 1], states[m] if states else None)
-        T.append(hook(out.T.to(weights[m].dtype)))
-        if out.lr is not None:
-            lrs.append(hook(out.lr))
-        new_states.append(out.state)
-        active = active | out.active
+    with phase(TELEPORT_GRADIENT):
+        if m2.config.tele_gradient_input:
+            G, _, grads = teleport_gradient(weights, X, loss_fn, exact=exact, x_qr=x_qr)
+        else:
+            with torch.enable_grad():
+                W0 = [w.detach().requires_grad_(True) for w in weights]
+                grads = list(torch.autograd.grad(loss_fn(W0).sum(), W0))
+            G = linear_teleport_gradient(grads)
+    with phase(M2):
+        G = [sanitize(g) for g in G]
+        grads = [sanitize(g) for g in grads]
+        T, lrs, new_states, active = [], [], [], torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
+        for m in range(len(weights) - 1):
+            out = m2.outputs(G[m], grads[m], grads[m + 1], states[m] if states else None)
+            T.append(hook(out.T.to(weights[m].dtype)))
+            if out.lr is not None:
+                lrs.append(hook(out.lr))
+            new_states.append(out.state)
+            active = active | out.active
     return T, lrs, new_states, active
 
 
@@ -127,7 +130,7 @@ def safeguarded_update(
     """``new`` for the tasks whose loss it does not raise by more than the relative ``tol``,
     ``weights`` for the others (NaN counts as a rise): ``(chosen weights, their loss [B], taken
     [B] bool)``. The comparison is data; the meta-gradient flows through the chosen branch."""
-    with torch.no_grad():
+    with torch.no_grad(), phase(SAFEGUARD):
         before, after = loss_fn(weights), loss_fn(new)
         take = after <= before * (1 + tol)
     k = take.view(-1, 1, 1)
@@ -150,10 +153,11 @@ def safeguarded_teleport(
 
     Returns ``(new weights, taken [B] bool)``.
     """
-    new = teleport(weights, X, T, exact=exact, warn=False, x_qr=x_qr)
+    with phase(TELEPORT):
+        new = teleport(weights, X, T, exact=exact, warn=False, x_qr=x_qr)
     if loss_fn is None:
         return new, torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
-    with torch.no_grad():
+    with torch.no_grad(), phase(SAFEGUARD):
         before = loss_fn(weights) if loss_before is None else loss_before
         take = loss_fn(new) <= before * (1 + tol)  # NaN after the teleport: not taken
     k = take.view(-1, 1, 1)
@@ -194,14 +198,16 @@ def stable_step(
     if backoff and update_state is None:
         raise ValueError("coordinatewise.update_backoff carries its step scale in the local update's state: "
                          "it needs a local update with a state (m1 or the tele variant's base optimizer)")
-    if config.update_bound is not None:
-        updates = bounded_updates(weights, updates, config.update_bound)
-    if backoff:
-        if step_scale is None:  # log σ = 0
-            step_scale = torch.zeros(1, weights[0].shape[0], 1, device=weights[0].device, dtype=update_state[1].dtype)
-        sigma = step_scale[0].exp()
-        updates = [sigma.view(-1, *([1] * (u.dim() - 1))).to(u.dtype) * u for u in updates]
-    new = [w - u for w, u in zip(weights, updates)]
+    with phase(UPDATE):
+        if config.update_bound is not None:
+            updates = bounded_updates(weights, updates, config.update_bound)
+        if backoff:
+            if step_scale is None:  # log σ = 0
+                step_scale = torch.zeros(1, weights[0].shape[0], 1, device=weights[0].device,
+                                         dtype=update_state[1].dtype)
+            sigma = step_scale[0].exp()
+            updates = [sigma.view(-1, *([1] * (u.dim() - 1))).to(u.dtype) * u for u in updates]
+        new = [w - u for w, u in zip(weights, updates)]
     loss = None
     if config.update_safeguard:
         new, loss, accepted = safeguarded_update(weights, new, loss_fn)

@@ -52,7 +52,9 @@ dtype and device; results are copied into the parameters in place.
 """
 from __future__ import annotations
 
+import copy
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 import torch
@@ -66,6 +68,30 @@ from ..symmetry.action import SymmetryWarning, input_qr, non_symmetric_pairs
 class ActivationWarning(SymmetryWarning):
     """A teleporting drop-in built from bare parameters: the network's activations and the order
     of its layers could not be checked."""
+
+
+class StallWarning(UserWarning):
+    """The drop-in's steps have left the parameters unchanged for :data:`STALL_PATIENCE` steps in a
+    row (its update safeguard refuses every step that would raise the loss)."""
+
+
+#: consecutive steps without any change of the parameters before :class:`StallWarning`
+STALL_PATIENCE = 10
+#: the step-size backoff the drop-in gives an optimizer trained with the update safeguard but none
+DEFAULT_BACKOFF = 0.5
+
+
+def with_backoff(learned: LearnedOptimizer, backoff: float | None) -> LearnedOptimizer:
+    """``learned``, or a copy whose refused updates shrink its step size by ``backoff`` (and regrow
+    after accepted ones) when it was trained with the update safeguard but without a backoff:
+    otherwise a refused step is refused again forever and the network stands still."""
+    cw = learned.config.coordinatewise
+    if (backoff is None or learned.config.arch != "coordinatewise" or not cw.update_safeguard
+            or cw.update_backoff is not None):
+        return learned
+    copy_ = copy.deepcopy(learned)
+    copy_.config = replace(learned.config, coordinatewise=replace(cw, update_backoff=backoff))
+    return copy_
 
 
 def check_model(model: nn.Module, learned: LearnedOptimizer) -> None:
@@ -137,6 +163,13 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             ``loss`` accepts otherwise). Required by a teleporting ``coordinatewise`` optimizer.
         loss: ``loss(output [n, dL], Y) -> scalar`` on the teleport batch (default: the squared
             error ``½‖output − Yᵀ‖²``).
+        backoff: a coordinatewise optimizer trained with the update safeguard (which refuses a
+            local update that would raise the loss) but without a step-size backoff would refuse
+            the same step forever on a network where its steps are too large; the drop-in then
+            multiplies its step size by ``backoff`` at each refusal and regrows it after accepted
+            steps (``coordinatewise.update_backoff``). ``None`` keeps the optimizer exactly as
+            trained. Either way, :class:`StallWarning` says when the parameters have not moved for
+            :data:`STALL_PATIENCE` steps in a row.
 
     Raises:
         ValueError: the model, the parameter shapes or ``X`` do not match the learned optimizer,
@@ -145,7 +178,11 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: nn.Module | Iterable[torch.Tensor] | Iterable[dict], learned: LearnedOptimizer,
                  X: torch.Tensor | None = None, Y: Any = None,
-                 loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
+                 loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+                 backoff: float | None = DEFAULT_BACKOFF) -> None:
+        if backoff is not None and not (isinstance(backoff, float) and 0 < backoff < 1):
+            raise ValueError(f"backoff must be a number in (0, 1) or None, got {backoff!r}")
+        learned = with_backoff(learned, backoff)
         checked = isinstance(params, nn.Module)
         if checked:
             check_model(params, learned)
@@ -172,10 +209,15 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         self.Y, self.loss = Y, loss
         self._x_qr: tuple[torch.Tensor, torch.Tensor] | None = None
         self._warned = False
+        #: consecutive steps that left every parameter unchanged (see :class:`StallWarning`)
+        self.stalled_steps = 0
         if X is not None:
             self.set_data(X, Y)
         elif learned.config.uses_teleport:
             raise ValueError(f"variant {learned.config.variant!r} teleports and needs the data X [d0, n]")
+        elif learned.config.arch == "coordinatewise":
+            raise ValueError("a coordinatewise optimizer reads the batch size n of the data (and its safeguards the "
+                             "loss on it): give the data X [d0, n] (and its targets Y)")
         if learned.config.uses_teleport and not checked:
             warnings.warn(
                 "built from bare parameters, the drop-in cannot check the network's activations or the order of "
@@ -186,10 +228,11 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
 
     @classmethod
     def for_model(cls, model: nn.Module, learned: LearnedOptimizer, X: torch.Tensor | None = None,
-                  Y: Any = None, loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> "LearnedTeleportOptimizer":
+                  Y: Any = None, loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+                  backoff: float | None = DEFAULT_BACKOFF) -> "LearnedTeleportOptimizer":
         """Check ``model``'s architecture with :func:`check_model`, then wrap its parameters
         (the same as ``LearnedTeleportOptimizer(model, learned, ...)``)."""
-        return cls(model, learned, X=X, Y=Y, loss=loss)
+        return cls(model, learned, X=X, Y=Y, loss=loss, backoff=backoff)
 
     # -- helpers -----------------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
@@ -349,9 +392,20 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
                     "the learned step gave non-finite weights " + ("(the gradients are not finite)" if not finite_grads
                                                                   else "from finite weights and gradients")
                     + "; the parameters were left unchanged")
+            moved = any(not torch.equal(a, b) for a, b in zip(weights, new))
             for (W, b), w in zip(self.layers, new):
                 W.copy_(w[0, :, :W.shape[1]])
                 if b is not None:
                     b.copy_(w[0, :, -1])
         self._store_learned_state(state)
+        self.stalled_steps = 0 if moved else self.stalled_steps + 1
+        if self.stalled_steps == STALL_PATIENCE:
+            cw = self.learned.config.coordinatewise
+            why = (" (its update safeguard refuses every step that would raise the loss"
+                   + (f"; its step size has backed off to {cw.update_backoff}^k of its own" if cw.update_backoff
+                      else "") + ")") if cw.update_safeguard else ""
+            warnings.warn(f"the learned optimizer has left the parameters unchanged for {STALL_PATIENCE} steps in a "
+                          f"row{why}: it may not suit this network. Try another shipped optimizer (`metatele "
+                          "pretrained`), a smaller output scale of the model, or a hand-designed optimizer",
+                          StallWarning, stacklevel=2)
         return loss

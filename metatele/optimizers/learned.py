@@ -39,6 +39,7 @@ from ..symmetry.action import input_qr, teleport
 from ..tasks.digits import MinibatchSampler
 from ..tasks.family import TaskConfig
 from ..symmetry.teleport_grad import LossFn
+from ..profiling import INNER_LOSS, phase
 
 VARIANTS = ("update", "update+tele", "lr+tele", "tele")
 ARCHS = ("paper", "coordinatewise")
@@ -344,7 +345,8 @@ class LearnedOptimizer(nn.Module):
         # gradient and safeguard read the full training loss
         data_loss = self.task.kind.loss
         X_grad, Y_grad = minibatch if minibatch is not None else (X, Y)
-        loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
+        with phase(INNER_LOSS):
+            loss, grads = loss_and_grads(weights, X_grad, Y_grad, create_graph=second_order, loss_fn=data_loss)
         new, state = self.apply(weights, grads, self.teleport_data(X), state, x_qr,
                                 loss_fn=lambda w: data_loss(w, X, Y))
         return new, loss, grad_norm_sq(grads).detach(), state

@@ -38,6 +38,7 @@ from ..storage.container import Container, ContainerError, PathLike, atomic_writ
 from ..storage.jsonable import to_json
 from ..storage.provenance import git_commit, git_dirty
 from ..tasks.family import TEST_SEED_OFFSET, TaskConfig
+from .pretrained import REGISTRY, resolve_checkpoint
 
 FORMAT = "metatele-checkpoint"
 FORMAT_VERSION = 1
@@ -200,6 +201,8 @@ def save_checkpoint(
 # -- load ------------------------------------------------------------------------------------
 def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
     """Read the file and return its bytes and verified metadata document (tensors unchecked)."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (a file, or a shipped optimizer: {', '.join(REGISTRY)})")
     data = CONTAINER.read_bytes(path, CheckpointError)
     doc = CONTAINER.document(data, str(path), CheckpointError)
     for key in ("config", "provenance"):
@@ -209,8 +212,19 @@ def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 def read_metadata(path: PathLike) -> dict[str, Any]:
-    """The verified metadata document of a checkpoint, without building the optimizer."""
-    return _read_document(Path(path))[1]
+    """The verified metadata document of a checkpoint (a file or a shipped name), without building
+    the optimizer."""
+    return _read_document(resolve_checkpoint(path))[1]
+
+
+def written_by(provenance: dict[str, Any]) -> str:
+    """``"; it was written by metatele V (git C), ..."``: the end of the error for a checkpoint whose
+    architecture this metatele no longer builds."""
+    commit = provenance.get("git_commit")
+    return (f"; it was written by metatele {provenance.get('metatele_version', '(unknown version)')}"
+            + (f" (git {commit[:12]})" if commit else "")
+            + f", whose architecture this metatele ({__version__}) no longer builds: use that version, "
+            "or retrain it with the command in its manifest")
 
 
 def _check_task(path: Path, trained: MetaTrainConfig, task: TaskConfig) -> None:
@@ -229,7 +243,8 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
     """Read, verify and rebuild a checkpoint written by :func:`save_checkpoint`.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, or the name of an optimizer shipped with the package
+            (``metatele pretrained`` lists them; a file that exists wins).
         task: if given, the task the optimizer will run on. For the ``paper`` architecture its
             weight shapes (``dims[1:]`` and ``bias``) must equal the training task's; the sample
             count ``n`` and the distribution may differ (evaluation off the training
@@ -242,7 +257,7 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
             file, an unknown format version, an invalid config, missing/unexpected tensors or
             wrong shapes, or a task whose dims do not fit.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     data, doc = _read_document(path)
     try:
         config = MetaTrainConfig.from_saved(doc["config"])
@@ -261,11 +276,13 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
         raise CheckpointError(
             f"{path} does not match its config ({config.learned.variant}, hidden "
             f"{config.learned.lstm.hidden}): missing tensors {missing}, unexpected tensors {unexpected}"
+            + written_by(doc["provenance"])
         )
     wrong = [f"{k}: saved {tuple(tensors[k].shape)}, config builds {tuple(v.shape)}"
              for k, v in expected.items() if tuple(tensors[k].shape) != tuple(v.shape)]
     if wrong:
-        raise CheckpointError(f"{path} does not match its config: wrong tensor shapes: " + "; ".join(wrong))
+        raise CheckpointError(f"{path} does not match its config: wrong tensor shapes: " + "; ".join(wrong)
+                              + written_by(doc["provenance"]))
     dtypes = {t.dtype for t in tensors.values()}
     name = lambda t: str(t.dtype).removeprefix("torch.")  # noqa: E731
     wrong = [f"{k}: {name(t)}" for k, t in tensors.items() if t.dtype not in (torch.float32, torch.float64)]
@@ -287,5 +304,5 @@ def load_checkpoint(path: PathLike, task: TaskConfig | None = None, device: torc
 def load_optimizer(
     path: PathLike, task: TaskConfig | None = None, device: torch.device | str | None = None
 ) -> LearnedOptimizer:
-    """The learned optimizer stored at ``path`` (see :func:`load_checkpoint`)."""
+    """The learned optimizer stored at ``path``, a file or a shipped name (see :func:`load_checkpoint`)."""
     return load_checkpoint(path, task=task, device=device).optimizer

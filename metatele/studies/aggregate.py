@@ -15,7 +15,6 @@ Everything here works on the JSON-ready results dict that :mod:`metatele.studies
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -117,7 +116,7 @@ def speedups(curves: Mapping[str, Curves], a: str, baselines: Sequence[str], at:
         hit = np.flatnonzero(ours <= target)
         first = int(hit[0]) if hit.size else None
         rows.append({"step": h, "baseline": best, "target_log10": target, "reached_at": first,
-                     "speedup": (h / first if first else math.inf) if first is not None else None,
+                     "speedup": h / first if first else None,  # None: not reached, or already at step 0
                      "seconds_per_step": seconds_per_step(curves[a]),
                      "baseline_seconds_per_step": seconds_per_step(curves[best])})
     return rows

@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 
 from ..evaluation.evaluate import Curves
 from ..evaluation.figures import plot_loss_vs_step, plot_loss_vs_time
-from ..evaluation.stats import mean_ci, paired_comparison, verdict
+from ..evaluation.stats import mean_ci, paired_comparison
 from ..optimizers.baselines import BaselineConfig
 from .digits import (LABELS, LEARNED_RUNS, MID_ARMS, DigitsStudyConfig, ascent_schedule, correlation_check,
                      mid_training_teleport, paired_metric, results_json, run_learned, run_optimizers)
+from .report import verdict_cell
 
 
 def _save(fig: Figure, path: Path) -> str:
@@ -91,6 +92,21 @@ def _excludes_zero(ci: Sequence[float | None]) -> bool:
     return all(x is not None and math.isfinite(x) for x in ci) and (ci[0] > 0 or ci[1] < 0)
 
 
+#: how to read the verdict tables
+VERDICTS_KEY = ("each cell Δ [95% CI] and p of the paired t-test (a sign test where some seed diverged); "
+                "**bold**: significant at 0.05 (uncorrected).")
+
+
+def _metric_cells(a: Curves, b: Curves) -> str:
+    """``Δ val loss | Δ val accuracy`` at the last step, paired on seeds (bold: the CI excludes 0)."""
+    cells = []
+    for key in ("val_loss", "val_accuracy"):
+        d = paired_metric(a.metrics[key][-1], b.metrics[key][-1])
+        text = f"{_ci(d['mean_diff'], *d['ci95'])}, p = {_f(d['p_value'], '.2g')}"
+        cells.append(f"**{text}**" if _excludes_zero(d["ci95"]) else text)
+    return " | ".join(cells)
+
+
 def render_digits_report(results: Mapping[str, Any], command: str, figures_rel: str = "figures") -> str:
     """The markdown of ``DIGITS.md`` from :func:`run_digits_study`'s results."""
     cfg: DigitsStudyConfig = results["config"]
@@ -140,14 +156,13 @@ def render_digits_report(results: Mapping[str, Any], command: str, figures_rel: 
             L.append(f"| {label} | {t['plain'].lr:g}{mom} | {norm} | " + " | ".join(cells)
                      + f" | {_ci(*mean_ci(c.metrics['val_loss'][-1]))} | {_ci(*mean_ci(c.metrics['val_accuracy'][-1]))}"
                      + f" | {c.time[-1]:.2f} |")
-    L += ["", "Teleport against no teleport, paired on seeds (Δ = with − without):", ""]
+    L += ["", "Teleport against no teleport, paired on seeds (Δ = with − without); " + VERDICTS_KEY, "",
+          "| optimizer | " + " | ".join(f"Δ log10 train loss @ {s}" for s in cfg.at_steps)
+          + f" | Δ val loss @ {cfg.steps} | Δ val accuracy @ {cfg.steps} |", "|---|" + "---|" * (len(cfg.at_steps) + 2)]
     for name in cfg.optimizers:
         a, b = curves[LABELS[name] + "+teleport"], curves[LABELS[name]]
-        for s in cfg.at_steps:
-            L.append(f"- {verdict(paired_comparison(a, b, s))} (training loss)")
-        for key, what in (("val_loss", "validation loss"), ("val_accuracy", "validation accuracy")):
-            d = paired_metric(a.metrics[key][-1], b.metrics[key][-1])
-            L.append(f"- {a.name} vs {b.name}: Δ {what} @ {cfg.steps} = {_ci(d['mean_diff'], *d['ci95'])}, p = {_f(d['p_value'], '.2g')}")
+        L.append(f"| {LABELS[name]} | " + " | ".join(verdict_cell(paired_comparison(a, b, s), fmt=".2f")
+                                                    for s in cfg.at_steps) + " | " + _metric_cells(a, b) + " |")
     L += ["", "The loss change one teleport causes (relative, mean over the teleports of a run; mean [CI] over seeds):", "",
           "| optimizer | teleport batch (max abs) | rest of training set | validation set |", "|---|---|---|---|"]
     for name in cfg.optimizers:
@@ -233,15 +248,15 @@ def learned_section(results: Mapping[str, Any], figures_rel: str) -> list[str]:
     if any((c.loss == 0).any() for c in curves.values()):
         L += ["", "A log10 training loss far below −10 means that the float32 loss reached exactly 0 on some seeds "
                   "(the log is floored at 1e-300): those optimizers fit the training images perfectly."]
-    L += ["", f"Paired on seeds at step {cfg.learned_steps} (Δ = first − second):", ""]
+    s = cfg.learned_steps
+    L += ["", f"Paired on seeds at step {s} (Δ = a − b); " + VERDICTS_KEY, "",
+          f"| a − b | Δ log10 train loss @ {s} | Δ val loss @ {s} | Δ val accuracy @ {s} |", "|---|---|---|---|"]
     pairs = [(n, "Adam") for n in LEARNED_RUNS] + [("learned update+tele", "learned update"),
                                                    ("learned update+tele (val objective)", "learned update (val objective)"),
                                                    ("learned update+tele (val objective)", "learned update+tele")]
     for a, b in pairs:
-        va = paired_metric(curves[a].metrics["val_loss"][-1], curves[b].metrics["val_loss"][-1])
-        aa = paired_metric(curves[a].metrics["val_accuracy"][-1], curves[b].metrics["val_accuracy"][-1])
-        L.append(f"- {verdict(paired_comparison(curves[a], curves[b], cfg.learned_steps))} (training loss); "
-                 f"Δ val loss {_ci(va['mean_diff'], *va['ci95'])}; Δ val accuracy {_ci(aa['mean_diff'], *aa['ci95'])}")
+        L.append(f"| {a} − {b} | {verdict_cell(paired_comparison(curves[a], curves[b], s), fmt='.2f')} | "
+                 + _metric_cells(curves[a], curves[b]) + " |")
     L += ["", f"![learned, training loss]({figures_rel}/digits_learned_train_loss.png)",
           f"![learned, validation loss]({figures_rel}/digits_learned_val_loss.png)"]
     return L

@@ -27,6 +27,7 @@ from ..configs import ConfigError, apply_overrides, from_dict, load_yaml_mapping
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig, training_seeds, unseen_seeds, validation_seeds
 from ..meta.config import MetaTrainConfig
 from ..release.checkpoint import CheckpointError, read_metadata
+from ..release.pretrained import resolve_checkpoint
 from ..evaluation.identity import MethodId, baseline_id, learned_id
 from ..evaluation.tuning import DEFAULT_LRS, OBJECTIVES, TuneResult, grid_search
 from .selection import SelectionConfig
@@ -309,14 +310,15 @@ class BenchmarkProtocol:
 
     def pretrained(self, method: str, meta_seed: int) -> Path | None:
         """The checkpoint a ``pretrained`` method evaluates for ``meta_seed`` (``None``: the method
-        is meta-trained by the benchmark). ``pretrained`` names a file, with ``{seed}`` standing
-        for the meta-seed (relative paths are taken from the current folder)."""
+        is meta-trained by the benchmark). ``pretrained`` names a file or a shipped optimizer
+        (``metatele pretrained``), with ``{seed}`` standing for the meta-seed (relative paths are
+        taken from the current folder)."""
         spec = (self.methods.get(method) or {}).get("pretrained")
         if spec is None:
             return None
         require(isinstance(spec, str) and spec, f"methods.{method}.pretrained",
                 f"must be a checkpoint path (with {{seed}} for the meta-seed), got {spec!r}")
-        return Path(spec.format(seed=meta_seed))
+        return resolve_checkpoint(spec.format(seed=meta_seed))
 
     def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
                        reference: bool = False) -> MetaTrainConfig:

@@ -1,8 +1,9 @@
 """The written report of ``metatele benchmark``: ``RESULTS.md`` (see :mod:`metatele.studies.benchmark`).
 
-* :func:`methods_table`, :func:`spread_table` and :func:`comparisons_table` write the tables of one
-  section; :func:`conclusions` and :func:`summary_lines` write plain-language sentences from the
-  measured decisions (nothing is hard-coded); :func:`goal_check` states the teleport target
+* :func:`methods_table` writes a section's methods × steps table (the best of each column
+  marked), :func:`verdicts_table` every paired comparison in one table (pair × step);
+  :func:`conclusions` (kept in ``results.json``) and :func:`summary_lines` write plain-language
+  sentences from the measured decisions (nothing is hard-coded); :func:`goal_check` states the teleport target
   (:func:`~metatele.studies.aggregate.update_target`) per setting; :func:`render_report` writes the
   whole ``RESULTS.md``.
 
@@ -16,11 +17,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation.format import cell, num, p_is, pct, pval
-from ..evaluation.stats import HIGHER, LOWER, NO_DIFF
+from ..evaluation.format import cell, interval, num, p_is, pct
+from ..evaluation.stats import HIGHER, LOWER, NO_DIFF, decision
 from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
-from .targets import divergence_table, targets_table, teleport_help_lines, transfer_lines
+from .targets import divergence_table, speedup_table, targets_table, teleport_help_lines, transfer_lines
 
 D = ".3f"  # differences of log10-loss
 
@@ -30,56 +31,51 @@ def _seed_means(entry: Mapping[str, Any], step: int) -> list[float | None]:
 
 
 def methods_table(section: Mapping[str, Any], steps: Sequence[int]) -> str:
-    """Methods × steps: mean log10-loss [95% CI] over test seeds (learned methods: averaged over
-    meta-seeds, with each meta-seed's mean below), and the diverged fraction at the last step."""
-    methods = {n: m for n, m in section["methods"].items() if m.get("summary")}
-    shown = [s for s in steps if any(at_step(m["summary"], s) for m in methods.values())]
+    """Methods × steps: mean log10-loss [95% CI] over test seeds (a learned method's seeds averaged
+    over its meta-seeds first; each meta-seed's own in ``results.json``), the lowest mean of each
+    column in bold, and the diverged fraction at the last step."""
+    methods = [n for n, m in section["methods"].items() if m.get("summary")]
+    shown = [s for s in steps if any(at_step(section["methods"][n]["summary"], s) for n in methods)]
+    means = {s: [m for n in methods if (m := (at_step(section["methods"][n]["summary"], s) or {}).get("mean")) is not None
+                 and math.isfinite(m)] for s in shown}
+    best = {s: min(v) if v else None for s, v in means.items()}
     lines = ["| method | " + " | ".join(f"log10 loss @ {s}" for s in shown) + " | diverged |",
              "|---|" + "---|" * (len(shown) + 1)]
-    for name, m in methods.items():
+    for name in methods:
+        summary = section["methods"][name]["summary"]
         cells = []
         for s in shown:
-            text = cell(at_step(m["summary"], s))
-            means = _seed_means(m, s)
-            if means:
-                text += "<br>(meta-seeds: " + " / ".join(num(v) for v in means) + ")"
-            cells.append(text)
-        div = pct(m["summary"]["diverged_fraction"])
-        if m.get("meta_seeds"):
-            div += "<br>(" + " / ".join(pct(x["diverged_fraction"]) for x in m["meta_seeds"]) + ")"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {div} |")
+            st = at_step(summary, s)
+            text = cell(st)
+            cells.append(f"**{text}**" if st and best[s] is not None and st.get("mean") == best[s] else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {pct(summary['diverged_fraction'])} |")
     return "\n".join(lines) + "\n"
 
 
-def spread_table(section: Mapping[str, Any], steps: Sequence[int]) -> str:
-    """Per learned method and step: the spread of meta-seed means (max − min, and their std)."""
-    learned = {n: m for n, m in section["methods"].items() if m.get("meta_seeds")}
-    if not learned:
-        return ""
-    lines = ["| method | meta-seeds | " + " | ".join(f"spread @ {s}" for s in steps) + " |",
-             "|---|---|" + "---|" * len(steps)]
-    for name, m in learned.items():
-        cells = []
-        for s in steps:
-            v = np.array([x for x in _seed_means(m, s) if x is not None], dtype=float)
-            cells.append("—" if v.size == 0 else
-                         f"{num(float(np.ptp(v)))} (sd {num(float(v.std(ddof=1)) if v.size > 1 else None)})")
-        lines.append(f"| {name} | {len(m['meta_seeds'])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def verdict_cell(c: Mapping[str, Any], alpha: float = 0.05, fmt: str = D) -> str:
+    """A :func:`~metatele.evaluation.stats.paired_comparison` as ``Δ [lo, hi], p`` (where some seed
+    diverged: ``a better on w/n, sign p``); bold when significant at ``alpha``."""
+    if c["n_excluded"] > 0:
+        text = f"a better on {c['wins']}/{c['n_seeds']}, sign {p_is(c['p_sign'])}"
+    else:
+        text = f"{num(c['mean_diff'], fmt)} {interval(c['ci95'], fmt)}, {p_is(c['p_value'])}"
+    return text if decision(c, alpha) == NO_DIFF else f"**{text}**"
 
 
-def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> str:
-    """One row per paired comparison: Δ = a − b with its CI, both p-values, wins/n, decision."""
-    if not comparisons:
-        return "_No paired comparisons in this section._\n"
-    lines = ["| a | b | step | Δ log10 (a − b) [95% CI] | p (paired t) | p (sign) | a better on | "
-             "excluded (diverged) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
-    for c in comparisons:
-        lo, hi = c["ci95"]
-        word = {LOWER: "**a lower**", HIGHER: "**a higher**"}.get(c["decision"], "no sig. difference")
-        lines.append(f"| {c['a']} | {c['b']} | {c['step']} | {num(c['mean_diff'], D)} [{num(lo, D)}, {num(hi, D)}] | "
-                     f"{pval(c['p_value'])} | {pval(c['p_sign'])} | {c['wins']}/{c['n_seeds']} | "
-                     f"{c['n_excluded']} | {word} ({'sign' if c['test'] == 'sign' else 't'}-test) |")
+def verdicts_table(results: Mapping[str, Any]) -> str:
+    """Every paired comparison in one table: a row per section and pair ``a − b``, a column per
+    step, each cell ``Δ log10 [95% CI], p`` (bold: significant at α, uncorrected). A pair against a
+    baseline tuned per horizon (``adam(tuned@*)``) compares, at each step, with the one tuned for it."""
+    steps = results["steps"]
+    lines = ["| section | a − b | " + " | ".join(f"@ {s}" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for name, sec in results["sections"].items():
+        rows: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
+        for c in sec["comparisons"]:
+            a, b = c.get("pair") or (c["a"], c["b"])
+            rows.setdefault((a, b), {})[c["step"]] = c
+        for (a, b), by_step in rows.items():
+            cells = [verdict_cell(by_step[s], results["alpha"]) if s in by_step else "" for s in steps]
+            lines.append(f"| {name} | {a} − {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -108,6 +104,37 @@ def _pair_sentences(head: str, comparisons: Sequence[Mapping[str, Any]]) -> list
     return out
 
 
+def _section_notes(sec: Mapping[str, Any], last: int) -> list[str]:
+    """A section's failed meta-trainings, diverged fractions and meta-seed spread, as sentences."""
+    out: list[str] = []
+    for m, entry in sec["methods"].items():
+        if entry.get("failed"):
+            seeds = ", ".join(str(f["meta_seed"]) for f in entry["failed"])
+            rest = "its results use the remaining meta-seeds" if entry.get("summary") else "it has no results"
+            out.append(f"On {sec['label']}, meta-training of {m} failed for meta-seed(s) {seeds} "
+                       f"({entry['failed'][0]['error'].split(';')[0]}); {rest}.")
+        frac = (entry.get("summary") or {}).get("diverged_fraction")
+        if frac:
+            per = entry.get("meta_seeds")
+            tail = f" (per meta-seed: {' / '.join(pct(x['diverged_fraction']) for x in per)})" if per else ""
+            out.append(f"On {sec['label']}, {m} diverged on {pct(frac)} of the test seeds by step "
+                       f"{entry['summary']['steps']}{tail}.")
+    spreads = []
+    for m, entry in sec["methods"].items():
+        v = [x for x in _seed_means(entry, last) if x is not None]
+        if len(v) > 1:
+            spreads.append(f"{m} {num(max(v) - min(v))} ({' / '.join(num(x) for x in v)})")
+    if spreads:
+        out.append(f"Meta-training noise on {sec['label']}: the meta-seed means of log10 loss at step "
+                   f"{last} span " + "; ".join(spreads) + ".")
+    return out
+
+
+def run_notes(results: Mapping[str, Any]) -> list[str]:
+    """The sentences of :func:`conclusions` that are not verdicts, section by section."""
+    return [line for sec in results["sections"].values() for line in _section_notes(sec, results["steps"][-1])]
+
+
 def conclusions(results: Mapping[str, Any]) -> list[str]:
     """Plain-language sentences generated from the measured decisions of ``results``.
 
@@ -125,26 +152,7 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
                 cs = [c for c in sec["comparisons"] if c.get("ablation") == ab]
                 if cs:
                     out += _pair_sentences(f"Ablation '{ab}' ({info['question']}) on {sec['label']}", cs)
-        for m, entry in sec["methods"].items():
-            if entry.get("failed"):
-                seeds = ", ".join(str(f["meta_seed"]) for f in entry["failed"])
-                rest = "its results use the remaining meta-seeds" if entry.get("summary") else "it has no results"
-                out.append(f"On {sec['label']}, meta-training of {m} failed for meta-seed(s) {seeds} "
-                           f"({entry['failed'][0]['error'].split(';')[0]}); {rest}.")
-            frac = (entry.get("summary") or {}).get("diverged_fraction")
-            if frac:
-                per = entry.get("meta_seeds")
-                tail = f" (per meta-seed: {' / '.join(pct(x['diverged_fraction']) for x in per)})" if per else ""
-                out.append(f"On {sec['label']}, {m} diverged on {pct(frac)} of the test seeds by step "
-                           f"{entry['summary']['steps']}{tail}.")
-        spreads = []
-        for m, entry in sec["methods"].items():
-            v = [x for x in _seed_means(entry, last) if x is not None]
-            if len(v) > 1:
-                spreads.append(f"{m} {num(max(v) - min(v))} ({' / '.join(num(x) for x in v)})")
-        if spreads:
-            out.append(f"Meta-training noise on {sec['label']}: the meta-seed means of log10 loss at step "
-                       f"{last} span " + "; ".join(spreads) + ".")
+        out += _section_notes(sec, last)
     return out
 
 
@@ -334,8 +342,7 @@ def _checkpoint_lines(results: Mapping[str, Any]) -> list[str]:
 def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protocol_yaml: str) -> str:
     """The markdown of ``RESULTS.md``. ``figures``: section → figure path relative to the report."""
     steps, alpha = results["steps"], results["alpha"]
-    ts = results["test_seeds"]
-    m = results["machine"]
+    ts, m = results["test_seeds"], results["machine"]
     out = [
         f"# metatele benchmark: {results['protocol_name']}",
         "",
@@ -363,7 +370,9 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         "hand-designed baselines marked *(tuned)* are grid-tuned on training seeds.",
         "- Numbers are **mean log10 loss [95% Student-t CI] over test seeds**. For a learned method each test "
         "seed's log10 loss is first averaged over meta-seeds (a seed on which any meta-seed diverged counts as "
-        "diverged), so comparisons stay paired over test seeds; each meta-seed's own mean is shown below it.",
+        "diverged), so comparisons stay paired over test seeds; the lowest mean of each column is in bold. Each "
+        f"meta-seed's own numbers, every comparison's sign test and the sentences stating each verdict are in "
+        f"`{results['results_file']}`.",
         f"- Paired comparisons: Δ = a − b of log10 loss on the same test seeds, paired t-test (sign test over all "
         f"seeds when some diverged); α = {alpha}, no multiple-comparison correction. A loss that is non-finite or "
         "above 1e30 marks a seed as diverged from that step on.",
@@ -379,9 +388,16 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         "",
         *[f"- {s}" for s in summary_lines(results)],
         "",
-        "## Conclusions (generated from the measured verdicts)",
+        "## Verdicts",
         "",
-        *[f"- {s}" for s in results["conclusions"]],
+        "Every paired comparison: Δ = a − b of log10 loss on the same test seeds [95% CI], p of the paired t-test "
+        f"(a sign test over all seeds where some diverged); **bold**: significant at α = {alpha} (uncorrected); "
+        "negative: a is lower (better).",
+        "",
+        verdicts_table(results),
+        "## Notes: failures, divergence, meta-training noise",
+        "",
+        *([f"- {s}" for s in run_notes(results)] or ["_None._"]),
         "",
         *(["## Target: a learned teleport that reliably helps", "",
            "LSTM(update+tele) below LSTM(update) with non-overlapping 95% CIs at steps 10, 30 and 100, no upward "
@@ -418,11 +434,11 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
                     "|---|---|---|"]
             out += [f"| {ab} | {i['reference']} | {i['question']} |" for ab, i in sec["ablations"].items()]
             out.append("")
-        div = divergence_table(sec)
+        div = divergence_table(sec) if any(v for e in sec["methods"].values()
+                                           for v in (e.get("diverged_by") or {}).values()) else ""
         out += [methods_table(sec, steps), *(["Diverged fraction of the test seeds by step (learned methods: per "
-                                              "meta-seed in parentheses):", "", div] if div else []), "Meta-seed spread (max − min of the meta-seed means, log10):", "",
-                spread_table(sec, steps) or "_No learned methods._\n", "Paired comparisons:", "",
-                comparisons_table(sec["comparisons"])]
+                                              "meta-seed in parentheses):", "", div] if div else []),
+                *([speedup_table(sec)] if sec.get("speedup") else [])]
         if name in figures:
             out += [f"![loss vs step, {title}]({figures[name]})", ""]
     out += ["## Checkpoints", "",

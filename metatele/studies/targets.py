@@ -196,3 +196,20 @@ def transfer_lines(name: str, sec: Mapping[str, Any]) -> list[str]:
         out += ["Not transferred: " + "; ".join(f"{m} — {why}" for m, why in skipped.items()) + ".", ""]
     return out
 
+
+
+def speedup_table(sec: Mapping[str, Any]) -> str:
+    """The section's speed-up rows (:func:`metatele.studies.aggregate.speedups`) as a table: the
+    step at which a method first reaches the best tuned baseline's mean log10 loss at step ``h``,
+    the speed-up in steps, and each one's seconds per inner step of one trajectory."""
+    lines = ["Speed-up (the field's headline metric): the step at which a method first reaches the mean log10 loss "
+             "that the best tuned baseline reaches at step h, and the seconds per inner step of one trajectory "
+             "(evaluation wall time / steps / seeds) of each:", "",
+             "| method | h | best baseline at h | its log10 loss | reached at step | speed-up (steps) | s/step method | s/step baseline |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sec.get("speedup", []):
+        reached = "not reached" if r["reached_at"] is None else str(r["reached_at"])
+        speed = "–" if r["speedup"] is None else f"{r['speedup']:.2f}×"
+        lines.append(f"| {r['method']} | {r['step']} | {r['baseline']} | {r['target_log10']:.2f} | {reached} | {speed} "
+                     f"| {r['seconds_per_step']:.2e} | {r['baseline_seconds_per_step']:.2e} |")
+    return "\n".join(lines + [""])
