@@ -68,19 +68,19 @@ def inapplicable_options(arch: str, variant: str,
     ``learned.coordinatewise`` values, for the options that depend on another one's value
     (``update_regrow`` only acts with ``update_backoff``)."""
     local = {"tele": "base", "lr+tele": "lr"}.get(variant, "learned")
-    step = {"base": "learned.base, a hand-designed optimizer", "lr": "η g with the step size m2 writes",
+    step = {"base": "learned.base, a hand-designed optimizer", "lr": "η g, with the step size η that m2 writes",
             "learned": "m1, a learned update"}[local]
     out: list[Inapplicable] = []
     if local != "base":
-        out.append(("base", None, f"learned.base is the hand-designed local step of variant: tele; this "
-                    f"variant: {variant} takes its local step with {step}"))
+        out.append(("base", None, f"learned.base is the hand-designed local step of variant: tele; the local "
+                    f"step of variant: {variant} is {step}"))
     no_m1 = f"variant: {variant} has no learned update (m1): its local step is {step}, and this option is m1's"
     no_m2 = "variant: update does not teleport (no m2), and this option is the teleport's"
     if variant == "update":
         out.append(("teleport", None, no_m2))
     elif variant != "lr+tele":
         out.append(("teleport", TELEPORT_STEP_SIZE_OPTIONS, f"only the lr+tele variant's m2 writes a step size "
-                    f"(variant: {variant} takes its local step with {step})"))
+                    f"(the local step of variant: {variant} is {step})"))
     if arch == "coordinatewise":
         out.append(("lstm", None,
                     "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"))
