@@ -29,12 +29,15 @@ from metatele import BaselineConfig, validation_seeds
 from metatele.configs import merge_overrides
 from metatele.evaluation.evaluate import BaselineMethod, evaluate
 from metatele.meta.config import MetaTrainConfig
+from metatele.optimizers.coordinatewise import CoordinatewiseConfig
 from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
 from metatele.studies.selection import meta_train_selected
 
 AT = (10, 30, 100, 300, 1000)
 CW = "learned.coordinatewise."
-PLAIN = {CW + "lr": 0.1, CW + "update_backoff": None}  # every candidate names both keys, whatever the protocol says
+# every candidate names these keys, whatever the protocol says (update_regrow at its default: it acts
+# only with update_backoff, and a run without it refuses any other value)
+PLAIN = {CW + "lr": 0.1, CW + "update_backoff": None, CW + "update_regrow": CoordinatewiseConfig.update_regrow}
 BACKOFF = {CW + "update_backoff": 0.5, CW + "update_regrow": 1.05}
 SETTINGS = ("gaussian-20", "uniform-20")
 

@@ -29,9 +29,15 @@ print(f"tuned Adam lr = {adam.lr:.3g}")
 
 
 def learned(variant: str, **options) -> LearnedOptimizer:
-    options.setdefault("lr", adam.lr)
-    config = LearnedConfig(variant=variant, arch="coordinatewise", base=adam,
-                           coordinatewise=CoordinatewiseConfig(**options))
+    """The untrained coordinatewise ``variant``: m1 starts as Adam at its tuned rate (``update``),
+    m2 teleports after the tuned Adam itself (``tele``)."""
+    if variant == "tele":
+        base = {"base": adam}
+    else:
+        base = {}
+        options.setdefault("lr", adam.lr)
+    config = LearnedConfig(variant=variant, arch="coordinatewise", coordinatewise=CoordinatewiseConfig(**options),
+                           **base)
     return LearnedOptimizer(task, config).double()
 
 

@@ -67,7 +67,8 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     for k, old in getattr(cls, "REMOVED", {}).items():
         if k in data:
             name = f"{where}.{k}" if where else k
-            require(data[k] == old, name, f"was removed: its behaviour is fixed at the old default {old!r} "
+            held = tuple(data[k]) if isinstance(data[k], list) and isinstance(old, tuple) else data[k]  # YAML/JSON lists
+            require(held == old, name, f"was removed: its behaviour is fixed at the old default {old!r} "
                     f"(a saved config may hold only that value), got {data[k]!r}")
             del data[k]
     hints = typing.get_type_hints(cls)
@@ -169,9 +170,10 @@ def check_fields(config: Any, prefix: str = "") -> None:
         check_value(f"{prefix}.{f.name}" if prefix else f.name, hints[f.name], getattr(config, f.name))
 
 
-def changed_fields(config: Any) -> list[str]:
-    """Names of the fields of dataclass instance ``config`` that differ from its class's defaults."""
-    default = type(config)()
+def changed_fields(config: Any, default: Any = None) -> list[str]:
+    """Names of the fields of dataclass instance ``config`` that differ from ``default`` (by
+    default its class's defaults)."""
+    default = type(config)() if default is None else default
     return [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)]
 
 

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from metatele import BaselineConfig, CoordinatewiseConfig, LearnedConfig
+
 
 def tiny(**kw) -> dict:
     """A tiny float64 meta-training config as a dict; ``a.b=value`` keys set nested values."""
@@ -21,8 +23,20 @@ def tiny(**kw) -> dict:
         node[parts[-1]] = v
     if base["learned"].get("arch", "paper") == "paper":  # small LSTMs (options of the paper's architecture only)
         base["learned"].setdefault("lstm", {}).setdefault("hidden", 16)
-        base["learned"].setdefault("teleport", {}).setdefault("eps", 0.05)
+        if base["learned"]["variant"] != "update":  # m2's option: refused by a run without m2
+            base["learned"].setdefault("teleport", {}).setdefault("eps", 0.05)
     return base
+
+
+def coordinatewise_learned(variant: str, lr: float | None = None, **cw) -> LearnedConfig:
+    """The coordinatewise ``variant`` with options ``cw``; ``lr``: the rate of its local step, m1's
+    (which starts as Adam at it) or, for the ``tele`` variant, its base Adam's (default: the defaults)."""
+    base = {}
+    if lr is not None and variant == "tele":
+        base["base"] = BaselineConfig(name="adam", lr=lr)
+    elif lr is not None:
+        cw["lr"] = lr
+    return LearnedConfig(variant=variant, arch="coordinatewise", coordinatewise=CoordinatewiseConfig(**cw), **base)
 
 
 def subprocess_env() -> dict:

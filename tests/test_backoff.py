@@ -10,15 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import same_parameters, tiny
+from helpers import coordinatewise_learned, same_parameters, tiny
 
 from metatele.meta.checkpointer import TrainingCheckpointer, resumable_callback
 from metatele.meta.config import MetaTrainConfig
 from metatele.meta.train import meta_train
-from metatele.optimizers.baselines import BaselineConfig
 from metatele.optimizers.coordinatewise import CoordinatewiseConfig
 from metatele.optimizers.coordinatewise_step import join_step_scale, next_step_scale, split_step_scale
-from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer, LearnedState
+from metatele.optimizers.learned import LearnedOptimizer, LearnedState
 from metatele.meta.engine import UnrollEngine
 from metatele.tasks.family import TaskConfig, sample_tasks
 from metatele.tasks.mlp import mlp_loss
@@ -56,9 +55,8 @@ def run(opt: LearnedOptimizer, batch, steps: int):
 
 def adam_like(task: TaskConfig, variant: str, lr: float, **cw) -> LearnedOptimizer:
     """An untrained coordinatewise optimizer: m1 is Adam at ``lr`` (``tele``: the base Adam is)."""
-    config = LearnedConfig(variant=variant, arch="coordinatewise", base=BaselineConfig(name="adam", lr=lr),
-                           coordinatewise=CoordinatewiseConfig(lr=lr, update_safeguard=True, safeguard_tol=0.0, **cw))
-    return LearnedOptimizer(task, config).double()
+    tele = {"safeguard_tol": 0.0} if variant != "update" else {}
+    return LearnedOptimizer(task, coordinatewise_learned(variant, lr, update_safeguard=True, **tele, **cw)).double()
 
 
 @pytest.mark.parametrize("variant", ["update", "tele"])

@@ -111,11 +111,11 @@ def test_meta_training_config_refuses_too_many_samples_for_teleporting(dims, bia
     cfg = tiny(**{"task.dims": dims, "task.bias": bias})
     if ok:
         MetaTrainConfig.from_dict(cfg)
-        MetaTrainConfig.from_dict({**cfg, "learned": {**cfg["learned"], "variant": "update"}})
+        MetaTrainConfig.from_dict(tiny(**{"task.dims": dims, "task.bias": bias, "learned.variant": "update"}))
     else:
         with pytest.raises(ConfigError, match=r"task.dims: pair 0 .*narrower than the n = \d+ samples"):
             MetaTrainConfig.from_dict(cfg)
-        MetaTrainConfig.from_dict({**cfg, "learned": {**cfg["learned"], "variant": "update"}})  # no teleport
+        MetaTrainConfig.from_dict(tiny(**{"task.dims": dims, "task.bias": bias, "learned.variant": "update"}))  # no teleport
 
 
 def test_adam_baseline_trains_a_network_with_biases():

@@ -265,6 +265,61 @@ def test_an_option_that_does_not_apply_to_the_architecture_is_an_error_naming_it
     MetaTrainConfig.from_dict(apply_overrides({}, [f"learned.arch={arch}"]))  # the defaults are fine
 
 
+CW = "learned.arch=coordinatewise"
+#: (the run, an option it does not read, what the error says): each was accepted silently before
+NOT_APPLYING = [
+    ([CW, "learned.variant=tele"], "learned.coordinatewise.lr=0.1", "variant: tele has no learned update (m1)"),
+    ([CW, "learned.variant=tele"], "learned.coordinatewise.magnitude_scale=2.0", "its local step is learned.base"),
+    ([CW, "learned.variant=lr+tele"], "learned.coordinatewise.time_feature=true", "variant: lr+tele has no learned update"),
+    ([CW, "learned.variant=update"], "learned.coordinatewise.tele_norm_init=0.01", "variant: update does not teleport"),
+    ([CW, "learned.variant=update"], "learned.coordinatewise.every=5", "variant: update does not teleport"),
+    ([CW, "learned.variant=update"], "learned.coordinatewise.gate=learned", "variant: update does not teleport"),
+    ([CW, "learned.variant=update"], "learned.teleport.exact=false", "variant: update does not teleport"),
+    (["learned.variant=update"], "learned.teleport.eps=0.1", "variant: update does not teleport"),
+    (["learned.variant=update+tele"], "learned.base.lr=0.1", "learned.base is the hand-designed local step of variant: tele"),
+    ([CW, "learned.variant=update"], "learned.base.name=gd", "learned.base is the hand-designed local step"),
+    (["learned.variant=tele"], "learned.lstm.gd_skip=true", "variant: tele has no learned update (m1)"),
+    (["learned.variant=lr+tele"], "learned.lstm.output_scale=0.01", "variant: lr+tele has no learned update (m1)"),
+    (["learned.variant=update+tele"], "learned.teleport.lr_max=0.01", "only the lr+tele variant's m2 writes a step size"),
+    ([CW, "learned.variant=tele"], "learned.teleport.lr_min=1e-5", "only the lr+tele variant's m2 writes a step size"),
+    ([CW, "learned.variant=lr+tele", "learned.coordinatewise.update_safeguard=true"],
+     "learned.coordinatewise.update_backoff=0.5", "η g has no state"),
+    ([CW, "learned.variant=lr+tele"], "learned.coordinatewise.teleport_state=reset", "η g has no state"),
+    ([CW, "learned.variant=update"], "learned.coordinatewise.update_regrow=1.05", "sets no update_backoff"),
+]
+
+
+@pytest.mark.parametrize("run,item,why", NOT_APPLYING, ids=[f"{r[-1]}:{i.split('=')[0]}" for r, i, _ in NOT_APPLYING])
+def test_an_option_the_variant_does_not_read_is_an_error_naming_it_and_why(run, item, why):
+    key = item.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        MetaTrainConfig.from_dict(apply_overrides({}, run + [item]))
+    assert str(e.value).startswith(f"{key}: does not apply to this run: ") and why in str(e.value)
+    MetaTrainConfig.from_dict(apply_overrides({}, run))  # the run without it is fine
+
+
+@pytest.mark.parametrize("run,item,why", NOT_APPLYING, ids=[f"{r[-1]}:{i.split('=')[0]}" for r, i, _ in NOT_APPLYING])
+def test_a_saved_config_holding_an_option_its_variant_never_read_still_loads_without_it(run, item, why):
+    saved = apply_overrides(to_dict(MetaTrainConfig.from_dict(apply_overrides({}, run))), [item])
+    assert MetaTrainConfig.from_saved(saved) == MetaTrainConfig.from_dict(apply_overrides({}, run))
+
+
+def test_the_options_each_variant_reads_are_accepted():
+    tele = MetaTrainConfig.from_dict(apply_overrides({}, [
+        CW, "learned.variant=tele", "learned.base.lr=0.1", "learned.coordinatewise.every=5",
+        "learned.coordinatewise.hidden=8", "learned.coordinatewise.update_bound=0.5", "learned.coordinatewise.update_safeguard=true",
+        "learned.coordinatewise.update_backoff=0.5", "learned.coordinatewise.update_regrow=1.05",
+        "learned.coordinatewise.teleport_state=reset", "learned.teleport.exact=false"]))
+    assert tele.learned.base.lr == 0.1 and tele.learned.coordinatewise.update_regrow == 1.05
+    update = MetaTrainConfig.from_dict(apply_overrides({}, [
+        CW, "learned.variant=update", "learned.coordinatewise.lr=0.1", "learned.coordinatewise.magnitude_scale=2.0",
+        "learned.coordinatewise.time_feature=true", "learned.coordinatewise.update_bound=0.5"]))
+    assert update.learned.coordinatewise.lr == 0.1
+    paper = MetaTrainConfig.from_dict(apply_overrides({}, ["learned.variant=lr+tele", "learned.lstm.hidden=64",
+                                                           "learned.teleport.lr_max=0.01", "learned.teleport.eps=0.1"]))
+    assert paper.learned.teleport.emit_lr and paper.learned.teleport.lr_max == 0.01
+
+
 def test_the_options_each_architecture_reads_are_accepted():
     cw = MetaTrainConfig.from_dict(apply_overrides({}, [
         "learned.arch=coordinatewise", "learned.variant=lr+tele", "learned.teleport.exact=false",
@@ -282,12 +337,14 @@ def test_a_saved_config_holding_options_its_architecture_never_read_still_loads(
     assert MetaTrainConfig.from_saved(saved) == MetaTrainConfig()
 
 
-@pytest.mark.parametrize("key", ["tele_direction_scale", "tele_gradient_power"])
-def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(key):
+@pytest.mark.parametrize("key,old,other", [
+    ("tele_direction_scale", 1.0, 0.5), ("tele_gradient_power", 1.0, 0.5), ("betas", [0.5, 0.9, 0.99], [0.5, 0.9, 0.95]),
+    ("update_bound_floor", 1e-3, 1e-2), ("update_safeguard_tol", 0.0, 1e-3)])
+def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(key, old, other):
     config = MetaTrainConfig.from_dict({"learned": {"arch": "coordinatewise"}})
     saved = to_dict(config)
-    saved["learned"]["coordinatewise"][key] = 1.0
+    saved["learned"]["coordinatewise"][key] = old  # as a checkpoint's JSON holds it (tuples as lists)
     assert MetaTrainConfig.from_saved(saved) == config
-    saved["learned"]["coordinatewise"][key] = 0.5
+    saved["learned"]["coordinatewise"][key] = other
     with pytest.raises(ConfigError, match=rf"^learned\.coordinatewise\.{key}: was removed"):
         MetaTrainConfig.from_saved(saved)

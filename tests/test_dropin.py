@@ -194,7 +194,7 @@ def test_float32_checkpoint_drives_a_float64_user_model(tmp_path):
 
 def coordinatewise(variant: str, **cw) -> LearnedOptimizer:
     torch.manual_seed(0)
-    tele = TeleportConfig(lr_min=1e-3, lr_max=3e-2)  # the step-size range of lr+tele
+    tele = TeleportConfig(lr_min=1e-3, lr_max=3e-2) if variant == "lr+tele" else TeleportConfig()  # its step sizes
     opt = LearnedOptimizer(TASK, LearnedConfig(variant=variant, arch="coordinatewise", teleport=tele,
                                                coordinatewise=CoordinatewiseConfig(**cw))).double()
     gen = torch.Generator().manual_seed(1)

@@ -236,14 +236,19 @@ class MetaTrainConfig:
         """The config saved in a checkpoint or training state.
 
         Files written before options were checked for applying to the run may hold options
-        that the run's architecture never read (``learned.coordinatewise.*`` of an ``arch:
-        paper`` run whose protocol set them for every method): they did not affect it, and take
-        their defaults here rather than being refused (:func:`inapplicable_options`).
+        that the run never read (``learned.coordinatewise.*`` of an ``arch: paper`` run whose
+        protocol set them for every method, m1's ``coordinatewise.lr`` under ``variant: tele``,
+        m2's ``coordinatewise.tele_norm_init`` under ``variant: update``): they did not affect
+        it, and take their defaults here rather than being refused (:func:`inapplicable_options`).
         """
         learned = data.get("learned")
         if isinstance(learned, dict):
             learned = dict(learned)
-            for section, keys, _ in inapplicable_options(learned.get("arch", "paper")):
+            default = LearnedConfig()
+            cw = learned.get("coordinatewise")
+            for section, keys, _ in inapplicable_options(learned.get("arch", default.arch),
+                                                         learned.get("variant", default.variant),
+                                                         cw if isinstance(cw, dict) else None):
                 if keys is None:
                     learned.pop(section, None)
                 elif isinstance(learned.get(section), dict):

@@ -72,10 +72,14 @@ TINY = 1e-30
 #: ``gate: learned``: the untrained gate is sigmoid(GATE_LOGIT) = 0.9 (teleports nearly as ``every``)
 GATE_LOGIT = math.log(9.0)
 TELEPORT_STATES = ("keep", "reset")
+#: decays of the gradient momenta m1 reads (the second is its Adam direction's)
+BETAS = (0.5, 0.9, 0.99)
 #: decay of the second moment of m1's Adam direction (Adam's β₂)
 BETA2 = 0.999
 #: bound of m1's direction correction, in units of the Adam direction
 DIRECTION_SCALE = 0.5
+#: ``update_bound``: added to a weight tensor's RMS in quadrature, so that an all-zero tensor can move
+UPDATE_BOUND_FLOOR = 1e-3
 GATES = ("every", "learned")
 
 
@@ -87,7 +91,6 @@ class CoordinatewiseConfig:
         hidden: hidden units of each MLP layer (m1 and m2).
         layers: hidden layers of each MLP.
         lr: the base step size of m1 (it starts as Adam at this rate).
-        betas: time scales of the gradient momenta m1 reads (the second is the direction's).
         eps: Adam's denominator epsilon.
         magnitude_scale: bound of m1's log step-size correction (factor within ``e^{±s}``).
         tele_norm_init, tele_norm_max: m2's initial and largest Frobenius norm of ``T``, before the
@@ -108,11 +111,8 @@ class CoordinatewiseConfig:
             (``None``: unbounded). Applies to every local update (m1, the ``tele`` variant's
             base optimizer, ``lr+tele``'s ``η g``) of the coordinatewise architecture, after the
             drop-in's group scales.
-        update_bound_floor: added to ``s`` in quadrature (``s = √(rms² + floor²)``), so that
-            an all-zero tensor can move.
         update_safeguard: do not take a local update that raises a task's loss (an extra forward
             pass; the update's state still advances, see :mod:`metatele.optimizers.coordinatewise_step`).
-        update_safeguard_tol: relative rise of the loss the update safeguard tolerates.
         update_backoff: with ``update_safeguard``, a per-trajectory step scale ``σ ∈ (0, 1]``
             multiplies the local update: a refused update multiplies ``σ`` by ``update_backoff``
             (in (0, 1)), an accepted one by ``update_regrow`` (at most back to 1). A refused step
@@ -132,12 +132,12 @@ class CoordinatewiseConfig:
     #: options that were removed, each with the one value a saved config may still hold for it
     #: (its old default, whose behaviour is now fixed): ``from_dict`` drops them
     REMOVED: ClassVar[dict[str, Any]] = {"tele_direction_scale": 1.0, "tele_gradient_power": 1.0, "beta2": BETA2,
-                                         "direction_scale": DIRECTION_SCALE}
+                                         "direction_scale": DIRECTION_SCALE, "betas": BETAS,
+                                         "update_bound_floor": UPDATE_BOUND_FLOOR, "update_safeguard_tol": 0.0}
 
     hidden: int = 32
     layers: int = 2
     lr: float = 0.03
-    betas: tuple[float, float, float] = (0.5, 0.9, 0.99)
     eps: float = 1e-8
     magnitude_scale: float = 1.0
     tele_norm_init: float = 0.003
@@ -148,9 +148,7 @@ class CoordinatewiseConfig:
     safeguard: bool = True
     safeguard_tol: float = 1e-4
     update_bound: float | None = None
-    update_bound_floor: float = 1e-3
     update_safeguard: bool = False
-    update_safeguard_tol: float = 0.0
     update_backoff: float | None = None
     update_regrow: float = 1.1
     teleport_state: str = "keep"
@@ -160,12 +158,9 @@ class CoordinatewiseConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "coordinatewise")
-        self.betas = tuple(self.betas)
         require(self.hidden >= 1, "coordinatewise.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "coordinatewise.layers", f"must be ≥ 1, got {self.layers}")
         require(self.lr > 0, "coordinatewise.lr", f"must be > 0, got {self.lr}")
-        require(len(self.betas) == 3 and all(0 <= b < 1 for b in self.betas), "coordinatewise.betas",
-                f"must be three numbers in [0, 1), got {self.betas}")
         require(self.eps > 0, "coordinatewise.eps", f"must be > 0, got {self.eps}")
         require(self.magnitude_scale >= 0, "coordinatewise.magnitude_scale", f"must be ≥ 0, got {self.magnitude_scale}")
         require(0 < self.tele_norm_init < self.tele_norm_max, "coordinatewise.tele_norm_init/tele_norm_max",
@@ -176,9 +171,6 @@ class CoordinatewiseConfig:
                 f"must be a positive integer, got {self.every!r}")
         require(self.update_bound is None or self.update_bound > 0, "coordinatewise.update_bound",
                 f"must be null or > 0, got {self.update_bound}")
-        require(self.update_bound_floor > 0, "coordinatewise.update_bound_floor", f"must be > 0, got {self.update_bound_floor}")
-        require(self.update_safeguard_tol >= 0, "coordinatewise.update_safeguard_tol",
-                f"must be ≥ 0, got {self.update_safeguard_tol}")
         require(self.update_backoff is None or 0 < self.update_backoff < 1, "coordinatewise.update_backoff",
                 f"must be null or in (0, 1), got {self.update_backoff}")
         require(self.update_backoff is None or self.update_safeguard, "coordinatewise.update_backoff",
@@ -236,8 +228,8 @@ class CoordinateUpdate(nn.Module):
         self.features_first = True
         self.net = coordinate_mlp(N_UPDATE_FEATURES + int(self.config.time_feature), 2, self.config.hidden,
                                   self.config.layers)
-        # decay rates of the four moments [4, 1, 1]; not saved (they come from the config)
-        decay = torch.tensor(list(self.config.betas) + [BETA2], dtype=torch.float64)
+        # decay rates of the four moments [4, 1, 1] (BETAS, BETA2); not saved
+        decay = torch.tensor(list(BETAS) + [BETA2], dtype=torch.float64)
         self.register_buffer("decay", decay.view(4, 1, 1), persistent=False)
 
     def initial_state(self, weights: Sequence[torch.Tensor], dtype=None) -> State:

@@ -34,7 +34,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .coordinatewise import CoordinatewiseConfig, EquivariantTeleport, linear_teleport_gradient, sanitize
+from .coordinatewise import (UPDATE_BOUND_FLOOR, CoordinatewiseConfig, EquivariantTeleport, linear_teleport_gradient,
+                             sanitize)
 from .lstm import State, reset_state
 from ..symmetry.action import teleport
 from ..symmetry.teleport_grad import LossFn, teleport_gradient
@@ -110,7 +111,7 @@ def next_step_scale(log_scale: torch.Tensor, taken: torch.Tensor, backoff: float
 
 
 def bounded_updates(
-    weights: Sequence[torch.Tensor], updates: Sequence[torch.Tensor], bound: float, floor: float = 1e-3
+    weights: Sequence[torch.Tensor], updates: Sequence[torch.Tensor], bound: float, floor: float = UPDATE_BOUND_FLOOR
 ) -> list[torch.Tensor]:
     """``b s tanh(u / (b s))`` per coordinate, ``s = √(rms(W)² + floor²)`` per weight tensor and
     trajectory (``weights`` and ``updates``: lists of ``[B, d_i, d_{i-1}(+1)]``). Differentiable
@@ -199,7 +200,7 @@ def stable_step(
                          "it needs a local update with a state (m1 or the tele variant's base optimizer)")
     with phase(UPDATE):
         if config.update_bound is not None:
-            updates = bounded_updates(weights, updates, config.update_bound, config.update_bound_floor)
+            updates = bounded_updates(weights, updates, config.update_bound)
         if backoff:
             if step_scale is None:  # log σ = 0
                 step_scale = torch.zeros(1, weights[0].shape[0], 1, device=weights[0].device,
@@ -209,7 +210,7 @@ def stable_step(
         new = [w - u for w, u in zip(weights, updates)]
     loss = None
     if config.update_safeguard:
-        new, loss, accepted = safeguarded_update(weights, new, loss_fn, config.update_safeguard_tol)
+        new, loss, accepted = safeguarded_update(weights, new, loss_fn)
     if T:
         new, taken = safeguarded_teleport(new, X, T, loss_fn if config.safeguard else None, exact, x_qr,
                                           config.safeguard_tol, loss)

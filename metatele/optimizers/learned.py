@@ -23,8 +23,8 @@ is the one implementation of a step used by the unroll engine, the evaluator and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,18 +45,66 @@ VARIANTS = ("update", "update+tele", "lr+tele", "tele")
 ARCHS = ("paper", "coordinatewise")
 
 
-def inapplicable_options(arch: str) -> list[tuple[str, tuple[str, ...] | None, str]]:
-    """``(section of LearnedConfig, its keys or None for all, why)`` of the options that
-    architecture ``arch`` does not read: setting one of them (to anything but its default) is an
-    error (:class:`LearnedConfig`)."""
+#: options of ``learned.lstm`` that only m1 reads (``hidden``, ``layers``, ``preprocess`` and
+#: ``input_norm`` shape m2's LSTMs as well)
+LSTM_UPDATE_OPTIONS = ("output_scale", "gd_skip", "skip_lr_min", "skip_lr_max")
+#: options of ``learned.coordinatewise`` that only the per-coordinate m1 reads (``hidden`` and
+#: ``layers`` size m2's MLP as well; the ``update_*`` options act on every local update)
+CW_UPDATE_OPTIONS = ("lr", "eps", "magnitude_scale", "time_feature")
+#: options of ``learned.coordinatewise`` that only the teleport reads (m2, its schedule and safeguard)
+CW_TELEPORT_OPTIONS = ("tele_norm_init", "tele_norm_max", "tele_beta", "every", "safeguard", "safeguard_tol",
+                       "teleport_state", "tele_gradient_input", "gate", "learn_norm")
+#: options of ``learned.teleport`` that only the ``lr+tele`` variant's m2 reads (the step size it writes)
+TELEPORT_STEP_SIZE_OPTIONS = ("emit_lr", "lr_min", "lr_max", "lr_log_space")
+
+Inapplicable = tuple[str, "tuple[str, ...] | None", str]
+
+
+def inapplicable_options(arch: str, variant: str,
+                         coordinatewise: Mapping[str, Any] | None = None) -> list[Inapplicable]:
+    """``(section of LearnedConfig, its keys or None for all, why)`` of the options that a run of
+    architecture ``arch`` and variant ``variant`` does not read: setting one of them (to anything
+    but its default) is an error (:class:`LearnedConfig`). ``coordinatewise``: the run's
+    ``learned.coordinatewise`` values, for the options that depend on another one's value
+    (``update_regrow`` only acts with ``update_backoff``)."""
+    local = {"tele": "base", "lr+tele": "lr"}.get(variant, "learned")
+    step = {"base": "learned.base, a hand-designed optimizer", "lr": "η g, with the step size η that m2 writes",
+            "learned": "m1, a learned update"}[local]
+    out: list[Inapplicable] = []
+    if local != "base":
+        out.append(("base", None, f"learned.base is the hand-designed local step of variant: tele; the local "
+                    f"step of variant: {variant} is {step}"))
+    no_m1 = f"variant: {variant} has no learned update (m1): its local step is {step}, and this option is m1's"
+    no_m2 = "variant: update does not teleport (no m2), and this option is the teleport's"
+    if variant == "update":
+        out.append(("teleport", None, no_m2))
+    elif variant != "lr+tele":
+        out.append(("teleport", TELEPORT_STEP_SIZE_OPTIONS, f"only the lr+tele variant's m2 writes a step size "
+                    f"(the local step of variant: {variant} is {step})"))
     if arch == "coordinatewise":
-        return [("lstm", None, "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"),
-                ("teleport", ("eps", "learn_eps", "lr_log_space"),
-                 "the coordinatewise m2 sets the norm of T with learned.coordinatewise.tele_norm_init, tele_norm_max "
-                 "and learn_norm, and its step size (lr+tele) always in log space; it reads only teleport.exact, "
-                 "lr_min and lr_max")]
-    return [("coordinatewise", None, "learned.coordinatewise.* are the options of arch: coordinatewise, and this "
-             "run uses arch: paper (its options are learned.lstm.* and learned.teleport.*)")]
+        out.append(("lstm", None,
+                    "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"))
+        out.append(("teleport", ("eps", "learn_eps", "lr_log_space"),
+                    "the coordinatewise m2 sets the norm of T with learned.coordinatewise.tele_norm_init, tele_norm_max "
+                    "and learn_norm, and its step size (lr+tele) always in log space; it reads only teleport.exact, "
+                    "lr_min and lr_max"))
+        if local != "learned":
+            out.append(("coordinatewise", CW_UPDATE_OPTIONS, no_m1))
+        if variant == "update":
+            out.append(("coordinatewise", CW_TELEPORT_OPTIONS, no_m2))
+        if local == "lr":
+            out.append(("coordinatewise", ("teleport_state", "update_backoff", "update_regrow"),
+                        "lr+tele's local step η g has no state: none to keep or reset at a teleport "
+                        "(teleport_state), nor to carry update_backoff's step scale"))
+        if (coordinatewise or {}).get("update_backoff") is None:
+            out.append(("coordinatewise", ("update_regrow",), "update_regrow is the factor by which "
+                        "update_backoff's step scale grows back, and this run sets no update_backoff"))
+    else:
+        out.append(("coordinatewise", None, "learned.coordinatewise.* are the options of arch: coordinatewise, and this "
+                    "run uses arch: paper (its options are learned.lstm.* and learned.teleport.*)"))
+        if local != "learned":
+            out.append(("lstm", LSTM_UPDATE_OPTIONS, no_m1))
+    return out
 
 
 @dataclass
@@ -72,6 +120,10 @@ class LearnedConfig:
             per-coordinate m1 and equivariant m2, for any network).
         coordinatewise: options of the ``coordinatewise`` architecture (its m2 takes the
             step-size range and the exact/first-order flag from ``teleport``).
+
+    An option the architecture and variant do not read (:func:`inapplicable_options`: m1's
+    without m1, m2's without m2, ``base`` outside ``tele``, ...) must keep its default: setting it
+    is a :class:`~metatele.configs.ConfigError` naming it and saying why.
     """
 
     variant: str = "update+tele"
@@ -87,8 +139,12 @@ class LearnedConfig:
         require(self.arch in ARCHS, "learned.arch", f"must be one of {ARCHS}, got {self.arch!r}")
         if self.variant == "lr+tele" and not self.teleport.emit_lr:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
-        for section, keys, why in inapplicable_options(self.arch):
-            changed = [k for k in changed_fields(getattr(self, section)) if keys is None or k in keys]
+        for section, keys, why in inapplicable_options(self.arch, self.variant, vars(self.coordinatewise)):
+            value = getattr(self, section)
+            changed = [k for k in changed_fields(value, LEARNED_DEFAULTS[section]) if keys is None or k in keys]
+            # name first what differs from the class's defaults too (a partial learned.base mapping builds
+            # on BaselineConfig's, not on Adam at 1e-2): the key the user set
+            changed.sort(key=lambda k: k not in changed_fields(value))
             require(not changed, f"learned.{section}.{changed[0] if changed else ''}",
                     f"does not apply to this run: {why}; remove it")
 
@@ -112,6 +168,11 @@ class LearnedConfig:
     @property
     def uses_teleport(self) -> bool:
         return self.variant != "update"
+
+
+#: the default of each section of :class:`LearnedConfig` (``base`` is Adam at 1e-2, not ``BaselineConfig()``)
+LEARNED_DEFAULTS: dict[str, Any] = {f.name: f.default_factory() for f in fields(LearnedConfig)
+                                    if f.default_factory is not MISSING}
 
 
 @dataclass
