@@ -118,12 +118,18 @@ def test_selected_optimizer_holds_the_best_snapshot():
     assert last == (result.snapshots.best["meta_step"] == 9 and result.snapshots.best["kind"] == "current")
 
 
-def test_validation_and_snapshots_resume_bit_for_bit(tmp_path):
-    cfg = cw()
+def straight_and_resumed(cfg: MetaTrainConfig, tmp_path, at: int):
+    """The engines of an uninterrupted run of ``cfg`` and of one stopped at ``at`` and resumed;
+    their snapshots and meta-parameters are checked equal bit for bit."""
     straight = build_engine(cfg)
     meta_train(cfg, progress=False, engine=straight)
-    resumed = interrupted_then_resumed(cfg, tmp_path, at=4)
+    resumed = interrupted_then_resumed(cfg, tmp_path, at)
     assert_same_snapshots(straight, resumed)
+    return straight, resumed
+
+
+def test_validation_and_snapshots_resume_bit_for_bit(tmp_path):
+    straight_and_resumed(cw(), tmp_path, at=4)
 
 
 # -- the task mixture --------------------------------------------------------------------------------
@@ -171,11 +177,7 @@ def test_mixture_groups_take_turns_on_disjoint_seeds_with_one_adam_state():
 
 
 def test_a_mixture_run_resumes_bit_for_bit(tmp_path):
-    cfg = mixture()
-    straight = build_engine(cfg)
-    meta_train(cfg, progress=False, engine=straight)
-    resumed = interrupted_then_resumed(cfg, tmp_path, at=5)
-    assert_same_snapshots(straight, resumed)
+    straight, resumed = straight_and_resumed(mixture(), tmp_path, at=5)
     assert all(torch.equal(x, y) for a, b in zip(straight.groups, resumed.groups)
                for x, y in zip(a.trajectories.W, b.trajectories.W))
 
