@@ -4,7 +4,7 @@
         [--paper-batch 1024] [--out results.md]
 
 The base revision's ``metatele`` package is exported with ``git archive`` into a temporary
-folder. Every measurement is :func:`metatele.studies.throughput.measure` (``metatele bench``'s
+folder. Every measurement is :func:`metatele.studies.throughput.measure` (``metatele throughput``'s
 timing: one warm-up meta-step, then ``--unrolls`` timed ones) in a fresh subprocess with one torch
 thread, importing one code or the other through ``PYTHONPATH``, and timed by the process's CPU
 time (``--clock cpu``, the default: other processes on a shared machine then barely change the
@@ -20,7 +20,7 @@ change while the benchmark runs). The tables:
 2. the share of a teleporting meta-step spent on the teleport gradient (``update+tele``);
 3. the paper's architecture (``update+tele``, hidden 300, uniform, first order): trajectory-steps/s
    at ``--paper-batch`` over B = 1, the same work one trajectory at a time as the paper's code
-   does (``metatele bench``'s "× vs B=1"), for both codes.
+   does (``metatele throughput``'s "× vs B=1"), for both codes.
 """
 from __future__ import annotations
 

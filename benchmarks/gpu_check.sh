@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (docs/performance.md), under 5 minutes on one CUDA device:
 #   1. the CUDA tests (pytest -m cuda: tests/test_cuda.py);
-#   2. `metatele bench` for both architectures at B = 256 ... 4096;
+#   2. `metatele throughput` for both architectures at B = 256 ... 4096;
 #   3. two minutes of meta-training on the GPU, a checkpoint, and that checkpoint loaded on the CPU.
 # Every figure goes to <out>/gpu_check.md (and the command outputs beside it).
 #
@@ -49,9 +49,9 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: run, keep its output, record t
 } > "$REPORT" 2>&1
 
 stage cuda_tests "$TEST_LIMIT" python -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
-stage bench_paper "$BENCH_LIMIT" python -m metatele bench --device "$DEVICE" --arch paper \
+stage bench_paper "$BENCH_LIMIT" python -m metatele throughput --device "$DEVICE" --arch paper \
   --batch-sizes "${SIZES[@]}" --unrolls "$UNROLLS"
-stage bench_coordinatewise_update_tele "$BENCH_LIMIT" python -m metatele bench --device "$DEVICE" \
+stage bench_coordinatewise_update_tele "$BENCH_LIMIT" python -m metatele throughput --device "$DEVICE" \
   --arch coordinatewise --variant update+tele --second-order --distribution gaussian \
   --batch-sizes "${SIZES[@]}" --unrolls "$UNROLLS"
 stage train "$((TRAIN_SECONDS + 25))" python benchmarks/gpu_check.py train --device "$DEVICE" \

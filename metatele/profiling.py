@@ -1,4 +1,4 @@
-"""Named phases of an inner step, for the profile of ``metatele bench --profile``.
+"""Named phases of an inner step, for the profile of ``metatele throughput --profile``.
 
 The step's stages wrap their work in :func:`phase`. Under :mod:`torch.profiler` the phase is a
 ``record_function`` range that :mod:`metatele.studies.throughput` sums into a table; otherwise

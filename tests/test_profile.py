@@ -1,4 +1,4 @@
-"""``metatele bench --profile``: a meta-step's time split by phase (metatele.studies.throughput)."""
+"""``metatele throughput --profile``: a meta-step's time split by phase (metatele.studies.throughput)."""
 from __future__ import annotations
 
 import pytest

@@ -12,7 +12,7 @@ that m2 reads): ``G`` is data to the meta-gradient, so its cost is its forward c
 timed alone on the same trajectories (``K`` calls per meta-step) and divided by the time of a
 meta-step.
 
-:func:`profile_meta_step` splits a meta-step's time by phase (``metatele bench --profile``): the
+:func:`profile_meta_step` splits a meta-step's time by phase (``metatele throughput --profile``): the
 phases of the inner step (:mod:`metatele.profiling`), the meta-backward and the meta-optimizer's
 step, from :mod:`torch.profiler` ranges.
 """
