@@ -203,3 +203,16 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     doc, _ = decode(state_files(tmp_path)[0][1].read_bytes())
     assert doc["history"] == [{"meta_step": 1, "meta_loss": None, "seconds": None}]
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
+
+
+def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
+    import yaml
+    from pathlib import Path
+    from metatele.meta.config import load_config
+    protocol = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "benchmark_generalist.yaml").read_text())
+    config = load_config("ship/generalist_update_tele")
+    held = config.mix.held_out_architectures(config.task)
+    listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]
+    assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
+    assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
+    assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
