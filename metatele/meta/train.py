@@ -9,8 +9,6 @@ certain to be exceeded).
 from __future__ import annotations
 
 import copy
-import os
-import platform
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Callable
@@ -19,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..optimizers.learned import LearnedOptimizer
+from ..storage.provenance import machine_info
 from .config import MetaTrainConfig, non_symmetric_pairs
 from .engine import UnrollEngine
 from .mixture import build_engine
@@ -78,7 +77,7 @@ class MetaTrainResult:
             "skipped_meta_steps": self.skipped_total,
             "train_seconds": round(self.train_seconds, 1),
             "meta_seed": self.config.seed,
-            "machine": machine(self.device),
+            "machine": {**machine_info(torch.device(self.device)), "torch_threads": torch.get_num_threads()},
         }
         if self.snapshots is not None:
             prov["trajectory_steps"] = self.snapshots.trajectory_steps
@@ -123,16 +122,6 @@ def failure(engine: UnrollEngine, max_skipped_share: float = MAX_SKIPPED_SHARE) 
         return (f"{skipped} of its {steps} meta-steps were skipped (non-finite meta-gradient, or every trajectory "
                 f"diverged), more than the allowed share {max_skipped_share:g}")
     return None
-
-
-def machine(device: str) -> dict[str, Any]:
-    """Where a run ran: device, CPU, cores, torch threads and version (recorded in provenance)."""
-    info: dict[str, Any] = {"device": device, "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "torch": torch.__version__}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 def budget_spent(config: MetaTrainConfig, engine: UnrollEngine) -> bool:
