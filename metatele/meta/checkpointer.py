@@ -39,7 +39,8 @@ from .config import MetaTrainConfig
 from .engine import UnrollEngine
 from .mixture import build_engine
 from .state import (CHECKPOINT_FILE, SHARED, STATE_DIR, ResumeError, config_differences, decode, encode, latest_state, rank_state,
-                    say, seed_end, state_files)
+                    say, state_files)
+from .schedules import seed_end
 
 
 # -- signals -----------------------------------------------------------------------------------

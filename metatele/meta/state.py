@@ -29,7 +29,6 @@ from ..configs import ConfigError, to_dict
 from ..storage.container import Container, ContainerError
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
-from .schedules import seed_end  # noqa: F401 (re-exported)
 from .mixture import build_engine
 
 FORMAT = "metatele-training-state"
