@@ -3,6 +3,7 @@ mixture of a generalist, and bitwise resume of all of it."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from metatele.configs import ConfigError
 from metatele.meta.checkpointer import TrainingCheckpointer
 from metatele.meta.config import MetaTrainConfig
+from metatele.meta import snapshots as snap_mod
 from metatele.meta.mixture import MixtureEngine, build_engine
 from metatele.meta.state import load_training_state
 from metatele.meta.train import meta_train
@@ -216,3 +218,19 @@ def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures()
     assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
     assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
     assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
+
+
+def test_validation_time_is_not_meta_training_time(monkeypatch):
+    """``train_seconds`` (and so ``max_seconds``, and the x-axis of the learning curves against
+    time) counts meta-steps only: a slow validation does not eat the budget."""
+    real = snap_mod.Snapshots.validate
+
+    def slow(self, engine):
+        time.sleep(0.4)
+        return real(self, engine)
+
+    monkeypatch.setattr(snap_mod.Snapshots, "validate", slow)
+    result = meta_train(cw(max_meta_steps=6), progress=False)
+    assert len(result.snapshots.history) == 3  # meta-steps 0, 3, 6: 1.2 s of sleeping
+    assert result.train_seconds < 0.8
+    assert [r["train_seconds"] for r in result.snapshots.history] == sorted(r["train_seconds"] for r in result.snapshots.history)

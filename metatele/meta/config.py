@@ -86,7 +86,8 @@ class MetaTrainConfig:
         max_meta_steps: the run's budget in meta-steps: it ends after this many even if
             trajectories remain (``None``: when all ``trajectories`` are trained).
         max_seconds: the run's budget in wall-clock seconds of meta-training, summed over every
-            segment of a resumed run; it ends after the meta-step that exceeds it (``None``: none).
+            segment of a resumed run and not counting validation; it ends after the meta-step that
+            exceeds it (``None``: none).
         validation: validation on held-out seeds during the run: the best snapshot and an average
             of recent ones (:mod:`metatele.meta.snapshots`; ``every: 0``, the default: none).
         mix: a task mixture for a generalist (:class:`~metatele.tasks.mixture.TaskMix`): ``task``
