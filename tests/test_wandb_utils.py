@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import socket
 import sys
 

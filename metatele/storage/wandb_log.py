@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from .jsonable import to_json
 
