@@ -6,8 +6,9 @@ Reads ``OUT/<candidate>_seed<s>/validation.json`` of every run (the validation s
 validation log10 loss over the reported steps, against the seconds of meta-training, validation not
 counted) and prints a markdown table: per candidate, the meta-seeds, meta-steps and trajectory-steps
 reached, and the score at the start, at each of ``--at`` seconds (the last validation at or before
-it) and the best one, each the mean over meta-seeds with the meta-seeds' range. It draws the curves
-(one line per run, a colour per candidate) to ``--figure``.
+it) and the best one, each the mean over meta-seeds with the meta-seeds' range; then the validation
+log10 loss at each reported step of the selected and the last snapshots. It draws the curves (one
+line per run, a colour per candidate) to ``--figure``.
 """
 from __future__ import annotations
 
@@ -44,10 +45,30 @@ def score_at(history: list[dict], seconds: float) -> float:
     return [r for r in history if r["train_seconds"] <= seconds][-1]["current"]["score"]
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], digits: int = 3) -> str:
     """Mean over meta-seeds, with their range when there are several."""
     mean = sum(values) / len(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]"
+    return (f"{mean:.{digits}f}" if len(values) == 1
+            else f"{mean:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]")
+
+
+def best(history: list[dict]) -> dict:
+    """The validation with the lowest score (the snapshot a run selects)."""
+    return min(history, key=lambda r: r["current"]["score"])
+
+
+def per_step_table(runs: dict[str, list[tuple[int, list[dict]]]]) -> list[str]:
+    """Mean validation log10 loss at each reported step (mean over meta-seeds): the untrained
+    optimizer, then per candidate its selected (best-scoring) and its last snapshot."""
+    first = next(iter(runs.values()))[0][1][0]["current"]["mean_log10_at"]
+    steps = list(first)
+    lines = ["| candidate | snapshot | " + " | ".join(f"@{t}" for t in steps) + " |", "|" + "---|" * (len(steps) + 2)]
+    lines.append("| (untrained) | meta-step 0 | " + " | ".join(f"{first[t]:.2f}" for t in steps) + " |")
+    for name, seeds in sorted(runs.items()):
+        for label, pick in (("selected", best), ("last", lambda h: h[-1])):
+            rows = [pick(h)["current"]["mean_log10_at"] for _, h in seeds]
+            lines.append(f"| {name} | {label} | " + " | ".join(cell([r[t] for r in rows], 2) for t in steps) + " |")
+    return lines
 
 
 def table(runs: dict[str, list[tuple[int, list[dict]]]], at: list[float]) -> list[str]:
@@ -57,13 +78,13 @@ def table(runs: dict[str, list[tuple[int, list[dict]]]], at: list[float]) -> lis
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, seeds in sorted(runs.items()):
         hists = [h for _, h in seeds]
-        best = [min(h, key=lambda r: r["current"]["score"]) for h in hists]
+        chosen = [best(h) for h in hists]
         row = [name, ", ".join(str(s) for s, _ in seeds),
-               "–".join(sorted({str(h[-1]["meta_step"]) for h in hists}, key=int)),
+               "–".join(dict.fromkeys(str(f(h[-1]["meta_step"] for h in hists)) for f in (min, max))),
                f"{sum(h[-1]['trajectory_steps'] for h in hists) / len(hists) / 1e6:.2f}",
                cell([h[0]["current"]["score"] for h in hists])]
         row += [cell([score_at(h, s) for h in hists]) for s in at]
-        row += [cell([b["current"]["score"] for b in best]), cell([b["train_seconds"] for b in best])]
+        row += [cell([b["current"]["score"] for b in chosen]), cell([b["train_seconds"] for b in chosen], 0)]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -93,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = load_runs(args.out)
     print("\n".join(table(runs, args.at)))
+    print()
+    print("\n".join(per_step_table(runs)))
     figure(runs, args.figure or args.out / "estimators.png")
     return 0
 
