@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from metatele import configs as configs_mod
 from metatele.configs import ConfigError
 from metatele.meta.checkpointer import TrainingCheckpointer
 from metatele.meta.config import MetaTrainConfig
@@ -234,3 +237,21 @@ def test_validation_time_is_not_meta_training_time(monkeypatch):
     assert len(result.snapshots.history) == 3  # meta-steps 0, 3, 6: 1.2 s of sleeping
     assert result.train_seconds < 0.8
     assert [r["train_seconds"] for r in result.snapshots.history] == sorted(r["train_seconds"] for r in result.snapshots.history)
+
+
+def test_the_estimator_candidates_load_and_differ_from_the_baseline_only_in_the_estimator():
+    """experiments/estimators/*.yaml: every candidate is a valid config, and against the baseline
+    (tbptt30) it changes only estimator knobs (and its validation cadence), so the comparison is
+    about the estimator."""
+    folder = Path(__file__).parents[1] / "experiments" / "estimators"
+    configs = {p.stem: configs_mod.to_dict(MetaTrainConfig.from_dict(yaml.safe_load(p.read_text())))
+               for p in sorted(folder.glob("*.yaml"))}
+    assert set(configs) == {"tbptt30", "pes", "curriculum", "logtrunc", "full", "timefeature"}
+    knobs = {"estimator", "pes_groups", "pes_sigma", "unroll", "unroll_max", "curriculum", "truncation",
+             "batch_size", "second_order", "validation", "learned"}
+    base = configs.pop("tbptt30")
+    for name, cfg in configs.items():
+        changed = {k for k in base if cfg[k] != base[k]}
+        assert changed and changed <= knobs, (name, changed)
+        if "learned" in changed:  # only the time input
+            assert cfg["learned"]["coordinatewise"]["time_feature"] and not base["learned"]["coordinatewise"]["time_feature"]
