@@ -244,9 +244,9 @@ def test_default_protocol_asks_the_long_horizon_question_of_issue_13():
                 for k, v in (flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val}).items()}
 
     switches = {k for ab in p.ablations.values() for k in flat(expand(ab.overrides))}
-    assert {"learned.coordinatewise.tele_gradient_input", "learned.coordinatewise.every", "learned.coordinatewise.gate",
-            "learned.teleport.exact", "learned.coordinatewise.learn_norm", "learned.coordinatewise.teleport_state",
-            "estimator"} <= switches
+    assert {f"learned.coordinatewise.ablation.{k}" for k in ("tele_gradient_input", "every", "gate", "learn_norm",
+                                                             "teleport_state")} | {"learned.teleport.exact",
+                                                                                   "estimator"} <= switches
 
 
 @pytest.mark.parametrize("config", [LSTM_CONFIG, QUICK_CONFIG, DEFAULT_CONFIG])
