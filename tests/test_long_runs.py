@@ -205,19 +205,6 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
 
 
-def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
-    import yaml
-    from pathlib import Path
-    from metatele.meta.config import load_config
-    protocol = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "benchmark_generalist.yaml").read_text())
-    config = load_config("ship/generalist_update_tele")
-    held = config.mix.held_out_architectures(config.task)
-    listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]
-    assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
-    assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
-    assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
-
-
 @pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele"])
 def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
     # what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume` checks before it
@@ -232,3 +219,16 @@ def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
     path = files[0][1]
     doc = CONTAINER.document(path.read_bytes(), str(path))
     assert config_differences(doc["config"], load_config(f"ship/{name}")) == []
+
+
+def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
+    import yaml
+    from pathlib import Path
+    from metatele.meta.config import load_config
+    protocol = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "benchmark_generalist.yaml").read_text())
+    config = load_config("ship/generalist_update_tele")
+    held = config.mix.held_out_architectures(config.task)
+    listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]
+    assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
+    assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
+    assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
