@@ -210,6 +210,22 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
 
 
+@pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele"])
+def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
+    # what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume` checks before it
+    # continues: the saved config (read from the file's header alone) against the YAML's. The states
+    # were saved with the coordinatewise ablation switches flat and, for the update run, m2's rate
+    # lr_teleport (which it never used); both migrate
+    from pathlib import Path
+    from metatele.meta.config import load_config
+    from metatele.meta.state import CONTAINER, config_differences, state_files
+    files = state_files(Path(__file__).parents[1] / "experiments" / "long_runs" / name)
+    assert files, name
+    path = files[0][1]
+    doc = CONTAINER.document(path.read_bytes(), str(path))
+    assert config_differences(doc["config"], load_config(f"ship/{name}")) == []
+
+
 def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
     import yaml
     from pathlib import Path
