@@ -11,6 +11,7 @@ and counted separately.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -58,14 +59,26 @@ class BaselineMethod:
     Args:
         config: the optimizer and its hyper-parameters.
         name: label in tables and figures (default: ``config.label``, e.g. ``gd``).
-        task: the task family, for its loss and teleport batch (default: regression).
+        task: the task family, for its loss and teleport batch (``None``: :func:`evaluate` builds
+            it for the task it runs on; :meth:`start` on its own then steps on the squared error).
     """
 
     def __init__(self, config: BaselineConfig, name: str | None = None, task: TaskConfig | None = None) -> None:
         self.config = config
         self.name = name or config.label
+        self._use(task)
+
+    def _use(self, task: TaskConfig | None) -> None:
+        self.task = task
         self.loss_fn: DataLoss | None = task.kind.loss if task is not None else None
         self.teleport_samples = task.kind.teleport_batch(task) if task is not None else None
+
+    def for_task(self, task: TaskConfig) -> "BaselineMethod":
+        """A copy (of the same class, with the same attributes) that steps with ``task``'s loss and
+        teleport batch."""
+        out = copy.copy(self)
+        out._use(task)
+        return out
 
     def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor],
               minibatches: MinibatchSampler | None = None) -> HandDesigned:
@@ -268,7 +281,8 @@ def evaluate(
     """Run ``method`` for ``steps`` steps on the tasks of ``seeds`` (one batch) and record curves.
 
     Args:
-        method: a method (``name``, ``start``) or a :class:`BaselineConfig`.
+        method: a method (``name``, ``start``) or a :class:`BaselineConfig`; a :class:`BaselineMethod`
+            built without a task steps with ``task``'s loss and teleport batch.
         task: the task family.
         seeds: test seeds (see :func:`check_seeds` for what is refused).
         steps: inner steps; the curves have ``steps + 1`` rows (the last is measured after the
@@ -293,6 +307,8 @@ def evaluate(
     """
     if isinstance(method, BaselineConfig):
         method = BaselineMethod(method, task=task)
+    elif isinstance(method, BaselineMethod) and method.task is None:  # the task's loss and teleport batch
+        method = method.for_task(task)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if train_seeds is None:
@@ -301,7 +317,7 @@ def evaluate(
     device = torch.device(device) if device is not None else torch.device("cpu")
     _check_module_placement(method, device, dtype)
     validation = task.kind.has_validation  # digits: validation loss and accuracy at every step
-    method_task = getattr(method, "task", None)  # a learned optimizer steps with its own task's loss
+    method_task = getattr(method, "task", None)  # a method built for a task steps with that task's loss
     if isinstance(method_task, TaskConfig) and method_task.family != task.family:
         raise ValueError(f"method {method.name!r} was built for family {method_task.family!r} but the tasks are "
                          f"{task.family!r}; rebuild it for this task (e.g. load_optimizer(path, task=task))")
