@@ -210,7 +210,9 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
 
 
-def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures_and_digits():
+def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
+    import yaml
+    from pathlib import Path
     from metatele.meta.config import load_config
     from metatele.optimizers.learned import LearnedOptimizer
     from metatele.symmetry.action import teleport
