@@ -197,10 +197,12 @@ def task_text(t: Mapping[str, Any]) -> str:
     if t.get("family", "regression") == "regression":
         return f"task dims {t['dims']}, distribution {t['distribution']}{bias}"
     task = parse_named(TaskConfig, dict(t), "task")
-    steps = f"minibatches of {task.minibatch}" if task.minibatch else "full-batch steps"
-    return (f"task family {task.family}, dims {task.dims}{bias} (scikit-learn's 8×8 digits, cross-entropy: "
-            f"{task.dims[0]} training images per task, the other {N_IMAGES - task.dims[0]} validate; "
-            f"teleport batch {task.teleport_samples} images; {steps}); the log10 losses are training losses")
+    text = f"task family {task.family}, dims {task.dims}{bias}"
+    if task.family == "digits":
+        steps = f"minibatches of {task.minibatch}" if task.minibatch else "full-batch steps"
+        text += (f" (scikit-learn's 8×8 digits, cross-entropy: {task.dims[0]} training images per task, the other "
+                 f"{N_IMAGES - task.dims[0]} validate; teleport batch {task.teleport_samples} images; {steps})")
+    return text + "; the log10 losses are training losses"
 
 
 def transfer_lines(name: str, sec: Mapping[str, Any]) -> list[str]:
@@ -243,8 +245,8 @@ def validation_table(sec: Mapping[str, Any], steps: Sequence[int]) -> str:
         return ""
     best = {s: max((x["mean"] for v in ms.values() if (x := _by_step(v, s)) and x["mean"] is not None
                     and math.isfinite(x["mean"])), default=None) for s in shown}
-    lines = ["Validation accuracy (the images held out of each task's training set), mean [95% CI] over the test "
-             "seeds; the highest mean of each column in bold:", "",
+    lines = ["Validation accuracy (on the images held out of each task's training set), mean [95% CI] over the "
+             "test seeds that did not diverge; the highest mean of each column in bold:", "",
              "| method | " + " | ".join(f"val accuracy @ {s}" for s in shown) + " |", "|---|" + "---|" * len(shown)]
     for n, v in ms.items():
         cells = []
