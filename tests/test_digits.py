@@ -143,6 +143,57 @@ def test_evaluator_records_validation_metrics_and_baselines_use_cross_entropy():
     assert reg.metrics == {} and "metrics" not in reg.to_dict()
 
 
+def test_a_baseline_method_built_without_a_task_steps_with_the_evaluated_tasks_cross_entropy():
+    """``BaselineMethod(config)`` (no task) evaluated on digits steps on the cross-entropy and its
+    teleport batch, as one built for the task does (not on the squared error of regression)."""
+    from metatele.evaluation.evaluate import BaselineMethod, evaluate
+    from metatele.optimizers.baselines import BaselineConfig
+    from metatele.symmetry.strategies import TeleportSchedule
+    from metatele.tasks.family import unseen_seeds
+
+    task = TaskConfig(family="digits", dims=[200, 64, 8, 8, 10], bias=True)
+    config = BaselineConfig("adam", lr=0.02, teleport=TeleportSchedule(steps=[2], ascent_steps=2, ascent_max_norm=1e-2))
+    seeds = list(unseen_seeds(2))
+    plain = evaluate(BaselineMethod(config, "adam"), task, seeds, 6)
+    built = evaluate(BaselineMethod(config, "adam", task=task), task, seeds, 6)
+    assert np.array_equal(plain.loss, built.loss) and np.array_equal(plain.metrics["val_accuracy"],
+                                                                     built.metrics["val_accuracy"])
+    b = sample_digits(task, seeds)
+    W = HandDesigned(BaselineConfig("adam", lr=0.02), b.X, b.Y, b.weights, loss_fn=cross_entropy).step(b.weights)[0]
+    assert np.allclose(plain.loss[1], cross_entropy(W, b.X, b.Y).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="family"):  # built for regression, run on digits: refused
+        evaluate(BaselineMethod(config, task=TaskConfig([8, 64, 8, 8, 10], bias=True)), task, seeds, 2)
+
+
+def test_validation_metrics_are_measured_after_each_step_off_the_clock(monkeypatch):
+    """The evaluator measures a digits task's validation metrics right after each step (so it keeps no
+    step's weights: memory does not grow with the steps), and the clock counts the steps only."""
+    import time
+
+    from metatele.evaluation.evaluate import evaluate
+    from metatele.optimizers.baselines import BaselineConfig
+    from metatele.tasks.digits import DigitsBatch
+    from metatele.tasks.family import unseen_seeds
+
+    order = []
+    real_metrics, real_step = DigitsBatch.metrics, HandDesigned.step
+
+    def metrics(self, weights):
+        order.append("measure")
+        time.sleep(0.05)
+        return real_metrics(self, weights)
+
+    def step(self, weights):
+        order.append("step")
+        return real_step(self, weights)
+    monkeypatch.setattr(DigitsBatch, "metrics", metrics)
+    monkeypatch.setattr(HandDesigned, "step", step)
+    task = TaskConfig(family="digits", dims=[200, 64, 8, 8, 10], bias=True)
+    curves = evaluate(BaselineConfig("adam", lr=0.02), task, unseen_seeds(2), 4)
+    assert order == ["measure", "step"] * 4 + ["measure"]
+    assert curves.time[-1] < 0.05 and curves.metrics["val_accuracy"].shape == (5, 2)
+
+
 def test_baseline_teleports_with_the_teleport_batch_only():
     from metatele.optimizers.baselines import BaselineConfig, HandDesigned
     from metatele.symmetry.strategies import TeleportSchedule

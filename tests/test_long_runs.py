@@ -230,13 +230,37 @@ def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures()
     import yaml
     from pathlib import Path
     from metatele.meta.config import load_config
+    from metatele.optimizers.learned import LearnedOptimizer
+    from metatele.symmetry.action import teleport
+    from metatele.tasks.digits import cross_entropy
+    from metatele.tasks.family import sample_tasks
     protocol = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "benchmark_generalist.yaml").read_text())
     config = load_config("ship/generalist_update_tele")
     held = config.mix.held_out_architectures(config.task)
     listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]
-    assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
+    regression = [t for t in listed if t.family == "regression"]
+    assert [architecture_key(t) for t in regression] == [architecture_key(t) for t in held]
     assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
     assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
+    # digits is held out as a whole family: the mixture draws regression architectures only
+    (digits,) = [t for t in listed if t.family == "digits"]
+    trained_on = [config.task, *config.mix.training_architectures(config.task)]
+    assert {t.family for t in trained_on} == {"regression"}
+    assert any(t["rule"] == "ci_below" and t["sections"] == ["transfer-digits"] and t["steps"] == [30, 100, 300]
+               for t in protocol["targets"])
+    # the generalist's m2 can teleport there: with the teleport batch every pair's action is a
+    # symmetry (its loss there is unchanged), and the generalist steps on digits' cross-entropy
+    assert digits.non_symmetric_pairs() == [] and digits.teleport_samples == 33
+    b = sample_tasks(digits, [0], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    T = [0.05 * torch.randn(1, w.shape[1], w.shape[1], generator=gen, dtype=torch.float64) for w in b.weights[:-1]]
+    moved = teleport(b.weights, b.X_tele, T)
+    assert torch.allclose(cross_entropy(moved, b.X_tele, b.Y_tele), cross_entropy(b.weights, b.X_tele, b.Y_tele),
+                          rtol=1e-10, atol=0)
+    assert not torch.allclose(moved[0], b.weights[0])
+    opt = LearnedOptimizer(digits, config.learned).double().eval()
+    _, loss, _ = opt.start(b.X, b.Y, b.weights).step(b.weights)
+    assert torch.allclose(loss, cross_entropy(b.weights, b.X, b.Y))
 
 
 def test_validation_time_is_not_meta_training_time(monkeypatch):

@@ -11,6 +11,7 @@ and counted separately.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -58,14 +59,26 @@ class BaselineMethod:
     Args:
         config: the optimizer and its hyper-parameters.
         name: label in tables and figures (default: ``config.label``, e.g. ``gd``).
-        task: the task family, for its loss and teleport batch (default: regression).
+        task: the task family, for its loss and teleport batch (``None``: :func:`evaluate` builds
+            it for the task it runs on; :meth:`start` on its own then steps on the squared error).
     """
 
     def __init__(self, config: BaselineConfig, name: str | None = None, task: TaskConfig | None = None) -> None:
         self.config = config
         self.name = name or config.label
+        self._use(task)
+
+    def _use(self, task: TaskConfig | None) -> None:
+        self.task = task
         self.loss_fn: DataLoss | None = task.kind.loss if task is not None else None
         self.teleport_samples = task.kind.teleport_batch(task) if task is not None else None
+
+    def for_task(self, task: TaskConfig) -> "BaselineMethod":
+        """A copy (of the same class, with the same attributes) that steps with ``task``'s loss and
+        teleport batch."""
+        out = copy.copy(self)
+        out._use(task)
+        return out
 
     def start(self, X: torch.Tensor, Y: torch.Tensor, weights: Sequence[torch.Tensor],
               minibatches: MinibatchSampler | None = None) -> HandDesigned:
@@ -200,37 +213,42 @@ def mark_diverged(loss: torch.Tensor) -> torch.Tensor:
 
 
 class _Clock:
-    """Cumulative seconds per step. CPU: ``perf_counter``. CUDA: events read at the end (no
-    per-step sync), or ``perf_counter`` after a synchronize when ``sync=True``."""
+    """Cumulative seconds of the steps. CPU: ``perf_counter``. CUDA: events read at the end (no
+    per-step sync), or ``perf_counter`` after a synchronize when ``sync=True``.
+
+    :meth:`mark` ends a step (and starts the next one there); :meth:`restart` starts the next step
+    now instead, so that what ran since the mark (the evaluator's measurements) is off the clock."""
 
     def __init__(self, device: torch.device, sync: bool) -> None:
         self.events = device.type == "cuda" and not sync
         self.sync = device.type == "cuda" and sync
-        if self.events:
-            self.marks = [torch.cuda.Event(enable_timing=True)]
-            self.marks[0].record()
-        else:
-            self._sync()
-            self.marks = [time.perf_counter()]
+        self.starts: list[Any] = [self._now()]
+        self.ends: list[Any] = []
 
-    def _sync(self) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
-
-    def mark(self) -> None:
+    def _now(self) -> Any:
         if self.events:
             e = torch.cuda.Event(enable_timing=True)
             e.record()
-            self.marks.append(e)
-        else:
-            self._sync()
-            self.marks.append(time.perf_counter())
+            return e
+        if self.sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def mark(self) -> None:
+        now = self._now()
+        self.ends.append(now)
+        self.starts.append(now)
+
+    def restart(self) -> None:
+        self.starts[-1] = self._now()
 
     def seconds(self) -> np.ndarray:
         if self.events:
             torch.cuda.synchronize()
-            return np.array([self.marks[0].elapsed_time(e) / 1000.0 for e in self.marks])
-        return np.array(self.marks) - self.marks[0]
+            spans = [a.elapsed_time(b) / 1000.0 for a, b in zip(self.starts, self.ends)]
+        else:
+            spans = [b - a for a, b in zip(self.starts, self.ends)]
+        return np.concatenate([[0.0], np.cumsum(spans)])
 
 
 def _describe(method: Any) -> dict[str, Any]:
@@ -263,7 +281,8 @@ def evaluate(
     """Run ``method`` for ``steps`` steps on the tasks of ``seeds`` (one batch) and record curves.
 
     Args:
-        method: a method (``name``, ``start``) or a :class:`BaselineConfig`.
+        method: a method (``name``, ``start``) or a :class:`BaselineConfig`; a :class:`BaselineMethod`
+            built without a task steps with ``task``'s loss and teleport batch.
         task: the task family.
         seeds: test seeds (see :func:`check_seeds` for what is refused).
         steps: inner steps; the curves have ``steps + 1`` rows (the last is measured after the
@@ -277,8 +296,9 @@ def evaluate(
 
     With ``task.minibatch`` (digits) every step's gradient is taken on that step's minibatch
     (:func:`~metatele.tasks.digits.minibatch_sampler`), while ``loss`` and ``grad_sq`` record the
-    full training loss and its gradient at every ``W_t``, measured after the clock stops at the
-    weights the validation metrics are measured at. (A full-batch run records the steps' own
+    full training loss and its gradient at every ``W_t``. Those and a digits task's validation
+    metrics are measured right after each step, off the clock (``time`` counts the steps only),
+    and no step's weights are kept: memory does not grow with ``steps``. (A full-batch run records the steps' own
     losses, so where a hand-designed optimizer teleports before step ``t``, its row ``t`` is the
     loss just after the teleport, which on digits changes the loss off the teleport batch.)
 
@@ -287,6 +307,8 @@ def evaluate(
     """
     if isinstance(method, BaselineConfig):
         method = BaselineMethod(method, task=task)
+    elif isinstance(method, BaselineMethod) and method.task is None:  # the task's loss and teleport batch
+        method = method.for_task(task)
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if train_seeds is None:
@@ -295,7 +317,7 @@ def evaluate(
     device = torch.device(device) if device is not None else torch.device("cpu")
     _check_module_placement(method, device, dtype)
     validation = task.kind.has_validation  # digits: validation loss and accuracy at every step
-    method_task = getattr(method, "task", None)  # a learned optimizer steps with its own task's loss
+    method_task = getattr(method, "task", None)  # a method built for a task steps with that task's loss
     if isinstance(method_task, TaskConfig) and method_task.family != task.family:
         raise ValueError(f"method {method.name!r} was built for family {method_task.family!r} but the tasks are "
                          f"{task.family!r}; rebuild it for this task (e.g. load_optimizer(path, task=task))")
@@ -305,23 +327,36 @@ def evaluate(
     sampler = minibatch_sampler(task, seeds)
     stepper = method.start(X, Y, W) if sampler is None else method.start(X, Y, W, minibatches=sampler)
     losses, grads_sq = [], []
-    visited = [W]  # digits: weights of every step, for the validation metrics after the clock stops
+    full_losses, full_grads_sq, per_step = [], [], []  # measured at every W_t, off the clock
+
+    def measure(w: list[torch.Tensor]) -> None:
+        """Off the clock: the full training loss of a minibatch run and the validation metrics at ``w``
+        (one step at a time, so that no step's weights are kept)."""
+        if sampler is not None:  # the steps report their minibatches' losses: the full one at every W_t instead
+            with torch.no_grad():
+                loss, grads = loss_and_grads(w, X, Y, loss_fn=task.kind.loss)
+            full_losses.append(loss.detach())
+            full_grads_sq.append(grad_norm_sq(grads))
+        if validation:
+            per_step.append(batch.metrics(w))
+
+    measure(W)
     clock = _Clock(device, sync_timing)
     for _ in range(steps):
         W, loss, gsq = stepper.step(W)
         W = [w.detach() for w in W]
         losses.append(loss.detach())
         grads_sq.append(gsq.detach())
-        if validation:
-            visited.append(W)
         clock.mark()
+        if sampler is not None or validation:
+            measure(W)
+            clock.restart()
     seconds = clock.seconds()
-    measure = [W]  # the loss and gradient after the last step
-    if sampler is not None:  # the steps reported their minibatches' losses: the full one at every W_t instead
-        losses, grads_sq, measure = [], [], visited
-    for w in measure:
+    if sampler is not None:
+        losses, grads_sq = full_losses, full_grads_sq
+    else:  # the loss and gradient after the last step
         with torch.no_grad():
-            loss, grads = loss_and_grads(w, X, Y, loss_fn=task.kind.loss)
+            loss, grads = loss_and_grads(W, X, Y, loss_fn=task.kind.loss)
         losses.append(loss.detach())
         grads_sq.append(grad_norm_sq(grads))
 
@@ -330,7 +365,6 @@ def evaluate(
     loss_np, gsq_np = loss_t.numpy(), gsq_t.numpy()
     metrics = {}
     if validation:
-        per_step = [batch.metrics(w) for w in visited]
         gone = torch.isinf(loss_t)
         for name, fill in (("val_loss", math.inf), ("val_accuracy", math.nan)):
             m = torch.stack([p[name] for p in per_step]).to("cpu", torch.float64)

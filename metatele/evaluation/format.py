@@ -43,14 +43,15 @@ def pct(x: float | None) -> str:
     return "nan" if x is None else f"{100 * x:.0f}%"
 
 
-def cell(st: Mapping[str, Any] | None) -> str:
-    """A table cell for one step's statistics (``summarize(...)["at_step"][s]``): ``mean [lo, hi]``
-    of log10 loss; ``—`` when not measured, ``all diverged`` when no seed is left, ``(1 seed)``
+def cell(st: Mapping[str, Any] | None, fmt: str = ".2f") -> str:
+    """A table cell for one step's statistics (``summarize(...)["at_step"][s]``, or any dict with
+    ``mean``, ``ci95`` and ``n``): ``mean [lo, hi]`` (of log10 loss, unless it is another
+    measurement); ``—`` when not measured, ``all diverged`` when no seed is left, ``(1 seed)``
     when a single seed gives no interval."""
     if st is None:
         return "—"
     if st["n"] == 0:
         return "all diverged"
     if st["n"] == 1:
-        return f"{num(st['mean'])} (1 seed)"
-    return f"{num(st['mean'])} {interval(st['ci95'])}"
+        return f"{num(st['mean'], fmt)} (1 seed)"
+    return f"{num(st['mean'], fmt)} {interval(st['ci95'], fmt)}"

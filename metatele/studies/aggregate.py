@@ -23,7 +23,7 @@ import numpy as np
 from ..configs import from_dict
 from ..evaluation.evaluate import LOG_FLOOR, Curves
 from ..evaluation.identity import MethodId
-from ..evaluation.stats import LOWER, decision, paired_comparison, summarize, verdict
+from ..evaluation.stats import LOWER, decision, mean_ci, paired_comparison, summarize, verdict
 from .protocol import BenchmarkProtocol, at_horizon
 
 
@@ -33,7 +33,9 @@ def combine_meta_seeds(name: str, per_seed: Sequence[Curves]) -> Curves:
 
     ``log10`` of the combined loss is the mean over meta-seeds of ``log10`` loss, per test seed
     and step (a geometric mean of the losses). A test seed on which any meta-seed diverged is
-    diverged in the combined curve. ``grad_sq`` is combined the same way; ``time`` is averaged.
+    diverged in the combined curve. ``grad_sq`` is combined the same way; ``time`` is averaged, and so
+    are the further ``metrics`` (a digits task's validation loss and accuracy: the mean over
+    meta-seeds per test seed and step, ``inf``/``nan`` where any meta-seed's is).
     """
     if not per_seed:
         raise ValueError(f"{name}: no meta-seed curves to combine")
@@ -49,18 +51,39 @@ def combine_meta_seeds(name: str, per_seed: Sequence[Curves]) -> Curves:
             return np.where(np.isfinite(mean), 10.0 ** mean, np.inf)
 
     info = {"combined_from": [c.info for c in per_seed], "meta_seeds": len(per_seed)}
+    metrics = {k: np.mean([c.metrics[k] for c in per_seed], axis=0)
+               for k in per_seed[0].metrics if all(k in c.metrics for c in per_seed)}
     return Curves(name, seeds, geo([c.loss for c in per_seed]), geo([c.grad_sq for c in per_seed]),
                   np.mean([c.time for c in per_seed], axis=0), dict(per_seed[0].task), info,
-                  next((c.overlap_warning for c in per_seed if c.overlap_warning), None))
+                  next((c.overlap_warning for c in per_seed if c.overlap_warning), None), metrics)
+
+
+def metric_stats(curves: Curves, steps: Sequence[int]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The further per-step measurements of ``curves`` (a digits task's ``val_loss`` and
+    ``val_accuracy``) at each of ``steps`` it reaches: metric → step → ``{"mean", "ci95": [lo, hi],
+    "n"}`` over the test seeds where it is finite (a diverged seed has none); ``{}`` without metrics."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for k, v in curves.metrics.items():
+        out[k] = {}
+        for s in steps:
+            if 0 <= s <= curves.steps:
+                m, lo, hi = mean_ci(v[s])
+                out[k][int(s)] = {"mean": m, "ci95": [lo, hi], "n": int(np.isfinite(v[s]).sum())}
+    return out
 
 
 def method_stats(curves: Curves | Sequence[Curves], steps: Sequence[int]) -> dict[str, Any]:
     """``{"summary": summarize(...), "meta_seeds": [summary per meta-seed]}``; a single curve
-    (a baseline) has no ``meta_seeds`` entry; a list is combined first."""
+    (a baseline) has no ``meta_seeds`` entry; a list is combined first. Curves with further
+    measurements (digits: validation loss and accuracy) add ``"metrics"`` (:func:`metric_stats`)
+    and, for a list, ``"metrics_meta_seeds"``."""
     if isinstance(curves, Curves):
-        return {"summary": summarize(curves, steps)}
+        extra = {"metrics": metric_stats(curves, steps)} if curves.metrics else {}
+        return {"summary": summarize(curves, steps), **extra}
     combined = combine_meta_seeds(curves[0].name, curves)
-    return {"summary": summarize(combined, steps), "meta_seeds": [summarize(c, steps) for c in curves]}
+    extra = {"metrics": metric_stats(combined, steps),
+             "metrics_meta_seeds": [metric_stats(c, steps) for c in curves]} if combined.metrics else {}
+    return {"summary": summarize(combined, steps), "meta_seeds": [summarize(c, steps) for c in curves], **extra}
 
 
 def compare_pairs(curves: Mapping[str, Curves], pairs: Iterable[Sequence[str]], steps: Sequence[int],
@@ -207,11 +230,15 @@ def lr_target_met(comparison: Mapping[str, Any] | None) -> bool:
 
 
 # -- files -----------------------------------------------------------------------------------
+METRIC = "metric:"  #: the prefix of a further measurement's array name in :func:`save_curves` files
+
+
 def save_curves(path: str | os.PathLike, curves: Mapping[str, Mapping[str, Mapping[str, Curves]]],
                 test_seeds: Sequence[int]) -> None:
     """Write section → method → label → Curves into one ``.npz`` with arrays
-    ``section/method/label/{loss,grad_sq,time}`` and ``test_seeds``. Every curve must be on
-    exactly ``test_seeds`` (in that order), which is what makes the comparisons paired."""
+    ``section/method/label/{loss,grad_sq,time}``, ``section/method/label/metric:<name>`` for each
+    further measurement (digits: ``val_loss``, ``val_accuracy``) and ``test_seeds``. Every curve
+    must be on exactly ``test_seeds`` (in that order), which is what makes the comparisons paired."""
     arrays: dict[str, np.ndarray] = {"test_seeds": np.asarray(test_seeds, dtype=np.int64)}
     for sec, methods in curves.items():
         for m, labelled in methods.items():
@@ -220,6 +247,8 @@ def save_curves(path: str | os.PathLike, curves: Mapping[str, Mapping[str, Mappi
                     raise ValueError(f"{sec}/{m}/{label} was not evaluated on the shared test seeds")
                 for f in ("loss", "grad_sq", "time"):
                     arrays[f"{sec}/{m}/{label}/{f}"] = getattr(c, f)
+                for k, v in c.metrics.items():
+                    arrays[f"{sec}/{m}/{label}/{METRIC}{k}"] = v
     np.savez_compressed(path, **arrays)
 
 
@@ -233,6 +262,8 @@ def load_curves(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Curves
             if key.endswith("/loss"):
                 stem = key[: -len("/loss")]
                 sec, m, label = stem.split("/")[0], "/".join(stem.split("/")[1:-1]), stem.split("/")[-1]
+                head = f"{stem}/{METRIC}"
+                metrics = {k[len(head):]: z[k] for k in z.files if k.startswith(head)}
                 out.setdefault(sec, {}).setdefault(m, {})[label] = Curves(
-                    m, seeds, z[key], z[f"{stem}/grad_sq"], z[f"{stem}/time"])
+                    m, seeds, z[key], z[f"{stem}/grad_sq"], z[f"{stem}/time"], metrics=metrics)
     return out

@@ -140,7 +140,7 @@ class BenchmarkRun:
                 record = tuned[key]
                 cfg = record.config  # its lr (and, for momentum, its coefficient) as tuned
             t0 = time.perf_counter()
-            c = evaluate(BaselineMethod(cfg, name), task, self.seeds, max(p.steps), device=self.device)
+            c = evaluate(BaselineMethod(cfg, name, task=task), task, self.seeds, max(p.steps), device=self.device)
             self.timings.append({"stage": "evaluate", "section": section, "method": name,
                                  "seconds": time.perf_counter() - t0})
             self.curves.setdefault(section, {})[name] = c

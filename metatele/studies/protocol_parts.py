@@ -34,6 +34,13 @@ def at_horizon(name: str, step: int) -> str:
     return name.replace("@*", f"@{step}")
 
 
+def task_label(task: TaskConfig) -> str:
+    """How a report names a task: ``gaussian [20, 20, 20, 20]``, ``uniform [4, 6, 6, 6] with biases``,
+    ``digits [1000, 64, 32, 32, 10] with biases`` (a family other than regression by its name)."""
+    kind = task.distribution if task.family == "regression" else task.family
+    return f"{kind} {task.dims}{' with biases' if task.bias else ''}"
+
+
 @dataclass
 class TransferTarget:
     """A task that the checkpoints of :attr:`Transfer.setting` are evaluated on, without retraining."""
@@ -44,7 +51,7 @@ class TransferTarget:
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
             self.task = from_dict(TaskConfig, self.task, "task")
-        self.label = self.label or f"{self.task.distribution} {self.task.dims}{' with biases' if self.task.bias else ''}"
+        self.label = self.label or task_label(self.task)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..evaluation.format import cell, interval, num, p_is, pct
 from ..evaluation.stats import HIGHER, LOWER, NO_DIFF, decision
 from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
-from .targets import divergence_table, speedup_table, targets_table, teleport_help_lines, transfer_lines
+from .targets import divergence_table, more_tables, targets_table, task_text, teleport_help_lines, transfer_lines
 
 D = ".3f"  # differences of log10-loss
 
@@ -419,7 +419,7 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         if sec["kind"] == "transfer":
             out += transfer_lines(name, sec)
         if sec["kind"] == "setting":
-            out += [f"Setting `{name}`: task dims {sec['task']['dims']}, distribution {sec['task']['distribution']}.", ""]
+            out += [f"Setting `{name}`: {task_text(sec['task'])}.", ""]
         if sec["kind"] != "ablations":
             tuned = [f"{n}: lr = {e['config']['lr']:.3g}"
                      + (f", momentum = {e['config']['momentum']:g}" if e["config"]["name"] == "momentum" else "")
@@ -438,7 +438,7 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
                                            for v in (e.get("diverged_by") or {}).values()) else ""
         out += [methods_table(sec, steps), *(["Diverged fraction of the test seeds by step (learned methods: per "
                                               "meta-seed in parentheses):", "", div] if div else []),
-                *([speedup_table(sec)] if sec.get("speedup") else [])]
+                *more_tables(sec, steps)]
         if name in figures:
             out += [f"![loss vs step, {title}]({figures[name]})", ""]
     out += ["## Checkpoints", "",

@@ -7,17 +7,22 @@
   verdict from the paired comparisons of each :class:`~metatele.studies.protocol.HelpPair`, with
   effect sizes and CIs, naming the steps where the teleport does not help;
 * :func:`divergence_table` states each method's diverged fraction by the protocol's
-  ``divergence_steps`` (per meta-seed too); :func:`transfer_lines` describes a transfer section.
+  ``divergence_steps`` (per meta-seed too); :func:`transfer_lines` describes a transfer section;
+  :func:`validation_table` gives a digits section's validation accuracy at the reported steps and
+  :func:`more_tables` the tables a section shows after its methods table.
 
 Everything here reads the JSON-ready results dict (step keys may be ``int`` or ``str``) and the
 protocol recorded in it, so ``--render-only`` recomputes the same text. Nothing is hand-written.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Mapping, Sequence
 
 from ..evaluation.format import cell, num, p_is, pct
 from ..evaluation.stats import HIGHER, LOWER, NO_DIFF
+from ..tasks.digits import N_IMAGES
+from ..tasks.family import TaskConfig
 from .aggregate import at_step, ci_below
 from .protocol import HelpPair, Target, at_horizon, parse_named
 
@@ -185,12 +190,26 @@ def divergence_table(sec: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def task_text(t: Mapping[str, Any]) -> str:
+    """A section's task (as recorded) in words: dims, data, biases; for digits the split, the
+    teleport batch and the minibatch."""
+    bias = ", with biases" if t.get("bias") else ""
+    if t.get("family", "regression") == "regression":
+        return f"task dims {t['dims']}, distribution {t['distribution']}{bias}"
+    task = parse_named(TaskConfig, dict(t), "task")
+    text = f"task family {task.family}, dims {task.dims}{bias}"
+    if task.family == "digits":
+        steps = f"minibatches of {task.minibatch}" if task.minibatch else "full-batch steps"
+        text += (f" (scikit-learn's 8×8 digits, cross-entropy: {task.dims[0]} training images per task, the other "
+                 f"{N_IMAGES - task.dims[0]} validate; teleport batch {task.teleport_samples} images; {steps})")
+    return text + "; the log10 losses are training losses"
+
+
 def transfer_lines(name: str, sec: Mapping[str, Any]) -> list[str]:
     """What a transfer section is, and which learned methods could not be transferred (and why)."""
-    t = sec["task"]
-    out = [f"Transfer target `{name}`: task dims {t['dims']}, distribution {t['distribution']}"
-           f"{', with biases' if t.get('bias') else ''}. The learned methods are the checkpoints meta-trained on "
-           f"setting `{sec['from']}`, run here without retraining; the baselines are tuned on this task.", ""]
+    out = [f"Transfer target `{name}`: {task_text(sec['task'])}. The learned methods are the checkpoints "
+           f"meta-trained on setting `{sec['from']}`, run here without retraining; the baselines are tuned on "
+           "this task.", ""]
     skipped = sec.get("skipped") or {}
     if skipped:
         out += ["Not transferred: " + "; ".join(f"{m} — {why}" for m, why in skipped.items()) + ".", ""]
@@ -213,3 +232,33 @@ def speedup_table(sec: Mapping[str, Any]) -> str:
         lines.append(f"| {r['method']} | {r['step']} | {r['baseline']} | {r['target_log10']:.2f} | {reached} | {speed} "
                      f"| {r['seconds_per_step']:.2e} | {r['baseline_seconds_per_step']:.2e} |")
     return "\n".join(lines + [""])
+
+
+def validation_table(sec: Mapping[str, Any], steps: Sequence[int]) -> str:
+    """Methods × ``steps``: the validation accuracy (digits: on each task's held-out images) of the
+    weights at each step, mean [95% CI] over the test seeds (a learned method's first averaged
+    over its meta-seeds; a diverged seed has none), with the highest mean of each column in bold;
+    ``""`` when the section's methods have no validation measurements."""
+    ms = {n: e["metrics"]["val_accuracy"] for n, e in sec["methods"].items() if (e.get("metrics") or {}).get("val_accuracy")}
+    shown = [s for s in steps if any(_by_step(v, s) for v in ms.values())]
+    if not shown:
+        return ""
+    best = {s: max((x["mean"] for v in ms.values() if (x := _by_step(v, s)) and x["mean"] is not None
+                    and math.isfinite(x["mean"])), default=None) for s in shown}
+    lines = ["Validation accuracy (on the images held out of each task's training set), mean [95% CI] over the "
+             "test seeds that did not diverge; the highest mean of each column in bold:", "",
+             "| method | " + " | ".join(f"val accuracy @ {s}" for s in shown) + " |", "|---|" + "---|" * len(shown)]
+    for n, v in ms.items():
+        cells = []
+        for s in shown:
+            x = _by_step(v, s)
+            text = cell(x, ".3f")
+            cells.append(f"**{text}**" if x and best[s] is not None and x["mean"] == best[s] else text)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def more_tables(sec: Mapping[str, Any], steps: Sequence[int]) -> list[str]:
+    """The tables a section's report shows after its methods × steps table, where it has their
+    measurements: :func:`validation_table` (digits), then :func:`speedup_table`."""
+    return [t for t in (validation_table(sec, steps), speedup_table(sec) if sec.get("speedup") else "") if t]

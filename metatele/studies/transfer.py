@@ -21,6 +21,7 @@ from ..evaluation.evaluate import BaselineMethod, Curves, compare
 from ..evaluation.stats import markdown_table, results_to_json
 from ..tasks.family import TaskConfig, training_seeds, unseen_seeds
 from ..evaluation.tuning import DEFAULT_LRS, grid_search
+from .protocol_parts import task_label
 
 #: the networks of the transfer study: none has the training size [20, 20, 20, 20]
 TRANSFER_TASKS = (
@@ -60,10 +61,6 @@ class TransferConfig:
         require(self.tune_seeds >= 1, "tune_seeds", f"must be ≥ 1, got {self.tune_seeds}")
 
 
-def _task_label(task: TaskConfig) -> str:
-    return f"{task.distribution} {task.dims}{' with biases' if task.bias else ''}"
-
-
 def run_transfer(config: TransferConfig, device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
     """Run the study; returns ``{"tasks": [{task, label, curves, tuning}], "markdown": str}``."""
     loaded = [load_checkpoint(p) for p in config.checkpoints]
@@ -77,7 +74,7 @@ def run_transfer(config: TransferConfig, device: str | torch.device = "cpu", pro
                                                     "checkpoints": list(config.checkpoints)}}
     md = []
     for task in tasks:
-        label = _task_label(task)
+        label = task_label(task)
         if progress:
             print(f"transfer: {label}", flush=True)
         methods: dict[str, Any] = {}
