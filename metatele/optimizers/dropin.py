@@ -203,8 +203,9 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             if self.layers[i][0].shape[1] != self.layers[i - 1][0].shape[0]:
                 raise ValueError(f"layer {i} has input width {self.layers[i][0].shape[1]} but layer {i - 1} "
                                  f"has {self.layers[i - 1][0].shape[0]} outputs")
-        if learned.config.uses_teleport and len(self.layers) < 2:
-            raise ValueError("a teleporting optimizer needs at least two Linear layers")
+        if learned.config.uses_m2 and len(self.layers) < 2:
+            raise ValueError(f"variant {learned.config.variant!r} has an m2, which reads (and teleports) pairs of "
+                             "consecutive layers: it needs at least two Linear layers")
         self.X: torch.Tensor | None = None
         self.Y, self.loss = Y, loss
         self._x_qr: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -295,7 +296,7 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         if Y is not None:
             self.Y = Y
         weights = self._stacked(lambda p: p)
-        self._x_qr = input_qr(weights, self.X) if self.learned.config.uses_teleport else None
+        self._x_qr = input_qr(weights, self.X) if self.learned.config.uses_m2 else None
         bad = non_symmetric_pairs(weights, self.X)
         if self.learned.config.uses_teleport and bad and not self._warned:
             self._warned = True
@@ -378,9 +379,10 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             raise RuntimeError(f"parameters {missing} have no gradient; call loss.backward() or pass a closure")
         cw = self.learned.config.arch == "coordinatewise"
         loss_fn = self._loss_fn()
-        if cw and self.learned.config.uses_teleport and loss_fn is None:
-            raise ValueError("a teleporting coordinatewise optimizer reads the teleport gradient: give the targets "
-                             "Y of the teleport batch (LearnedTeleportOptimizer(..., X=X, Y=Y) or set_data(X, Y))")
+        if cw and self.learned.config.uses_m2 and loss_fn is None:
+            raise ValueError(f"the coordinatewise {self.learned.config.variant} optimizer's m2 reads the teleport "
+                             "gradient: give the targets Y of the teleport batch (LearnedTeleportOptimizer(..., X=X, "
+                             "Y=Y) or set_data(X, Y))")
         with torch.no_grad():
             weights = self._stacked(lambda p: p)
             grads = self._stacked(lambda p: p.grad)
