@@ -19,8 +19,8 @@ from metatele.optimizers.coordinatewise_step import teleport_outputs
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
 from metatele.optimizers.lstm import LSTMConfig, TeleportConfig
 from metatele.release.checkpoint import load_optimizer, save_checkpoint
-from metatele.symmetry.teleport_grad import squared_loss
-from metatele.tasks.family import TaskConfig, sample_tasks, unseen_seeds
+from metatele.symmetry.teleport_grad import squared_loss, teleport_gradient
+from metatele.tasks.family import TaskConfig, sample_tasks
 from metatele.tasks.mlp import loss_and_grads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -200,3 +200,16 @@ def test_the_generalist_lr_pair_differs_only_in_the_variant():
     for name in ("lr_tele", "lr"):
         config = MetaTrainConfig.from_dict(yaml.safe_load((ship / f"generalist_{name}.yaml").read_text()))
         assert config.learned.arch == "coordinatewise" and config.mix is not None
+
+
+@pytest.mark.parametrize("n", [4, 12])  # a symmetry, and more samples than a layer input allows
+def test_the_teleport_gradient_lr_reads_does_not_depend_on_the_exact_flag(n):
+    """Why ``teleport.exact`` does not apply to ``lr``: ``G`` is a derivative at ``T = 0``, where the
+    exact action and its first-order form agree to first order."""
+    task = TaskConfig([n, 5, 6, 7, 3], "gaussian", bias=True)
+    batch = sample_tasks(task, range(2), dtype=torch.float64)
+    exact, first = (teleport_gradient(batch.weights, batch.X, squared_loss(batch.X, batch.Y), exact=e)[0]
+                    for e in (True, False))
+    assert all(g.abs().max() > 0 for g in exact)
+    for a, b in zip(exact, first):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -106,8 +106,9 @@ def inapplicable_options(arch: str, variant: str,
         out.append(("teleport", TELEPORT_STEP_SIZE_OPTIONS, f"only the lr+tele variant's m2 writes a step size "
                     f"(and that of lr, its twin without the teleport; the local step of variant: {variant} is {step})"))
     if variant == "lr":
-        out.append(("teleport", ("eps", "learn_eps", "exact"), no_teleport + " (teleport.exact: the teleport "
-                    "gradient that the coordinatewise m2 reads is the same for the exact and first-order action)"))
+        out.append(("teleport", ("eps", "learn_eps"), no_teleport))
+        out.append(("teleport", ("exact",), no_teleport + " (the teleport gradient that the coordinatewise m2 "
+                    "reads is the same for the exact and the first-order action)"))
     if arch == "coordinatewise":
         out.append(("lstm", None,
                     "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"))
