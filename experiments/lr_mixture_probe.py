@@ -45,13 +45,15 @@ def summary(loss: np.ndarray) -> str:
 
 
 tele = config.learned.teleport
-label = f"{config.learned.variant} untrained (η₀ = {(tele.lr_min * tele.lr_max) ** 0.5:.2g})"
-print(f"| dims | data | initial | {' | '.join(f'gd {r:g}' for r in args.gd_rates)} | {label} |")
-print("|" + " --- |" * (4 + len(args.gd_rates)))
+bound = config.learned.coordinatewise.update_bound
+label = f"{config.learned.variant} untrained (η₀ = {(tele.lr_min * tele.lr_max) ** 0.5:.2g}, update_bound {bound})"
+header = ["dims", "data", "initial", *(f"gd {r:g}" for r in args.gd_rates), label]
+print("| " + " | ".join(header) + " |")
+print("|" + " --- |" * len(header))
 for task in config.mix.training_architectures(config.task):
     curves = [evaluate(BaselineConfig(name="gd", lr=r), task, seeds, args.steps) for r in args.gd_rates]
     learned = evaluate(LearnedOptimizer(task, config.learned), task, seeds, args.steps)
     initial = np.log10(learned.loss[0]).mean()
     cells = [summary(c.loss[-1]) for c in curves] + [summary(learned.loss[-1])]
-    print(f"| {task.dims} | {task.distribution}{' +bias' if task.bias else ''} | {initial:.1f} | {' | '.join(cells)} |",
-          flush=True)
+    row = [str(task.dims), task.distribution + (" +bias" if task.bias else ""), f"{initial:.1f}", *cells]
+    print("| " + " | ".join(row) + " |", flush=True)
