@@ -16,6 +16,7 @@ from metatele.evaluation.identity import learned_id
 from metatele.meta.config import MetaTrainConfig
 from metatele.meta.engine import UnrollEngine
 from metatele.optimizers.coordinatewise_step import teleport_outputs
+from metatele.optimizers.coordinatewise import CoordinatewiseConfig
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer
 from metatele.optimizers.lstm import LSTMConfig, TeleportConfig
 from metatele.release.checkpoint import load_optimizer, save_checkpoint
@@ -213,3 +214,20 @@ def test_the_teleport_gradient_lr_reads_does_not_depend_on_the_exact_flag(n):
     assert all(g.abs().max() > 0 for g in exact)
     for a, b in zip(exact, first):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["lr", "lr+tele"])
+def test_the_dropin_takes_a_step_size_variant_trained_with_the_update_safeguard(variant):
+    """The drop-in's default backoff needs a local-update state to carry its step scale; ``η g`` has
+    none, so the optimizer is used as trained (it was refused with a ConfigError before)."""
+    task = TaskConfig([4, 6, 5, 3], "gaussian")
+    learned = LearnedOptimizer(task, LearnedConfig(variant=variant, arch="coordinatewise",
+                                                   coordinatewise=CoordinatewiseConfig(update_safeguard=True))).double()
+    model = nn.Sequential(nn.Linear(6, 5), nn.LeakyReLU(0.1), nn.Linear(5, 3)).double()
+    gen = torch.Generator().manual_seed(5)
+    X, Y = torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    opt = LearnedTeleportOptimizer(model, learned, X=X, Y=Y)
+    assert opt.learned is learned and opt.learned.config.coordinatewise.update_backoff is None
+    opt.zero_grad()
+    (0.5 * (model(X.T) - Y.T).square().sum()).backward()
+    opt.step()

@@ -84,10 +84,11 @@ DEFAULT_BACKOFF = 0.5
 def with_backoff(learned: LearnedOptimizer, backoff: float | None) -> LearnedOptimizer:
     """``learned``, or a copy whose refused updates shrink its step size by ``backoff`` (and regrow
     after accepted ones) when it was trained with the update safeguard but without a backoff:
-    otherwise a refused step is refused again forever and the network stands still."""
+    otherwise a refused step is refused again forever and the network stands still. The ``η g``
+    of ``lr+tele`` and ``lr`` has no state to carry the step scale in: those are returned as they are."""
     cw = learned.config.coordinatewise
     if (backoff is None or learned.config.arch != "coordinatewise" or not cw.update_safeguard
-            or cw.update_backoff is not None):
+            or cw.update_backoff is not None or learned.config.local_update == "lr"):
         return learned
     copy_ = copy.deepcopy(learned)
     copy_.config = replace(learned.config, coordinatewise=replace(cw, update_backoff=backoff))
@@ -164,7 +165,8 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         loss: ``loss(output [n, dL], Y) -> scalar`` on the teleport batch (default: the squared
             error ``½‖output − Yᵀ‖²``).
         backoff: a coordinatewise optimizer trained with the update safeguard (which refuses a
-            local update that would raise the loss) but without a step-size backoff would refuse
+            local update that would raise the loss) but without a step-size backoff (and whose local
+            update has a state to carry it in: not the ``η g`` of ``lr+tele`` or ``lr``) would refuse
             the same step forever on a network where its steps are too large; the drop-in then
             multiplies its step size by ``backoff`` at each refusal and regrows it after accepted
             steps (``coordinatewise.update_backoff``). ``None`` keeps the optimizer exactly as
