@@ -2,7 +2,9 @@
 # The prepared GPU check (docs/performance.md), under 5 minutes on one CUDA device:
 #   1. the CUDA tests (pytest -m cuda: tests/test_cuda.py);
 #   2. `metatele throughput` for both architectures at B = 256 ... 4096;
-#   3. two minutes of meta-training on the GPU, a checkpoint, and that checkpoint loaded on the CPU.
+#   3. 80 s of meta-training on the GPU, a checkpoint, and that checkpoint loaded on the CPU;
+#   4. the seconds per meta-step of the generalist (ship/generalist_update_tele) on the GPU, to set
+#      against the CPU's (experiments/long_runs/README.md).
 # Every figure goes to <out>/gpu_check.md (and the command outputs beside it).
 #
 #   benchmarks/gpu_check.sh [out]     # out: default $OUT, else ./gpu_check_out
@@ -21,10 +23,10 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=disabled PYTHONU
 cd "$ROOT"
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
-  DEVICE=cpu; SIZES=(2 4); TRAIN_SECONDS=5; TRAIN_BATCH=2; UNROLLS=1; TEST_LIMIT=120; BENCH_LIMIT=120
+  DEVICE=cpu; SIZES=(2 4); TRAIN_SECONDS=5; GENERALIST_SECONDS=5; TRAIN_BATCH=2; UNROLLS=1; TEST_LIMIT=120; BENCH_LIMIT=120
 else
-  # the stages' limits add up to 295 s (a cold CUDA start included); a normal run takes less
-  DEVICE=cuda; SIZES=(256 512 1024 2048 4096); TRAIN_SECONDS=120; TRAIN_BATCH=256; UNROLLS=3; TEST_LIMIT=45; BENCH_LIMIT=40
+  # the stages' limits add up to 300 s (a cold CUDA start included); a normal run takes about 200 s
+  DEVICE=cuda; SIZES=(256 512 1024 2048 4096); TRAIN_SECONDS=80; GENERALIST_SECONDS=25; TRAIN_BATCH=256; UNROLLS=3; TEST_LIMIT=40; BENCH_LIMIT=35
 fi
 FAILED=()
 
@@ -57,6 +59,9 @@ stage bench_coordinatewise_update_tele "$BENCH_LIMIT" python -m metatele through
 stage train "$((TRAIN_SECONDS + 25))" python benchmarks/gpu_check.py train --device "$DEVICE" \
   --seconds "$TRAIN_SECONDS" --batch-size "$TRAIN_BATCH" --out "$OUT_DIR/train"
 stage load_on_cpu 25 env CUDA_VISIBLE_DEVICES= python benchmarks/gpu_check.py load "$OUT_DIR/train/checkpoint.safetensors"
+stage train_generalist "$((GENERALIST_SECONDS + 35))" python -m metatele train --config ship/generalist_update_tele \
+  --device "$DEVICE" --out "$OUT_DIR/generalist" --set max_seconds="$GENERALIST_SECONDS" --set validation.every=0 \
+  --wandb disabled --no-progress
 
 if (( ${#FAILED[@]} )); then
   echo "FAILED stages: ${FAILED[*]}" | tee -a "$REPORT"

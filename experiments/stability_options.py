@@ -46,7 +46,7 @@ for norm in (0.003, 0.03):
     for every in (1, 10, 100):
         for state in ("keep", "reset"):
             teleports[f"tele ‖T‖ {norm} every {every}, {state}"] = learned(
-                "tele", tele_norm_init=norm, every=every, teleport_state=state)
+                "tele", tele_norm_init=norm, ablation={"every": every, "teleport_state": state})
 local = {"adam": adam, "m1 untrained (= adam)": learned("update"),
          "+ update_bound 0.1": learned("update", update_bound=0.1),
          "+ update_bound 0.01": learned("update", update_bound=0.01),

@@ -26,7 +26,7 @@ from .symmetry.strategies import (GradientAscentTeleport, RandomTeleport, Telepo
 from .optimizers.baselines import BASELINES, BaselineConfig, HandDesigned, run_baseline
 # meta-optimizers (docs/meta_optimizers.md, docs/coordinatewise.md)
 from .optimizers.lstm import LSTMConfig, TeleportConfig, TeleportLSTM, UpdateLSTM
-from .optimizers.coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport
+from .optimizers.coordinatewise import CoordinatewiseAblation, CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport
 from .optimizers.learned import ARCHS, VARIANTS, LearnedConfig, LearnedOptimizer
 from .optimizers.dropin import LearnedTeleportOptimizer
 # meta-training (docs/meta_training.md)
@@ -59,7 +59,8 @@ __all__ = [
     "BaselineConfig", "BASELINES", "HandDesigned", "run_baseline",
     # meta-optimizers
     "LearnedConfig", "LearnedOptimizer", "VARIANTS", "ARCHS", "LSTMConfig", "TeleportConfig", "UpdateLSTM",
-    "TeleportLSTM", "CoordinatewiseConfig", "CoordinateUpdate", "EquivariantTeleport", "LearnedTeleportOptimizer",
+    "TeleportLSTM", "CoordinatewiseConfig", "CoordinatewiseAblation", "CoordinateUpdate", "EquivariantTeleport",
+    "LearnedTeleportOptimizer",
     # meta-training
     "MetaTrainConfig", "load_config", "meta_train", "MetaTrainResult", "UnrollEngine", "DivergenceError",
     # evaluation

@@ -58,11 +58,12 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     Nested dataclass fields accept dicts. Every value is checked against its field's type
     (:func:`check_value`) before the dataclass's own ``__post_init__`` validates it. Keys the class
     lists in a ``REMOVED`` mapping (removed options, each with the value a saved config may still
-    hold) are dropped, so that old checkpoints load.
+    hold) are dropped, and those of its ``MOVED`` mapping are moved into their group
+    (:func:`move_keys`), so that old checkpoints and YAML files load.
     """
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    data = dict(data or {})
+    data = move_keys(cls, data or {}, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k, old in getattr(cls, "REMOVED", {}).items():
         if k in data:
@@ -92,6 +93,25 @@ def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
     for k, v in kwargs.items():
         check_value(f"{where}.{k}" if where else k, hints[k], v)
     return cls(**kwargs)
+
+
+def move_keys(cls: type, data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``data`` (a copy) with the keys that dataclass ``cls`` lists in its ``MOVED`` mapping (an old
+    key → ``group.key``, the option's place in a nested group now) moved there: what a config saved,
+    or a YAML file written, before the option moved into the group. Raises :class:`ConfigError`
+    where both places hold different values."""
+    data = dict(data)
+    for old, new in getattr(cls, "MOVED", {}).items():
+        if old not in data:
+            continue
+        group, key = new.split(".")
+        section = data.get(group) if isinstance(data.get(group), dict) else {}
+        name = f"{where}.{old}" if where else old
+        if section.get(key, data[old]) != data[old]:
+            raise ConfigError(f"{name}: moved to {where + '.' if where else ''}{new}, which holds another value "
+                              f"({section[key]!r}, here {data[old]!r}): set it there only")
+        data[group] = {**section, key: data.pop(old)}
+    return data
 
 
 _WORDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
@@ -172,9 +192,16 @@ def check_fields(config: Any, prefix: str = "") -> None:
 
 def changed_fields(config: Any, default: Any = None) -> list[str]:
     """Names of the fields of dataclass instance ``config`` that differ from ``default`` (by
-    default its class's defaults)."""
+    default its class's defaults); within a nested dataclass field, dotted: ``group.key``."""
     default = type(config)() if default is None else default
-    return [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)]
+    out = []
+    for f in dataclasses.fields(config):
+        a, b = getattr(config, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(a) and type(a) is type(b):
+            out += [f"{f.name}.{k}" for k in changed_fields(a, b)]
+        elif a != b:
+            out.append(f.name)
+    return out
 
 
 def defaults_dir() -> Path:

@@ -15,13 +15,15 @@ def tiny(**kw) -> dict:
         "task": {"dims": [6, 6, 6, 6], "distribution": "gaussian"},
         "learned": {"variant": "update+tele"},
         "trajectories": 8, "steps": 6, "unroll": 3, "batch_size": 4,
-        "lr_update": 1e-3, "lr_teleport": 1e-3, "device": "cpu", "dtype": "float64",
+        "lr_update": 1e-3, "device": "cpu", "dtype": "float64",
     }
     for k, v in kw.items():
         node, parts = base, k.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = v
+    if base["learned"]["variant"] != "update":  # m2's Adam rate: refused by a run without m2
+        base.setdefault("lr_teleport", 1e-3)
     if base["learned"].get("arch", "paper") == "paper":  # small LSTMs (options of the paper's architecture only)
         base["learned"].setdefault("lstm", {}).setdefault("hidden", 16)
         if base["learned"]["variant"] in TELEPORTING_VARIANTS:  # T's norm: refused by a run that never teleports

@@ -33,6 +33,11 @@ def test_help_lists_subcommands_and_config_defaults(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "lr_update: 0.001" in out and "unroll: 10" in out and "hidden: 300" in out
+    # the coordinatewise switches only ablations set: one group, its keys indented under it
+    group = out[out.index("\n      ablation:"):]
+    assert "the switches only ablations set" in group.splitlines()[1]
+    for key in ("every: 1", "teleport_state: keep", "tele_gradient_input: true", "gate: every", "learn_norm: true"):
+        assert f"\n        {key}" in group.split("\n  trajectories:")[0], key
 
 
 def test_quick_yaml_is_the_embedded_demo_config():

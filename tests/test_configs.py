@@ -272,8 +272,12 @@ NOT_APPLYING = [
     ([CW, "learned.variant=tele"], "learned.coordinatewise.magnitude_scale=2.0", "its local step is learned.base"),
     ([CW, "learned.variant=lr+tele"], "learned.coordinatewise.time_feature=true", "variant: lr+tele has no learned update"),
     ([CW, "learned.variant=update"], "learned.coordinatewise.tele_norm_init=0.01", "variant: update does not teleport"),
-    ([CW, "learned.variant=update"], "learned.coordinatewise.every=5", "variant: update does not teleport"),
-    ([CW, "learned.variant=update"], "learned.coordinatewise.gate=learned", "variant: update does not teleport"),
+    ([CW, "learned.variant=update"], "learned.coordinatewise.ablation.every=5", "variant: update does not teleport"),
+    ([CW, "learned.variant=update"], "learned.coordinatewise.ablation.gate=learned", "variant: update does not teleport"),
+    ([CW, "learned.variant=update"], "lr_teleport=1e-3", "the Adam rate of m2, and variant: update does not teleport"),
+    (["learned.variant=update"], "lr_teleport=1e-3", "the Adam rate of m2, and variant: update does not teleport"),
+    ([CW, "learned.variant=tele"], "lr_update=3e-3", "the Adam rate of m1, and variant: tele has no learned update"),
+    (["learned.variant=lr+tele"], "lr_update=3e-3", "the Adam rate of m1, and variant: lr+tele has no learned update"),
     ([CW, "learned.variant=update"], "learned.teleport.exact=false", "variant: update does not teleport"),
     (["learned.variant=update"], "learned.teleport.eps=0.1", "variant: update does not teleport"),
     (["learned.variant=update+tele"], "learned.base.lr=0.1", "learned.base is the hand-designed local step of variant: tele"),
@@ -284,7 +288,7 @@ NOT_APPLYING = [
     ([CW, "learned.variant=tele"], "learned.teleport.lr_min=1e-5", "only the lr+tele variant's m2 writes a step size"),
     ([CW, "learned.variant=lr+tele", "learned.coordinatewise.update_safeguard=true"],
      "learned.coordinatewise.update_backoff=0.5", "η g has no state"),
-    ([CW, "learned.variant=lr+tele"], "learned.coordinatewise.teleport_state=reset", "η g has no state"),
+    ([CW, "learned.variant=lr+tele"], "learned.coordinatewise.ablation.teleport_state=reset", "η g has no state"),
     ([CW, "learned.variant=update"], "learned.coordinatewise.update_regrow=1.05", "sets no update_backoff"),
 ]
 
@@ -306,10 +310,10 @@ def test_a_saved_config_holding_an_option_its_variant_never_read_still_loads_wit
 
 def test_the_options_each_variant_reads_are_accepted():
     tele = MetaTrainConfig.from_dict(apply_overrides({}, [
-        CW, "learned.variant=tele", "learned.base.lr=0.1", "learned.coordinatewise.every=5",
+        CW, "learned.variant=tele", "learned.base.lr=0.1", "learned.coordinatewise.ablation.every=5",
         "learned.coordinatewise.hidden=8", "learned.coordinatewise.update_bound=0.5", "learned.coordinatewise.update_safeguard=true",
         "learned.coordinatewise.update_backoff=0.5", "learned.coordinatewise.update_regrow=1.05",
-        "learned.coordinatewise.teleport_state=reset", "learned.teleport.exact=false"]))
+        "learned.coordinatewise.ablation.teleport_state=reset", "learned.teleport.exact=false", "lr_teleport=3e-3"]))
     assert tele.learned.base.lr == 0.1 and tele.learned.coordinatewise.update_regrow == 1.05
     update = MetaTrainConfig.from_dict(apply_overrides({}, [
         CW, "learned.variant=update", "learned.coordinatewise.lr=0.1", "learned.coordinatewise.magnitude_scale=2.0",
@@ -348,3 +352,42 @@ def test_a_removed_option_loads_at_its_old_default_and_is_refused_otherwise(key,
     saved["learned"]["coordinatewise"][key] = other
     with pytest.raises(ConfigError, match=rf"^learned\.coordinatewise\.{key}: was removed"):
         MetaTrainConfig.from_saved(saved)
+
+
+ABLATION = {"every": 5, "teleport_state": "reset", "tele_gradient_input": False, "gate": "learned", "learn_norm": False}
+
+
+def test_a_config_saved_with_the_ablation_switches_flat_loads_as_the_nested_one():
+    nested = MetaTrainConfig.from_dict(apply_overrides({}, [CW] + [f"learned.coordinatewise.ablation.{k}={v}"
+                                                                   for k, v in ABLATION.items()]))
+    assert nested.learned.coordinatewise.ablation.gate == "learned"
+    saved = to_dict(nested)  # as a checkpoint written before the switches moved into ablation holds it
+    cw = saved["learned"]["coordinatewise"]
+    cw.update(cw.pop("ablation"))
+    assert set(ABLATION) <= set(cw) and "ablation" not in cw
+    assert MetaTrainConfig.from_saved(saved) == nested
+    assert MetaTrainConfig.from_dict(saved) == nested  # an old YAML file too
+    cw["gate"], cw["ablation"] = "every", {"gate": "learned"}  # both places, different values: ambiguous
+    with pytest.raises(ConfigError, match=r"^learned\.coordinatewise\.gate: moved to learned\.coordinatewise\."
+                                          r"ablation\.gate, which holds another value"):
+        MetaTrainConfig.from_dict(saved)
+
+
+def test_an_old_saved_ablation_switch_its_variant_never_read_is_dropped_and_a_set_one_named_in_its_group():
+    saved = to_dict(MetaTrainConfig.from_dict(apply_overrides({}, [CW, "learned.variant=update"])))
+    cw = saved["learned"]["coordinatewise"]
+    cw.update(cw.pop("ablation"), gate="learned")  # flat, and set where m2 is absent
+    assert MetaTrainConfig.from_saved(saved) == MetaTrainConfig.from_dict(apply_overrides({}, [CW, "learned.variant=update"]))
+    with pytest.raises(ConfigError, match=r"^learned\.coordinatewise\.ablation\.gate: does not apply to this run: "
+                                          "variant: update does not teleport"):
+        MetaTrainConfig.from_dict(saved)
+
+
+def test_an_old_saved_update_run_with_m2s_rate_loads_at_the_default_rate():
+    config = MetaTrainConfig.from_dict(apply_overrides({}, [CW, "learned.variant=update"]))
+    saved = {**to_dict(config), "lr_teleport": 1e-3}  # as every coordinatewise update run saved before
+    assert MetaTrainConfig.from_saved(saved) == config and config.lr_teleport == MetaTrainConfig.lr_teleport
+    tele = {**to_dict(MetaTrainConfig.from_dict(apply_overrides({}, [CW, "learned.variant=tele"]))), "lr_update": 3e-3}
+    assert MetaTrainConfig.from_saved(tele).lr_update == MetaTrainConfig.lr_update
+    with_m2 = {**to_dict(MetaTrainConfig.from_dict(apply_overrides({}, [CW]))), "lr_teleport": 1e-3}
+    assert MetaTrainConfig.from_saved(with_m2).lr_teleport == 1e-3  # kept where it applies

@@ -77,7 +77,7 @@ def test_m2_writes_a_bounded_norm_for_any_width():
 
 
 def test_teleport_schedule_every_k_steps():
-    m2 = EquivariantTeleport(CoordinatewiseConfig(every=3)).double()
+    m2 = EquivariantTeleport(CoordinatewiseConfig(ablation={"every": 3})).double()
     G, gv, gu = torch.randn(2, 4, 4).double(), torch.randn(2, 4, 3).double(), torch.randn(2, 2, 4).double()
     s, norms = None, []
     for _ in range(7):

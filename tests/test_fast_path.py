@@ -61,7 +61,8 @@ def test_fast_path_meta_gradients_equal_the_reference_paths(variant, dtype, tol)
 
 
 def test_fast_path_with_the_stability_options_and_a_learned_gate():
-    options = dict(update_bound=0.5, update_safeguard=True, update_backoff=0.5, gate="learned", time_feature=True)
+    options = dict(update_bound=0.5, update_safeguard=True, update_backoff=0.5, time_feature=True,
+                   ablation={"gate": "learned"})
     fast, ref = unroll("update+tele", True, torch.float64, **options), unroll("update+tele", False, torch.float64, **options)
     for k in ref:
         assert float((fast[k] - ref[k]).norm() / ref[k].norm()) <= 1e-12, k

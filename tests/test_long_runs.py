@@ -3,13 +3,18 @@ mixture of a generalist, and bitwise resume of all of it."""
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from metatele import configs as configs_mod
 from metatele.configs import ConfigError
 from metatele.meta.checkpointer import TrainingCheckpointer
 from metatele.meta.config import MetaTrainConfig
+from metatele.meta import snapshots as snap_mod
 from metatele.meta.mixture import MixtureEngine, build_engine
 from metatele.meta.state import load_training_state
 from metatele.meta.train import meta_train
@@ -205,6 +210,22 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
 
 
+@pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele"])
+def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
+    # what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume` checks before it
+    # continues: the saved config (read from the file's header alone) against the YAML's. The states
+    # were saved with the coordinatewise ablation switches flat and, for the update run, m2's rate
+    # lr_teleport (which it never used); both migrate
+    from pathlib import Path
+    from metatele.meta.config import load_config
+    from metatele.meta.state import CONTAINER, config_differences, state_files
+    files = state_files(Path(__file__).parents[1] / "experiments" / "long_runs" / name)
+    assert files, name
+    path = files[0][1]
+    doc = CONTAINER.document(path.read_bytes(), str(path))
+    assert config_differences(doc["config"], load_config(f"ship/{name}")) == []
+
+
 def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
     import yaml
     from pathlib import Path
@@ -216,3 +237,37 @@ def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures()
     assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
     assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
     assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
+
+
+def test_validation_time_is_not_meta_training_time(monkeypatch):
+    """``train_seconds`` (and so ``max_seconds``, and the x-axis of the learning curves against
+    time) counts meta-steps only: a slow validation does not eat the budget."""
+    real = snap_mod.Snapshots.validate
+
+    def slow(self, engine):
+        time.sleep(0.4)
+        return real(self, engine)
+
+    monkeypatch.setattr(snap_mod.Snapshots, "validate", slow)
+    result = meta_train(cw(max_meta_steps=6), progress=False)
+    assert len(result.snapshots.history) == 3  # meta-steps 0, 3, 6: 1.2 s of sleeping
+    assert result.train_seconds < 0.8
+    assert [r["train_seconds"] for r in result.snapshots.history] == sorted(r["train_seconds"] for r in result.snapshots.history)
+
+
+def test_the_estimator_candidates_load_and_differ_from_the_baseline_only_in_the_estimator():
+    """experiments/estimators/*.yaml: every candidate is a valid config, and against the baseline
+    (tbptt30) it changes only estimator knobs (and its validation cadence), so the comparison is
+    about the estimator."""
+    folder = Path(__file__).parents[1] / "experiments" / "estimators"
+    configs = {p.stem: configs_mod.to_dict(MetaTrainConfig.from_dict(yaml.safe_load(p.read_text())))
+               for p in sorted(folder.glob("*.yaml"))}
+    assert set(configs) == {"tbptt30", "pes", "curriculum", "logtrunc", "full", "timefeature"}
+    knobs = {"estimator", "pes_groups", "pes_sigma", "unroll", "unroll_max", "curriculum", "truncation",
+             "batch_size", "second_order", "validation", "learned"}
+    base = configs.pop("tbptt30")
+    for name, cfg in configs.items():
+        changed = {k for k in base if cfg[k] != base[k]}
+        assert changed and changed <= knobs, (name, changed)
+        if "learned" in changed:  # only the time input
+            assert cfg["learned"]["coordinatewise"]["time_feature"] and not base["learned"]["coordinatewise"]["time_feature"]

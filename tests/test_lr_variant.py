@@ -144,16 +144,17 @@ CW = "learned.arch=coordinatewise"
 @pytest.mark.parametrize("run,item", [
     ([CW], "learned.coordinatewise.safeguard=false"),
     ([CW], "learned.coordinatewise.safeguard_tol=0.01"),
-    ([CW], "learned.coordinatewise.every=5"),
+    ([CW], "learned.coordinatewise.ablation.every=5"),
     ([CW], "learned.coordinatewise.tele_norm_init=0.01"),
     ([CW], "learned.coordinatewise.tele_norm_max=0.5"),
-    ([CW], "learned.coordinatewise.gate=learned"),
-    ([CW], "learned.coordinatewise.learn_norm=false"),
-    ([CW], "learned.coordinatewise.teleport_state=reset"),
+    ([CW], "learned.coordinatewise.ablation.gate=learned"),
+    ([CW], "learned.coordinatewise.ablation.learn_norm=false"),
+    ([CW], "learned.coordinatewise.ablation.teleport_state=reset"),
     ([CW], "learned.teleport.exact=false"),
     ([], "learned.teleport.exact=false"),
     ([], "learned.teleport.eps=0.1"),
     ([], "learned.teleport.learn_eps=true"),
+    ([CW], "lr_update=1e-2"),  # no m1 (lr_teleport applies: test_what_lr_s_m2_reads_and_writes_is_accepted)
 ])
 def test_a_teleport_only_option_under_lr_is_an_error(run, item):
     with pytest.raises(ConfigError, match=f"^{item.split('=')[0]}: does not apply to this run: "):
@@ -162,7 +163,7 @@ def test_a_teleport_only_option_under_lr_is_an_error(run, item):
 
 def test_what_lr_s_m2_reads_and_writes_is_accepted():
     cw = MetaTrainConfig.from_dict(apply_overrides({}, [
-        CW, "learned.variant=lr", "learned.coordinatewise.tele_beta=0.5", "learned.coordinatewise.tele_gradient_input=false",
+        CW, "learned.variant=lr", "learned.coordinatewise.tele_beta=0.5", "learned.coordinatewise.ablation.tele_gradient_input=false",
         "learned.coordinatewise.update_bound=0.5", "learned.teleport.lr_min=1e-6", "learned.teleport.lr_max=0.1",
         "lr_teleport=1e-3"]))
     assert cw.learned.local_update == "lr" and cw.lr_teleport == 1e-3

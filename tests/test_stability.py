@@ -104,7 +104,7 @@ def test_update_bound_applies_to_m1_and_to_the_tele_variants_base_update(variant
     task = TaskConfig([12, 6, 8, 4], "gaussian", bias=True)
     batch = sample_tasks(task, range(3), dtype=torch.float64)
     b = 0.01
-    tele = {"every": 2} if variant == "tele" else {}
+    tele = {"ablation": {"every": 2}} if variant == "tele" else {}
     opts = {bound: optimizer(task, variant, lr=1.0, update_bound=bound, **tele) for bound in (None, b)}
     moved = {}
     for bound, opt in opts.items():
@@ -174,7 +174,8 @@ def test_reset_zeroes_exactly_the_moments_of_the_trajectories_that_teleported(va
     batch = sample_tasks(task, range(8), dtype=torch.float64)
     loss_fn = squared_loss(batch.X, batch.Y)
     x_qr = input_qr(batch.weights, batch.X)
-    keep, reset = (optimizer(task, variant, every=2, tele_norm_init=0.1, teleport_state=s) for s in ("keep", "reset"))
+    keep, reset = (optimizer(task, variant, tele_norm_init=0.1, ablation={"every": 2, "teleport_state": s})
+                   for s in ("keep", "reset"))
     perturb(keep)
     reset.load_state_dict(keep.state_dict())
     state = keep.initial_state(8, dtype=torch.float64)
@@ -206,7 +207,7 @@ def test_a_reset_base_adam_restarts_its_bias_correction():
     _, grads = loss_and_grads(batch.weights, batch.X, batch.Y)
     fresh, _ = base(batch.weights, grads, None)
     _, state = base(batch.weights, [3 * g for g in grads], None)
-    cfg = CoordinatewiseConfig(teleport_state="reset", safeguard=False)
+    cfg = CoordinatewiseConfig(ablation={"teleport_state": "reset"}, safeguard=False)
     T = [torch.zeros(1, 6, 6, dtype=torch.float64)]
     _, state = stable_step(cfg, batch.weights, fresh, T, torch.ones(1, dtype=torch.bool), state, batch.X, None)
     again, _ = base(batch.weights, grads, state)
@@ -245,11 +246,11 @@ def test_without_the_teleport_gradient_m2_steps_along_the_linear_one():
     _, grads = loss_and_grads(batch.weights, batch.X, batch.Y)
     G = [mlp_teleport_gradient(batch.weights, batch.X, batch.Y)[0], linear_teleport_gradient(grads)[0]]
     for flag, g in zip((True, False), G):  # untrained: T = norm_init · Ĝ (step 0: no decay yet)
-        m2 = EquivariantTeleport(CoordinatewiseConfig(tele_gradient_input=flag)).double()
+        m2 = EquivariantTeleport(CoordinatewiseConfig(ablation={"tele_gradient_input": flag})).double()
         T, _, _, active = teleport_outputs(m2, batch.weights, batch.X, loss_fn, [])
         assert torch.allclose(T[0], 0.003 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)) and active.all()
     assert not torch.allclose(G[0] / G[0].norm(), G[1] / G[1].norm())  # and the two differ
-    opts = [optimizer(task, "tele", tele_gradient_input=flag) for flag in (True, False)]
+    opts = [optimizer(task, "tele", ablation={"tele_gradient_input": flag}) for flag in (True, False)]
     perturb(opts[0])
     opts[1].load_state_dict(opts[0].state_dict())
     new = [opt.apply(batch.weights, grads, batch.X, opt.initial_state(3), None, loss_fn)[0] for opt in opts]
@@ -262,7 +263,7 @@ def test_fixed_norm_ignores_the_norm_output_and_a_learned_gate_scales_T_within_0
                  torch.randn(4, 2, 5, generator=gen).double())
     every = EquivariantTeleport(CoordinatewiseConfig(tele_norm_init=0.02)).double()
     perturb(every, 1.0)
-    fixed = EquivariantTeleport(CoordinatewiseConfig(tele_norm_init=0.02, learn_norm=False)).double()
+    fixed = EquivariantTeleport(CoordinatewiseConfig(tele_norm_init=0.02, ablation={"learn_norm": False})).double()
     fixed.load_state_dict(every.state_dict())
     T_every = every(G, gv, gu, None)[0]
     T_fixed = fixed(G, gv, gu, None)[0]
@@ -271,7 +272,7 @@ def test_fixed_norm_ignores_the_norm_output_and_a_learned_gate_scales_T_within_0
     assert torch.allclose(T_fixed.flatten(1).norm(dim=1), torch.full((4,), 0.02, dtype=torch.float64))
     assert torch.allclose(T_fixed / 0.02, T_every / norms.view(-1, 1, 1))  # same direction
 
-    gated = EquivariantTeleport(CoordinatewiseConfig(tele_norm_init=0.02, gate="learned")).double()
+    gated = EquivariantTeleport(CoordinatewiseConfig(tele_norm_init=0.02, ablation={"gate": "learned"})).double()
     with torch.no_grad():  # the same net, with a zero gate row added to the head
         for (name, p), q in zip(gated.named_parameters(), every.parameters()):
             p.copy_(torch.cat([q, torch.zeros(p.shape[0] - q.shape[0], *q.shape[1:]).double()]) if name.startswith("net.4") else q)
@@ -289,12 +290,12 @@ def test_fixed_norm_ignores_the_norm_output_and_a_learned_gate_scales_T_within_0
 
 
 @pytest.mark.parametrize("option", [
-    {}, {"update_bound": 0.05}, {"update_safeguard": True}, {"teleport_state": "reset"},
-    {"tele_gradient_input": False}, {"gate": "learned"}, {"learn_norm": False},
+    {}, {"update_bound": 0.05}, {"update_safeguard": True}, {"ablation.teleport_state": "reset"},
+    {"ablation.tele_gradient_input": False}, {"ablation.gate": "learned"}, {"ablation.learn_norm": False},
 ])
 def test_the_meta_gradient_reaches_every_network_with_each_option(option):
     config = MetaTrainConfig.from_dict(tiny(**{"learned.arch": "coordinatewise", "task.bias": True, "steps": 8,
-                                               "learned.coordinatewise.every": 2,
+                                               "learned.coordinatewise.ablation.every": 2,
                                                **{f"learned.coordinatewise.{k}": v for k, v in option.items()}}))
     eng = UnrollEngine(config)
     perturb(eng.optimizer, 0.1)
@@ -306,9 +307,11 @@ def test_the_meta_gradient_reaches_every_network_with_each_option(option):
 
 
 def test_options_are_validated():
-    for field, value in (("teleport_state", "zero"), ("gate", "sometimes"), ("update_bound", -1.0)):
-        with pytest.raises(ValueError, match=f"coordinatewise.{field}"):
-            CoordinatewiseConfig(**{field: value})
+    with pytest.raises(ValueError, match="coordinatewise.update_bound"):
+        CoordinatewiseConfig(update_bound=-1.0)
+    for field, value in (("teleport_state", "zero"), ("gate", "sometimes"), ("every", 0), ("learn_norm", 1)):
+        with pytest.raises(ValueError, match=f"coordinatewise.ablation.{field}"):
+            CoordinatewiseConfig(ablation={field: value})
 
 
 if __name__ == "__main__":  # write the reference file (at the commit whose step is the reference)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -12,13 +12,14 @@ import torch
 wandb = pytest.importorskip("wandb")
 
 from metatele.storage import wandb_log as wu  # noqa: E402
-from metatele.release.training import checkpoint_metadata  # noqa: E402
+from metatele.release.training import checkpoint_metadata, train_and_save  # noqa: E402
 from metatele.release.checkpoint import save_checkpoint  # noqa: E402
 from metatele.optimizers.learned import LearnedConfig, LearnedOptimizer  # noqa: E402
 from metatele.optimizers.lstm import LSTMConfig  # noqa: E402
 from metatele.tasks.family import TaskConfig  # noqa: E402
 from metatele.meta.config import MetaTrainConfig  # noqa: E402
 from wandb_reader import read_offline_run  # noqa: E402
+from helpers import tiny  # noqa: E402
 
 
 def _local(address) -> bool:
@@ -166,3 +167,18 @@ def test_empty_wandb_mode_variable_means_the_offline_default(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "")
     assert wu.resolve_mode() == "offline"
     assert "WANDB_MODE" not in wu.os.environ
+
+
+def test_a_disabled_run_needs_no_wandb(tmp_path, monkeypatch):
+    """``--wandb disabled`` works where wandb is not installed (a GPU machine's image, say): the
+    whole training command, from config to checkpoint, never imports it."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails
+    with pytest.raises(ImportError):
+        __import__("wandb")
+    config = MetaTrainConfig.from_dict(tiny(**{"max_meta_steps": 2}))
+    result, ckpt = train_and_save(config, tmp_path / "run", wandb_mode="disabled", progress=False)
+    assert ckpt.exists() and result.meta_steps == 2
+    assert not (tmp_path / "run" / "wandb").exists()
+    dirs = wu.log_comparison_group("metatele", "g", {"GD": [{"loss/mean_log10": 0.0}]}, [{"method": "GD"}],
+                                   mode="disabled", dir=tmp_path)
+    assert dirs == {"GD": None, "summary": None}

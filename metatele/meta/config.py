@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
-from ..configs import (ConfigError, apply_overrides, check_fields, from_dict, is_int, is_number, load_yaml_mapping, require,
-                       resolve_config, to_dict, training_names)
-from ..optimizers.learned import LearnedConfig, inapplicable_options
+from ..configs import (ConfigError, apply_overrides, check_fields, from_dict, is_int, is_number, load_yaml_mapping,
+                       move_keys, require, resolve_config, to_dict, training_names)
+from ..optimizers.coordinatewise import CoordinatewiseConfig
+from ..optimizers.learned import VARIANTS, LearnedConfig, drop_options, inapplicable_options
 from ..tasks.family import VALIDATION_SEED_OFFSET, TaskConfig
 from ..tasks.mixture import TaskMix
 from .schedules import HORIZONS, TRUNCATIONS, planned_meta_steps
@@ -53,7 +54,8 @@ class MetaTrainConfig:
             initial weights are rescaled by factors drawn log-uniformly in ``[1/s, s]`` from its
             seed (1: none; see :mod:`metatele.tasks.augment`).
         batch_size: B trajectories advanced together.
-        lr_update, lr_teleport: Adam rates of m1 and m2 (paper: 1e-3, 1e-4).
+        lr_update, lr_teleport: Adam rates of m1 and m2 (paper: 1e-3, 1e-4); each applies only to a
+            variant with that learned net (:func:`inapplicable_rates`).
         meta_loss: ``sum`` of inner losses over the unroll (paper) or ``mean_log`` (mean of
             log-losses).
         late_weight: weighting towards late steps: the meta-loss term of inner step ``t`` of a
@@ -86,7 +88,8 @@ class MetaTrainConfig:
         max_meta_steps: the run's budget in meta-steps: it ends after this many even if
             trajectories remain (``None``: when all ``trajectories`` are trained).
         max_seconds: the run's budget in wall-clock seconds of meta-training, summed over every
-            segment of a resumed run; it ends after the meta-step that exceeds it (``None``: none).
+            segment of a resumed run and not counting validation; it ends after the meta-step that
+            exceeds it (``None``: none).
         validation: validation on held-out seeds during the run: the best snapshot and an average
             of recent ones (:mod:`metatele.meta.snapshots`; ``every: 0``, the default: none).
         mix: a task mixture for a generalist (:class:`~metatele.tasks.mixture.TaskMix`): ``task``
@@ -156,6 +159,8 @@ class MetaTrainConfig:
                 f"must be a number ≥ 0, got {self.late_weight!r}")
         require(self.lr_update > 0, "lr_update", f"must be > 0, got {self.lr_update}")
         require(self.lr_teleport > 0, "lr_teleport", f"must be > 0, got {self.lr_teleport}")
+        for name, why in inapplicable_rates(self.learned):
+            require(getattr(self, name) == RATE_DEFAULTS[name], name, f"does not apply to this run: {why}; remove it")
         require(self.meta_loss in META_LOSSES, "meta_loss", f"must be one of {META_LOSSES}, got {self.meta_loss!r}")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
         require(self.dtype in DTYPES, "dtype", f"must be one of {tuple(DTYPES)}, got {self.dtype!r}")
@@ -239,12 +244,18 @@ class MetaTrainConfig:
         that the run never read (``learned.coordinatewise.*`` of an ``arch: paper`` run whose
         protocol set them for every method, m1's ``coordinatewise.lr`` under ``variant: tele``,
         m2's ``coordinatewise.tele_norm_init`` under ``variant: update``): they did not affect
-        it, and take their defaults here rather than being refused (:func:`inapplicable_options`).
+        it, and take their defaults here rather than being refused (:func:`inapplicable_options`),
+        as does an Adam rate of a net the variant does not have (``lr_teleport`` of an ``update``
+        run, :func:`inapplicable_rates`). Options that moved into a group since (the
+        coordinatewise ``every``, ``gate``, ... into ``ablation``) are moved there.
         """
         learned = data.get("learned")
         if isinstance(learned, dict):
             learned = dict(learned)
             default = LearnedConfig()
+            if isinstance(learned.get("coordinatewise"), dict):
+                learned["coordinatewise"] = move_keys(CoordinatewiseConfig, learned["coordinatewise"],
+                                                      "learned.coordinatewise")
             cw = learned.get("coordinatewise")
             for section, keys, _ in inapplicable_options(learned.get("arch", default.arch),
                                                          learned.get("variant", default.variant),
@@ -252,9 +263,33 @@ class MetaTrainConfig:
                 if keys is None:
                     learned.pop(section, None)
                 elif isinstance(learned.get(section), dict):
-                    learned[section] = {k: v for k, v in learned[section].items() if k not in keys}
+                    learned[section] = drop_options(learned[section], keys)
             data = {**data, "learned": learned}
+            variant = learned.get("variant", default.variant)
+            if variant in VARIANTS:
+                data = {k: v for k, v in data.items()
+                        if k not in dict(inapplicable_rates(LearnedConfig(variant=variant)))}
         return from_dict(cls, data)
+
+
+#: the defaults of the Adam rates of m1 and m2 (those of :class:`MetaTrainConfig`)
+RATE_DEFAULTS = {"lr_update": MetaTrainConfig.lr_update, "lr_teleport": MetaTrainConfig.lr_teleport}
+
+
+def inapplicable_rates(learned: LearnedConfig) -> list[tuple[str, str]]:
+    """``(rate, why)`` of the meta-training Adam rates that a run of ``learned`` does not use: that
+    of m1 (``lr_update``) without a learned update, that of m2 (``lr_teleport``) without an m2
+    (``variant: update``; the ``lr`` variant's m2 writes its step size and is meta-trained at
+    ``lr_teleport`` although it never teleports). Setting one (to anything but its default) is an error."""
+    out = []
+    if learned.local_update != "learned":
+        step = "learned.base" if learned.local_update == "base" else "η g, with the step size that m2 writes"
+        out.append(("lr_update", f"it is the Adam rate of m1, and variant: {learned.variant} has no learned update "
+                    f"(m1): its local step is {step}"))
+    if not learned.uses_m2:
+        out.append(("lr_teleport", f"it is the Adam rate of m2, and variant: {learned.variant} does not teleport "
+                    "(no m2)"))
+    return out
 
 
 def non_symmetric_pairs(task: TaskConfig) -> list[tuple[int, int]]:

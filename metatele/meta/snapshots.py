@@ -11,8 +11,8 @@ later snapshot worse at long horizons than an earlier one. With ``validation.eve
 * every ``every`` meta-steps (and at meta-step 0 and at the end) runs the current meta-parameters
   and their average on validation seeds (training-split tasks that meta-training never draws,
   :func:`metatele.tasks.family.validation_seeds`) for ``steps`` inner steps, and records the mean
-  log10 loss at each of ``at_steps`` together with the meta-step, the wall-clock seconds and the
-  trajectory-steps spent so far;
+  log10 loss at each of ``at_steps`` together with the meta-step, the wall-clock seconds of meta-training
+  (validation not counted) and the trajectory-steps spent so far;
 * keeps the best of those snapshots by :func:`validation_score`.
 
 Everything (the average, the best snapshot, the validation history) is part of the engine's

@@ -38,7 +38,7 @@ class MetaTrainResult:
         skipped_total: meta-steps that taught the meta-parameters nothing (non-finite meta-gradient,
             zeroed, or every trajectory diverged).
         train_seconds: wall-clock seconds of meta-training, summed over every segment of a resumed
-            run (up to the checkpoint each segment was resumed from).
+            run (up to the checkpoint each segment was resumed from); validation is not counted.
         snapshots: the run's validation history, best snapshot and average (``None`` without
             validation).
         device: where it ran.
@@ -184,18 +184,21 @@ def meta_train(
     history: list[dict[str, Any]] = []
     bar = tqdm(total=total, initial=engine.meta_step_count, disable=not progress, desc=f"meta-train {config.learned.variant}",
                unit="meta-step", dynamic_ncols=True)
-    t0, before = perf_counter(), engine.train_seconds  # a resumed engine carries its earlier time
     snapshots = engine.snapshots
     if snapshots is not None and not snapshots.history:  # the untrained optimizer is a candidate too
         snapshots.validate(engine)
+    # a resumed engine carries its earlier time; validation is not meta-training and is not counted
+    t0, before, validating = perf_counter(), engine.train_seconds, 0.0
     try:
         while not engine.done:
             metrics = engine.meta_step()
-            engine.train_seconds = before + perf_counter() - t0
+            engine.train_seconds = before + perf_counter() - t0 - validating
             if budget_spent(config, engine):
                 engine.done = True
             if snapshots is not None:  # average, validation, best snapshot (resumable with the engine)
+                tv = perf_counter()
                 row = snapshots.after_step(engine, slots * metrics["unroll"])
+                validating += perf_counter() - tv
                 if row is not None:
                     metrics.update(validation_metrics(row))
                     bar.set_postfix(val=f"{row['current']['score']:.3f}", best=f"{snapshots.best['score']:.3f}"

@@ -37,10 +37,11 @@ direction is ``Ĝ + s_dir · out`` (the gradient-ascent direction, corrected), i
 ``norm_max · sigmoid(c + mean_ij out') · min(1, ‖∇‖ / ‖∇₀‖)^p``: learned and bounded, starting
 at ``norm_init``, and shrinking with the pair's gradient relative to the trajectory's first step.
 
-A teleport happens on the steps where the trajectory's step count is a multiple of ``every``
-(1: every step); with ``safeguard`` a teleport that would raise a task's loss is not taken
-(a per-task choice on the device, no host sync). Ablations: ``gate: learned`` scales ``T`` by a
-learned gate in (0, 1), ``learn_norm: false`` fixes the norm at ``norm_init`` (times the
+Every step teleports; with ``safeguard`` a teleport that would raise a task's loss is not taken
+(a per-task choice on the device, no host sync). The ablations' switches
+(:class:`CoordinatewiseAblation`, ``coordinatewise.ablation.*``) change this main path:
+``every: k`` teleports only on steps that are multiples of ``k``, ``gate: learned`` scales ``T``
+by a learned gate in (0, 1), ``learn_norm: false`` fixes the norm at ``norm_init`` (times the
 gradient decay), and ``tele_gradient_input: false`` gives m2, in place of ``G``, the teleport
 gradient of a linear network with the same gradients, ``2 (∇Uᵀ ∇U − ∇V ∇Vᵀ)``
 (:func:`linear_teleport_gradient`; no double backward). The bound and safeguard of the local
@@ -50,13 +51,13 @@ update, the teleport's safeguard and the optimizer state at a teleport are in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from ..configs import check_fields, require
+from ..configs import check_fields, from_dict, require
 from ..profiling import FEATURES, M1, phase
 from .coordinate_mlp import coordinate_mlp, heads
 from .lstm import State, flatten, log_space
@@ -84,6 +85,35 @@ GATES = ("every", "learned")
 
 
 @dataclass
+class CoordinatewiseAblation:
+    """Switches of the coordinatewise teleport that only ablations set: each default is the main path.
+
+    Attributes:
+        every: teleport on steps that are multiples of ``every`` (per trajectory; 1: every step).
+        teleport_state: ``keep`` the local update's state (momenta, step count) at a teleport,
+            or ``reset`` it to zero for the trajectories that teleported (bias correction restarts).
+        tele_gradient_input: m2 reads the teleport gradient ``G``; ``False``: it reads the linear
+            network's teleport gradient of the same gradients instead (the ablation without ``G``).
+        gate: ``every`` (the schedule alone) or ``learned`` (``T`` also scaled by a learned
+            per-trajectory gate in (0, 1); a teleport counts as taken where the gate is above ½).
+        learn_norm: m2 learns ``T``'s norm; ``False``: ``tele_norm_init`` (times the gradient decay).
+    """
+
+    every: int = 1
+    teleport_state: str = "keep"
+    tele_gradient_input: bool = True
+    gate: str = "every"
+    learn_norm: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "coordinatewise.ablation")
+        require(self.every >= 1, "coordinatewise.ablation.every", f"must be a positive integer, got {self.every!r}")
+        require(self.teleport_state in TELEPORT_STATES, "coordinatewise.ablation.teleport_state",
+                f"must be one of {TELEPORT_STATES}, got {self.teleport_state!r}")
+        require(self.gate in GATES, "coordinatewise.ablation.gate", f"must be one of {GATES}, got {self.gate!r}")
+
+
+@dataclass
 class CoordinatewiseConfig:
     """Options of the per-coordinate m1 and the equivariant m2 (``learned.arch: coordinatewise``).
 
@@ -97,7 +127,6 @@ class CoordinatewiseConfig:
             norm is multiplied by ``min(1, ‖∇‖ / ‖∇ at step 0‖)`` for the pair's gradients (teleports
             shrink with the gradient as a trajectory converges).
         tele_beta: decay of the running average of the normalised teleport gradient.
-        every: teleport on steps that are multiples of ``every`` (per trajectory).
         time_feature: m1 also reads the trajectory's step count, as ``log10(t) / 3`` (0 at the
             first step, 1 at step 1000). Every other feature is scale-free and the same at any
             point of a trajectory with the same local geometry, so without it m1 cannot learn a
@@ -120,13 +149,9 @@ class CoordinatewiseConfig:
             (the safeguard alone stalls a trajectory whose learned steps have become too large).
             ``None``: no scale (σ = 1). σ is data, carried in the update's state.
         update_regrow: the factor ``σ`` grows by after an accepted update (≥ 1).
-        teleport_state: ``keep`` the local update's state (momenta, step count) at a teleport,
-            or ``reset`` it to zero for the trajectories that teleported (bias correction restarts).
-        tele_gradient_input: m2 reads the teleport gradient ``G``; ``False``: it reads the linear
-            network's teleport gradient of the same gradients instead (the ablation without ``G``).
-        gate: ``every`` (the schedule alone) or ``learned`` (``T`` also scaled by a learned
-            per-trajectory gate in (0, 1); a teleport counts as taken where the gate is above ½).
-        learn_norm: m2 learns ``T``'s norm; ``False``: ``tele_norm_init`` (times the gradient decay).
+        ablation: the switches only ablations set (:class:`CoordinatewiseAblation`: the teleport
+            schedule, a learned gate, a fixed norm, m2 without the teleport gradient, the update's
+            state reset at a teleport); a mapping is accepted.
     """
 
     #: options that were removed, each with the one value a saved config may still hold for it
@@ -134,6 +159,9 @@ class CoordinatewiseConfig:
     REMOVED: ClassVar[dict[str, Any]] = {"tele_direction_scale": 1.0, "tele_gradient_power": 1.0, "beta2": BETA2,
                                          "direction_scale": DIRECTION_SCALE, "betas": BETAS,
                                          "update_bound_floor": UPDATE_BOUND_FLOOR, "update_safeguard_tol": 0.0}
+    #: options that moved into ``ablation``: ``from_dict`` moves them there (configs saved before)
+    MOVED: ClassVar[dict[str, str]] = {k: f"ablation.{k}" for k in ("every", "teleport_state", "tele_gradient_input",
+                                                                     "gate", "learn_norm")}
 
     hidden: int = 32
     layers: int = 2
@@ -143,7 +171,6 @@ class CoordinatewiseConfig:
     tele_norm_init: float = 0.003
     tele_norm_max: float = 0.2
     tele_beta: float = 0.9
-    every: int = 1
     time_feature: bool = False
     safeguard: bool = True
     safeguard_tol: float = 1e-4
@@ -151,12 +178,11 @@ class CoordinatewiseConfig:
     update_safeguard: bool = False
     update_backoff: float | None = None
     update_regrow: float = 1.1
-    teleport_state: str = "keep"
-    tele_gradient_input: bool = True
-    gate: str = "every"
-    learn_norm: bool = True
+    ablation: CoordinatewiseAblation = field(default_factory=CoordinatewiseAblation)
 
     def __post_init__(self) -> None:
+        if isinstance(self.ablation, dict):
+            self.ablation = from_dict(CoordinatewiseAblation, self.ablation, "coordinatewise.ablation")
         check_fields(self, "coordinatewise")
         require(self.hidden >= 1, "coordinatewise.hidden", f"must be ≥ 1, got {self.hidden}")
         require(self.layers >= 1, "coordinatewise.layers", f"must be ≥ 1, got {self.layers}")
@@ -167,8 +193,6 @@ class CoordinatewiseConfig:
                 f"need 0 < tele_norm_init < tele_norm_max, got {self.tele_norm_init}, {self.tele_norm_max}")
         require(0 <= self.tele_beta < 1, "coordinatewise.tele_beta", f"must be in [0, 1), got {self.tele_beta}")
         require(self.safeguard_tol >= 0, "coordinatewise.safeguard_tol", f"must be ≥ 0, got {self.safeguard_tol}")
-        require(isinstance(self.every, int) and self.every >= 1, "coordinatewise.every",
-                f"must be a positive integer, got {self.every!r}")
         require(self.update_bound is None or self.update_bound > 0, "coordinatewise.update_bound",
                 f"must be null or > 0, got {self.update_bound}")
         require(self.update_backoff is None or 0 < self.update_backoff < 1, "coordinatewise.update_backoff",
@@ -176,9 +200,6 @@ class CoordinatewiseConfig:
         require(self.update_backoff is None or self.update_safeguard, "coordinatewise.update_backoff",
                 "shrinks the step where the update safeguard refuses it: it needs update_safeguard: true")
         require(self.update_regrow >= 1, "coordinatewise.update_regrow", f"must be ≥ 1, got {self.update_regrow}")
-        require(self.teleport_state in TELEPORT_STATES, "coordinatewise.teleport_state",
-                f"must be one of {TELEPORT_STATES}, got {self.teleport_state!r}")
-        require(self.gate in GATES, "coordinatewise.gate", f"must be one of {GATES}, got {self.gate!r}")
 
 
 def _per_tensor(x: torch.Tensor, sizes: Sequence[int], fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -332,8 +353,8 @@ class EquivariantTeleport(nn.Module):
     """m2 for pairs of any width: one MLP over the entries ``(i, j)`` of ``[d_m, d_m]`` matrices.
 
     Outputs per entry: a direction correction, a norm logit (averaged over the entries, so it is
-    permutation-invariant), for ``lr+tele`` and ``lr`` a step-size logit and with ``gate: learned`` a gate
-    logit (averaged likewise). State per pair and trajectory: the running average of the
+    permutation-invariant), for ``lr+tele`` and ``lr`` a step-size logit and with ``ablation.gate: learned`` a
+    gate logit (averaged likewise). State per pair and trajectory: the running average of the
     normalised ``G`` ``[1, B, d²]`` and the step count ``[1, B, 1]``.
 
     Args:
@@ -346,7 +367,7 @@ class EquivariantTeleport(nn.Module):
         self.config = config or CoordinatewiseConfig()
         self.lr_range = lr_range
         c = self.config
-        n_out = 2 + int(lr_range is not None) + int(c.gate == "learned")  # the gate is the last output
+        n_out = 2 + int(lr_range is not None) + int(c.ablation.gate == "learned")  # the gate is the last output
         self.net = coordinate_mlp(N_TELEPORT_FEATURES, n_out, c.hidden, c.layers)
         #: the MLP's layout, as :attr:`CoordinateUpdate.features_first`
         self.features_first = True
@@ -369,7 +390,7 @@ class EquivariantTeleport(nn.Module):
 
     def outputs(self, G: torch.Tensor, grad_v: torch.Tensor, grad_u: torch.Tensor, state: State | None) -> TeleportOutput:
         """:meth:`forward` and whether the step teleports (``active``, see :class:`TeleportOutput`)."""
-        cfg = self.config
+        cfg, ablation = self.config, self.config.ablation
         if state is None:
             state = self.initial_state(G)
         B, d = G.shape[0], G.shape[-1]
@@ -388,13 +409,13 @@ class EquivariantTeleport(nn.Module):
         x = pair_features(G, grad_v, grad_u, avg)
         out = heads(self.net, x, self.features_first)  # k outputs [B, d, d]
         direction = Gn + out[0]
-        if cfg.learn_norm:
+        if ablation.learn_norm:
             norm = cfg.tele_norm_max * torch.sigmoid(self.norm_offset + out[1].mean(dim=(1, 2))) * progress
         else:
             norm = cfg.tele_norm_init * progress
-        on = (torch.remainder(t, cfg.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
+        on = (torch.remainder(t, ablation.every) == 0).to(dt)  # teleport on steps 0, k, 2k, ...
         active = on > 0
-        if cfg.gate == "learned":
+        if ablation.gate == "learned":
             gate = torch.sigmoid(GATE_LOGIT + out[-1].mean(dim=(1, 2)))
             on, active = on * gate, active & (gate > 0.5)
         T = normalize_frobenius(direction, norm * on)

@@ -20,7 +20,7 @@ is then exactly ``teleport(W − u, T)`` with the teleport's safeguard):
   and reset (to σ = 1) with the rest of the trajectory's state.
 * ``safeguard`` (the teleport's): a teleport that would raise a task's loss is not taken
   (:func:`safeguarded_teleport`).
-* ``teleport_state: reset``: where a teleport was actually taken (m2's schedule and gate, and
+* ``ablation.teleport_state: reset``: where a teleport was actually taken (m2's schedule and gate, and
   the safeguard), the local update's state (moments and step count) is zeroed, so it restarts at
   the teleported weights with Adam's bias correction; ``keep`` (default) carries it over.
 
@@ -58,11 +58,11 @@ def teleport_outputs(
     active [B] bool)``, ``active`` where some pair teleports (schedule and gate).
 
     Reads the teleport gradient ``G`` (one batched double backward for all pairs, treated as
-    data; with ``tele_gradient_input: false``, :func:`linear_teleport_gradient` and one backward)
+    data; with ``ablation.tele_gradient_input: false``, :func:`linear_teleport_gradient` and one backward)
     and the gradients at ``weights``. ``states`` empty: fresh trajectories.
     """
     with phase(TELEPORT_GRADIENT):
-        if m2.config.tele_gradient_input:
+        if m2.config.ablation.tele_gradient_input:
             G, _, grads = teleport_gradient(weights, X, loss_fn, exact=exact, x_qr=x_qr)
         else:
             with torch.enable_grad():
@@ -89,7 +89,7 @@ def split_step_scale(state: State | None) -> tuple[State | None, torch.Tensor | 
     ``(state, None)`` for a fresh trajectory (``None``) or a state without it.
 
     ``log σ`` rather than ``σ``: a state zeroed for a new trajectory (:meth:`LearnedState.reset`,
-    ``teleport_state: reset``) then restarts at ``σ = 1`` like everything else in it."""
+    ``ablation.teleport_state: reset``) then restarts at ``σ = 1`` like everything else in it."""
     if state is None or state[1].shape[0] < 2:
         return state, None
     return (state[0], state[1][:1]), state[1][1:]
@@ -214,7 +214,7 @@ def stable_step(
     if T:
         new, taken = safeguarded_teleport(new, X, T, loss_fn if config.safeguard else None, exact, x_qr,
                                           config.safeguard_tol, loss)
-        if config.teleport_state == "reset" and update_state is not None:
+        if config.ablation.teleport_state == "reset" and update_state is not None:
             update_state = reset_state(update_state, ~(taken & active))
     if backoff:
         update_state = join_step_scale(update_state, next_step_scale(step_scale, accepted, config.update_backoff,

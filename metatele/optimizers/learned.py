@@ -70,23 +70,44 @@ LSTM_UPDATE_OPTIONS = ("output_scale", "gd_skip", "skip_lr_min", "skip_lr_max")
 #: options of ``learned.coordinatewise`` that only the per-coordinate m1 reads (``hidden`` and
 #: ``layers`` size m2's MLP as well; the ``update_*`` options act on every local update)
 CW_UPDATE_OPTIONS = ("lr", "eps", "magnitude_scale", "time_feature")
-#: options of ``learned.coordinatewise`` that only the teleport reads (m2, its schedule and safeguard)
-CW_TELEPORT_OPTIONS = ("tele_norm_init", "tele_norm_max", "tele_beta", "every", "safeguard", "safeguard_tol",
-                       "teleport_state", "tele_gradient_input", "gate", "learn_norm")
-#: options in :data:`CW_TELEPORT_OPTIONS` that shape what m2 reads (the running average of ``G``, and ``G``
-#: itself or the linear network's): they apply to the ``lr`` variant's m2 too, the others act on ``T`` only
-CW_TELEPORT_INPUT_OPTIONS = ("tele_beta", "tele_gradient_input")
+#: options of ``learned.coordinatewise`` that only the teleport reads (m2 and its safeguard; ``ablation``:
+#: the whole group of the ablations' switches, each of the teleport)
+CW_TELEPORT_OPTIONS = ("tele_norm_init", "tele_norm_max", "tele_beta", "safeguard", "safeguard_tol", "ablation")
+#: options of ``learned.coordinatewise`` that act on the teleport itself (``T``'s norm, schedule, gate, safeguard,
+#: the local update's state at a teleport): the ``lr`` variant's m2 does not read them. Its other options,
+#: ``tele_beta`` and ``ablation.tele_gradient_input``, shape what m2 reads and apply to ``lr`` too
+CW_TELEPORT_ACTION_OPTIONS = ("tele_norm_init", "tele_norm_max", "safeguard", "safeguard_tol", "ablation.every",
+                              "ablation.teleport_state", "ablation.gate", "ablation.learn_norm")
 #: options of ``learned.teleport`` that only the ``lr+tele`` and ``lr`` variants' m2 reads (the step size it writes)
 TELEPORT_STEP_SIZE_OPTIONS = ("emit_lr", "lr_min", "lr_max", "lr_log_space")
 
 Inapplicable = tuple[str, "tuple[str, ...] | None", str]
 
 
+def _names(key: str, keys: tuple[str, ...] | None) -> bool:
+    """Whether ``keys`` (of :func:`inapplicable_options`) name option ``key`` (dotted within a
+    group, ``ablation.gate``): all (``None``), the key itself, or the group it is in."""
+    return keys is None or any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def drop_options(section: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """A section of a saved config (a nested dict) without the options ``keys`` name (:func:`_names`)."""
+    out = {}
+    for k, v in section.items():
+        if _names(k, keys):
+            continue
+        inner = tuple(n.removeprefix(k + ".") for n in keys if n.startswith(k + "."))
+        out[k] = drop_options(v, inner) if inner and isinstance(v, dict) else v
+    return out
+
+
 def inapplicable_options(arch: str, variant: str,
                          coordinatewise: Mapping[str, Any] | None = None) -> list[Inapplicable]:
     """``(section of LearnedConfig, its keys or None for all, why)`` of the options that a run of
     architecture ``arch`` and variant ``variant`` does not read: setting one of them (to anything
-    but its default) is an error (:class:`LearnedConfig`). ``coordinatewise``: the run's
+    but its default) is an error (:class:`LearnedConfig`). A key names an option of the section or
+    a nested group of them (``ablation``), or, dotted, one option of such a group
+    (``ablation.teleport_state``). ``coordinatewise``: the run's
     ``learned.coordinatewise`` values, for the options that depend on another one's value
     (``update_regrow`` only acts with ``update_backoff``)."""
     local = _LOCAL_STEP.get(variant, "learned")
@@ -114,19 +135,18 @@ def inapplicable_options(arch: str, variant: str,
                     "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"))
         out.append(("teleport", ("eps", "learn_eps", "lr_log_space"),
                     "the coordinatewise m2 sets the norm of T with learned.coordinatewise.tele_norm_init, tele_norm_max "
-                    "and learn_norm, and its step size (lr+tele, lr) always in log space; it reads only "
+                    "and ablation.learn_norm, and its step size (lr+tele, lr) always in log space; it reads only "
                     "teleport.exact, lr_min and lr_max"))
         if local != "learned":
             out.append(("coordinatewise", CW_UPDATE_OPTIONS, no_m1))
         if variant == "update":
             out.append(("coordinatewise", CW_TELEPORT_OPTIONS, no_m2))
         if variant == "lr":
-            out.append(("coordinatewise", tuple(k for k in CW_TELEPORT_OPTIONS if k not in CW_TELEPORT_INPUT_OPTIONS),
-                        no_teleport))
+            out.append(("coordinatewise", CW_TELEPORT_ACTION_OPTIONS, no_teleport))
         if local == "lr":
-            out.append(("coordinatewise", ("teleport_state", "update_backoff", "update_regrow"),
+            out.append(("coordinatewise", ("ablation.teleport_state", "update_backoff", "update_regrow"),
                         f"{variant}'s local step η g has no state: none to keep or reset at a teleport "
-                        "(teleport_state), nor to carry update_backoff's step scale"))
+                        "(ablation.teleport_state), nor to carry update_backoff's step scale"))
         if (coordinatewise or {}).get("update_backoff") is None:
             out.append(("coordinatewise", ("update_regrow",), "update_regrow is the factor by which "
                         "update_backoff's step scale grows back, and this run sets no update_backoff"))
@@ -173,7 +193,7 @@ class LearnedConfig:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
         for section, keys, why in inapplicable_options(self.arch, self.variant, vars(self.coordinatewise)):
             value = getattr(self, section)
-            changed = [k for k in changed_fields(value, LEARNED_DEFAULTS[section]) if keys is None or k in keys]
+            changed = [k for k in changed_fields(value, LEARNED_DEFAULTS[section]) if _names(k, keys)]
             # name first what differs from the class's defaults too (a partial learned.base mapping builds
             # on BaselineConfig's, not on Adam at 1e-2): the key the user set
             changed.sort(key=lambda k: k not in changed_fields(value))

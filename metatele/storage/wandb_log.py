@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from .jsonable import to_json
 
@@ -68,6 +67,26 @@ def _settings(mode: str):
     )
 
 
+class DisabledRun:
+    """What :func:`init_run` returns for ``mode='disabled'``: a run that records nothing, so that a
+    run with wandb disabled works where wandb is not installed (wandb itself is not imported)."""
+
+    disabled = True
+    id = None
+
+    def __init__(self) -> None:
+        self.summary: dict[str, Any] = {}
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        """Record nothing."""
+
+    def log_artifact(self, *args: Any, **kwargs: Any) -> None:
+        """Record nothing."""
+
+    def finish(self) -> None:
+        """Nothing to close."""
+
+
 def init_run(
     project: str = "metatele",
     group: str | None = None,
@@ -87,11 +106,14 @@ def init_run(
         dir: the folder under which wandb writes ``wandb/`` (created if missing).
 
     Returns:
-        The ``wandb`` run; call ``run.finish()`` (or use it as a context manager) when done.
+        The ``wandb`` run; call ``run.finish()`` when done. For ``disabled``, a
+        :class:`DisabledRun` (wandb is then not imported).
     """
+    mode = resolve_mode(mode)
+    if mode == "disabled":
+        return DisabledRun()
     import wandb
 
-    mode = resolve_mode(mode)
     if dir is not None:
         Path(dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
@@ -115,7 +137,7 @@ def init_run(
 
 def run_dir(run) -> Path | None:
     """The local folder of a run (``.../wandb/offline-run-*``), ``None`` for a disabled run."""
-    if getattr(run, "disabled", False) or run.settings.mode == "disabled":
+    if getattr(run, "disabled", False) or isinstance(run, DisabledRun) or run.settings.mode == "disabled":
         return None
     sync_dir = run.settings.sync_dir
     return Path(sync_dir) if sync_dir else None
@@ -186,14 +208,16 @@ def log_comparison_group(
         ``{method: run folder}`` and ``"summary"`` → the summary run's folder (``None`` when
         disabled).
     """
-    import wandb
-
     base = _plain(config) if config is not None else {}
     if not isinstance(base, dict):
         raise TypeError(f"config must be a mapping or a config dataclass, got {type(config).__name__}")
     if "summary" in histories:
         raise ValueError("'summary' is reserved for the summary run; rename that method")
     mode = resolve_mode(mode)
+    if mode == "disabled":  # nothing to write (and wandb need not be installed)
+        return {**{method: None for method in histories}, "summary": None}
+    import wandb
+
     dirs: dict[str, Path | None] = {}
     means: dict[str, list[float]] = {}
     for method, history in histories.items():
@@ -234,13 +258,15 @@ def log_checkpoint_artifact(run, path: str | os.PathLike, name: str, metadata: M
     (e.g. its format version, variant, dims, training seeds and payload sha256).
 
     Returns:
-        The logged ``wandb.Artifact``.
+        The logged ``wandb.Artifact`` (``None`` for a :class:`DisabledRun`).
     """
-    import wandb
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint to log not found: {path}")
+    if isinstance(run, DisabledRun):
+        return None
+    import wandb
+
     artifact = wandb.Artifact(name, type="model", metadata=dict(_plain(metadata) or {}))
     if path.is_dir():
         artifact.add_dir(os.fspath(path))

@@ -356,13 +356,14 @@ LEARNED_RUNS = {"learned update": ("update", "train"), "learned update+tele": ("
 
 
 def meta_config(cfg: DigitsStudyConfig, variant: str, objective: str) -> MetaTrainConfig:
-    """The meta-training run of part 4 (training seeds from 1000 on, above the tuning seeds)."""
+    """The meta-training run of part 4 (training seeds from 1000 on, above the tuning seeds); m2's
+    rate ``meta_lr_teleport`` is set for a variant that teleports only."""
+    m2 = {"lr_teleport": cfg.meta_lr_teleport} if variant != "update" else {}
     return MetaTrainConfig.from_dict({
         "task": to_dict(cfg.task), "learned": {"arch": "coordinatewise", "variant": variant},
         "trajectories": cfg.meta_trajectories, "steps": cfg.meta_horizon, "unroll": cfg.meta_unroll,
         "batch_size": cfg.meta_batch, "meta_loss": "mean_log", "lr_update": cfg.meta_lr_update,
-        "lr_teleport": cfg.meta_lr_teleport, "device": "cpu", "meta_objective": objective,
-        "train_seed_start": 1000, "seed": 0,
+        **m2, "device": "cpu", "meta_objective": objective, "train_seed_start": 1000, "seed": 0,
     })
 
 
