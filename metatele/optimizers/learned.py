@@ -13,19 +13,13 @@ Variants (``LearnedConfig.variant``):
   like an LSTM's), so every engine feature (staggered starts, random truncations, resuming at
   any meta-step) and the drop-in optimizer work for it unchanged.
 
-``lr`` is a learned step-size gradient descent built to isolate the teleport: its m2 is the same
-network as ``lr+tele``'s (same outputs, so the same parameters from the same seed: a twin), it
-reads the same inputs, and it writes ``T`` as well, which is never applied. ``lr`` against
-``lr+tele`` (same config, same seeds) therefore differs in one thing only, whether ``T`` is
-taken, as ``update`` against ``update+tele`` does. In particular the coordinatewise m2 of ``lr``
-still reads the teleport gradient ``G`` at ``W_t``: ``G`` is a feature of the weights and data
-(defined whether or not a teleport follows), and dropping it would change the network's
-inputs as well as removing the teleport. Its price is the same as in ``lr+tele``, one batched
-double backward per step; ``learned.coordinatewise.tele_gradient_input: false`` (the linear
-network's ``G``, one backward) applies to both twins alike. What only the teleport's action
-reads does not apply to ``lr`` (:func:`inapplicable_options`): ``T``'s norm, schedule, gate and
-safeguard, and ``teleport.exact`` (``G`` at ``T = 0`` is the same for the exact and the
-first-order action, so that flag changes nothing ``lr`` reads).
+``lr`` isolates the teleport (as ``update`` against ``update+tele``): its m2 is ``lr+tele``'s
+network (the same parameters from the same seed), reading the same inputs and writing ``T`` too,
+never applied. So the coordinatewise ``lr`` still reads the teleport gradient ``G`` (a feature of
+the weights and data), at ``lr+tele``'s price of a double backward per step
+(``ablation.tele_gradient_input: false`` makes both twins cheaper alike). Options of the teleport
+alone do not apply to ``lr`` (:func:`inapplicable_options`), ``teleport.exact`` among them: ``G``
+at ``T = 0`` is the same for the exact and the first-order action.
 
 Architectures (``LearnedConfig.arch``): ``paper``, the paper's full-vector LSTMs (tied to one
 network's sizes), and ``coordinatewise``, a per-coordinate m1 and a permutation-equivariant m2
