@@ -38,7 +38,7 @@ from .meta.engine import DivergenceError
 from .meta.state import STATE_DIR
 from .meta.train import MAX_SKIPPED_SHARE, TrainingFailed
 from .optimizers.baselines import BASELINES
-from .optimizers.learned import ARCHS
+from .optimizers.learned import ARCHS, VARIANTS
 from .release.pretrained import REGISTRY, resolve_checkpoint
 from .storage.container import ContainerError
 from .storage.wandb_log import MODES, resolve_mode
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "batch sizes ('bench', its old name, still works until the next release)", **sub_kw)
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64, 256, 1024],
                    help="batch sizes B to time")
-    p.add_argument("--variant", default="update+tele", choices=["update", "update+tele", "lr+tele", "tele"],
+    p.add_argument("--variant", default="update+tele", choices=list(VARIANTS),
                    help="learned optimizer variant")
     p.add_argument("--hidden", type=positive_int, default=300, help="LSTM hidden units")
     p.add_argument("--unrolls", type=positive_int, default=3, help="timed meta-steps per batch size")

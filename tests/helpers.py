@@ -6,6 +6,7 @@ import os
 import torch
 
 from metatele import BaselineConfig, CoordinatewiseConfig, LearnedConfig
+from metatele.optimizers.learned import TELEPORTING_VARIANTS
 
 
 def tiny(**kw) -> dict:
@@ -25,7 +26,7 @@ def tiny(**kw) -> dict:
         base.setdefault("lr_teleport", 1e-3)
     if base["learned"].get("arch", "paper") == "paper":  # small LSTMs (options of the paper's architecture only)
         base["learned"].setdefault("lstm", {}).setdefault("hidden", 16)
-        if base["learned"]["variant"] != "update":  # m2's option: refused by a run without m2
+        if base["learned"]["variant"] in TELEPORTING_VARIANTS:  # T's norm: refused by a run that never teleports
             base["learned"].setdefault("teleport", {}).setdefault("eps", 0.05)
     return base
 

@@ -147,7 +147,7 @@ def test_m1_gives_the_same_update_to_the_same_coordinate_in_networks_of_differen
 # --- the assembled optimizer -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["update", "update+tele", "lr+tele"])
+@pytest.mark.parametrize("variant", ["update", "update+tele", "lr+tele", "lr"])
 def test_batched_steps_equal_a_loop_over_single_tasks(variant, single):
     task = TaskConfig([6, 6, 8, 4], "gaussian", bias=True)
     opt = LearnedOptimizer(task, LearnedConfig(variant=variant, arch="coordinatewise")).double()
@@ -188,7 +188,7 @@ def test_coordinatewise_batch_meta_gradient_is_mean_of_single_meta_gradients(var
 
 
 def test_every_variant_exists_for_the_coordinatewise_architecture():
-    for variant in ("update", "update+tele", "lr+tele", "tele"):
+    for variant in ("update", "update+tele", "lr+tele", "tele", "lr"):
         eng = UnrollEngine(cw_config(**{"learned.variant": variant}))
         stats = eng.meta_step()
         assert stats["meta_loss"] == stats["meta_loss"]  # finite, not NaN

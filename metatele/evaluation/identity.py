@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from ..optimizers.learned import TELEPORTING_VARIANTS
+
 #: learned variant → the variant of the same learned optimizer without its teleport
 _WITHOUT_TELEPORT = {"update+tele": "update", "lr+tele": "lr"}
 
@@ -25,7 +27,7 @@ class MethodId:
             ``teleport`` sets the line style.
         teleport: whether the method teleports (a learned teleport or a baseline's schedule).
         variant: the learned optimizer's variant (``update``, ``update+tele``, ``lr+tele``,
-            ``tele``); ``None`` for a hand-designed baseline.
+            ``tele``, ``lr``); ``None`` for a hand-designed baseline.
         candidate: the configuration-search candidate (or other tag) the method belongs to.
     """
 
@@ -55,7 +57,7 @@ def learned_id(name: str, variant: str, candidate: str | None = None) -> MethodI
     same optimizer without teleport, ``LSTM(update)`` for ``update+tele`` (with `` [candidate]``)."""
     core = _WITHOUT_TELEPORT.get(variant, variant)
     base = f"LSTM({core})" + (f" [{candidate}]" if candidate else "")
-    return MethodId(name, base, variant != "update", variant, candidate)
+    return MethodId(name, base, variant in TELEPORTING_VARIANTS, variant, candidate)
 
 
 def baseline_id(name: str, teleport: bool = False, base: str | None = None) -> MethodId:

@@ -278,14 +278,15 @@ RATE_DEFAULTS = {"lr_update": MetaTrainConfig.lr_update, "lr_teleport": MetaTrai
 
 def inapplicable_rates(learned: LearnedConfig) -> list[tuple[str, str]]:
     """``(rate, why)`` of the meta-training Adam rates that a run of ``learned`` does not use: that
-    of m1 (``lr_update``) without a learned update, that of m2 (``lr_teleport``) without a
-    teleport. Setting one (to anything but its default) is an error."""
+    of m1 (``lr_update``) without a learned update, that of m2 (``lr_teleport``) without an m2
+    (``variant: update``; the ``lr`` variant's m2 writes its step size and is meta-trained at
+    ``lr_teleport`` although it never teleports). Setting one (to anything but its default) is an error."""
     out = []
     if learned.local_update != "learned":
         step = "learned.base" if learned.local_update == "base" else "η g, with the step size that m2 writes"
         out.append(("lr_update", f"it is the Adam rate of m1, and variant: {learned.variant} has no learned update "
                     f"(m1): its local step is {step}"))
-    if not learned.uses_teleport:
+    if not learned.uses_m2:
         out.append(("lr_teleport", f"it is the Adam rate of m2, and variant: {learned.variant} does not teleport "
                     "(no m2)"))
     return out

@@ -138,7 +138,7 @@ class CoordinatewiseConfig:
         update_bound: bound each coordinate's local update by ``b · s`` (smoothly,
             ``b s tanh(u / (b s))``), ``s`` the RMS of its weight tensor per trajectory
             (``None``: unbounded). Applies to every local update (m1, the ``tele`` variant's
-            base optimizer, ``lr+tele``'s ``η g``) of the coordinatewise architecture, after the
+            base optimizer, ``lr+tele``'s and ``lr``'s ``η g``) of the coordinatewise architecture, after the
             drop-in's group scales.
         update_safeguard: do not take a local update that raises a task's loss (an extra forward
             pass; the update's state still advances, see :mod:`metatele.optimizers.coordinatewise_step`).
@@ -353,8 +353,8 @@ class EquivariantTeleport(nn.Module):
     """m2 for pairs of any width: one MLP over the entries ``(i, j)`` of ``[d_m, d_m]`` matrices.
 
     Outputs per entry: a direction correction, a norm logit (averaged over the entries, so it is
-    permutation-invariant), for ``lr+tele`` a step-size logit and with ``ablation.gate: learned`` a gate
-    logit (averaged likewise). State per pair and trajectory: the running average of the
+    permutation-invariant), for ``lr+tele`` and ``lr`` a step-size logit and with ``ablation.gate: learned`` a
+    gate logit (averaged likewise). State per pair and trajectory: the running average of the
     normalised ``G`` ``[1, B, d²]`` and the step count ``[1, B, 1]``.
 
     Args:

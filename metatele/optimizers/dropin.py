@@ -84,10 +84,11 @@ DEFAULT_BACKOFF = 0.5
 def with_backoff(learned: LearnedOptimizer, backoff: float | None) -> LearnedOptimizer:
     """``learned``, or a copy whose refused updates shrink its step size by ``backoff`` (and regrow
     after accepted ones) when it was trained with the update safeguard but without a backoff:
-    otherwise a refused step is refused again forever and the network stands still."""
+    otherwise a refused step is refused again forever and the network stands still. The ``η g``
+    of ``lr+tele`` and ``lr`` has no state to carry the step scale in: those are returned as they are."""
     cw = learned.config.coordinatewise
     if (backoff is None or learned.config.arch != "coordinatewise" or not cw.update_safeguard
-            or cw.update_backoff is not None):
+            or cw.update_backoff is not None or learned.config.local_update == "lr"):
         return learned
     copy_ = copy.deepcopy(learned)
     copy_.config = replace(learned.config, coordinatewise=replace(cw, update_backoff=backoff))
@@ -164,7 +165,8 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         loss: ``loss(output [n, dL], Y) -> scalar`` on the teleport batch (default: the squared
             error ``½‖output − Yᵀ‖²``).
         backoff: a coordinatewise optimizer trained with the update safeguard (which refuses a
-            local update that would raise the loss) but without a step-size backoff would refuse
+            local update that would raise the loss) but without a step-size backoff (and whose local
+            update has a state to carry it in: not the ``η g`` of ``lr+tele`` or ``lr``) would refuse
             the same step forever on a network where its steps are too large; the drop-in then
             multiplies its step size by ``backoff`` at each refusal and regrows it after accepted
             steps (``coordinatewise.update_backoff``). ``None`` keeps the optimizer exactly as
@@ -203,8 +205,9 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             if self.layers[i][0].shape[1] != self.layers[i - 1][0].shape[0]:
                 raise ValueError(f"layer {i} has input width {self.layers[i][0].shape[1]} but layer {i - 1} "
                                  f"has {self.layers[i - 1][0].shape[0]} outputs")
-        if learned.config.uses_teleport and len(self.layers) < 2:
-            raise ValueError("a teleporting optimizer needs at least two Linear layers")
+        if learned.config.uses_m2 and len(self.layers) < 2:
+            raise ValueError(f"variant {learned.config.variant!r} has an m2, which reads (and teleports) pairs of "
+                             "consecutive layers: it needs at least two Linear layers")
         self.X: torch.Tensor | None = None
         self.Y, self.loss = Y, loss
         self._x_qr: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -295,7 +298,7 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
         if Y is not None:
             self.Y = Y
         weights = self._stacked(lambda p: p)
-        self._x_qr = input_qr(weights, self.X) if self.learned.config.uses_teleport else None
+        self._x_qr = input_qr(weights, self.X) if self.learned.config.uses_m2 else None
         bad = non_symmetric_pairs(weights, self.X)
         if self.learned.config.uses_teleport and bad and not self._warned:
             self._warned = True
@@ -378,9 +381,10 @@ class LearnedTeleportOptimizer(torch.optim.Optimizer):
             raise RuntimeError(f"parameters {missing} have no gradient; call loss.backward() or pass a closure")
         cw = self.learned.config.arch == "coordinatewise"
         loss_fn = self._loss_fn()
-        if cw and self.learned.config.uses_teleport and loss_fn is None:
-            raise ValueError("a teleporting coordinatewise optimizer reads the teleport gradient: give the targets "
-                             "Y of the teleport batch (LearnedTeleportOptimizer(..., X=X, Y=Y) or set_data(X, Y))")
+        if cw and self.learned.config.uses_m2 and loss_fn is None:
+            raise ValueError(f"the coordinatewise {self.learned.config.variant} optimizer's m2 reads the teleport "
+                             "gradient: give the targets Y of the teleport batch (LearnedTeleportOptimizer(..., X=X, "
+                             "Y=Y) or set_data(X, Y))")
         with torch.no_grad():
             weights = self._stacked(lambda p: p)
             grads = self._stacked(lambda p: p.grad)

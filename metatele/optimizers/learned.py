@@ -5,12 +5,21 @@ Variants (``LearnedConfig.variant``):
 * ``update``: ``W ← W − m1(g)``.
 * ``update+tele``: ``W ← teleport(W − m1(g), T)`` with ``T = m2(g)``.
 * ``lr+tele``: ``W ← teleport(W − η g, T)`` with ``(T, η) = m2(g)``.
+* ``lr``: ``W ← W − η g`` with ``(T, η) = m2(g)``: ``lr+tele``'s teleport-free twin (see below).
 * ``tele``: ``W ← teleport(W − base(g), T)``: a hand-designed optimizer (``base``, e.g. a tuned
   Adam) takes the local step in place of m1, and m2 teleports after it. It is the same
   composition as ``update+tele`` with a fixed, hand-designed m1
   (:class:`~metatele.optimizers.baselines.HandDesignedUpdate`, whose state is per trajectory
   like an LSTM's), so every engine feature (staggered starts, random truncations, resuming at
   any meta-step) and the drop-in optimizer work for it unchanged.
+
+``lr`` isolates the teleport (as ``update`` against ``update+tele``): its m2 is ``lr+tele``'s
+network (the same parameters from the same seed), reading the same inputs and writing ``T`` too,
+never applied. So the coordinatewise ``lr`` still reads the teleport gradient ``G`` (a feature of
+the weights and data), at ``lr+tele``'s price of a double backward per step
+(``ablation.tele_gradient_input: false`` makes both twins cheaper alike). Options of the teleport
+alone do not apply to ``lr`` (:func:`inapplicable_options`), ``teleport.exact`` among them: ``G``
+at ``T = 0`` is the same for the exact and the first-order action.
 
 Architectures (``LearnedConfig.arch``): ``paper``, the paper's full-vector LSTMs (tied to one
 network's sizes), and ``coordinatewise``, a per-coordinate m1 and a permutation-equivariant m2
@@ -41,7 +50,11 @@ from ..tasks.family import TaskConfig
 from ..symmetry.teleport_grad import LossFn
 from ..profiling import INNER_LOSS, phase
 
-VARIANTS = ("update", "update+tele", "lr+tele", "tele")
+VARIANTS = ("update", "update+tele", "lr+tele", "tele", "lr")
+#: the variants that teleport (``lr`` has an m2 too, but only its step size is used)
+TELEPORTING_VARIANTS = ("update+tele", "lr+tele", "tele")
+#: variant → where its local step comes from, when not from m1 (:attr:`LearnedConfig.local_update`)
+_LOCAL_STEP = {"tele": "base", "lr+tele": "lr", "lr": "lr"}
 ARCHS = ("paper", "coordinatewise")
 
 
@@ -54,7 +67,12 @@ CW_UPDATE_OPTIONS = ("lr", "eps", "magnitude_scale", "time_feature")
 #: options of ``learned.coordinatewise`` that only the teleport reads (m2 and its safeguard; ``ablation``:
 #: the whole group of the ablations' switches, each of the teleport)
 CW_TELEPORT_OPTIONS = ("tele_norm_init", "tele_norm_max", "tele_beta", "safeguard", "safeguard_tol", "ablation")
-#: options of ``learned.teleport`` that only the ``lr+tele`` variant's m2 reads (the step size it writes)
+#: options of ``learned.coordinatewise`` that act on the teleport itself (``T``'s norm, schedule, gate, safeguard,
+#: the local update's state at a teleport): the ``lr`` variant's m2 does not read them. Its other options,
+#: ``tele_beta`` and ``ablation.tele_gradient_input``, shape what m2 reads and apply to ``lr`` too
+CW_TELEPORT_ACTION_OPTIONS = ("tele_norm_init", "tele_norm_max", "safeguard", "safeguard_tol", "ablation.every",
+                              "ablation.teleport_state", "ablation.gate", "ablation.learn_norm")
+#: options of ``learned.teleport`` that only the ``lr+tele`` and ``lr`` variants' m2 reads (the step size it writes)
 TELEPORT_STEP_SIZE_OPTIONS = ("emit_lr", "lr_min", "lr_max", "lr_log_space")
 
 Inapplicable = tuple[str, "tuple[str, ...] | None", str]
@@ -86,7 +104,7 @@ def inapplicable_options(arch: str, variant: str,
     (``ablation.teleport_state``). ``coordinatewise``: the run's
     ``learned.coordinatewise`` values, for the options that depend on another one's value
     (``update_regrow`` only acts with ``update_backoff``)."""
-    local = {"tele": "base", "lr+tele": "lr"}.get(variant, "learned")
+    local = _LOCAL_STEP.get(variant, "learned")
     step = {"base": "learned.base, a hand-designed optimizer", "lr": "η g, with the step size η that m2 writes",
             "learned": "m1, a learned update"}[local]
     out: list[Inapplicable] = []
@@ -95,25 +113,33 @@ def inapplicable_options(arch: str, variant: str,
                     f"step of variant: {variant} is {step}"))
     no_m1 = f"variant: {variant} has no learned update (m1): its local step is {step}, and this option is m1's"
     no_m2 = "variant: update does not teleport (no m2), and this option is the teleport's"
+    no_teleport = ("variant: lr never teleports (its m2 writes only the step size η; the T it also writes is "
+                   "never applied), and this option acts on the teleport itself")
     if variant == "update":
         out.append(("teleport", None, no_m2))
-    elif variant != "lr+tele":
+    elif local != "lr":
         out.append(("teleport", TELEPORT_STEP_SIZE_OPTIONS, f"only the lr+tele variant's m2 writes a step size "
-                    f"(the local step of variant: {variant} is {step})"))
+                    f"(and that of lr, its twin without the teleport; the local step of variant: {variant} is {step})"))
+    if variant == "lr":
+        out.append(("teleport", ("eps", "learn_eps"), no_teleport))
+        out.append(("teleport", ("exact",), no_teleport + " (the teleport gradient that the coordinatewise m2 "
+                    "reads is the same for the exact and the first-order action)"))
     if arch == "coordinatewise":
         out.append(("lstm", None,
                     "arch: coordinatewise has no LSTMs (its m1 and m2 are set by learned.coordinatewise.*)"))
         out.append(("teleport", ("eps", "learn_eps", "lr_log_space"),
                     "the coordinatewise m2 sets the norm of T with learned.coordinatewise.tele_norm_init, tele_norm_max "
-                    "and ablation.learn_norm, and its step size (lr+tele) always in log space; it reads only teleport.exact, "
-                    "lr_min and lr_max"))
+                    "and ablation.learn_norm, and its step size (lr+tele, lr) always in log space; it reads only "
+                    "teleport.exact, lr_min and lr_max"))
         if local != "learned":
             out.append(("coordinatewise", CW_UPDATE_OPTIONS, no_m1))
         if variant == "update":
             out.append(("coordinatewise", CW_TELEPORT_OPTIONS, no_m2))
+        if variant == "lr":
+            out.append(("coordinatewise", CW_TELEPORT_ACTION_OPTIONS, no_teleport))
         if local == "lr":
             out.append(("coordinatewise", ("ablation.teleport_state", "update_backoff", "update_regrow"),
-                        "lr+tele's local step η g has no state: none to keep or reset at a teleport "
+                        f"{variant}'s local step η g has no state: none to keep or reset at a teleport "
                         "(ablation.teleport_state), nor to carry update_backoff's step scale"))
         if (coordinatewise or {}).get("update_backoff") is None:
             out.append(("coordinatewise", ("update_regrow",), "update_regrow is the factor by which "
@@ -131,7 +157,8 @@ class LearnedConfig:
     """Which learned optimizer to build.
 
     Attributes:
-        variant: ``update``, ``update+tele``, ``lr+tele`` or ``tele``.
+        variant: ``update``, ``update+tele``, ``lr+tele``, ``tele`` or ``lr`` (a learned step-size
+            GD, lr+tele without the teleport).
         lstm: sizes and options of the LSTMs.
         teleport: m2 options (ε, step-size range, exact or first-order action).
         base: the hand-designed optimizer under a ``tele`` variant.
@@ -156,7 +183,7 @@ class LearnedConfig:
         check_fields(self, "learned")
         require(self.variant in VARIANTS, "learned.variant", f"must be one of {VARIANTS}, got {self.variant!r}")
         require(self.arch in ARCHS, "learned.arch", f"must be one of {ARCHS}, got {self.arch!r}")
-        if self.variant == "lr+tele" and not self.teleport.emit_lr:
+        if self.local_update == "lr" and not self.teleport.emit_lr:
             self.teleport = TeleportConfig(**{**self.teleport.__dict__, "emit_lr": True})
         for section, keys, why in inapplicable_options(self.arch, self.variant, vars(self.coordinatewise)):
             value = getattr(self, section)
@@ -181,11 +208,17 @@ class LearnedConfig:
     @property
     def local_update(self) -> str:
         """Where the local step comes from: ``learned`` (m1), ``base`` (the hand-designed
-        ``base`` optimizer, ``tele``) or ``lr`` (``η g`` with m2's step size, ``lr+tele``)."""
-        return {"tele": "base", "lr+tele": "lr"}.get(self.variant, "learned")
+        ``base`` optimizer, ``tele``) or ``lr`` (``η g`` with m2's step size, ``lr+tele`` and ``lr``)."""
+        return _LOCAL_STEP.get(self.variant, "learned")
 
     @property
     def uses_teleport(self) -> bool:
+        """The optimizer teleports: ``update+tele``, ``lr+tele`` and ``tele``."""
+        return self.variant in TELEPORTING_VARIANTS
+
+    @property
+    def uses_m2(self) -> bool:
+        """The optimizer has an m2: every variant but ``update`` (``lr``'s m2 writes its step size)."""
         return self.variant != "update"
 
 
@@ -234,15 +267,15 @@ class LearnedOptimizer(nn.Module):
         if self.config.arch == "coordinatewise":  # one shared m1 and one shared m2, for any network
             cw, tele = self.config.coordinatewise, self.config.teleport
             self.update = CoordinateUpdate(cw) if local == "learned" else None
-            lr_range = (tele.lr_min, tele.lr_max) if self.config.variant == "lr+tele" else None
-            self.teleports = nn.ModuleList([EquivariantTeleport(cw, lr_range)] if self.config.uses_teleport else [])
+            lr_range = (tele.lr_min, tele.lr_max) if local == "lr" else None
+            self.teleports = nn.ModuleList([EquivariantTeleport(cw, lr_range)] if self.config.uses_m2 else [])
         else:
             self.update = UpdateLSTM(shapes, self.config.lstm) if local == "learned" else None
             self.teleports = nn.ModuleList(
                 TeleportLSTM(shapes[m], shapes[m + 1], self.config.lstm, self.config.teleport)
                 for m in range(len(shapes) - 1)
-            ) if self.config.uses_teleport else nn.ModuleList()
-            if self.config.uses_teleport and len(shapes) < 2:
+            ) if self.config.uses_m2 else nn.ModuleList()
+            if self.config.uses_m2 and len(shapes) < 2:
                 raise ValueError(f"variant {self.config.variant!r} needs at least two weight matrices, dims={task.dims}")
         if local == "base":  # the tele variant: a hand-designed local step, no meta-parameters
             self.update = HandDesignedUpdate(self.config.base)
@@ -311,15 +344,17 @@ class LearnedOptimizer(nn.Module):
         cfg = self.config
         coordinatewise = cfg.arch == "coordinatewise"
         T, lrs, tele_states, active = [], [], [], None
-        if cfg.uses_teleport and coordinatewise:  # m2 reads the teleport gradient at W_t
+        if cfg.uses_m2 and coordinatewise:  # m2 reads the teleport gradient at W_t
             if loss_fn is None:
                 raise ValueError(f"the coordinatewise {cfg.variant!r} optimizer needs loss_fn for its teleport gradient")
             T, lrs, tele_states, active = teleport_outputs(self.teleports[0], weights, X, loss_fn, state.teleport,
                                                            cfg.teleport.exact, x_qr, self._hooked)
-        elif cfg.uses_teleport:
+        elif cfg.uses_m2:
             T, lrs, tele_states = self._teleport_outputs(grads, state)
+        if not cfg.uses_teleport:  # lr: m2 ran as in lr+tele, only its step size is used
+            T, active = [], None
         update_state, step_scale = split_step_scale(state.update) if coordinatewise else (state.update, None)
-        if self.update is None:  # lr+tele: η g with m2's step size, the geometric mean over pairs
+        if self.update is None:  # lr+tele, lr: η g with m2's step size, the geometric mean over pairs
             eta = torch.exp(torch.stack(lrs).log().mean(0)).view(-1, 1, 1)
             steps = [eta.to(g.dtype) * g for g in grads]
         elif isinstance(self.update, UpdateLSTM):
@@ -396,7 +431,7 @@ class LearnedStepper:
                  minibatches: MinibatchSampler | None = None) -> None:
         self.opt, self.X, self.Y = opt, X, Y
         self.minibatches, self.t = minibatches, 0
-        self.x_qr = input_qr(weights, opt.teleport_data(X)) if opt.config.uses_teleport else None
+        self.x_qr = input_qr(weights, opt.teleport_data(X)) if opt.config.uses_m2 else None
         p = next(opt.parameters())
         self.state = opt.initial_state(X.shape[0], X.device, p.dtype)
 

@@ -206,7 +206,7 @@ class TeleportConfig:
             (those are ``base.eps`` and ``coordinatewise.eps``).
         learn_eps: let m2 scale ``T`` by ``eps · 2·sigmoid(z)`` (``z`` an extra output), i.e. a
             learned magnitude in ``(0, 2 eps)`` instead of the fixed ``eps``.
-        emit_lr: also write a step size for gradient descent (the ``lr+tele`` variant).
+        emit_lr: also write a step size for gradient descent (the ``lr+tele`` and ``lr`` variants).
         lr_min, lr_max: the step-size range (paper: clamp to ``[1e-7, 5e-3]``).
         lr_log_space: parameterise the step size as ``exp`` of a sigmoid-squashed log, so it
             cannot collapse onto the clamp (off: the paper's hard clamp).

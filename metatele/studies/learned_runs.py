@@ -49,7 +49,7 @@ class Job:
         c = self.config
         if self.pretrained:
             return 1.0  # evaluation only
-        return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_teleport) * (1 + c.second_order)
+        return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_m2) * (1 + c.second_order)
 
     @property
     def key(self) -> str:

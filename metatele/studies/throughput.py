@@ -86,7 +86,7 @@ def measure(batch_size: int, variant: str = "update+tele", hidden: int = 300, un
     seconds = time.perf_counter() - t0
     steps = batch_size * unroll * unrolls
     share = None
-    if arch == "coordinatewise" and config.learned.uses_teleport:
+    if arch == "coordinatewise" and config.learned.uses_m2:  # m2 reads the teleport gradient
         share = unroll * teleport_gradient_seconds(engine) / (seconds / unrolls)
     return {"batch_size": batch_size, "seconds": seconds, "trajectory_steps": steps,
             "trajectory_steps_per_s": steps / seconds, "device": str(engine.device),
