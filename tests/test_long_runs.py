@@ -17,7 +17,7 @@ from metatele.meta.config import MetaTrainConfig
 from metatele.meta import snapshots as snap_mod
 from metatele.meta.mixture import MixtureEngine, build_engine
 from metatele.meta.state import load_training_state
-from metatele.meta.train import meta_train
+from metatele.meta.train import TrainingFailed, failure, meta_train
 from metatele.tasks.family import TaskConfig
 from metatele.tasks.mixture import TaskMix, architecture_key
 
@@ -179,6 +179,32 @@ def test_mixture_groups_take_turns_on_disjoint_seeds_with_one_adam_state():
     assert all(e.meta_opt is engine.meta_opt for e in engine.groups)
     step = next(iter(engine.meta_opt.state.values()))["step"]
     assert int(step) == 8  # every meta-step updated the one shared Adam state
+
+
+def test_a_mixture_is_all_dead_only_when_its_last_meta_steps_were():
+    """One architecture whose every trajectory diverges (simulated on its own counter) does not
+    make a mixture run that ends on a healthy group 'end while every trajectory was diverging';
+    the streak counts the mixture's last meta-steps, and resets on a finite one."""
+    def dead_on_every_step(engine):
+        step = engine.meta_step
+
+        def wrapped():
+            metrics = step()
+            engine.all_dead_streak += 1  # as if each of its meta-steps had no finite trajectory
+            return metrics
+        engine.meta_step = wrapped
+
+    for steps, expected in ((9, 0), (8, 1)):  # the 9th meta-step is group 2's, the 8th group 1's
+        cfg = mixture(**{"validation.every": 0, "max_meta_steps": steps})
+        engine = build_engine(cfg)
+        dead_on_every_step(engine.groups[1])
+        if expected:  # the run did end on a meta-step with no finite trajectory: it fails
+            with pytest.raises(TrainingFailed, match="ended while every trajectory was diverging"):
+                meta_train(cfg, progress=False, engine=engine)
+        else:
+            meta_train(cfg, progress=False, engine=engine)
+        assert engine.groups[1].all_dead_streak == 1 and engine.all_dead_streak == expected
+        assert (failure(engine) is None) == (expected == 0)
 
 
 def test_a_mixture_run_resumes_bit_for_bit(tmp_path):

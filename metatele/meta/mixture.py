@@ -24,7 +24,7 @@ from ..configs import ConfigError
 from ..optimizers.learned import LearnedOptimizer
 from ..tasks.family import TaskConfig
 from .config import MetaTrainConfig, resolve_device
-from .engine import UnrollEngine
+from .engine import DivergenceError, UnrollEngine
 from .schedules import seed_end
 from .snapshots import Snapshots, ValidationConfig
 
@@ -37,7 +37,7 @@ class MixtureEngine:
         device: overrides ``config.device``.
     """
 
-    COUNTERS = ("meta_step_count", "diverged_total", "train_seconds", "done", "next_seed")
+    COUNTERS = ("meta_step_count", "diverged_total", "train_seconds", "done", "next_seed", "dead_streak")
 
     def __init__(self, config: MetaTrainConfig, device: torch.device | str | None = None) -> None:
         if config.mix is None:
@@ -61,6 +61,7 @@ class MixtureEngine:
         self.B, self.rank, self.world_size = config.batch_size, 0, 1
         self.meta_step_count = 0
         self.diverged_total = 0
+        self.dead_streak = 0  # the mixture's last meta-steps in a row with no finite trajectory
         self.train_seconds = 0.0
         self.done = False
         self.next_seed = config.train_seed_start
@@ -79,7 +80,10 @@ class MixtureEngine:
 
     @property
     def all_dead_streak(self) -> int:
-        return max(e.all_dead_streak for e in self.groups)
+        """The mixture's most recent meta-steps in a row in which every trajectory of the stepping
+        group diverged (0 after a meta-step with a finite one). One group's own streak counts its
+        own meta-steps only, so it says nothing of the mixture's last meta-step."""
+        return self.dead_streak
 
     @property
     def skipped_total(self) -> int:
@@ -95,7 +99,12 @@ class MixtureEngine:
         g = self.meta_step_count % len(self.groups)
         engine = self.groups[g]
         self.optimizer.output_hook = engine._mask_dead  # the hook masks this group's diverged rows
-        metrics = engine.meta_step()
+        try:
+            metrics = engine.meta_step()
+        except DivergenceError as e:  # name the architecture, and the mixture's meta-step
+            raise DivergenceError(f"architecture {self.architectures[g].dims} (group {g} of the mixture, its "
+                                  f"meta-step {self.meta_step_count + 1}): {e}") from None
+        self.dead_streak = self.dead_streak + 1 if engine.all_dead_streak else 0
         self.meta_step_count += 1
         self.diverged_total = sum(e.diverged_total for e in self.groups)
         start = self.config.train_seed_start
