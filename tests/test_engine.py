@@ -79,6 +79,23 @@ def test_nan_gradient_from_one_task_does_not_reach_meta_parameters():
     assert all(torch.isfinite(p.grad).all() for p in eng.meta_parameters)
 
 
+@pytest.mark.parametrize("options", [
+    {"learned.lstm.input_norm": "rms"},  # a diverging row reads inf / inf = NaN
+    {"learned.lstm.gd_skip": True},  # its update multiplies the row's non-finite gradient
+    {"second_order": True, "learned.lstm.input_norm": "rms"},
+], ids=["rms", "gd_skip", "rms-second-order"])
+def test_a_diverging_row_does_not_poison_the_lstms_meta_gradient(options):
+    """The engine masks a diverged trajectory's rows; whatever the LSTMs' input transform or the
+    factor their output is multiplied by, its non-finite values must not turn the masked zeros
+    into NaN in the shared weights' gradient (they did with rms and gd_skip)."""
+    eng = UnrollEngine(small_config(**options))
+    eng.trajectories.W[0][2] = eng.trajectories.W[0][2] * 1e30  # task 2 overflows within the unroll
+    alive = eng.compute_meta_gradient().alive
+    assert not alive[2] and alive.sum() == len(alive) - 1
+    assert all(torch.isfinite(p.grad).all() for p in eng.meta_parameters)
+    assert any(p.grad.abs().sum() > 0 for p in eng.meta_parameters)  # the live rows still teach
+
+
 def test_all_trajectories_diverging_stops_with_clear_message():
     eng = UnrollEngine(small_config(trajectories=1000, diverge_patience=2))
     before = [p.detach().clone() for p in eng.meta_parameters]

@@ -7,19 +7,13 @@ Variants (``LearnedConfig.variant``):
 * ``lr+tele``: ``W ← teleport(W − η g, T)`` with ``(T, η) = m2(g)``.
 * ``lr``: ``W ← W − η g`` with ``(T, η) = m2(g)``: ``lr+tele``'s teleport-free twin (see below).
 * ``tele``: ``W ← teleport(W − base(g), T)``: a hand-designed optimizer (``base``, e.g. a tuned
-  Adam) takes the local step in place of m1, and m2 teleports after it. It is the same
-  composition as ``update+tele`` with a fixed, hand-designed m1
-  (:class:`~metatele.optimizers.baselines.HandDesignedUpdate`, whose state is per trajectory
-  like an LSTM's), so every engine feature (staggered starts, random truncations, resuming at
-  any meta-step) and the drop-in optimizer work for it unchanged.
+  Adam, :class:`~metatele.optimizers.baselines.HandDesignedUpdate`) in m1's place, so every engine
+  feature and the drop-in work for it unchanged.
 
 ``lr`` isolates the teleport (as ``update`` against ``update+tele``): its m2 is ``lr+tele``'s
-network (the same parameters from the same seed), reading the same inputs and writing ``T`` too,
-never applied. So the coordinatewise ``lr`` still reads the teleport gradient ``G`` (a feature of
-the weights and data), at ``lr+tele``'s price of a double backward per step
-(``ablation.tele_gradient_input: false`` makes both twins cheaper alike). Options of the teleport
-alone do not apply to ``lr`` (:func:`inapplicable_options`), ``teleport.exact`` among them: ``G``
-at ``T = 0`` is the same for the exact and the first-order action.
+network (same parameters from the same seed, same inputs, the teleport gradient ``G`` included, at
+``lr+tele``'s price of a double backward), with ``T`` never applied. Options of the teleport alone,
+``teleport.exact`` among them (``G`` at ``T = 0`` is the same for both actions), do not apply to it.
 
 Architectures (``LearnedConfig.arch``): ``paper``, the paper's full-vector LSTMs (tied to one
 network's sizes), and ``coordinatewise``, a per-coordinate m1 and a permutation-equivariant m2
@@ -42,7 +36,7 @@ from .baselines import BaselineConfig, HandDesignedUpdate
 from ..configs import changed_fields, check_fields, require
 from .coordinatewise import CoordinatewiseConfig, CoordinateUpdate, EquivariantTeleport, sanitize
 from .coordinatewise_step import split_step_scale, stable_step, teleport_outputs
-from .lstm import LSTMConfig, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
+from .lstm import LSTMConfig, LSTMStack, State, TeleportConfig, TeleportLSTM, UpdateLSTM, reset_state
 from ..tasks.mlp import grad_norm_sq, loss_and_grads
 from ..symmetry.action import input_qr, teleport
 from ..tasks.digits import MinibatchSampler
@@ -261,9 +255,8 @@ class LearnedOptimizer(nn.Module):
         super().__init__()
         self.task = task
         self.config = config or LearnedConfig()
-        shapes = task.weight_shapes
-        self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
-        local = self.config.local_update
+        shapes, local = task.weight_shapes, self.config.local_update
+        self._output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
         if self.config.arch == "coordinatewise":  # one shared m1 and one shared m2, for any network
             cw, tele = self.config.coordinatewise, self.config.teleport
             self.update = CoordinateUpdate(cw) if local == "learned" else None
@@ -296,6 +289,18 @@ class LearnedOptimizer(nn.Module):
             self.update.initial_state(batch_size, device, dtype) if isinstance(self.update, UpdateLSTM) else None,
             [m2.initial_state(batch_size, device, dtype) for m2 in self.teleports],
         )
+
+    @property
+    def output_hook(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Gradient hook on every network output (the engine's mask), also on the LSTMs' raw ones."""
+        return self._output_hook
+
+    @output_hook.setter
+    def output_hook(self, hook: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self._output_hook = hook
+        for module in self.modules():
+            if isinstance(module, LSTMStack):
+                module.output_hook = hook
 
     # -- one step ----------------------------------------------------------------------------
     def _hooked(self, t: torch.Tensor) -> torch.Tensor:

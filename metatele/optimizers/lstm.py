@@ -94,7 +94,10 @@ class LSTMConfig:
             x = preprocess_gradients(x)
         if scale is not None:
             x = torch.cat([x, scale.log() / 10], dim=1)
-        return x, scale
+        # a non-finite input (a diverging trajectory's gradient, or inf / inf under rms) would make
+        # the cells' backward 0 · NaN for the whole weight gradient, although the engine masks the
+        # row: read 0 there instead. Finite inputs are unchanged, bit for bit.
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), scale
 
 
 def preprocess_gradients(x: torch.Tensor, p: float = 10.0) -> torch.Tensor:
@@ -135,6 +138,10 @@ class LSTMStack(nn.Module):
             nn.LSTMCell(input_size if i == 0 else hidden, hidden) for i in range(layers)
         )
         self.head = nn.Linear(hidden, output_size)
+        #: gradient hook on the head's output (set by :class:`~metatele.optimizers.learned.LearnedOptimizer`
+        #: from its ``output_hook``): the meta-training engine zeroes diverged trajectories' rows there,
+        #: before a row's non-finite factor (an RMS scale, a gradient) can turn a zero into a NaN
+        self.output_hook: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero state: ``(h, c)``, each ``[layers, B, hidden]``."""
@@ -151,7 +158,10 @@ class LSTMStack(nn.Module):
             hs.append(h)
             cs.append(c)
             inp = h
-        return self.head(inp), (torch.stack(hs), torch.stack(cs))
+        out = self.head(inp)
+        if self.output_hook is not None and out.requires_grad:
+            out.register_hook(self.output_hook)
+        return out, (torch.stack(hs), torch.stack(cs))
 
 
 def reset_state(state: State, keep: torch.Tensor) -> State:
