@@ -2,9 +2,10 @@
 # The estimator comparison at equal meta-training time (experiments/estimators/README.md): every
 # candidate config in this folder, for each meta-seed, meta-trained for SECONDS of wall-clock time
 # (validation not counted) in its own one-thread process, all at once (one core each: run it on a
-# machine with at least as many cores as processes, 10 here).
+# machine with at least as many cores as processes: 6 configs × 2 meta-seeds = 12 by default).
+# All three positional arguments come before any --set.
 #
-#   experiments/estimators/run.sh OUT [SECONDS=240] [META_SEEDS="0 1"] [--set KEY=VALUE ...]
+#   experiments/estimators/run.sh OUT [SECONDS=240] [META_SEEDS="0 1"] [--set KEY=VALUE ...]   (--set needs all three before it)
 #   python experiments/estimators/curves.py OUT      # the table and the figure
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
