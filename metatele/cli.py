@@ -399,8 +399,8 @@ def train_distributed_main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
     try:
         config = commands.train_config(args)
-        resolve_mode(args.wandb)
-        if rank == "0":  # wandb's slow import before the group forms, so that no rank waits on it
+        # wandb's slow import before the group forms, so that no rank waits on it (none when disabled)
+        if rank == "0" and resolve_mode(args.wandb) != "disabled":
             importlib.import_module("wandb")
         save = functools.partial(train_and_save, out=args.out, wandb_mode=args.wandb, project=args.project,
                                  group=args.group, progress=not args.no_progress,

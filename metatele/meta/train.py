@@ -38,7 +38,8 @@ class MetaTrainResult:
         skipped_total: meta-steps that taught the meta-parameters nothing (non-finite meta-gradient,
             zeroed, or every trajectory diverged).
         train_seconds: wall-clock seconds of meta-training, summed over every segment of a resumed
-            run (up to the checkpoint each segment was resumed from); validation is not counted.
+            run (up to the checkpoint each segment was resumed from); validation and the callback (logging,
+            figures, checkpoints) are not counted.
         snapshots: the run's validation history, best snapshot and average (``None`` without
             validation).
         device: where it ran.
@@ -187,7 +188,7 @@ def meta_train(
     snapshots = engine.snapshots
     if snapshots is not None and not snapshots.history:  # the untrained optimizer is a candidate too
         snapshots.validate(engine)
-    # a resumed engine carries its earlier time; validation is not meta-training and is not counted
+    # a resumed engine carries its earlier time; validation and the callback are not meta-training
     t0, before, validating = perf_counter(), engine.train_seconds, 0.0
     try:
         while not engine.done:
@@ -204,8 +205,10 @@ def meta_train(
                     bar.set_postfix(val=f"{row['current']['score']:.3f}", best=f"{snapshots.best['score']:.3f}"
                                     if snapshots.best else "-")
             history.append(metrics)
-            if callback is not None:
+            if callback is not None:  # logging, figures, checkpoints: not meta-training either
+                tc = perf_counter()
                 callback(engine, metrics)
+                validating += perf_counter() - tc
             bar.update(1)
             if engine.meta_step_count % config.log_every == 0:
                 loss = metrics["mean_log10_loss"]

@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from .jsonable import to_json
 
 MODES = ("online", "offline", "disabled")
@@ -137,7 +136,7 @@ def init_run(
 
 def run_dir(run) -> Path | None:
     """The local folder of a run (``.../wandb/offline-run-*``), ``None`` for a disabled run."""
-    if getattr(run, "disabled", False) or isinstance(run, DisabledRun) or run.settings.mode == "disabled":
+    if getattr(run, "disabled", False) or run.settings.mode == "disabled":
         return None
     sync_dir = run.settings.sync_dir
     return Path(sync_dir) if sync_dir else None
