@@ -238,18 +238,25 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
 
 @pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele"])
 def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
-    # what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume` checks before it
-    # continues: the saved config (read from the file's header alone) against the YAML's. The states
-    # were saved with the coordinatewise ablation switches flat and, for the update run, m2's rate
-    # lr_teleport (which it never used); both migrate
+    # an unfinished run: what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume`
+    # checks before it continues: the saved config (read from the file's header alone) against the
+    # YAML's. The states were saved with the coordinatewise ablation switches flat (and an update run
+    # with m2's rate lr_teleport, which it never used); both migrate. A finished run: its selected
+    # checkpoint was meta-trained with the shipped config
     from pathlib import Path
     from metatele.meta.config import load_config
     from metatele.meta.state import CONTAINER, config_differences, state_files
-    files = state_files(Path(__file__).parents[1] / "experiments" / "long_runs" / name)
-    assert files, name
-    path = files[0][1]
-    doc = CONTAINER.document(path.read_bytes(), str(path))
-    assert config_differences(doc["config"], load_config(f"ship/{name}")) == []
+    from metatele.release.checkpoint import load_checkpoint
+    folder = Path(__file__).parents[1] / "experiments" / "long_runs" / name
+    files = state_files(folder)
+    if files:
+        path = files[0][1]
+        doc = CONTAINER.document(path.read_bytes(), str(path))
+        assert config_differences(doc["config"], load_config(f"ship/{name}")) == []
+    else:
+        ck = load_checkpoint(folder / "checkpoint.safetensors")
+        assert ck.provenance["meta_steps"] == ck.config.max_meta_steps  # it reached its budget
+        assert configs_mod.to_dict(ck.config) == configs_mod.to_dict(load_config(f"ship/{name}"))
 
 
 def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
