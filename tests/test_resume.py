@@ -221,9 +221,8 @@ def test_sigterm_saves_a_checkpoint_from_which_resume_continues(reference, tmp_p
 
 def test_total_training_time_survives_a_resume(reference, tmp_path, monkeypatch, capsys):
     """A resumed run records the time of every segment (up to the checkpoint it resumed from)."""
-    import itertools
-
     import metatele.meta.train as train_mod
+    from metatele.meta.engine import UnrollEngine
 
     cfg_file, _ = reference
     out = tmp_path / "run"
@@ -237,13 +236,22 @@ def test_total_training_time_survives_a_resume(reference, tmp_path, monkeypatch,
 
         return train_and_save(*args, callback=cb, **kw)
 
-    clock = itertools.count()  # a fake clock: one second per reading
-    monkeypatch.setattr(train_mod, "perf_counter", lambda: float(next(clock)))
+    # a fake clock that a meta-step advances by one second (and nothing else: validation, logging
+    # and checkpoints are not meta-training time)
+    now = [0.0]
+    monkeypatch.setattr(train_mod, "perf_counter", lambda: now[0])
+    real_step = UnrollEngine.meta_step
+
+    def one_second_step(self):
+        now[0] += 1.0
+        return real_step(self)
+
+    monkeypatch.setattr(UnrollEngine, "meta_step", one_second_step)
     monkeypatch.setattr(commands, "train_and_save", stopped_at_meta_step_13)
     with pytest.raises(SystemExit):
         cli.main(train_args(cfg_file, out))
     monkeypatch.setattr(commands, "train_and_save", train_and_save)
-    clock = itertools.count()  # the second process's clock starts afresh
+    now[0] = 1e6  # the second process's clock reads something else entirely
     assert cli.main(train_args(cfg_file, out, "--resume")) == 0
     total = MetaTrainConfig.from_dict(CONFIG).meta_steps
     assert load_checkpoint(out / "checkpoint.safetensors").provenance["train_seconds"] == float(total)  # 13 + 137
