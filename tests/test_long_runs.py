@@ -236,7 +236,7 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
 
 
-@pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele"])
+@pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele", "generalist_lr_tele", "generalist_lr"])
 def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
     # an unfinished run: what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume`
     # checks before it continues: the saved config (read from the file's header alone) against the
