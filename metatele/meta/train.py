@@ -189,17 +189,17 @@ def meta_train(
     if snapshots is not None and not snapshots.history:  # the untrained optimizer is a candidate too
         snapshots.validate(engine)
     # a resumed engine carries its earlier time; validation and the callback are not meta-training
-    t0, before, validating = perf_counter(), engine.train_seconds, 0.0
+    t0, before, not_training = perf_counter(), engine.train_seconds, 0.0
     try:
         while not engine.done:
             metrics = engine.meta_step()
-            engine.train_seconds = before + perf_counter() - t0 - validating
+            engine.train_seconds = before + perf_counter() - t0 - not_training
             if budget_spent(config, engine):
                 engine.done = True
             if snapshots is not None:  # average, validation, best snapshot (resumable with the engine)
                 tv = perf_counter()
                 row = snapshots.after_step(engine, slots * metrics["unroll"])
-                validating += perf_counter() - tv
+                not_training += perf_counter() - tv
                 if row is not None:
                     metrics.update(validation_metrics(row))
                     bar.set_postfix(val=f"{row['current']['score']:.3f}", best=f"{snapshots.best['score']:.3f}"
@@ -208,7 +208,7 @@ def meta_train(
             if callback is not None:  # logging, figures, checkpoints: not meta-training either
                 tc = perf_counter()
                 callback(engine, metrics)
-                validating += perf_counter() - tc
+                not_training += perf_counter() - tc
             bar.update(1)
             if engine.meta_step_count % config.log_every == 0:
                 loss = metrics["mean_log10_loss"]
