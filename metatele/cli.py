@@ -393,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_distributed_main(argv: list[str] | None = None) -> int:
-    """Entry point of ``experiments/train_distributed.py`` (run under torchrun); returns the exit status."""
+    """Entry point of ``experiments/train_distributed.py`` (run under torchrun); returns the exit status.
+
+    A failed collective (a rank died or hung past ``--timeout``) ends the process with status 1
+    without returning: see the comment at that branch."""
     args = build_distributed_parser().parse_args(argv)
     rank = os.environ.get("RANK", "0")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -411,7 +414,12 @@ def train_distributed_main(argv: list[str] | None = None) -> int:
                           overwrite=args.overwrite, max_skipped_share=args.max_skipped_share)
     except DistributedError as e:
         print(f"train_distributed [rank {rank}]: error: {e}", file=sys.stderr, flush=True)
-        return 1
+        # A failed collective leaves the backend's threads waiting on the lost peer, and tearing them
+        # down at interpreter exit can abort the process (SIGABRT, "terminate called without an
+        # active exception") instead of exiting with 1. The last training state is already on disk,
+        # so end the process here.
+        sys.stdout.flush()
+        os._exit(1)
     except USER_ERRORS + RUN_FAILURES as e:
         if rank == "0":  # the same on every rank: say it once
             print(f"train_distributed: error: {e}", file=sys.stderr, flush=True)
