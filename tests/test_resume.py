@@ -126,6 +126,26 @@ def test_resume_refuses_a_different_config_naming_the_keys(tmp_path, capsys):
     assert engine.meta_step_count == 1 and cb.history == engine.prior_history
 
 
+def test_a_run_resumed_with_another_budget_is_the_same_run_up_to_its_new_end(tmp_path):
+    """The budget only says when the run ends: a run started with 10 meta-steps, stopped at 3 and
+    resumed with 6 ends exactly where an uninterrupted 6-step run does; a budget already spent is
+    refused."""
+    ref = meta_train(MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=6)), progress=False)
+    long = MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=10))
+    eng = UnrollEngine(long)
+    for _ in range(3):
+        eng.meta_step()
+    TrainingCheckpointer(long, tmp_path, handle_signals=False).save(eng)
+    with pytest.raises(ResumeError, match="max_meta_steps=3 is spent"):
+        spent = MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=3))
+        resumable_callback(spent, tmp_path, resume=True, handle_signals=False)
+    short = MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=6))
+    engine, cb = resumable_callback(short, tmp_path, resume=True, handle_signals=False)
+    res = meta_train(short, progress=False, callback=cb, engine=engine)
+    assert engine.meta_step_count == 6
+    assert params_equal(res.optimizer.state_dict(), ref.optimizer.state_dict())
+
+
 def test_tele_variant_resumes_bitwise_from_any_meta_step_with_staggered_random_truncations(tmp_path):
     """The tele variant's base optimizer keeps its moments per trajectory (saved with the rest),
     so it resumes mid-trajectory, with staggered starts and log-uniform truncations."""

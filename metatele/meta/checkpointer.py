@@ -260,6 +260,9 @@ def _find_state(out: Path, config: MetaTrainConfig, resume: bool, world: int,
         raise ResumeError(f"--resume: the config differs from the one the run in {out} was started "
                           f"with: {'; '.join(diff)}. Resume with the original config, or start a "
                           "new run in another --out")
+    if config.max_meta_steps is not None and doc["meta_step"] >= config.max_meta_steps:
+        raise ResumeError(f"--resume: max_meta_steps={config.max_meta_steps} is spent: the training state "
+                          f"{path.name} is at meta-step {doc['meta_step']}. Give a larger budget to continue")
     if doc["world_size"] != world:
         raise ResumeError(f"--resume: {path} was written by a run on {doc['world_size']} "
                           f"rank(s); resume it on {doc['world_size']} (this run has {world})")

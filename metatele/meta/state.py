@@ -38,8 +38,9 @@ CONTAINER = Container(FORMAT, FORMAT_VERSION, key="metatele_training_state", wha
 STATE_DIR = "training_state"
 #: the finished run's checkpoint in the run folder (beside ``STATE_DIR``, ``history.json``, ``config.json``)
 CHECKPOINT_FILE = "checkpoint.safetensors"
-#: config keys that may change on resume (they do not change what is computed)
-RESUME_MUTABLE = ("device", "log_every")
+#: config keys that may change on resume: they do not change what is computed (the budget only says
+#: when the run ends, so a run given more, or less, continues bit for bit up to the earlier end)
+RESUME_MUTABLE = ("device", "log_every", "max_meta_steps", "max_seconds")
 #: parts of :meth:`UnrollEngine.state_dict` that are identical on every rank: stored once
 SHARED = ("optimizer", "meta_opt")
 _NAME = re.compile(r"^state-(\d{8,})\.safetensors$")
