@@ -700,6 +700,21 @@ def test_a_pretrained_method_with_a_missing_checkpoint_fails_before_any_work(tmp
     assert not (tmp_path / "results.json").exists()
 
 
+def test_a_pretrained_method_may_map_each_meta_seed_to_its_file(tmp_path):
+    from metatele.release.pretrained import pretrained_path
+    files = {k: tmp_path / f"run{k}" / "checkpoint.safetensors" for k in (0, 1)}
+    for f in files.values():
+        f.parent.mkdir()
+        shutil.copy(pretrained_path("cw-update-gaussian"), f)
+    spec = "{" + ", ".join(f"{k}: '{f}'" for k, f in files.items()) + "}"
+    protocol, _ = load_protocol(QUICK_CONFIG, [f"methods.shipped={{pretrained: {spec}}}"])
+    assert [protocol.pretrained("shipped", k) for k in (0, 1)] == [files[0], files[1]]
+    with pytest.raises(ConfigError, match=r"methods.shipped.pretrained: names no checkpoint for meta-seed 2"):
+        protocol.pretrained("shipped", 2)
+    with pytest.raises(ConfigError, match=r"methods.shipped.pretrained.0: must be a checkpoint path"):
+        load_protocol(QUICK_CONFIG, ["methods.shipped={pretrained: {0: 7}}"])
+
+
 @pytest.mark.slow  # two grid searches of 300 steps (≈ 10 s); test_protocol_tune_is_the_benchmarks_tuning covers the call
 def test_the_protocols_pasted_rates_are_its_own_tuned_rates():
     protocol, _ = load_protocol(DEFAULT_CONFIG)

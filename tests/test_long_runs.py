@@ -236,27 +236,53 @@ def test_a_training_state_records_non_finite_metrics_as_null(tmp_path):
     _json.dumps(doc["history"], allow_nan=False)  # strict JSON
 
 
-@pytest.mark.parametrize("name", ["generalist_update", "generalist_update_tele", "generalist_lr_tele", "generalist_lr"])
-def test_the_committed_long_runs_resume_from_their_shipped_configs(name):
-    # an unfinished run: what `metatele train --config ship/NAME --out experiments/long_runs/NAME --resume`
-    # checks before it continues: the saved config (read from the file's header alone) against the
-    # YAML's. The states were saved with the coordinatewise ablation switches flat (and an update run
-    # with m2's rate lr_teleport, which it never used); both migrate. A finished run: its selected
-    # checkpoint was meta-trained with the shipped config
-    from pathlib import Path
+LONG_RUNS = Path(__file__).parents[1] / "experiments" / "long_runs"
+RUNS = yaml.safe_load((LONG_RUNS / "runs.yaml").read_text())
+
+
+def test_every_long_run_folder_is_listed_with_its_config():
+    folders = {p.name for p in LONG_RUNS.iterdir() if p.is_dir()}
+    assert folders <= set(RUNS), folders - set(RUNS)
+    assert {"generalist_update", "generalist_update_tele", "generalist_lr", "generalist_lr_tele"} <= folders
+
+
+@pytest.mark.parametrize("name", sorted(n for n in RUNS if (LONG_RUNS / n).is_dir()))
+def test_the_committed_long_runs_resume_from_their_listed_configs(name):
+    # an unfinished run: what `metatele train --config CONFIG --set ... --out DIR --resume` checks
+    # before it continues: the saved config (read from the file's header alone) against the listed
+    # one. The states were saved with the coordinatewise ablation switches flat (and an update run
+    # with m2's rate lr_teleport, which it never used), and the lr pair with a larger budget; all of
+    # that migrates or may change on resume. A finished run: its selected checkpoint was
+    # meta-trained with the listed config, to its budget
     from metatele.meta.config import load_config
     from metatele.meta.state import CONTAINER, config_differences, state_files
     from metatele.release.checkpoint import load_checkpoint
-    folder = Path(__file__).parents[1] / "experiments" / "long_runs" / name
+    config = load_config(RUNS[name]["config"], RUNS[name].get("set", []))
+    folder = LONG_RUNS / name
     files = state_files(folder)
     if files:
         path = files[0][1]
         doc = CONTAINER.document(path.read_bytes(), str(path))
-        assert config_differences(doc["config"], load_config(f"ship/{name}")) == []
+        assert config_differences(doc["config"], config) == []
     else:
         ck = load_checkpoint(folder / "checkpoint.safetensors")
         assert ck.provenance["meta_steps"] == ck.config.max_meta_steps  # it reached its budget
-        assert configs_mod.to_dict(ck.config) == configs_mod.to_dict(load_config(f"ship/{name}"))
+        assert configs_mod.to_dict(ck.config) == configs_mod.to_dict(config)
+
+
+def test_the_generalist_protocol_evaluates_each_meta_seeds_long_run():
+    from metatele.meta.config import load_config
+    protocol = yaml.safe_load((LONG_RUNS.parent / "benchmark_generalist.yaml").read_text())
+    variants = {"update+tele": "update_tele", "update": "update", "lr+tele": "lr_tele", "lr": "lr"}
+    for method, spec in protocol["methods"].items():
+        variant = method[method.index("(") + 1:-1]
+        assert sorted(spec["pretrained"]) == protocol["meta_seeds"] == [0, 1, 2]
+        for k, path in spec["pretrained"].items():
+            run = Path(path).parent.name
+            assert Path(path).parent.parent == Path("experiments/long_runs") and Path(path).name == "checkpoint.safetensors"
+            config = load_config(RUNS[run]["config"], RUNS[run].get("set", []))
+            assert config.seed == k and config.learned.variant == variant
+            assert run == f"generalist_{variants[variant]}" + (f"_seed{k}" if k else "")
 
 
 def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():

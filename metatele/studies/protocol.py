@@ -311,13 +311,21 @@ class BenchmarkProtocol:
     def pretrained(self, method: str, meta_seed: int) -> Path | None:
         """The checkpoint a ``pretrained`` method evaluates for ``meta_seed`` (``None``: the method
         is meta-trained by the benchmark). ``pretrained`` names a file or a shipped optimizer
-        (``metatele pretrained``), with ``{seed}`` standing for the meta-seed (relative paths are
-        taken from the current folder)."""
+        (``metatele pretrained``), with ``{seed}`` standing for the meta-seed, or maps each
+        meta-seed to its file (``{0: a.safetensors, 1: b.safetensors}``); relative paths are taken
+        from the current folder."""
         spec = (self.methods.get(method) or {}).get("pretrained")
         if spec is None:
             return None
-        require(isinstance(spec, str) and spec, f"methods.{method}.pretrained",
-                f"must be a checkpoint path (with {{seed}} for the meta-seed), got {spec!r}")
+        where = f"methods.{method}.pretrained"
+        if isinstance(spec, dict):
+            require(meta_seed in spec, where, f"names no checkpoint for meta-seed {meta_seed} (it maps "
+                    f"meta-seeds {sorted(spec, key=str)})")
+            spec = spec[meta_seed]
+            require(isinstance(spec, str) and spec, f"{where}.{meta_seed}", f"must be a checkpoint path, got {spec!r}")
+            return resolve_checkpoint(spec)
+        require(isinstance(spec, str) and spec, where, "must be a checkpoint path (with {seed} for the meta-seed) "
+                f"or a mapping of meta-seed to path, got {spec!r}")
         return resolve_checkpoint(spec.format(seed=meta_seed))
 
     def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
