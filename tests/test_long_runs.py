@@ -2,7 +2,9 @@
 mixture of a generalist, and bitwise resume of all of it."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -10,13 +12,15 @@ import pytest
 import torch
 import yaml
 
+from metatele import cli
 from metatele import configs as configs_mod
 from metatele.configs import ConfigError
 from metatele.meta.checkpointer import TrainingCheckpointer
 from metatele.meta.config import MetaTrainConfig
 from metatele.meta import snapshots as snap_mod
 from metatele.meta.mixture import MixtureEngine, build_engine
-from metatele.meta.state import load_training_state
+from metatele.meta.state import load_training_state, state_files
+from metatele.release.checkpoint import load_checkpoint
 from metatele.meta.train import TrainingFailed, failure, meta_train
 from metatele.tasks.family import TaskConfig
 from metatele.tasks.mixture import TaskMix, architecture_key
@@ -356,3 +360,46 @@ def test_the_estimator_candidates_load_and_differ_from_the_baseline_only_in_the_
         assert changed and changed <= knobs, (name, changed)
         if "learned" in changed:  # only the time input
             assert cfg["learned"]["coordinatewise"]["time_feature"] and not base["learned"]["coordinatewise"]["time_feature"]
+
+
+def _long_run_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("long_run_script", LONG_RUNS / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_long_run_continues_from_its_committed_state_and_its_results_are_collected(tmp_path):
+    """experiments/long_runs/run.py: `train` resumes the committed state of a run of runs.yaml with
+    its listed config; `collect` brings back the newest state, then a finished run's files."""
+    script = _long_run_script()
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(configs_mod.to_dict(cw(max_meta_steps=30))))
+    listed = {"r": {"config": str(cfg_file), "set": ["max_meta_steps=9", "seed=1"]}}
+    config = MetaTrainConfig.from_dict({**configs_mod.to_dict(cw()), "seed": 1})
+    committed, work = tmp_path / "long_runs" / "r", tmp_path / "runs" / "r"
+    saver = TrainingCheckpointer(config, work, every=3, handle_signals=False)
+
+    def stop_at_3(engine, metrics):  # a first sitting, stopped after its state at meta-step 3
+        saver(engine, metrics)
+        if engine.meta_step_count == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        meta_train(config, progress=False, callback=stop_at_3)
+    text = script.collect(work, committed)
+    assert [s for s, _ in state_files(committed)] == [3] and "meta-step 3 of 9" in text
+    assert (committed / "validation.png").is_file()
+    shutil.rmtree(work)  # a fresh machine: only the repository's files
+    assert script.seed_work(committed, work).name == "state-00000003.safetensors"
+    assert script.seed_work(committed, work) is None  # never over a state already there
+    assert cli.main(script.train_argv("r", listed, work, "--no-progress", "--wandb", "disabled")) == 0
+    text = script.collect(work, committed)
+    assert not (committed / "training_state").exists() and text.startswith("Finished: meta-step 9 of 9")
+    reference = meta_train(config, progress=False)  # the same run in one sitting
+    assert same_parameters(load_checkpoint(committed / "final.safetensors").optimizer.state_dict(),
+                           reference.optimizer.state_dict())
+    assert json.loads((committed / "validation.json").read_text())[-1]["meta_step"] == 9
+    with pytest.raises(SystemExit, match="not a run of runs.yaml"):
+        script.train_argv("nope", listed, work)

@@ -1,0 +1,112 @@
+"""Continue a long run of this folder, and bring its results back here to commit.
+
+    OMP_NUM_THREADS=1 timeout -s TERM 2h python experiments/long_runs/run.py train generalist_update_tele_seed1
+    python experiments/long_runs/run.py collect generalist_update_tele_seed1
+
+``train NAME`` meta-trains the run NAME of ``runs.yaml`` in ``runs/NAME`` (``--work``): it first
+copies the training state committed in ``experiments/long_runs/NAME/training_state/`` there, when
+that folder has none, then runs ``metatele train --config CONFIG --set ... --out runs/NAME
+--save-every 100 --keep 2 --resume``. Stop it at any time with SIGTERM: it saves its state.
+
+``collect NAME`` copies the run's progress back to ``experiments/long_runs/NAME``: a finished run's
+selected ``checkpoint.safetensors``, ``final`` and ``average`` meta-parameters and
+``validation.json`` (and its committed training state is removed), an unfinished run's newest
+training state (replacing the older one); then it draws ``validation.png`` and prints the run's
+status (``experiments/training_status.py``). Commit the folder afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metatele import cli
+from metatele.evaluation.figures import plot_learning_curve
+from metatele.meta.state import CHECKPOINT_FILE, STATE_DIR, state_files
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from training_status import status  # noqa: E402  (experiments/training_status.py)
+
+#: what a finished run keeps in the repository (besides validation.png)
+FINISHED = (CHECKPOINT_FILE, "final.safetensors", "average.safetensors", "validation.json")
+
+
+def runs(path: Path = HERE / "runs.yaml") -> dict[str, dict[str, Any]]:
+    """The runs listed in ``runs.yaml``: name → ``{config, set}``."""
+    return yaml.safe_load(path.read_text())
+
+
+def train_argv(name: str, listed: dict[str, dict[str, Any]], work: Path, *extra: str) -> list[str]:
+    """``metatele train`` arguments that continue the run ``name`` in ``work``."""
+    if name not in listed:
+        raise SystemExit(f"{name}: not a run of runs.yaml (runs: {', '.join(listed)})")
+    spec = listed[name]
+    sets = [a for kv in spec.get("set", []) for a in ("--set", kv)]
+    return ["train", "--config", spec["config"], *sets, "--out", str(work), "--save-every", "100", "--keep", "2",
+            "--resume", *extra]
+
+
+def seed_work(committed: Path, work: Path) -> Path | None:
+    """Copy the committed newest training state into ``work`` unless ``work`` has one; the copied file."""
+    if state_files(work) or (work / CHECKPOINT_FILE).exists():
+        return None
+    files = state_files(committed)
+    if not files:
+        return None
+    (work / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(files[0][1], work / STATE_DIR / files[0][1].name))
+
+
+def collect(work: Path, committed: Path) -> str:
+    """Bring ``work``'s progress into ``committed`` (see the module docstring); the run's status."""
+    committed.mkdir(parents=True, exist_ok=True)
+    if (work / CHECKPOINT_FILE).is_file():
+        missing = [f for f in FINISHED if not (work / f).is_file()]
+        if missing:
+            raise SystemExit(f"{work}: finished, but {', '.join(missing)} is missing")
+        for f in FINISHED:
+            shutil.copy2(work / f, committed / f)
+        shutil.rmtree(committed / STATE_DIR, ignore_errors=True)
+    else:
+        files = state_files(work)
+        if not files:
+            raise SystemExit(f"{work}: no training state and no checkpoint: nothing to collect")
+        newest = files[0][1]
+        (committed / STATE_DIR).mkdir(exist_ok=True)
+        for _, old in state_files(committed):
+            if old.name != newest.name:
+                old.unlink()
+        shutil.copy2(newest, committed / STATE_DIR / newest.name)
+    text, history = status(str(committed), every=4)
+    plot_learning_curve(history, committed / "validation.png")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("train", "collect"))
+    p.add_argument("name", help="a run of experiments/long_runs/runs.yaml")
+    p.add_argument("--work", help="the working folder (default: runs/NAME)")
+    p.add_argument("--progress", action="store_true", help="train: show the progress bar")
+    args = p.parse_args(argv)
+    listed = runs()
+    work, committed = Path(args.work or f"runs/{args.name}"), HERE / args.name
+    if args.action == "train":
+        argv = train_argv(args.name, listed, work, *([] if args.progress else ["--no-progress"]))
+        copied = seed_work(committed, work)
+        if copied is not None:
+            print(f"continuing from the committed {copied.name}", file=sys.stderr)
+        return cli.main(argv)
+    if args.name not in listed:
+        raise SystemExit(f"{args.name}: not a run of runs.yaml (runs: {', '.join(listed)})")
+    print(collect(work, committed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
