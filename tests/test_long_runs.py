@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -43,6 +44,8 @@ def cw(**kw) -> MetaTrainConfig:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = v
+    if base["learned"]["variant"] == "update":  # m2's rate: refused by a run without m2
+        base.pop("lr_teleport", None)
     return MetaTrainConfig.from_dict(base)
 
 
@@ -403,3 +406,36 @@ def test_a_long_run_continues_from_its_committed_state_and_its_results_are_colle
     assert json.loads((committed / "validation.json").read_text())[-1]["meta_step"] == 9
     with pytest.raises(SystemExit, match="not a run of runs.yaml"):
         script.train_argv("nope", listed, work)
+
+
+def test_learned_vs_init_compares_a_checkpoint_with_its_initialisation_or_its_twin_on_unselected_validation_seeds(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("learned_vs_init", LONG_RUNS.parent / "learned_vs_init.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ckpts = {}
+    for variant in ("update+tele", "update"):
+        cfg_file = tmp_path / f"{variant}.yaml"
+        cfg = configs_mod.to_dict(cw(max_meta_steps=3, **{"learned.variant": variant}))
+        cfg_file.write_text(yaml.safe_dump(cfg))
+        out = tmp_path / variant
+        assert cli.main(["train", "--config", str(cfg_file), "--out", str(out), "--no-progress", "--wandb", "disabled"]) == 0
+        ckpts[variant] = str(out / "checkpoint.safetensors")
+    r = script.compare_with_init(ckpts["update+tele"], 4, 6, [3, 6], None, against=ckpts["update"])
+    assert r["names"] == ["update+tele", "update"]
+    ck, twin = load_checkpoint(ckpts["update+tele"]), load_checkpoint(ckpts["update"])
+    from metatele.evaluation.evaluate import evaluate
+    from metatele.evaluation.stats import paired_comparison
+    from metatele.tasks.family import validation_seeds
+    seeds = list(validation_seeds(4, start=3))  # after the 3 the runs selected their snapshots on
+    assert r["validation_seeds"] == [seeds[0], seeds[-1] + 1]
+    a, b = (evaluate(c.optimizer, ck.config.task, seeds, 6, dtype=torch.float64) for c in (ck, twin))
+    np_equal = lambda x, y: bool(((x == y) | (np.isnan(x) & np.isnan(y))).all())  # noqa: E731
+    assert np_equal(r["curves"]["update+tele"], a.log_loss) and np_equal(r["curves"]["update"], b.log_loss)
+    assert r["rows"][1]["diff"] == pytest.approx(paired_comparison(a, b, 6)["mean_diff"])
+    assert any("update+tele − update" in line for line in script.table(r))
+    same = script.compare_with_init(ckpts["update"], 4, 6, [6], None, against=ckpts["update"])
+    assert same["names"] == ["checkpoint", "against"] and same["rows"][0]["diff"] == 0
+    init = script.compare_with_init(ckpts["update"], 4, 6, [6], 0)
+    first = list(validation_seeds(4, start=0))
+    assert init["names"] == ["trained", "initialisation"] and init["validation_seeds"] == [first[0], first[-1] + 1]
