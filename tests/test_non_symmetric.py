@@ -35,6 +35,18 @@ def test_a_teleporting_config_with_more_samples_than_width_is_refused():
     MetaTrainConfig.from_dict(tiny(**{WIDE: [8, 6, 6, 6], "learned.variant": "update"}))  # no teleport: fine
 
 
+@pytest.mark.parametrize("variant", ["update", "lr"])
+def test_the_opt_in_is_refused_by_a_variant_that_never_teleports_and_dropped_from_old_saved_configs(variant):
+    kw = {"learned.variant": variant, "allow_non_symmetric": True}
+    if variant == "lr":
+        kw["learned.arch"] = "coordinatewise"
+    with pytest.raises(ConfigError, match=rf"allow_non_symmetric: does not apply to this run: variant: {variant} "
+                                          "never teleports"):
+        MetaTrainConfig.from_dict(tiny(**kw))
+    saved = MetaTrainConfig.from_dict(tiny(**{**kw, "allow_non_symmetric": False})).to_dict()
+    assert MetaTrainConfig.from_saved({**saved, "allow_non_symmetric": True}).allow_non_symmetric is False
+
+
 def test_the_command_line_refuses_it_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["train", "--config", "quick", "--set", "task.dims=[30,20,20,20]", "--out", str(out),

@@ -76,6 +76,7 @@ class MetaTrainConfig:
             symmetry of the loss (more samples than a teleported pair's layer input is wide, see
             :func:`non_symmetric_pairs`). Refused by default; with it, training warns once and
             records the relative loss change of a teleport in the history and the checkpoint.
+            Setting it for a variant that never teleports (``update``, ``lr``) is an error.
         meta_objective: ``train`` (the inner training loss) or ``validation`` (digits: the loss
             on each task's validation images, i.e. learning to teleport for generalization).
         estimator: the meta-gradient estimator: ``tbptt`` (backpropagation through each truncated
@@ -176,6 +177,8 @@ class MetaTrainConfig:
                 f"'validation' needs a task family with validation data (digits), got {self.task.family!r}")
         require(isinstance(self.allow_non_symmetric, bool), "allow_non_symmetric",
                 f"must be true or false, got {self.allow_non_symmetric!r}")
+        require(self.learned.uses_teleport or not self.allow_non_symmetric, "allow_non_symmetric",
+                f"does not apply to this run: variant: {self.learned.variant} never teleports; remove it")
         if self.learned.uses_teleport and not self.allow_non_symmetric:
             bad = non_symmetric_pairs(self.task)
             require(not bad, "task.dims", f"{describe_non_symmetric(self.task, bad)}; the {self.learned.variant} "
@@ -246,7 +249,7 @@ class MetaTrainConfig:
         m2's ``coordinatewise.tele_norm_init`` under ``variant: update``): they did not affect
         it, and take their defaults here rather than being refused (:func:`inapplicable_options`),
         as does an Adam rate of a net the variant does not have (``lr_teleport`` of an ``update``
-        run, :func:`inapplicable_rates`). Options that moved into a group since (the
+        run, :func:`inapplicable_rates`), and ``allow_non_symmetric`` of a run that never teleports. Options that moved into a group since (the
         coordinatewise ``every``, ``gate``, ... into ``ablation``) are moved there.
         """
         learned = data.get("learned")
@@ -267,8 +270,9 @@ class MetaTrainConfig:
             data = {**data, "learned": learned}
             variant = learned.get("variant", default.variant)
             if variant in VARIANTS:
-                data = {k: v for k, v in data.items()
-                        if k not in dict(inapplicable_rates(LearnedConfig(variant=variant)))}
+                never = LearnedConfig(variant=variant)
+                data = {k: v for k, v in data.items() if k not in dict(inapplicable_rates(never))
+                        and not (k == "allow_non_symmetric" and not never.uses_teleport)}
         return from_dict(cls, data)
 
 
