@@ -103,6 +103,17 @@ def output_folder(text: str) -> str:
     return text
 
 
+def seconds(text: str) -> float:
+    """A finite number of seconds > 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
 def share(text: str) -> float:
     """A number in [0, 1] (argparse type)."""
     try:
@@ -343,7 +354,7 @@ def build_distributed_parser() -> argparse.ArgumentParser:
                     "wandb), plus --backend and --timeout.")
     add_train_options(p)
     p.add_argument("--backend", choices=["gloo", "nccl"], help="default: nccl on CUDA, gloo on CPU")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT_S,
                    help="seconds before a silent rank makes the others fail")
     return p
 
@@ -416,8 +427,9 @@ def train_distributed_main(argv: list[str] | None = None) -> int:
         print(f"train_distributed [rank {rank}]: error: {e}", file=sys.stderr, flush=True)
         # A failed collective leaves the backend's threads waiting on the lost peer, and tearing them
         # down at interpreter exit can abort the process (SIGABRT, "terminate called without an
-        # active exception") instead of exiting with 1. The last training state is already on disk,
-        # so end the process here.
+        # active exception") instead of exiting with 1. Nothing is left to do: the training states
+        # were written as the run went, and the `finally` blocks of train_distributed released the
+        # output folder and the process group; so end the process here.
         sys.stdout.flush()
         os._exit(1)
     except USER_ERRORS + RUN_FAILURES as e:

@@ -73,6 +73,14 @@ def test_launching_without_torchrun_says_how_to_launch(monkeypatch):
         init_distributed(torch.device("cpu"), timeout_s=5)
 
 
+@pytest.mark.parametrize("value", ["0", "-3", "inf", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_a_usage_error(value, capsys):
+    from metatele.cli import build_distributed_parser
+    with pytest.raises(SystemExit) as e:
+        build_distributed_parser().parse_args(["--config", "quick", "--out", "x", "--timeout", value])
+    assert e.value.code == 2 and "--timeout" in capsys.readouterr().err
+
+
 # -- two gloo processes -----------------------------------------------------------------------------
 STEPS = 6
 

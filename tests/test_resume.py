@@ -128,8 +128,8 @@ def test_resume_refuses_a_different_config_naming_the_keys(tmp_path, capsys):
 
 def test_a_run_resumed_with_another_budget_is_the_same_run_up_to_its_new_end(tmp_path):
     """The budget only says when the run ends: a run started with 10 meta-steps, stopped at 3 and
-    resumed with 6 ends exactly where an uninterrupted 6-step run does; a budget already spent is
-    refused."""
+    resumed with 6 ends exactly where an uninterrupted 6-step run does; a budget already spent, or a
+    new budget for a run that has ended, is refused."""
     ref = meta_train(MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=6)), progress=False)
     long = MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=10))
     eng = UnrollEngine(long)
@@ -144,6 +144,15 @@ def test_a_run_resumed_with_another_budget_is_the_same_run_up_to_its_new_end(tmp
     res = meta_train(short, progress=False, callback=cb, engine=engine)
     assert engine.meta_step_count == 6
     assert params_equal(res.optimizer.state_dict(), ref.optimizer.state_dict())
+    cb.finish()
+    # the run has ended (its final state is saved): a new budget is refused, not silently a no-op
+    more = MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=8))
+    with pytest.raises(ResumeError, match="the run ended at meta-step 6"):
+        resumable_callback(more, tmp_path, resume=True, handle_signals=False)
+    # and a spent budget of seconds too
+    timed = MetaTrainConfig.from_dict(tiny(trajectories=40, max_meta_steps=10, max_seconds=1e-6))
+    with pytest.raises(ResumeError, match=r"max_seconds=1e-06 is spent"):
+        resumable_callback(timed, tmp_path, resume=True, handle_signals=False)
 
 
 def test_tele_variant_resumes_bitwise_from_any_meta_step_with_staggered_random_truncations(tmp_path):

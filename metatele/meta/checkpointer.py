@@ -254,19 +254,33 @@ def _find_state(out: Path, config: MetaTrainConfig, resume: bool, world: int,
             raise ResumeError(f"--resume: none of the {len(existing)} training states in {out / STATE_DIR} "
                               "loads cleanly (see above); move them away to start afresh")
         return None
-    path, _, doc, _ = found
+    path, _, doc, state = found
     diff = config_differences(doc["config"], config)
     if diff:
         raise ResumeError(f"--resume: the config differs from the one the run in {out} was started "
                           f"with: {'; '.join(diff)}. Resume with the original config, or start a "
                           "new run in another --out")
-    if config.max_meta_steps is not None and doc["meta_step"] >= config.max_meta_steps:
-        raise ResumeError(f"--resume: max_meta_steps={config.max_meta_steps} is spent: the training state "
-                          f"{path.name} is at meta-step {doc['meta_step']}. Give a larger budget to continue")
+    _check_budget(config, doc, state["ranks"][0].get("counters", {}), path)
     if doc["world_size"] != world:
         raise ResumeError(f"--resume: {path} was written by a run on {doc['world_size']} "
                           f"rank(s); resume it on {doc['world_size']} (this run has {world})")
     return found
+
+
+def _check_budget(config: MetaTrainConfig, doc: dict[str, Any], counters: dict[str, Any], path: Path) -> None:
+    """Refuse a resume whose budget is already spent, or that changes the budget of a run that has
+    ended (its last state is final: it would take no further meta-step)."""
+    if config.max_meta_steps is not None and doc["meta_step"] >= config.max_meta_steps:
+        raise ResumeError(f"--resume: max_meta_steps={config.max_meta_steps} is spent: the training state "
+                          f"{path.name} is at meta-step {doc['meta_step']}. Give a larger budget to continue")
+    spent = counters.get("train_seconds", 0.0)
+    if config.max_seconds is not None and spent >= config.max_seconds:
+        raise ResumeError(f"--resume: max_seconds={config.max_seconds:g} is spent: the training state {path.name} "
+                          f"has {spent:.0f} s of meta-training. Give a larger budget to continue")
+    saved = (doc["config"].get("max_meta_steps"), doc["config"].get("max_seconds"))
+    if counters.get("done") and saved != (config.max_meta_steps, config.max_seconds):
+        raise ResumeError(f"--resume: the run ended at meta-step {doc['meta_step']} ({path.name} is its final "
+                          "state), so a new budget cannot continue it; start a new run in another --out")
 
 
 def _share_verdict(comm: Comm, error: str, data: bytes) -> tuple[str, bytes]:

@@ -39,7 +39,8 @@ STATE_DIR = "training_state"
 #: the finished run's checkpoint in the run folder (beside ``STATE_DIR``, ``history.json``, ``config.json``)
 CHECKPOINT_FILE = "checkpoint.safetensors"
 #: config keys that may change on resume: they do not change what is computed (the budget only says
-#: when the run ends, so a run given more, or less, continues bit for bit up to the earlier end)
+#: when the run ends, so a run in progress given more, or less, continues bit for bit up to the
+#: earlier end; the checkpointer refuses a spent budget and a new budget for a run that has ended)
 RESUME_MUTABLE = ("device", "log_every", "max_meta_steps", "max_seconds")
 #: parts of :meth:`UnrollEngine.state_dict` that are identical on every rank: stored once
 SHARED = ("optimizer", "meta_opt")
