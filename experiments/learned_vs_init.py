@@ -45,16 +45,17 @@ def compare_with_init(checkpoint: str, seeds: int, steps: int, at: list[int], se
     validated on)."""
     ck = load_checkpoint(checkpoint, device="cpu")
     config = ck.config
-    if seed_start is None:
-        seed_start = config.validation.seeds if config.validation.enabled else 0
-    if against is None:
+    twin = None if against is None else load_checkpoint(against, device="cpu")
+    if seed_start is None:  # after every seed either run selected its snapshot on
+        seed_start = max(c.validation.seeds if c.validation.enabled else 0
+                         for c in (config, *([twin.config] if twin else [])))
+    if twin is None:
         names = ("trained", "initialisation")
         reference = build_engine(config, device="cpu").optimizer  # meta-step 0 of the same run
     else:
-        twin = load_checkpoint(against, device="cpu")
-        if twin.config.task != config.task:
-            raise SystemExit(f"--against: {against} was trained with reference task {twin.config.task}, "
-                             f"not {config.task}")
+        if twin.config.task != config.task or twin.config.dtype != config.dtype:
+            raise SystemExit(f"--against: {against} was trained with reference task {twin.config.task} in "
+                             f"{twin.config.dtype}, not {config.task} in {config.dtype}")
         names = (config.learned.variant, twin.config.learned.variant)
         if names[0] == names[1]:
             names = ("checkpoint", "against")

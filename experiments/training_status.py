@@ -42,9 +42,12 @@ def _from_state(folder: str) -> tuple[str, list[dict], dict | None]:
 
 def _finished(folder: Path) -> tuple[str, list[dict], dict | None]:
     ck = load_checkpoint(folder / CHECKPOINT_FILE)
+    if not (folder / "validation.json").is_file():
+        raise SystemExit(f"{folder}: a finished run without validation.json (did it validate? validation.every)")
     history = json.loads((folder / "validation.json").read_text())
     prov, config = ck.provenance, ck.config
-    head = (f"Finished: meta-step {prov['meta_steps']:,} of {config.max_meta_steps:,} ({config.learned.variant}, "
+    head = (f"Finished: meta-step {prov['meta_steps']:,} of {config.max_meta_steps or config.meta_steps:,} "
+            f"({config.learned.variant}, "
             f"batch {config.batch_size} × unroll {config.unroll}, meta-seed {config.seed}); "
             f"{prov['trajectory_steps']:,} trajectory-steps; {prov['train_seconds'] / 3600:.2f} h of meta-training; "
             f"torch {prov.get('torch_version')}.")
@@ -52,7 +55,10 @@ def _finished(folder: Path) -> tuple[str, list[dict], dict | None]:
 
 
 def status(folder: str, every: int = 1) -> tuple[str, list[dict]]:
-    """The markdown status of the run in ``folder`` and its validation history."""
+    """The markdown status of the run in ``folder`` and its validation history (one table row in
+    ``every`` validations)."""
+    if every < 1:
+        raise ValueError(f"every: must be a positive integer, got {every}")
     done = Path(folder) / CHECKPOINT_FILE
     head, history, best = _finished(Path(folder)) if done.is_file() else _from_state(folder)
     steps = list(history[0]["current"]["mean_log10_at"])

@@ -713,6 +713,8 @@ def test_a_pretrained_method_may_map_each_meta_seed_to_its_file(tmp_path):
         protocol.pretrained("shipped", 2)
     with pytest.raises(ConfigError, match=r"methods.shipped.pretrained.0: must be a checkpoint path"):
         load_protocol(QUICK_CONFIG, ["methods.shipped={pretrained: {0: 7}}"])
+    with pytest.raises(ConfigError, match=r"methods.shipped.pretrained: a mapping's keys are meta-seeds \(integers\), got \['0'\]"):
+        load_protocol(QUICK_CONFIG, [f"methods.shipped={{pretrained: {{'0': '{files[0]}'}}}}"])
 
 
 @pytest.mark.slow  # two grid searches of 300 steps (≈ 10 s); test_protocol_tune_is_the_benchmarks_tuning covers the call

@@ -248,7 +248,7 @@ RUNS = yaml.safe_load((LONG_RUNS / "runs.yaml").read_text())
 
 
 def test_every_long_run_folder_is_listed_with_its_config():
-    folders = {p.name for p in LONG_RUNS.iterdir() if p.is_dir()}
+    folders = {p.name for p in LONG_RUNS.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
     assert folders <= set(RUNS), folders - set(RUNS)
     assert {"generalist_update", "generalist_update_tele", "generalist_lr", "generalist_lr_tele"} <= folders
 
@@ -279,6 +279,7 @@ def test_the_committed_long_runs_resume_from_their_listed_configs(name):
 
 def test_the_generalist_protocol_evaluates_each_meta_seeds_long_run():
     from metatele.meta.config import load_config
+    from metatele.studies.protocol import SEED_STRIDE
     protocol = yaml.safe_load((LONG_RUNS.parent / "benchmark_generalist.yaml").read_text())
     variants = {"update+tele": "update_tele", "update": "update", "lr+tele": "lr_tele", "lr": "lr"}
     for method, spec in protocol["methods"].items():
@@ -289,6 +290,7 @@ def test_the_generalist_protocol_evaluates_each_meta_seeds_long_run():
             assert Path(path).parent.parent == Path("experiments/long_runs") and Path(path).name == "checkpoint.safetensors"
             config = load_config(RUNS[run]["config"], RUNS[run].get("set", []))
             assert config.seed == k and config.learned.variant == variant
+            assert config.train_seed_start == k * SEED_STRIDE  # its own training tasks, as in the benchmark
             assert run == f"generalist_{variants[variant]}" + (f"_seed{k}" if k else "")
 
 
@@ -382,7 +384,7 @@ def test_a_long_run_continues_from_its_committed_state_and_its_results_are_colle
     listed = {"r": {"config": str(cfg_file), "set": ["max_meta_steps=9", "seed=1"]}}
     config = MetaTrainConfig.from_dict({**configs_mod.to_dict(cw()), "seed": 1})
     committed, work = tmp_path / "long_runs" / "r", tmp_path / "runs" / "r"
-    saver = TrainingCheckpointer(config, work, every=3, handle_signals=False)
+    saver = TrainingCheckpointer(config, work, every=1, keep=3, handle_signals=False)
 
     def stop_at_3(engine, metrics):  # a first sitting, stopped after its state at meta-step 3
         saver(engine, metrics)
@@ -394,12 +396,22 @@ def test_a_long_run_continues_from_its_committed_state_and_its_results_are_colle
     text = script.collect(work, committed)
     assert [s for s, _ in state_files(committed)] == [3] and "meta-step 3 of 9" in text
     assert (committed / "validation.png").is_file()
+    older = tmp_path / "older" / "training_state"  # a stale working folder, at meta-step 2
+    older.mkdir(parents=True)
+    shutil.copy2(work / "training_state" / "state-00000002.safetensors", older)
+    with pytest.raises(SystemExit, match="older than the committed one"):  # never replaces a newer state
+        script.collect(older.parent, committed)
+    assert script.seed_work(committed, older.parent).name == "state-00000003.safetensors"  # it gets the newer one
     shutil.rmtree(work)  # a fresh machine: only the repository's files
     assert script.seed_work(committed, work).name == "state-00000003.safetensors"
     assert script.seed_work(committed, work) is None  # never over a state already there
     assert cli.main(script.train_argv("r", listed, work, "--no-progress", "--wandb", "disabled")) == 0
     text = script.collect(work, committed)
     assert not (committed / "training_state").exists() and text.startswith("Finished: meta-step 9 of 9")
+    with pytest.raises(SystemExit, match="has finished"):  # a finished run is neither continued nor collected again
+        script.seed_work(committed, tmp_path / "fresh")
+    with pytest.raises(SystemExit, match="has finished"):
+        script.collect(work, committed)
     reference = meta_train(config, progress=False)  # the same run in one sitting
     assert same_parameters(load_checkpoint(committed / "final.safetensors").optimizer.state_dict(),
                            reference.optimizer.state_dict())

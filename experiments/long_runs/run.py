@@ -17,6 +17,7 @@ status (``experiments/training_status.py``). Commit the folder afterwards.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -29,8 +30,14 @@ from metatele.evaluation.figures import plot_learning_curve
 from metatele.meta.state import CHECKPOINT_FILE, STATE_DIR, state_files
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from training_status import status  # noqa: E402  (experiments/training_status.py)
+
+
+def _training_status() -> Any:
+    """experiments/training_status.py as a module (loaded by path: ``experiments/`` is no package)."""
+    spec = importlib.util.spec_from_file_location("training_status", HERE.parent / "training_status.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 #: what a finished run keeps in the repository (besides validation.png)
 FINISHED = (CHECKPOINT_FILE, "final.safetensors", "average.safetensors", "validation.json")
@@ -51,12 +58,20 @@ def train_argv(name: str, listed: dict[str, dict[str, Any]], work: Path, *extra:
             "--resume", *extra]
 
 
+def _newest(folder: Path) -> int:
+    """The meta-step of ``folder``'s newest training state (-1: none)."""
+    files = state_files(folder)
+    return files[0][0] if files else -1
+
+
 def seed_work(committed: Path, work: Path) -> Path | None:
-    """Copy the committed newest training state into ``work`` unless ``work`` has one; the copied file."""
-    if state_files(work) or (work / CHECKPOINT_FILE).exists():
-        return None
+    """Copy the committed newest training state into ``work`` when it is newer than any there; the
+    copied file (``None``: nothing to copy). A finished run is refused: it cannot be continued."""
+    if (committed / CHECKPOINT_FILE).exists():
+        raise SystemExit(f"{committed}: this run has finished (its {CHECKPOINT_FILE} is committed); "
+                         "it cannot be continued")
     files = state_files(committed)
-    if not files:
+    if not files or files[0][0] <= _newest(work) or (work / CHECKPOINT_FILE).exists():
         return None
     (work / STATE_DIR).mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy2(files[0][1], work / STATE_DIR / files[0][1].name))
@@ -64,6 +79,8 @@ def seed_work(committed: Path, work: Path) -> Path | None:
 
 def collect(work: Path, committed: Path) -> str:
     """Bring ``work``'s progress into ``committed`` (see the module docstring); the run's status."""
+    if (committed / CHECKPOINT_FILE).is_file():
+        raise SystemExit(f"{committed}: this run has finished and its files are committed; nothing to collect")
     committed.mkdir(parents=True, exist_ok=True)
     if (work / CHECKPOINT_FILE).is_file():
         missing = [f for f in FINISHED if not (work / f).is_file()]
@@ -76,24 +93,30 @@ def collect(work: Path, committed: Path) -> str:
         files = state_files(work)
         if not files:
             raise SystemExit(f"{work}: no training state and no checkpoint: nothing to collect")
+        if files[0][0] < _newest(committed):
+            raise SystemExit(f"{work}: its newest state (meta-step {files[0][0]}) is older than the committed one "
+                             f"(meta-step {_newest(committed)}); nothing collected")
         newest = files[0][1]
         (committed / STATE_DIR).mkdir(exist_ok=True)
         for _, old in state_files(committed):
             if old.name != newest.name:
                 old.unlink()
         shutil.copy2(newest, committed / STATE_DIR / newest.name)
-    text, history = status(str(committed), every=4)
+    text, history = _training_status().status(str(committed), every=4)
     plot_learning_curve(history, committed / "validation.png")
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``run.py train|collect NAME``; the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=("train", "collect"))
     p.add_argument("name", help="a run of experiments/long_runs/runs.yaml")
     p.add_argument("--work", help="the working folder (default: runs/NAME)")
     p.add_argument("--progress", action="store_true", help="train: show the progress bar")
     args = p.parse_args(argv)
+    if args.progress and args.action != "train":
+        p.error("--progress applies to train only")
     listed = runs()
     work, committed = Path(args.work or f"runs/{args.name}"), HERE / args.name
     if args.action == "train":

@@ -319,6 +319,8 @@ class BenchmarkProtocol:
             return None
         where = f"methods.{method}.pretrained"
         if isinstance(spec, dict):
+            bad = [k for k in spec if not isinstance(k, int) or isinstance(k, bool)]
+            require(not bad, where, f"a mapping's keys are meta-seeds (integers), got {bad}")
             require(meta_seed in spec, where, f"names no checkpoint for meta-seed {meta_seed} (it maps "
                     f"meta-seeds {sorted(spec, key=str)})")
             spec = spec[meta_seed]
