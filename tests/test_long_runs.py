@@ -253,6 +253,16 @@ def test_every_long_run_folder_is_listed_with_its_config():
     assert {"generalist_update", "generalist_update_tele", "generalist_lr", "generalist_lr_tele"} <= folders
 
 
+def test_every_listed_run_loads_and_each_meta_seed_trains_on_its_own_tasks():
+    from metatele.meta.config import load_config
+    from metatele.studies.protocol import SEED_STRIDE
+    for name, spec in RUNS.items():
+        config = load_config(spec["config"], spec.get("set", []))
+        assert config.train_seed_start == config.seed * SEED_STRIDE, name
+        assert name.endswith(f"_seed{config.seed}") == (config.seed > 0), name
+        assert (config.mix is None) == name.startswith("specialist_"), name
+
+
 @pytest.mark.parametrize("name", sorted(n for n in RUNS if (LONG_RUNS / n).is_dir()))
 def test_the_committed_long_runs_resume_from_their_listed_configs(name):
     # an unfinished run: what `metatele train --config CONFIG --set ... --out DIR --resume` checks
