@@ -461,3 +461,32 @@ def test_learned_vs_init_compares_a_checkpoint_with_its_initialisation_or_its_tw
     init = script.compare_with_init(ckpts["update"], 4, 6, [6], 0)
     first = list(validation_seeds(4, start=0))
     assert init["names"] == ["trained", "initialisation"] and init["validation_seeds"] == [first[0], first[-1] + 1]
+
+
+def test_many_runs_continue_side_by_side_for_a_fixed_time_and_are_packed(tmp_path):
+    """experiments/long_runs/many.sh: a run that reaches its budget is packed with its finished
+    files, one stopped by the time limit with its saved state; an unknown name is refused first."""
+    import subprocess
+    import tarfile
+    from helpers import subprocess_env
+    configs = {"short": cw(max_meta_steps=1, **{"validation.every": 0}),  # done within the time limit
+               "long": cw(max_meta_steps=10**6, **{"validation.every": 0})}  # stopped by it
+    listed = {}
+    for name, config in configs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(configs_mod.to_dict(config)))
+        listed[name] = {"config": str(tmp_path / f"{name}.yaml"), "set": ["seed=0"]}
+    (tmp_path / "runs.yaml").write_text(yaml.safe_dump(listed))
+    script = LONG_RUNS / "many.sh"
+    env = {**subprocess_env(), "RUNS_YAML": str(tmp_path / "runs.yaml"), "WANDB_MODE": "disabled"}
+    bad = subprocess.run(["bash", str(script), "5", "pack", "short", "nope"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "nope is not a run of runs.yaml" in bad.stderr and not (tmp_path / "runs" / "short").exists()
+    proc = subprocess.run(["bash", str(script), "12", "pack", "short", "long"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr + (tmp_path / "runs" / "long.log").read_text()
+    with tarfile.open(tmp_path / "pack" / "runs-0.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert "runs/short/checkpoint.safetensors" in names  # (final and average: only for a run that validates)
+    assert {"runs/short.log", "runs/long.log"} <= names
+    long_states = [n for n in names if n.startswith("runs/long/training_state/state-")]
+    assert len(long_states) == 1 and not any(n.startswith("runs/short/training_state") for n in names)

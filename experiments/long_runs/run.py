@@ -113,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("train", "collect"))
     p.add_argument("name", help="a run of experiments/long_runs/runs.yaml")
     p.add_argument("--work", help="the working folder (default: runs/NAME)")
+    p.add_argument("--runs", type=Path, default=HERE / "runs.yaml", help="the list of runs (default: runs.yaml here)")
     p.add_argument("--progress", action="store_true", help="train: show the progress bar")
     args = p.parse_args(argv)
     if args.progress and args.action != "train":
         p.error("--progress applies to train only")
-    listed = runs()
+    listed = runs(args.runs)
     work, committed = Path(args.work or f"runs/{args.name}"), HERE / args.name
     if args.action == "train":
         argv = train_argv(args.name, listed, work, *([] if args.progress else ["--no-progress"]))
