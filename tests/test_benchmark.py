@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from metatele import cli
 from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
@@ -689,6 +690,33 @@ def test_a_pretrained_method_is_evaluated_from_its_checkpoints_as_they_are(run, 
     assert unnamed(shipped["summary"]) == unnamed(trained["summary"])  # the same optimizers on the same test seeds
     assert {k: Path(pattern.format(seed=k)).read_bytes() for k in (0, 1)} == before  # never rewritten
     assert not (tmp_path / "checkpoints" / "gaussian-small" / "shipped").exists()
+
+
+def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as_pretrained(tmp_path):
+    """A long run's checkpoint (``metatele train`` with validation) records the snapshot it selected;
+    the benchmark evaluates it as it is and reports that meta-step (it failed on that record)."""
+    run = {"task": {"dims": [4, 6, 6, 6], "distribution": "gaussian"},
+           "learned": {"variant": "update", "arch": "coordinatewise", "coordinatewise": {"hidden": 8, "layers": 1}},
+           "trajectories": 1000, "max_meta_steps": 4, "steps": 12, "unroll": 3, "batch_size": 4,
+           "validation": {"every": 2, "seeds": 3, "steps": 6, "at_steps": [3, 6]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(run))
+    ck = tmp_path / "run" / "checkpoint.safetensors"
+    assert cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(ck.parent), "--no-progress",
+                     "--wandb", "disabled"]) == 0
+    selected = load_checkpoint(ck).provenance["selection"]["meta_step"]
+    argv = ["--quick", "--out", str(tmp_path / "b"), "--no-progress", "--set", f"methods.long={{pretrained: {{0: '{ck}'}}}}",
+            "--set", "meta_seeds=[0]", "--settings", "gaussian-small", "--methods", "long", "--ablations", "none"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    info = results["sections"]["gaussian-small"]["methods"]["long"]["meta_seeds_info"][0]
+    assert info["pretrained"] and info["selected"]["meta_step"] == selected
+    assert f"| {selected} |" in (tmp_path / "b" / "RESULTS.md").read_text()
+    # one method, not among the transfer methods: its setting has a figure, the empty transfer sections none
+    assert list(results["figures"]) == ["gaussian-small"]
 
 
 def test_a_pretrained_method_with_a_missing_checkpoint_fails_before_any_work(tmp_path, capsys):

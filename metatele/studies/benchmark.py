@@ -294,6 +294,8 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     sections = runner.sections()
     figures = {}
     for name in sections:
+        if not runner.flat_curves(name):  # e.g. a transfer section whose methods this run left out
+            continue
         path = report.parent / "figures" / f"benchmark_{slug(name)}.png"
         plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]),
                           ids={m: MethodId.from_dict(e["id"]) for m, e in sections[name]["methods"].items()})

@@ -96,6 +96,8 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
         train_seeds, meta_steps = tuple(prov["training_seeds"][0]), prov.get("meta_steps")
         diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
         selection = prov.get("selection")
+        if selection is not None and "selected" not in selection:  # `metatele train`'s: the selected snapshot
+            selection = {"selected": selection, "history": []}       # (its validation history is not in the file)
     else:
         try:
             if job.selection:
