@@ -316,8 +316,15 @@ def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures()
     config = load_config("ship/generalist_update_tele")
     held = config.mix.held_out_architectures(config.task)
     listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]
-    regression = [t for t in listed if t.family == "regression"]
-    assert [architecture_key(t) for t in regression] == [architecture_key(t) for t in held]
+    assert [architecture_key(t) for t in listed] == [architecture_key(t) for t in held]
+    assert {t.family for t in listed} == {"regression"}
+    # digits has its own protocol (to 300 steps), over the same checkpoints of the update pair
+    on_digits = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "benchmark_generalist_digits.yaml").read_text())
+    assert on_digits["methods"] == {m: protocol["methods"][m] for m in on_digits["methods"]}
+    assert set(on_digits["methods"]) == {"CW-generalist(update+tele)", "CW-generalist(update)"}
+    assert on_digits["meta_seeds"] == protocol["meta_seeds"] and on_digits["test_seeds"] == protocol["test_seeds"]
+    protocol = on_digits
+    listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]
     assert TaskConfig(**protocol["settings"]["gaussian-20"]["task"]) == config.task
     assert config.mix == load_config("ship/generalist_update").mix  # the twin trains on the same mixture
     # digits is held out as a whole family: the mixture draws regression architectures only
