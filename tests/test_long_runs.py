@@ -488,11 +488,15 @@ def test_many_runs_continue_side_by_side_for_a_fixed_time_and_are_packed(tmp_pat
     bad = subprocess.run(["bash", str(script), "5", "pack", "short", "nope"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nope is not a run of runs.yaml" in bad.stderr and not (tmp_path / "runs" / "short").exists()
-    proc = subprocess.run(["bash", str(script), "12", "pack", "short", "long"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["bash", str(script), "12", "pack", "short", "long"], cwd=tmp_path,
+                          env={**env, "PACK_MIB": "0.01"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr + (tmp_path / "runs" / "long.log").read_text()
-    with tarfile.open(tmp_path / "pack" / "runs-0.tar.gz") as tar:
-        names = set(tar.getnames())
+    archives = sorted((tmp_path / "pack").iterdir())  # each run alone: both exceed 0.01 MiB
+    assert [a.name for a in archives] == ["runs-0.tar.gz", "runs-1.tar.gz"]
+    names = set()
+    for a in archives:
+        with tarfile.open(a) as tar:
+            names |= set(tar.getnames())
     assert "runs/short/checkpoint.safetensors" in names  # (final and average: only for a run that validates)
     assert {"runs/short.log", "runs/long.log"} <= names
     long_states = [n for n in names if n.startswith("runs/long/training_state/state-")]

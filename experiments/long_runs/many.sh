@@ -8,9 +8,10 @@
 #
 # (RUNS_YAML=FILE: names from another list than runs.yaml.)
 # Each NAME (a run of runs.yaml) runs `run.py train NAME` in runs/NAME, stopped by SIGTERM after
-# SECONDS (it saves its state). Then PACK_DIR/runs-K.tar.gz each hold the runs/NAME folders of
-# up to 3 runs: the newest training state, or the finished run's checkpoint, final and average
-# meta-parameters and validation.json, and the log. Back on this machine:
+# SECONDS (it saves its state). Then PACK_DIR/runs-K.tar.gz hold, for each run, its newest
+# training state, or the finished run's checkpoint, final and average meta-parameters and
+# validation.json, and its log; runs are grouped into archives of at most PACK_MIB MiB (default 15;
+# a run larger than that gets an archive of its own). Back on this machine:
 #
 #   for f in PACK_DIR/runs-*.tar.gz; do tar xzf "$f"; done
 #   python experiments/long_runs/run.py collect NAME      # for each NAME
@@ -46,20 +47,31 @@ for i in "${!pids[@]}"; do
   # 0: finished; 124: stopped by the time limit, its state saved; anything else is a failure
   wait "${pids[$i]}" || { rc=$?; [ "$rc" -eq 124 ] || { echo "$0: ${names[$i]} exited with $rc" >&2; status=1; }; }
 done
-for ((k = 0; k < ${#names[@]}; k += 3)); do
-  files=()
-  for name in "${names[@]:k:3}"; do
-    files+=("runs/$name.log")
-    if [ -f "runs/$name/checkpoint.safetensors" ]; then  # finished: its files, not its final state
-      for f in checkpoint.safetensors final.safetensors average.safetensors validation.json; do
-        if [ -f "runs/$name/$f" ]; then files+=("runs/$name/$f"); fi
-      done
-    else
-      newest=$(ls runs/"$name"/training_state/state-*.safetensors 2>/dev/null | tail -1 || true)
-      if [ -n "$newest" ]; then files+=("$newest"); fi
-    fi
-  done
-  tar czf "$pack/runs-$((k / 3)).tar.gz" "${files[@]}"
-done
+# pack: each run's files whole, runs grouped greedily into archives of at most PACK_MIB (default 15)
+PACK_MIB=${PACK_MIB:-15} python - "$pack" "${names[@]}" <<'PY'
+import os, sys, tarfile
+from pathlib import Path
+pack, names = Path(sys.argv[1]), sys.argv[2:]
+limit = float(os.environ["PACK_MIB"]) * 2**20
+groups, size = [[]], 0
+for name in names:
+    run = Path("runs", name)
+    if (run / "checkpoint.safetensors").is_file():  # finished: its files, not its final state
+        files = [run / f for f in ("checkpoint.safetensors", "final.safetensors", "average.safetensors",
+                                   "validation.json") if (run / f).is_file()]
+    else:
+        files = sorted((run / "training_state").glob("state-*.safetensors"))[-1:]
+    files.append(Path("runs", f"{name}.log"))
+    n = sum(f.stat().st_size for f in files)
+    if groups[-1] and size + n > limit:
+        groups.append([])
+        size = 0
+    groups[-1] += files
+    size += n
+for k, files in enumerate(groups):
+    with tarfile.open(pack / f"runs-{k}.tar.gz", "w:gz") as tar:
+        for f in files:
+            tar.add(str(f))
+PY
 ls -l "$pack"
 exit $status
