@@ -414,15 +414,19 @@ def test_target_check_is_generated_from_the_numbers_and_render_only_reproduces_t
 
 
 def test_in_short_summary_states_each_measured_pair_with_its_decisions_and_differences(run):
-    from metatele.studies.report import SUMMARY_PAIRS, summary_lines
+    from metatele.studies.summary import SUMMARY_PAIRS, summary_lines, summary_pairs
 
     out, argv, results = run
     lines = summary_lines(results)
     text = (out / "RESULTS.md").read_text()
     assert "## In short: where learned teleportation helps" in text and all(line in text for line in lines)
+    # the protocol's teleport_help pairs join the fixed ones (the quick protocol's adam+CW(tele) pair)
+    pairs = summary_pairs(results)
+    assert pairs[:len(SUMMARY_PAIRS)] == list(SUMMARY_PAIRS)
+    assert ("adam+CW(tele)", "adam(lr=1e-2)", "a learned teleport on top of Adam") in pairs
     settings = [s for s in results["sections"].values() if s["kind"] == "setting"]
     others = [s for s in results["sections"].values() if s["kind"] != "ablations"
-              and any((c["a"], c["b"]) == (a, b) for c in s["comparisons"] for a, b, _ in SUMMARY_PAIRS)]
+              and any((c["a"], c["b"]) == (a, b) for c in s["comparisons"] for a, b, _ in pairs)]
     assert len(lines) == len(others) + 1  # one per setting (or transfer target) with such a pair, one for the ablations
     for line, sec in zip(lines, settings):
         assert line.startswith(f"**{sec['label']}**")

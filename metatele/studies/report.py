@@ -2,8 +2,8 @@
 
 * :func:`methods_table` writes a section's methods × steps table (the best of each column
   marked), :func:`verdicts_table` every paired comparison in one table (pair × step);
-  :func:`conclusions` (kept in ``results.json``) and :func:`summary_lines` write plain-language
-  sentences from the measured decisions (nothing is hard-coded); :func:`goal_check` states the teleport target
+  :func:`conclusions` (kept in ``results.json``) and :func:`~metatele.studies.summary.summary_lines` write
+  plain-language sentences from the measured decisions (nothing is hard-coded); :func:`goal_check` states the teleport target
   (:func:`~metatele.studies.aggregate.update_target`) per setting; :func:`render_report` writes the
   whole ``RESULTS.md``.
 
@@ -18,9 +18,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..evaluation.format import cell, interval, num, p_is, pct
-from ..evaluation.stats import HIGHER, LOWER, NO_DIFF, decision
+from ..evaluation.stats import LOWER, NO_DIFF, decision
 from ..evaluation.tuning import edge_note
 from .aggregate import at_step, lr_target, lr_target_met, update_target
+from .summary import summary_lines
 from .targets import divergence_table, more_tables, targets_table, task_text, teleport_help_lines, transfer_lines
 
 D = ".3f"  # differences of log10-loss
@@ -153,63 +154,6 @@ def conclusions(results: Mapping[str, Any]) -> list[str]:
                 if cs:
                     out += _pair_sentences(f"Ablation '{ab}' ({info['question']}) on {sec['label']}", cs)
         out += _section_notes(sec, last)
-    return out
-
-
-#: (a, b, what the pair measures) for the "in short" summary, in that order, where measured
-SUMMARY_PAIRS = (
-    ("LSTM(update+tele)", "LSTM(update)", "the learned teleport, on top of the same learned update"),
-    ("LSTM(update+tele) [paper]", "LSTM(update) [paper]", "the paper's learned teleport, on top of the paper's learned update"),
-    ("LSTM(update+tele)", "LSTM(update+tele) [paper]", "the selected learned teleport against the paper's"),
-    ("LSTM(update)", "LSTM(update) [paper]", "the selected learned update against the paper's"),
-    ("LSTM(lr+tele)", "gd(tuned)", "LSTM(lr,tele) against tuned GD"),
-    ("LSTM(update+tele)", "gd(tuned)", "the selected learned teleport against tuned GD"),
-    ("gd(tuned)+tele", "gd(tuned)", "a gradient-ascent teleport for tuned GD"),
-)
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def _effect(cs: Sequence[Mapping[str, Any]]) -> str:
-    """``lower at steps 10 (Δ −0.09), 30 (−0.05); no significant difference at 100`` (a − b, log10)."""
-    parts = []
-    for d, word in ((LOWER, "lower"), (HIGHER, "higher"), (NO_DIFF, "no significant difference")):
-        sel = sorted((c for c in cs if c["decision"] == d), key=lambda c: c["step"])
-        if sel:
-            steps = ", ".join(f"{c['step']} (Δ {num(c['mean_diff'], '+.3f')})" if _finite(c["mean_diff"]) else
-                              f"{c['step']} (diverged on {c['diverged_a']} vs {c['diverged_b']} seeds)" for c in sel)
-            parts.append(f"{word} at step{'s' if len(sel) > 1 else ''} {steps}")
-    return "; ".join(parts)
-
-
-def summary_lines(results: Mapping[str, Any]) -> list[str]:
-    """Plain-language summary, generated: per setting, where each pair of :data:`SUMMARY_PAIRS`
-    is significantly lower or higher and by how much (Δ = a − b of mean log10 loss); then which
-    ablations lowered or raised the loss at the last reported step ≤ 100."""
-    out = []
-    for sec in results["sections"].values():
-        comps = sec["comparisons"]
-        if sec["kind"] != "ablations":
-            rows = []
-            for a, b, what in SUMMARY_PAIRS:
-                cs = [c for c in comps if c["a"] == a and c["b"] == b]
-                if cs:
-                    rows.append(f"{what} ({a} − {b}): {_effect(cs)}")
-            if rows:
-                out.append(f"**{sec['label']}** — " + ". ".join(r[0].upper() + r[1:] for r in rows) + ".")
-        else:
-            step = max((c["step"] for c in comps if c["step"] <= 100), default=None)
-            if step is None:
-                continue
-            at = [c for c in comps if c["step"] == step]
-            better = [f"{c['ablation']} (Δ {num(c['mean_diff'], '+.3f')})" for c in at if c["decision"] == LOWER]
-            worse = [f"{c['ablation']} (Δ {num(c['mean_diff'], '+.3f')})" for c in at if c["decision"] == HIGHER]
-            same = [c["ablation"] for c in at if c["decision"] == NO_DIFF]
-            out.append(f"**Ablations on {sec['label']}**, at step {step} against their reference: lower loss with "
-                       f"{', '.join(better) or 'none'}; higher with {', '.join(worse) or 'none'}; no significant "
-                       f"difference with {', '.join(same) or 'none'}.")
     return out
 
 
@@ -386,7 +330,7 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         "Generated from the paired comparisons below (Δ = a − b of mean log10 loss over the test seeds; lower is "
         "better; significant at α without correction).",
         "",
-        *[f"- {s}" for s in summary_lines(results)],
+        *([f"- {s}" for s in summary_lines(results)] or ["_No pair of the summary was measured._"]),
         "",
         "## Verdicts",
         "",
