@@ -249,8 +249,9 @@ class MetaTrainConfig:
         m2's ``coordinatewise.tele_norm_init`` under ``variant: update``): they did not affect
         it, and take their defaults here rather than being refused (:func:`inapplicable_options`),
         as does an Adam rate of a net the variant does not have (``lr_teleport`` of an ``update``
-        run, :func:`inapplicable_rates`), and ``allow_non_symmetric`` of a run that never teleports. Options that moved into a group since (the
-        coordinatewise ``every``, ``gate``, ... into ``ablation``) are moved there.
+        run, :func:`inapplicable_rates`), and ``allow_non_symmetric`` of a run that never
+        teleports. Options that moved into a group since (the coordinatewise ``every``,
+        ``gate``, ... into ``ablation``) are moved there.
         """
         learned = data.get("learned")
         if isinstance(learned, dict):
