@@ -384,9 +384,10 @@ def test_the_estimator_candidates_load_and_differ_from_the_baseline_only_in_the_
             assert cfg["learned"]["coordinatewise"]["time_feature"] and not base["learned"]["coordinatewise"]["time_feature"]
 
 
-def _long_run_script():
+def _script(path: Path):
+    """An experiments/ script as a module (experiments/ is no package)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("long_run_script", LONG_RUNS / "run.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -395,7 +396,7 @@ def _long_run_script():
 def test_a_long_run_continues_from_its_committed_state_and_its_results_are_collected(tmp_path):
     """experiments/long_runs/run.py: `train` resumes the committed state of a run of runs.yaml with
     its listed config; `collect` brings back the newest state, then a finished run's files."""
-    script = _long_run_script()
+    script = _script(LONG_RUNS / "run.py")
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(configs_mod.to_dict(cw(max_meta_steps=30))))
     listed = {"r": {"config": str(cfg_file), "set": ["max_meta_steps=9", "seed=1"]}}
@@ -438,10 +439,7 @@ def test_a_long_run_continues_from_its_committed_state_and_its_results_are_colle
 
 
 def test_learned_vs_init_compares_a_checkpoint_with_its_initialisation_or_its_twin_on_unselected_validation_seeds(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("learned_vs_init", LONG_RUNS.parent / "learned_vs_init.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script(LONG_RUNS.parent / "learned_vs_init.py")
     ckpts = {}
     for variant in ("update+tele", "update"):
         cfg_file = tmp_path / f"{variant}.yaml"

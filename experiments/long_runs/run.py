@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if copied is not None:
             print(f"continuing from the committed {copied.name}", file=sys.stderr)
         return cli.main(argv)
-    if args.name not in listed:
-        raise SystemExit(f"{args.name}: not a run of runs.yaml (runs: {', '.join(listed)})")
+    train_argv(args.name, listed, work)  # refuses a name that runs.yaml does not list
     print(collect(work, committed))
     return 0
 
