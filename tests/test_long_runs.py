@@ -470,12 +470,15 @@ def test_learned_vs_init_compares_a_checkpoint_with_its_initialisation_or_its_tw
 
 def test_many_runs_continue_side_by_side_for_a_fixed_time_and_are_packed(tmp_path):
     """experiments/long_runs/many.sh: a run that reaches its budget is packed with its finished
-    files, one stopped by the time limit with its saved state; an unknown name is refused first."""
+    files, one stopped by the time limit with its saved state; an unknown name is refused first, and
+    a run stopped before its first saved state is a failure that says so."""
     import subprocess
     import tarfile
     from helpers import subprocess_env
     configs = {"short": cw(max_meta_steps=1, **{"validation.every": 0}),  # done within the time limit
-               "long": cw(max_meta_steps=10**6, **{"validation.every": 0})}  # stopped by it
+               # stopped by it: enough trajectories that the seeds never run out (1,000 last a fast
+               # machine about 10 s)
+               "long": cw(max_meta_steps=10**6, trajectories=10**8, **{"validation.every": 0})}
     listed = {}
     for name, config in configs.items():
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(configs_mod.to_dict(config)))
@@ -486,6 +489,9 @@ def test_many_runs_continue_side_by_side_for_a_fixed_time_and_are_packed(tmp_pat
     bad = subprocess.run(["bash", str(script), "5", "pack", "short", "nope"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nope is not a run of runs.yaml" in bad.stderr and not (tmp_path / "runs" / "short").exists()
+    early = subprocess.run(["bash", str(script), "1", "early", "long"], cwd=tmp_path, env=env,  # 1 s: still importing
+                           capture_output=True, text=True, timeout=120)
+    assert early.returncode != 0 and "long was stopped before it saved any training state" in early.stderr
     proc = subprocess.run(["bash", str(script), "12", "pack", "short", "long"], cwd=tmp_path,
                           env={**env, "PACK_MIB": "0.01"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr + (tmp_path / "runs" / "long.log").read_text()

@@ -46,6 +46,12 @@ status=0
 for i in "${!pids[@]}"; do
   # 0: finished; 124: stopped by the time limit, its state saved; anything else is a failure
   wait "${pids[$i]}" || { rc=$?; [ "$rc" -eq 124 ] || { echo "$0: ${names[$i]} exited with $rc" >&2; status=1; }; }
+  run=runs/${names[$i]}
+  if [ ! -f "$run/checkpoint.safetensors" ] && ! compgen -G "$run/training_state/state-*.safetensors" > /dev/null; then
+    # the time limit came before the run's first saved state (e.g. while Python was starting)
+    echo "$0: ${names[$i]} was stopped before it saved any training state; give it more than $secs s" >&2
+    status=1
+  fi
 done
 # pack: each run's files whole, runs grouped greedily into archives of at most PACK_MIB (default 15)
 PACK_MIB=${PACK_MIB:-15} python - "$pack" "${names[@]}" <<'PY'
@@ -60,7 +66,7 @@ for name in names:
         files = [run / f for f in ("checkpoint.safetensors", "final.safetensors", "average.safetensors",
                                    "validation.json") if (run / f).is_file()]
     else:
-        files = sorted((run / "training_state").glob("state-*.safetensors"))[-1:]
+        files = sorted((run / "training_state").glob("state-*.safetensors"))[-1:]  # none: only its log
     files.append(Path("runs", f"{name}.log"))
     n = sum(f.stat().st_size for f in files)
     if groups[-1] and size + n > limit:
