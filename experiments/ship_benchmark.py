@@ -17,6 +17,18 @@ history, and the command that regenerates it:
 
 (meta-training is deterministic on CPU given the seed, so that rerun reproduces the checkpoint); that
 command is the first of the manifest's ``commands``.
+
+A protocol of ``pretrained`` methods (the long runs of ``experiments/long_runs/``, evaluated by
+``experiments/benchmark_generalist.yaml``) ships them inside the package instead, every meta-seed,
+as NAME (meta-seed 0) and NAME-seedK, each manifest holding that checkpoint's test-seed numbers:
+
+    python experiments/ship_benchmark.py --results runs/benchmark_generalist/results.json \
+        --settings gaussian-20 --to-package "CW-generalist(update+tele)=generalist-update-tele" ...
+        # → metatele/pretrained/generalist-update-tele{,-seed1,-seed2}.{safetensors,manifest.json}
+        #   (then add the names to REGISTRY in metatele/release/pretrained.py)
+
+Their first command is the long run's own (``python experiments/long_runs/run.py train RUN``,
+repeated until the run has reached its budget), the second the benchmark's.
 """
 from __future__ import annotations
 
@@ -30,6 +42,7 @@ from typing import Any
 
 from metatele.evaluation.format import cell
 from metatele.release.manifest import headline, write_checkpoint_manifest
+from metatele.release.pretrained import pretrained_dir
 
 SHIPPED = ("CW(update+tele)", "CW(update)", "adam+CW(tele)")
 
@@ -54,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="checkpoints")
     p.add_argument("--settings", nargs="+", default=None, help="default: every setting of the benchmark")
     p.add_argument("--methods", nargs="+", default=list(SHIPPED))
+    p.add_argument("--to-package", nargs="+", metavar="METHOD=NAME", default=None,
+                   help="ship every meta-seed of these pretrained methods as metatele/pretrained/NAME[-seedK]")
+    p.add_argument("--package-dir", type=Path, default=None,
+                   help="with --to-package: the folder instead of the package's metatele/pretrained")
     args = p.parse_args(argv)
     results_path = Path(args.results)
     if not results_path.is_file():
@@ -63,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = args.settings or [s for s, sec in results["sections"].items() if sec["kind"] == "setting"]
+    if args.to_package:
+        return to_package(results, results_path, settings, args.to_package, args.package_dir or pretrained_dir(), argv)
     lead = args.methods[0]
     rows = []
     for setting in settings:
@@ -83,29 +102,74 @@ def main(argv: list[str] | None = None) -> int:
             info = entry["meta_seeds_info"][index]
             src = Path(info["checkpoint"])
             dst = out / f"{file_name(m, setting)}.safetensors"
-            shutil.copyfile(src, dst)
-            sel = info.get("selected") or {}
-            test = results["test_seeds"]
-            stats = entry["meta_seeds"][index]
             rerun = (f"metatele benchmark --settings {setting} --methods " + " ".join(f'"{x}"' for x in args.methods)
                      + f" --set meta_seeds=[{k}] --ablations none")
-            manifest = write_checkpoint_manifest(
-                dst, seeds={"train": info["train_seeds"], "validation": sel.get("validation_seeds"),
-                            "test": [test["start"], test["start"] + test["count"]]},
-                metrics={"this_checkpoint": stats, "diverged_by": entry["diverged_by_meta_seed"][index],
-                         "all_meta_seeds": entry["summary"]},
-                headline=headline({s: v["mean"] for s, v in stats["at_step"].items()}, "test", test["count"],
-                                  task=results["sections"][setting].get("task")),
-                check_seeds=[test["start"], test["start"] + test["count"]],
-                commands=[rerun, "python experiments/ship_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)],
-                extra={"benchmark": {"protocol": results["protocol_name"], "setting": setting, "method": m,
-                                     "meta_seed": k, "git_commit": results["machine"].get("git_commit"),
-                                     "command": results["command"], "results": str(results_path)},
-                       "chosen_by": f"the lowest validation score of {lead}'s selected snapshot over the meta-seeds "
-                                    f"({', '.join(str(i['meta_seed']) for i in methods[lead]['meta_seeds_info'])})",
-                       "selection": {"selected": sel, "history": info.get("selection_history")}})
+            manifest = ship_one(results, results_path, setting, m, index, src, dst, [rerun], argv,
+                                chosen_by=f"the lowest validation score of {lead}'s selected snapshot over the "
+                                          f"meta-seeds ({', '.join(str(i['meta_seed']) for i in methods[lead]['meta_seeds_info'])})")
             print(f"{setting}/{m} (meta-seed {k}) → {dst}, {manifest}")
             rows.append((dst.stem, setting, m, k, entry["meta_seeds"][index]))
+    print(table(rows, results["steps"]))
+    return 0
+
+
+def ship_one(results: dict[str, Any], results_path: Path, setting: str, method: str, index: int, src: Path,
+             dst: Path, commands: list[str], argv: list[str] | None, chosen_by: str) -> Path:
+    """Copy meta-seed ``index`` of ``method``'s checkpoint to ``dst`` and write its manifest: its
+    seeds, the benchmark's test-seed statistics of that very checkpoint, and the commands."""
+    entry = results["sections"][setting]["methods"][method]
+    info, stats = entry["meta_seeds_info"][index], entry["meta_seeds"][index]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    sel, test = info.get("selected") or {}, results["test_seeds"]
+    return write_checkpoint_manifest(
+        dst, seeds={"train": info["train_seeds"], "validation": sel.get("validation_seeds"),
+                    "test": [test["start"], test["start"] + test["count"]]},
+        metrics={"this_checkpoint": stats, "diverged_by": entry["diverged_by_meta_seed"][index],
+                 "all_meta_seeds": entry["summary"]},
+        headline=headline({s: v["mean"] for s, v in stats["at_step"].items()}, "test", test["count"],
+                          task=results["sections"][setting].get("task")),
+        check_seeds=[test["start"], test["start"] + test["count"]],
+        commands=[*commands, "python experiments/ship_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)],
+        extra={"benchmark": {"protocol": results["protocol_name"], "setting": setting, "method": method,
+                             "meta_seed": info["meta_seed"], "git_commit": results["machine"].get("git_commit"),
+                             "command": results["command"], "results": str(results_path)},
+               "chosen_by": chosen_by, "selection": {"selected": sel, "history": info.get("selection_history")}})
+
+
+def long_run_command(checkpoint: Path) -> str:
+    """The command that trains the long run whose selected snapshot is ``checkpoint``."""
+    run = checkpoint.parent
+    if run.parent.name != "long_runs":
+        raise SystemExit(f"{checkpoint}: not the checkpoint of a long run (experiments/long_runs/RUN/)")
+    return f"python experiments/long_runs/run.py train {run.name}  # repeated until it has reached its budget"
+
+
+def to_package(results: dict[str, Any], results_path: Path, settings: list[str], pairs: list[str], folder: Path,
+               argv: list[str] | None) -> int:
+    """Ship every meta-seed of each pretrained ``METHOD=NAME`` into the package (``--to-package``)."""
+    if len(settings) != 1:
+        print("--to-package: give the one setting whose test-seed numbers the manifests hold (--settings)",
+              file=sys.stderr)
+        return 2
+    setting, rows = settings[0], []
+    for pair in pairs:
+        method, sep, name = pair.partition("=")
+        entry = results["sections"][setting]["methods"].get(method)
+        if not sep or not name or entry is None or not all(i.get("pretrained") for i in entry["meta_seeds_info"]):
+            print(f"--to-package {pair}: expected METHOD=NAME with METHOD a pretrained method of {setting}",
+                  file=sys.stderr)
+            return 2
+        for index, info in enumerate(entry["meta_seeds_info"]):
+            k = info["meta_seed"]
+            dst = folder / f"{name if k == 0 else f'{name}-seed{k}'}.safetensors"
+            src = Path(info["checkpoint"])
+            manifest = ship_one(results, results_path, setting, method, index, src, dst,
+                                [long_run_command(src), results["command"]], argv,
+                                chosen_by=f"meta-seed {k} of the protocol's {len(entry['meta_seeds_info'])}; its snapshot "
+                                          "was selected on validation seeds during its long run")
+            print(f"{setting}/{method} (meta-seed {k}) → {dst}, {manifest}")
+            rows.append((dst.stem, setting, method, k, entry["meta_seeds"][index]))
     print(table(rows, results["steps"]))
     return 0
 

@@ -704,7 +704,7 @@ def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as
            "trajectories": 1000, "max_meta_steps": 4, "steps": 12, "unroll": 3, "batch_size": 4,
            "validation": {"every": 2, "seeds": 3, "steps": 6, "at_steps": [3, 6]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(run))
-    ck = tmp_path / "run" / "checkpoint.safetensors"
+    ck = tmp_path / "long_runs" / "run" / "checkpoint.safetensors"
     assert cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(ck.parent), "--no-progress",
                      "--wandb", "disabled"]) == 0
     selected = load_checkpoint(ck).provenance["selection"]["meta_step"]
@@ -721,6 +721,21 @@ def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as
     assert f"| {selected} |" in (tmp_path / "b" / "RESULTS.md").read_text()
     # one method, not among the transfer methods: its setting has a figure, the empty transfer sections none
     assert list(results["figures"]) == ["gaussian-small"]
+    # shipped into a package folder with its test-seed numbers and the commands that made it
+    ship = subprocess.run([sys.executable, "experiments/ship_benchmark.py", "--results", str(tmp_path / "b" / "results.json"),
+                           "--settings", "gaussian-small", "--to-package", "long=my-opt", "--package-dir", str(tmp_path / "pkg")],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert ship.returncode == 0, ship.stderr
+    dst = tmp_path / "pkg" / "my-opt.safetensors"
+    assert dst.read_bytes() == ck.read_bytes()
+    manifest = json.loads((tmp_path / "pkg" / "my-opt.manifest.json").read_text())
+    assert manifest["commands"][:2] == ["python experiments/long_runs/run.py train run  # repeated until it has reached its budget",
+                                        results["command"]]
+    assert manifest["headline"]["seeds"] == "test" and rerun_check(dst, manifest["check"]) == pytest.approx(
+        manifest["headline"]["mean_log10_loss_at"]["10"], abs=1e-6)
+    wrong = subprocess.run([*ship.args[:-4], "--to-package", "adam(tuned@3)=x", "--package-dir", str(tmp_path / "pkg")],
+                           capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert wrong.returncode == 2 and "METHOD a pretrained method of gaussian-small" in wrong.stderr
 
 
 def test_a_pretrained_method_with_a_missing_checkpoint_fails_before_any_work(tmp_path, capsys):

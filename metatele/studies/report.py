@@ -257,13 +257,16 @@ def _scale_lines(results: Mapping[str, Any]) -> list[str]:
             infos = e["meta_seeds_info"]
             if infos and all(x.get("shared_with") for x in infos):
                 t = f"same runs as {infos[0]['shared_with']}"
+            elif infos and all(x.get("pretrained") for x in infos):
+                t = "pretrained (not retrained here): " + " / ".join(
+                    f"{(x['train_seconds'] or 0) / 3600:.1f} h" for x in infos)
             elif infos and all(x["reused"] for x in infos):
                 t += " (checkpoints of an earlier run, --resume)"
-            steps = [x["meta_steps"] for x in e["meta_seeds_info"]]
+            steps = list(dict.fromkeys(x["meta_steps"] for x in e["meta_seeds_info"]))  # one when all agree
             arch = c["learned"].get("arch", "paper")
             lines.append(f"| {sec_name} | {m} | {c['learned']['variant']} | {c['learned'][_HIDDEN.get(arch, 'lstm')]['hidden']} | "
                          f"{c['trajectories']} × {c['steps']} | {unroll} | {c['batch_size']} | "
-                         f"{steps[0] if steps else '—'}{_selected(e) if sel else ''} | {t} |")
+                         f"{' / '.join(map(str, steps)) if steps else '—'}{_selected(e) if sel else ''} | {t} |")
     return lines
 
 
