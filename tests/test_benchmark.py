@@ -25,7 +25,8 @@ from metatele.evaluation.evaluate import Curves, evaluate
 from metatele.evaluation.format import num
 from metatele.evaluation.stats import decision, paired_comparison, summarize
 from metatele.studies.aggregate import combine_meta_seeds, compare_pairs, load_curves, save_curves
-from metatele.tasks.family import TEST_SEED_OFFSET, unseen_seeds
+from metatele.meta.mixture import build_engine
+from metatele.tasks.family import TEST_SEED_OFFSET, TaskConfig, unseen_seeds
 
 
 def main(argv: list[str]) -> int:
@@ -709,7 +710,8 @@ def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as
                      "--wandb", "disabled"]) == 0
     selected = load_checkpoint(ck).provenance["selection"]["meta_step"]
     argv = ["--quick", "--out", str(tmp_path / "b"), "--no-progress", "--set", f"methods.long={{pretrained: {{0: '{ck}'}}}}",
-            "--set", "meta_seeds=[0]", "--settings", "gaussian-small", "--methods", "long", "--ablations", "none"]
+            "--set", f"methods.init={{pretrained: {{0: '{ck}'}}, initialisation: true}}",
+            "--set", "meta_seeds=[0]", "--settings", "gaussian-small", "--methods", "long", "init", "--ablations", "none"]
     threads = torch.get_num_threads()
     try:
         assert main(argv) == 0
@@ -718,6 +720,15 @@ def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as
     results = json.loads((tmp_path / "b" / "results.json").read_text())
     info = results["sections"]["gaussian-small"]["methods"]["long"]["meta_seeds_info"][0]
     assert info["pretrained"] and info["selected"]["meta_step"] == selected
+    # its initialisation: meta-step 0 of the same run, rebuilt from the checkpoint's config
+    init = results["sections"]["gaussian-small"]["methods"]["init"]
+    assert init["meta_seeds_info"][0]["initialisation"] and init["meta_seeds_info"][0]["meta_steps"] == 0
+    seeds = range(results["test_seeds"]["start"], results["test_seeds"]["start"] + results["test_seeds"]["count"])
+    task = TaskConfig(**{**results["sections"]["gaussian-small"]["task"], "dims": tuple(results["sections"]["gaussian-small"]["task"]["dims"])})
+    direct = evaluate(build_engine(load_checkpoint(ck).config, device="cpu").optimizer.eval(), task, seeds, 10)
+    assert init["summary"]["at_step"]["10"]["mean"] == pytest.approx(float(np.log10(direct.loss[10]).mean()), abs=1e-5)
+    assert init["summary"]["at_step"]["10"]["mean"] != pytest.approx(
+        results["sections"]["gaussian-small"]["methods"]["long"]["summary"]["at_step"]["10"]["mean"])
     assert f"| {selected} |" in (tmp_path / "b" / "RESULTS.md").read_text()
     # one method, not among the transfer methods: its setting has a figure, the empty transfer sections none
     assert list(results["figures"]) == ["gaussian-small"]
@@ -758,6 +769,11 @@ def test_a_pretrained_method_may_map_each_meta_seed_to_its_file(tmp_path):
     assert [protocol.pretrained("shipped", k) for k in (0, 1)] == [files[0], files[1]]
     with pytest.raises(ConfigError, match=r"methods.shipped.pretrained: names no checkpoint for meta-seed 2"):
         protocol.pretrained("shipped", 2)
+    assert not protocol.initialisation("shipped")
+    for bad, why in ((f"methods.shipped={{pretrained: {spec}, initialisation: 1}}", "must be true or false"),
+                     ("methods.CW(update).initialisation=true", "unknown config key 'initialisation'")):
+        with pytest.raises(ConfigError, match=why):
+            load_protocol(QUICK_CONFIG, [bad])[0].initialisation(bad.split("=")[0].split(".")[1])
     with pytest.raises(ConfigError, match=r"methods.shipped.pretrained.0: must be a checkpoint path"):
         load_protocol(QUICK_CONFIG, ["methods.shipped={pretrained: {0: 7}}"])
     with pytest.raises(ConfigError, match=r"methods.shipped.pretrained: a mapping's keys are meta-seeds \(integers\), got \['0'\]"):

@@ -107,7 +107,8 @@ class BenchmarkRun:
         for s in self.settings:
             out += [Job(s, m, k, p.learned_config(s, m, k),
                         p.pretrained(m, k) or ck / s / slug(m) / f"seed{k}.safetensors",
-                        p.selection(s, m), pretrained=p.pretrained(m, k) is not None)
+                        p.selection(s, m), pretrained=p.pretrained(m, k) is not None,
+                        initialisation=p.initialisation(m))
                     for m in self.methods for k in p.meta_seeds]
         for arm, (m, ab, ref) in p.ablation_arms(self.ablations).items():
             out += [Job("ablations", arm, k, p.learned_config(p.ablation_setting, m, k, ab, ref),

@@ -20,6 +20,7 @@ from ..storage.jsonable import to_json
 from ..meta import train as meta_training
 from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
+from ..meta.mixture import build_engine
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .aggregate import method_stats
 from .selection import SelectionConfig, meta_train_selected
@@ -38,6 +39,9 @@ class Job:
     selection: SelectionConfig | None = field(default=None)
     #: evaluate ``checkpoint`` as it is (a protocol's ``pretrained`` method): no meta-training
     pretrained: bool = False
+    #: with ``pretrained``: evaluate the checkpoint's initialisation instead (its meta-parameters
+    #: before the first meta-step, rebuilt from its config)
+    initialisation: bool = False
 
     @property
     def selection_dict(self) -> dict[str, Any] | None:
@@ -48,13 +52,14 @@ class Job:
         """Rough relative cost (the pool starts the longest first, so no worker has a long tail)."""
         c = self.config
         if self.pretrained:
-            return 1.0  # evaluation only
+            return 1.0 + c.learned.uses_m2  # evaluation only; a teleport's double backward costs about as much again
         return c.trajectories * c.steps * c.learned.lstm.hidden * (1 + c.learned.uses_m2) * (1 + c.second_order)
 
     @property
     def key(self) -> str:
         if self.pretrained:
-            return json.dumps({"pretrained": str(self.checkpoint), "task": to_dict(self.config.task)}, sort_keys=True)
+            return json.dumps({"pretrained": str(self.checkpoint), "task": to_dict(self.config.task),
+                               "initialisation": self.initialisation}, sort_keys=True)
         extra = {"selection": self.selection_dict} if self.selection else {}
         return json.dumps({**self.config.to_dict(), **extra}, sort_keys=True)
 
@@ -98,6 +103,9 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
         selection = prov.get("selection")
         if selection is not None and "selected" not in selection:  # `metatele train`'s: the selected snapshot
             selection = {"selected": selection, "history": []}       # (its validation history is not in the file)
+        if job.initialisation:  # meta-step 0 of the same run: the engine built from the run's own config
+            opt = build_engine(ck.config, device=device).optimizer
+            meta_steps, train_seconds, selection = 0, 0.0, None
     else:
         try:
             if job.selection:
@@ -133,7 +141,8 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
                                     "summary": to_json(method_stats(curves, steps)["summary"])})
     info = {"meta_seed": job.meta_seed, "checkpoint": str(path), "train_seeds": list(train_seeds),
             "meta_steps": meta_steps, "train_seconds": train_seconds, "diverged_trajectories": diverged,
-            "reused": reused, **({"pretrained": True} if job.pretrained else {})}
+            "reused": reused, **({"pretrained": True} if job.pretrained else {}),
+            **({"initialisation": True} if job.initialisation else {})}
     if selection:
         info.update(selected=selection["selected"], selection_history=selection["history"])
     return {"info": info, "curves": curves, "timings": timings}

@@ -330,6 +330,16 @@ class BenchmarkProtocol:
                 f"or a mapping of meta-seed to path, got {spec!r}")
         return resolve_checkpoint(spec.format(seed=meta_seed))
 
+    def initialisation(self, method: str) -> bool:
+        """Whether the ``pretrained`` method ``method`` stands for its checkpoints' initialisations
+        (``initialisation: true``): each one's meta-parameters before its first meta-step, rebuilt
+        from its config, so that a report can say whether meta-training learned."""
+        spec = self.methods.get(method) or {}
+        flag = spec.get("initialisation", False)
+        where = f"methods.{method}.initialisation"
+        require(isinstance(flag, bool), where, f"must be true or false, got {flag!r}")
+        return flag  # (on a meta-trained method it is an unknown meta-training option, refused as such)
+
     def learned_config(self, setting: str, method: str, meta_seed: int, ablation: str | None = None,
                        reference: bool = False) -> MetaTrainConfig:
         """The MetaTrainConfig of one run; ``ablation``: that arm, or its reference if ``reference``.
@@ -338,7 +348,7 @@ class BenchmarkProtocol:
         path = self.pretrained(method, meta_seed)
         if path is not None:
             require(not ablation and not reference, f"ablations: {method}", "a pretrained method cannot be ablated")
-            extra = sorted(set(self.methods[method]) - {"pretrained"})
+            extra = sorted(set(self.methods[method]) - {"pretrained", "initialisation"})
             require(not extra, f"methods.{method}", f"a pretrained method takes no meta-training options, got {extra}")
             try:
                 saved = read_metadata(path)["config"]

@@ -237,7 +237,8 @@ _HIDDEN = {"coordinatewise": "coordinatewise"}  #: the config section whose ``hi
 
 def _selected(e: Mapping[str, Any]) -> str:
     """`` | 4 / 8 / 6``: the meta-step of the snapshot kept per meta-seed (``last``: no selection)."""
-    return " | " + (" / ".join(str((x.get("selected") or {}).get("meta_step", "last")) for x in e["meta_seeds_info"]) or "—")
+    return " | " + (" / ".join("0" if x.get("initialisation") else str((x.get("selected") or {}).get("meta_step", "last"))
+                               for x in e["meta_seeds_info"]) or "—")
 
 
 def _scale_lines(results: Mapping[str, Any]) -> list[str]:
@@ -257,6 +258,8 @@ def _scale_lines(results: Mapping[str, Any]) -> list[str]:
             infos = e["meta_seeds_info"]
             if infos and all(x.get("shared_with") for x in infos):
                 t = f"same runs as {infos[0]['shared_with']}"
+            elif infos and all(x.get("initialisation") for x in infos):
+                t = "not trained: the pretrained checkpoints' initialisations (meta-step 0)"
             elif infos and all(x.get("pretrained") for x in infos):
                 t = "pretrained (not retrained here): " + " / ".join(
                     f"{(x['train_seconds'] or 0) / 3600:.1f} h" for x in infos)
@@ -307,6 +310,10 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
         f"device {m['device']}, metatele {m['metatele']} (git {m['git_commit'] or 'unknown'}"
         f"{', uncommitted changes' if m.get('git_dirty') else ''}).",
         "",
+        *(["## Targets: met or missed", "", "Each declared target of the protocol, checked at each of its steps (all "
+           "must hold), in each section it names (default: every setting); the numbers are on the test seeds, as "
+           "described under Protocol below:", "", targets_table(results)]
+          if results["protocol"].get("targets") else []),
         "## Protocol",
         "",
         (f"- Every method is run on the same **{ts['count']} unseen test seeds** " if ts.get("split", "test") == "test"
@@ -351,9 +358,6 @@ def render_report(results: Mapping[str, Any], figures: Mapping[str, str], protoc
            "drift (step 100 ≤ step 30), no diverged seed by step 100, and LSTM(lr+tele) significantly below tuned GD at "
            "step 100:", "",
            *[f"- {s}" for s in results["goal"]], ""] if results.get("goal") else []),
-        *(["## Targets", "", "Each declared target of the protocol, checked at each of its steps (all must hold), "
-           "in each section it names (default: every setting):", "", targets_table(results)]
-          if results["protocol"].get("targets") else []),
         *(["## Does learning to teleport help?", "", "Generated from the paired comparisons of each method with a "
            "learned teleport against the same method without it (Δ = a − b of mean log10 loss [95% CI]; lower is "
            "better):", "", *[f"- {s}" for s in teleport_help_lines(results)], ""]
