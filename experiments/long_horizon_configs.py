@@ -1,13 +1,13 @@
 """How the benchmark's long-horizon coordinatewise configuration was chosen, on validation seeds only.
 
-Each candidate is the default protocol's CW(update+tele) (metatele/defaults/benchmark.yaml, meta-seed
+Each candidate is the retraining protocol's CW(update+tele) (metatele/defaults/benchmark_retrain.yaml, meta-seed
 0) with a few keys changed. It is meta-trained exactly as the benchmark does (snapshot selection on
 the 24 selection seeds, ``validation_seeds(24)``), then its selected snapshot runs 1000 steps on 48
 further validation seeds (``validation_seeds(48, start=100)``), next to Adam at each rate the
 benchmark's per-horizon tuning picks on training seeds. No test seed is touched.
 
     python experiments/long_horizon_configs.py            # ≈ 8 min with 2 processes on the 2-core CPU (15 min with another job beside it)
-    python experiments/long_horizon_configs.py --rates    # only the tuned Adam rates (the ones benchmark.yaml uses)
+    python experiments/long_horizon_configs.py --rates    # only the tuned Adam rates (the ones benchmark_retrain.yaml uses)
 
 Adam's rates are tuned here as the benchmark tunes ``adam(tuned@H)`` (a grid search on its training
 seeds for H steps, :meth:`~metatele.studies.protocol.BenchmarkProtocol.tune`), not copied from a report.
@@ -30,7 +30,7 @@ from metatele.configs import merge_overrides
 from metatele.evaluation.evaluate import BaselineMethod, evaluate
 from metatele.meta.config import MetaTrainConfig
 from metatele.optimizers.coordinatewise import CoordinatewiseConfig
-from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
+from metatele.studies.benchmark import RETRAIN_CONFIG, load_protocol
 from metatele.studies.selection import meta_train_selected
 
 AT = (10, 30, 100, 300, 1000)
@@ -63,7 +63,7 @@ def means(curves, at=AT) -> list[float]:
 
 def candidate(setting: str, name: str, keys: dict) -> tuple[str, str, float, int, float, list[float]]:
     torch.set_num_threads(1)
-    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    protocol, _ = load_protocol(RETRAIN_CONFIG)
     config = MetaTrainConfig.from_dict(merge_overrides(protocol.learned_config(setting, "CW(update+tele)", 0).to_dict(), keys))
     result, selected, history = meta_train_selected(config, protocol.selection(setting, "CW(update+tele)"),
                                                     progress=False)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", action="store_true", help="print the tuned Adam rates and stop")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    protocol, _ = load_protocol(RETRAIN_CONFIG)
     rates = {s: adam_rates(protocol, s) for s in args.settings}
     if args.rates:
         for s in args.settings:

@@ -1,8 +1,10 @@
 """Ship the benchmark's learned optimizers: checkpoints/benchmark_<method>_<setting>.* with manifests.
 
-After ``metatele benchmark`` (default protocol, ``runs/benchmark``):
+After ``metatele benchmark --config benchmark_retrain`` (the protocol that meta-trains its own
+optimizers, ``runs/benchmark_retrain``):
 
-    python experiments/ship_benchmark.py                      # → checkpoints/benchmark_*.safetensors
+    python experiments/ship_benchmark.py --results runs/benchmark_retrain/results.json
+        # → checkpoints/benchmark_*.safetensors
 
 For each setting, one meta-seed is shipped: the one whose CW(update+tele) snapshot scored best on
 its validation seeds (the benchmark's selection score; test seeds play no part in the choice). Its
@@ -12,17 +14,17 @@ manifest records the config, the training / validation / test seeds, the benchma
 test-seed statistics of that very checkpoint (and of all meta-seeds of the method), the selection
 history, and the command that regenerates it:
 
-    metatele benchmark --settings <setting> --methods "CW(update+tele)" "CW(update)" "adam+CW(tele)" \\
+    <the benchmark's command> --settings <setting> --methods "CW(update+tele)" "CW(update)" "adam+CW(tele)" \\
         --set meta_seeds=[<k>] --ablations none
 
 (meta-training is deterministic on CPU given the seed, so that rerun reproduces the checkpoint); that
 command is the first of the manifest's ``commands``.
 
 A protocol of ``pretrained`` methods (the long runs of ``experiments/long_runs/``, evaluated by
-``experiments/benchmark_generalist.yaml``) ships them inside the package instead, every meta-seed,
+the default protocol, ``metatele benchmark``) ships them inside the package instead, every meta-seed,
 as NAME (meta-seed 0) and NAME-seedK, each manifest holding that checkpoint's test-seed numbers:
 
-    python experiments/ship_benchmark.py --results runs/benchmark_generalist/results.json \
+    python experiments/ship_benchmark.py --results runs/benchmark/results.json \
         --settings gaussian-20 --to-package "CW-generalist(update+tele)=generalist-update-tele" ...
         # → metatele/pretrained/generalist-update-tele{,-seed1,-seed2}.{safetensors,manifest.json}
         #   (then add the names to REGISTRY in metatele/release/pretrained.py)
@@ -42,7 +44,7 @@ from typing import Any
 
 from metatele.evaluation.format import cell
 from metatele.release.manifest import headline, write_checkpoint_manifest
-from metatele.release.pretrained import pretrained_dir
+from metatele.release.pretrained import pretrained_dir, resolve_checkpoint
 
 SHIPPED = ("CW(update+tele)", "CW(update)", "adam+CW(tele)")
 
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             info = entry["meta_seeds_info"][index]
             src = Path(info["checkpoint"])
             dst = out / f"{file_name(m, setting)}.safetensors"
-            rerun = (f"metatele benchmark --settings {setting} --methods " + " ".join(f'"{x}"' for x in args.methods)
-                     + f" --set meta_seeds=[{k}] --ablations none")
+            rerun = (f"{results['command']} --settings {setting} --methods " + " ".join(f'"{x}"' for x in args.methods)
+                     + f" --set meta_seeds=[{k}] --ablations none")  # the benchmark's own command, narrowed
             manifest = ship_one(results, results_path, setting, m, index, src, dst, [rerun], argv,
                                 chosen_by=f"the lowest validation score of {lead}'s selected snapshot over the "
                                           f"meta-seeds ({', '.join(str(i['meta_seed']) for i in methods[lead]['meta_seeds_info'])})")
@@ -120,7 +122,8 @@ def ship_one(results: dict[str, Any], results_path: Path, setting: str, method: 
     entry = results["sections"][setting]["methods"][method]
     info, stats = entry["meta_seeds_info"][index], entry["meta_seeds"][index]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
+    if not (dst.exists() and dst.resolve() == src.resolve()):  # (a shipped optimizer is already in place)
+        shutil.copyfile(src, dst)
     sel, test = info.get("selected") or {}, results["test_seeds"]
     return write_checkpoint_manifest(
         dst, seeds={"train": info["train_seeds"], "validation": sel.get("validation_seeds"),
@@ -138,11 +141,15 @@ def ship_one(results: dict[str, Any], results_path: Path, setting: str, method: 
 
 
 def long_run_command(checkpoint: Path) -> str:
-    """The command that trains the long run whose selected snapshot is ``checkpoint``."""
-    run = checkpoint.parent
-    if run.parent.name != "long_runs":
-        raise SystemExit(f"{checkpoint}: not the checkpoint of a long run (experiments/long_runs/RUN/)")
-    return f"python experiments/long_runs/run.py train {run.name}  # repeated until it has reached its budget"
+    """The command that trains the long run whose selected snapshot is ``checkpoint``: the one in
+    whose folder (``.../long_runs/RUN/``) it is, or, for a shipped file, the one of
+    ``experiments/long_runs/`` with the same bytes."""
+    runs = [checkpoint] if checkpoint.parent.parent.name == "long_runs" else [
+        c for c in sorted(Path("experiments/long_runs").glob("*/checkpoint.safetensors"))
+        if c.read_bytes() == checkpoint.read_bytes()]
+    if not runs:
+        raise SystemExit(f"{checkpoint}: not the checkpoint of a long run (experiments/long_runs/RUN/), nor a copy of one")
+    return f"python experiments/long_runs/run.py train {runs[0].parent.name}  # repeated until it has reached its budget"
 
 
 def to_package(results: dict[str, Any], results_path: Path, settings: list[str], pairs: list[str], folder: Path,
@@ -163,7 +170,7 @@ def to_package(results: dict[str, Any], results_path: Path, settings: list[str],
         for index, info in enumerate(entry["meta_seeds_info"]):
             k = info["meta_seed"]
             dst = folder / f"{name if k == 0 else f'{name}-seed{k}'}.safetensors"
-            src = Path(info["checkpoint"])
+            src = resolve_checkpoint(info["checkpoint"])  # a path, or a shipped name
             manifest = ship_one(results, results_path, setting, method, index, src, dst,
                                 [long_run_command(src), results["command"]], argv,
                                 chosen_by=f"meta-seed {k} of the protocol's {len(entry['meta_seeds_info'])}; its snapshot "

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from metatele import cli
-from metatele.studies.benchmark import DEFAULT_CONFIG, QUICK_CONFIG, expand, load_protocol
+from metatele.studies.benchmark import QUICK_CONFIG, RETRAIN_CONFIG, expand, load_protocol
 from metatele.configs import ConfigError, defaults_dir
 from metatele.optimizers.baselines import BaselineConfig
 from metatele.release.checkpoint import load_checkpoint
@@ -97,7 +97,7 @@ def test_report_states_command_tables_with_cis_pvalues_and_figures(run):
     row = next(line for line in text.splitlines() if line.startswith(f"| ") and f" | {a} − {b} | " in line)
     assert f"{num(c['mean_diff'], '.3f')} [{num(c['ci95'][0], '.3f')}, {num(c['ci95'][1], '.3f')}]" in row
     for name, rel in results["figures"].items():
-        assert (out / "figures" / f"benchmark_{name.replace('(', '-').replace(')', '')}.png").is_file() or \
+        assert (out / "figures" / f"results_{name.replace('(', '-').replace(')', '')}.png").is_file() or \
             (out / rel).is_file()
     assert all(f"]({rel})" in text for rel in (p.split(str(out) + "/")[-1] for p in results["figures"].values()))
     assert set(results["sections"]) == {"uniform-small", "gaussian-small", "gaussian-deep-small", "ablations",
@@ -216,12 +216,12 @@ def test_lstm_protocol_meets_the_paper_benchmark_requirements():
     assert {c.name for c, tune in gd if tune} >= {"gd", "adam"}
 
 
-def test_default_protocol_asks_the_long_horizon_question_of_issue_13():
+def test_the_retraining_protocol_asks_the_long_horizon_question_of_issue_13():
     """3 meta-seeds, 100 test seeds, steps to 3000 with divergence rates at 1000 and 3000, gaussian
     and uniform [20, 20, 20, 20], a learned update+tele with its update-only twin and a learned
     teleport on Adam, the paper's rows, Adam tuned per horizon, transfer to a deeper network and one
     with biases, targets and an ablation of every teleport switch."""
-    p, _ = load_protocol(DEFAULT_CONFIG)
+    p, _ = load_protocol(RETRAIN_CONFIG)
     assert len(p.meta_seeds) >= 3 and p.test_seeds >= 100
     assert {10, 30, 100, 300, 1000, 3000} <= set(p.steps) and {1000, 3000} <= set(p.divergence_steps)
     assert {(tuple(s.task.dims), s.task.distribution) for s in p.settings.values()} == \
@@ -256,7 +256,7 @@ def test_default_protocol_asks_the_long_horizon_question_of_issue_13():
                                                                                    "estimator"} <= switches
 
 
-@pytest.mark.parametrize("config", [LSTM_CONFIG, QUICK_CONFIG, DEFAULT_CONFIG])
+@pytest.mark.parametrize("config", [LSTM_CONFIG, QUICK_CONFIG, RETRAIN_CONFIG])
 def test_each_ablation_changes_only_its_own_switch(config):
     p, _ = load_protocol(config)
 
@@ -273,7 +273,7 @@ def test_each_ablation_changes_only_its_own_switch(config):
         changed = {k for k in arm if arm[k] != ref[k]}
         assert changed == set(flat(expand(ab.overrides))) and changed, name
         switches |= changed
-    if config != DEFAULT_CONFIG:  # the paper-architecture ablations
+    if config != RETRAIN_CONFIG:  # the paper-architecture ablations
         assert {"learned.teleport.exact", "learned.lstm.preprocess", "meta_loss", "learned.teleport.learn_eps",
                 "second_order", "learned.teleport.lr_log_space", "truncation"} <= switches
         assert "unroll" in switches
@@ -782,7 +782,7 @@ def test_a_pretrained_method_may_map_each_meta_seed_to_its_file(tmp_path):
 
 @pytest.mark.slow  # two grid searches of 300 steps (≈ 10 s); test_protocol_tune_is_the_benchmarks_tuning covers the call
 def test_the_protocols_pasted_rates_are_its_own_tuned_rates():
-    protocol, _ = load_protocol(DEFAULT_CONFIG)
+    protocol, _ = load_protocol(RETRAIN_CONFIG)
     for setting in ("gaussian-20", "uniform-20"):
         tuned = protocol.tune("adam(tuned@300)", protocol.settings[setting].task).config.lr
         base = protocol.learned_config(setting, "adam+CW(tele)", 0).learned.base

@@ -152,7 +152,7 @@ def test_require_raises_config_error_naming_the_field():
 
 # -- shipped defaults (package data) ------------------------------------------------------------
 ROOT = Path(__file__).resolve().parents[1]
-PROTOCOLS = {"benchmark", "benchmark_lstm", "benchmark_quick", "search", "search_quick"}
+PROTOCOLS = {"benchmark", "benchmark_retrain", "benchmark_lstm", "benchmark_quick", "search", "search_quick"}
 
 
 def test_shipped_defaults_are_package_data_inside_metatele():

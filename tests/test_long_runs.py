@@ -287,21 +287,27 @@ def test_the_committed_long_runs_resume_from_their_listed_configs(name):
         assert configs_mod.to_dict(ck.config) == configs_mod.to_dict(config)
 
 
-def test_the_generalist_protocol_evaluates_each_meta_seeds_long_run():
+def test_the_default_protocol_evaluates_each_meta_seeds_long_run_as_shipped():
+    """metatele benchmark's default protocol names shipped optimizers: each is, byte for byte, the
+    selected checkpoint of the long run of its variant and meta-seed (its own training tasks)."""
     from metatele.meta.config import load_config
+    from metatele.release.pretrained import REGISTRY, pretrained_path
+    from metatele.studies.benchmark import DEFAULT_CONFIG
     from metatele.studies.protocol import SEED_STRIDE
-    protocol = yaml.safe_load((LONG_RUNS.parent / "benchmark_generalist.yaml").read_text())
+    protocol = yaml.safe_load(DEFAULT_CONFIG.read_text())
     variants = {"update+tele": "update_tele", "update": "update", "lr+tele": "lr_tele", "lr": "lr"}
     for method, spec in protocol["methods"].items():
-        variant = method[method.index("(") + 1:-1]
+        variant = method[method.index("(") + 1:method.index(")")]
         assert sorted(spec["pretrained"]) == protocol["meta_seeds"] == [0, 1, 2]
-        for k, path in spec["pretrained"].items():
-            run = Path(path).parent.name
-            assert Path(path).parent.parent == Path("experiments/long_runs") and Path(path).name == "checkpoint.safetensors"
+        for k, name in spec["pretrained"].items():
+            run = f"generalist_{variants[variant]}" + (f"_seed{k}" if k else "")
+            assert name in REGISTRY and name == run.replace("_", "-")
+            assert pretrained_path(name).read_bytes() == (LONG_RUNS / run / "checkpoint.safetensors").read_bytes()
             config = load_config(RUNS[run]["config"], RUNS[run].get("set", []))
             assert config.seed == k and config.learned.variant == variant
             assert config.train_seed_start == k * SEED_STRIDE  # its own training tasks, as in the benchmark
-            assert run == f"generalist_{variants[variant]}" + (f"_seed{k}" if k else "")
+    init = protocol["methods"]["CW-generalist(update+tele) [init]"]
+    assert init == {**protocol["methods"]["CW-generalist(update+tele)"], "initialisation": True}
 
 
 def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures():
@@ -312,7 +318,8 @@ def test_the_generalist_protocol_evaluates_the_mixtures_held_out_architectures()
     from metatele.symmetry.action import teleport
     from metatele.tasks.digits import cross_entropy
     from metatele.tasks.family import sample_tasks
-    protocol = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "benchmark_generalist.yaml").read_text())
+    from metatele.studies.benchmark import DEFAULT_CONFIG
+    protocol = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config = load_config("ship/generalist_update_tele")
     held = config.mix.held_out_architectures(config.task)
     listed = [TaskConfig(**t["task"]) for t in protocol["transfer"]["targets"].values()]

@@ -21,7 +21,7 @@ PROMISES = [
     (r"loss after / before teleport: 1 ± (\d)e-(\d\d)\n(\d+) meta-steps on training seeds \(0, (\d+)\) → "
      r"runs/mine\.safetensors",
      lambda m: int(m[2]) >= 12 and int(m[4]) == 100),  # exactly the 100 trajectories trained
-    (r"loss ([\d.e+-]+) → ([\d.e+-]+) after 300 steps", lambda m: float(m[2]) < 1e-2 * float(m[1])),
+    (r"loss ([\d.e+-]+) → ([\d.e+-]+) after 100 steps", lambda m: float(m[2]) < 1e-6 * float(m[1])),
 ]
 
 

@@ -258,7 +258,7 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
     from metatele.release.checkpoint import load_checkpoint
     from metatele.release.manifest import verify_manifest
     from metatele.meta.config import load_config
-    from metatele.studies.benchmark import DEFAULT_CONFIG, load_protocol
+    from metatele.studies.benchmark import RETRAIN_CONFIG, load_protocol
 
     manifests = sorted(Path("checkpoints").glob("*.manifest.json"))
     names = {m.name.removesuffix(".manifest.json") for m in manifests}
@@ -274,7 +274,7 @@ def test_every_shipped_checkpoint_matches_its_manifest_and_the_selected_ones_the
         ck = load_checkpoint(Path("checkpoints") / f"{name}.safetensors")
         bench = (json.loads(m.read_text()).get("extra") or {}).get("benchmark") if name.startswith("benchmark_") else None
         if bench:  # the benchmark's learned methods: the config is the default protocol's for that run
-            protocol, _ = load_protocol(DEFAULT_CONFIG)
+            protocol, _ = load_protocol(RETRAIN_CONFIG)
             want = protocol.learned_config(bench["setting"], bench["method"], bench["meta_seed"]).to_dict()
         else:
             want = load_config(f"ship/{name}").to_dict()

@@ -102,6 +102,15 @@ def test_a_shipped_name_loads_where_a_path_does_and_a_file_wins(tmp_path, monkey
         mt.load_optimizer("no-such-optimizer")
 
 
+def test_reports_name_a_shipped_file_by_its_name_and_any_other_by_its_path(tmp_path):
+    from metatele.release.pretrained import shipped_name
+    name = next(iter(REGISTRY))
+    assert shipped_name(pretrained_path(name)) == name
+    copy = tmp_path / f"{name}.safetensors"  # the same bytes and name elsewhere: not the shipped file
+    copy.write_bytes(pretrained_path(name).read_bytes())
+    assert shipped_name(copy) is None and shipped_name(CHECKPOINTS / "update.safetensors") is None
+
+
 def test_metatele_pretrained_lists_one_line_per_name_with_its_headline(capsys):
     from metatele.cli import main
 

@@ -18,6 +18,17 @@ from ..storage.container import PathLike
 
 #: the shipped optimizers, in the order ``metatele pretrained`` lists them: name → what it is
 REGISTRY: dict[str, str] = {
+    # the recommended ones: the long runs of experiments/long_runs/, evaluated by `metatele benchmark`
+    "generalist-update-tele": "recommended: coordinatewise update+tele meta-trained on a mixture of LeakyReLU MLPs "
+                              "(2-5 weight layers, widths 8-64, with and without biases, gaussian and uniform data) "
+                              "for 9,125 meta-steps (4.4 M trajectory-steps); snapshot chosen on validation seeds",
+    "generalist-update": "its update-only twin (same mixture and seeds; 10,400 meta-steps, 5.0 M trajectory-steps)",
+    "generalist-lr-tele": "a learned per-coordinate step-size GD with the learned teleport, on the same mixture "
+                          "(2,100 meta-steps, 1.0 M trajectory-steps)",
+    "generalist-lr": "its twin without the teleport (same mixture, seeds and budget)",
+    **{f"{name}-seed{k}": f"meta-seed {k} of {name} (2,100 meta-steps, 1.0 M trajectory-steps)"
+       for name in ("generalist-update-tele", "generalist-update", "generalist-lr-tele", "generalist-lr") for k in (1, 2)},
+    # earlier ones: single-task specialists with 300-step horizons, and the retraining benchmark's
     "cw-update-tele-gaussian": "coordinatewise update+tele meta-trained on gaussian [20,20,20,20] tasks, "
                                "300-step horizons; snapshot chosen on validation seeds",
     "cw-update-gaussian": "its update-only twin (same config and seeds)",
@@ -49,6 +60,15 @@ def resolve_checkpoint(path_or_name: PathLike) -> Path:
     if not path.exists() and str(path_or_name) in REGISTRY:
         return pretrained_path(str(path_or_name))
     return path
+
+
+def shipped_name(path: PathLike) -> str | None:
+    """The name of the shipped optimizer whose file ``path`` is (``None``: not one), so that
+    reports name it rather than a path on one machine."""
+    path = Path(path)
+    if path.stem in REGISTRY and path.resolve() == pretrained_path(path.stem).resolve():
+        return path.stem
+    return None
 
 
 def manifest(name: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ is trained. The numbers do not depend on ``workers`` or on the order in which ru
 
 Files: ``OUT/results.json`` (everything but the raw curves), ``OUT/curves.npz`` (every curve, see
 :func:`~metatele.studies.aggregate.load_curves`), ``OUT/checkpoints/<section>/<method>/seed<k>.safetensors``,
-``<report dir>/figures/benchmark_<section>.png`` and the report (``OUT/RESULTS.md`` unless the
+``<report dir>/figures/<report name>_<section>.png`` (e.g. ``results_gaussian-20.png``) and the report (``OUT/RESULTS.md`` unless the
 protocol or ``--report`` says otherwise; the default protocol writes ``experiments/RESULTS.md``).
 """
 from __future__ import annotations
@@ -56,9 +56,12 @@ from .pool import run_calls
 from .transfer_section import evaluate_transfer, transfer_calls, transfer_methods
 
 __all__ = ["BenchmarkProtocol", "BenchmarkRun", "Job", "Setting", "Ablation", "Tuning", "load_protocol",
-           "run_benchmark", "run_job", "load_curves", "render_only", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG"]
+           "run_benchmark", "run_job", "load_curves", "render_only", "expand", "slug", "DEFAULT_CONFIG", "QUICK_CONFIG",
+           "RETRAIN_CONFIG"]
 
 DEFAULT_CONFIG, QUICK_CONFIG = defaults_dir() / "benchmark.yaml", defaults_dir() / "benchmark_quick.yaml"
+#: the protocol that meta-trains its own optimizers at a small scale (the default until the shipped ones)
+RETRAIN_CONFIG = defaults_dir() / "benchmark_retrain.yaml"
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -297,7 +300,7 @@ def run_benchmark(protocol: BenchmarkProtocol, out: str | os.PathLike, report: s
     for name in sections:
         if not runner.flat_curves(name):  # e.g. a transfer section whose methods this run left out
             continue
-        path = report.parent / "figures" / f"benchmark_{slug(name)}.png"
+        path = report.parent / "figures" / f"{slug(report.stem.lower())}_{slug(name)}.png"  # one set per report
         plot_loss_vs_step(runner.flat_curves(name), str(path), title=_figure_title(name, sections[name]),
                           ids={m: MethodId.from_dict(e["id"]) for m, e in sections[name]["methods"].items()})
         figures[name] = os.path.relpath(path, report.parent)

@@ -22,6 +22,7 @@ from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
 from ..meta.mixture import build_engine
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..release.pretrained import shipped_name
 from .aggregate import method_stats
 from .selection import SelectionConfig, meta_train_selected
 
@@ -139,7 +140,7 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
                                     **({"selection": selection} if selection else {})},
                         evaluation={"test_seeds": [test_seeds[0], test_seeds[-1] + 1],
                                     "summary": to_json(method_stats(curves, steps)["summary"])})
-    info = {"meta_seed": job.meta_seed, "checkpoint": str(path), "train_seeds": list(train_seeds),
+    info = {"meta_seed": job.meta_seed, "checkpoint": shipped_name(path) or str(path), "train_seeds": list(train_seeds),
             "meta_steps": meta_steps, "train_seconds": train_seconds, "diverged_trajectories": diverged,
             "reused": reused, **({"pretrained": True} if job.pretrained else {}),
             **({"initialisation": True} if job.initialisation else {})}
