@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -133,7 +134,7 @@ def ship_one(results: dict[str, Any], results_path: Path, setting: str, method: 
         headline=headline({s: v["mean"] for s, v in stats["at_step"].items()}, "test", test["count"],
                           task=results["sections"][setting].get("task")),
         check_seeds=[test["start"], test["start"] + test["count"]],
-        commands=[*commands, "python experiments/ship_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)],
+        commands=[*commands, "python experiments/ship_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)],
         extra={"benchmark": {"protocol": results["protocol_name"], "setting": setting, "method": method,
                              "meta_seed": info["meta_seed"], "git_commit": results["machine"].get("git_commit"),
                              "command": results["command"], "results": str(results_path)},

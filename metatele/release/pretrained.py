@@ -21,7 +21,8 @@ REGISTRY: dict[str, str] = {
     # the recommended ones: the long runs of experiments/long_runs/, evaluated by `metatele benchmark`
     "generalist-update-tele": "recommended: coordinatewise update+tele meta-trained on a mixture of LeakyReLU MLPs "
                               "(2-5 weight layers, widths 8-64, with and without biases, gaussian and uniform data) "
-                              "for 9,125 meta-steps (4.4 M trajectory-steps); snapshot chosen on validation seeds",
+                              "for 9,125 meta-steps (4.4 M trajectory-steps); snapshot chosen on validation seeds. "
+                              "Diverges on some held-out architectures (experiments/RESULTS.md); -seed1 and -seed2 did not",
     "generalist-update": "its update-only twin (same mixture and seeds; 10,400 meta-steps, 5.0 M trajectory-steps)",
     "generalist-lr-tele": "a learned per-coordinate step-size GD with the learned teleport, on the same mixture "
                           "(2,100 meta-steps, 1.0 M trajectory-steps)",

@@ -265,7 +265,8 @@ def _scale_lines(results: Mapping[str, Any]) -> list[str]:
                     f"{(x['train_seconds'] or 0) / 3600:.1f} h" for x in infos)
             elif infos and all(x["reused"] for x in infos):
                 t += " (checkpoints of an earlier run, --resume)"
-            steps = list(dict.fromkeys(x["meta_steps"] for x in e["meta_seeds_info"]))  # one when all agree
+            steps = [x["meta_steps"] for x in e["meta_seeds_info"]]
+            steps = steps[:1] if len(set(steps)) == 1 else steps  # one number when all agree, else each meta-seed's
             arch = c["learned"].get("arch", "paper")
             lines.append(f"| {sec_name} | {m} | {c['learned']['variant']} | {c['learned'][_HIDDEN.get(arch, 'lstm')]['hidden']} | "
                          f"{c['trajectories']} × {c['steps']} | {unroll} | {c['batch_size']} | "
