@@ -401,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"metatele {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # e.g. `metatele pretrained | head`: the reader has gone, as it meant to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no error when Python flushes at exit)
+        return 0
 
 
 def train_distributed_main(argv: list[str] | None = None) -> int:

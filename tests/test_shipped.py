@@ -133,3 +133,16 @@ def test_metatele_eval_and_compare_take_a_shipped_name(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "nope", "--out", str(tmp_path / "x")])
     assert "no such file or shipped optimizer: nope" in capsys.readouterr().err
+
+
+def test_a_listing_read_by_a_closed_pipe_ends_quietly():
+    """`metatele pretrained | head -1`: the reader closes the pipe before the listing is written; the
+    command stops without a traceback (it printed one from the BrokenPipeError)."""
+    import subprocess
+    import sys
+    from helpers import subprocess_env
+    proc = subprocess.Popen([sys.executable, "-m", "metatele", "pretrained"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=subprocess_env())
+    proc.stdout.close()  # before the child has imported anything, let alone written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and b"Traceback" not in err, err.decode()
