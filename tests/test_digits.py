@@ -180,7 +180,7 @@ def test_validation_metrics_are_measured_after_each_step_off_the_clock(monkeypat
 
     def metrics(self, weights):
         order.append("measure")
-        time.sleep(0.25)  # 1.25 s over the run: far more than four steps take, even on a busy machine
+        time.sleep(0.25)  # 1.25 s over the run
         return real_metrics(self, weights)
 
     def step(self, weights):
@@ -191,7 +191,9 @@ def test_validation_metrics_are_measured_after_each_step_off_the_clock(monkeypat
     task = TaskConfig(family="digits", dims=[200, 64, 8, 8, 10], bias=True)
     curves = evaluate(BaselineConfig("adam", lr=0.02), task, unseen_seeds(2), 4)
     assert order == ["measure", "step"] * 4 + ["measure"]
-    assert curves.time[-1] < 0.25 and curves.metrics["val_accuracy"].shape == (5, 2)
+    # on the clock, the measurements would add at least 4 × 0.25 s; the four steps alone take far
+    # less, even on a busy machine (0.31 s measured with two benchmarks running beside the tests)
+    assert curves.time[-1] < 1.0 and curves.metrics["val_accuracy"].shape == (5, 2)
 
 
 def test_baseline_teleports_with_the_teleport_batch_only():
