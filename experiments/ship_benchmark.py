@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             index = done.index(k)
             info = entry["meta_seeds_info"][index]
-            src = Path(info["checkpoint"])
+            src = resolve_checkpoint(info["checkpoint"])  # a path, or a shipped name
             dst = out / f"{file_name(m, setting)}.safetensors"
             rerun = (f"{results['command']} --settings {setting} --methods " + " ".join(f'"{x}"' for x in args.methods)
                      + f" --set meta_seeds=[{k}] --ablations none")  # the benchmark's own command, narrowed
