@@ -30,7 +30,9 @@ as NAME (meta-seed 0) and NAME-seedK, each manifest holding that checkpoint's te
         #   (then add the names to REGISTRY in metatele/release/pretrained.py)
 
 Their first command is the long run's own (``python experiments/long_runs/run.py train RUN``,
-repeated until the run has reached its budget), the second the benchmark's.
+repeated until the run has reached its budget); for a file shipped with other safeguard settings than
+it was trained with, the next is the one that wrote it (``run.py ship RUN --as NAME --deploy ...``);
+then the benchmark's.
 """
 from __future__ import annotations
 
@@ -43,7 +45,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from metatele.evaluation.format import cell
+from metatele.release.checkpoint import read_metadata
 from metatele.release.manifest import headline, write_checkpoint_manifest
 from metatele.release.pretrained import pretrained_dir, resolve_checkpoint
 
@@ -141,16 +147,27 @@ def ship_one(results: dict[str, Any], results_path: Path, setting: str, method: 
                "chosen_by": chosen_by, "selection": {"selected": sel, "history": info.get("selection_history")}})
 
 
-def long_run_command(checkpoint: Path) -> str:
-    """The command that trains the long run whose selected snapshot is ``checkpoint``: the one in
-    whose folder (``.../long_runs/RUN/``) it is, or, for a shipped file, the one of
-    ``experiments/long_runs/`` with the same bytes."""
-    runs = [checkpoint] if checkpoint.parent.parent.name == "long_runs" else [
-        c for c in sorted(Path("experiments/long_runs").glob("*/checkpoint.safetensors"))
-        if c.read_bytes() == checkpoint.read_bytes()]
+def long_run_commands(checkpoint: Path) -> list[str]:
+    """The commands that made ``checkpoint``: the long run's own (the run in whose folder,
+    ``.../long_runs/RUN/``, it is, or, for a shipped file, the run of ``experiments/long_runs/``
+    whose selected checkpoint has the same meta-parameters), then, for a file shipped with other
+    safeguard settings than it was trained with, the command that wrote it (``run.py ship ...
+    --deploy``)."""
+    if checkpoint.parent.parent.name == "long_runs":
+        runs = [checkpoint]
+    else:
+        mine = load_file(checkpoint)
+        runs = [c for c in sorted(Path("experiments/long_runs").glob("*/checkpoint.safetensors"))
+                if _same_tensors(load_file(c), mine)]
     if not runs:
         raise SystemExit(f"{checkpoint}: not the checkpoint of a long run (experiments/long_runs/RUN/), nor a copy of one")
-    return f"python experiments/long_runs/run.py train {runs[0].parent.name}  # repeated until it has reached its budget"
+    out = [f"python experiments/long_runs/run.py train {runs[0].parent.name}  # repeated until it has reached its budget"]
+    deployed = read_metadata(checkpoint)["provenance"].get("deployment")
+    return out + ([deployed["why"]] if deployed else [])
+
+
+def _same_tensors(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
 def to_package(results: dict[str, Any], results_path: Path, settings: list[str], pairs: list[str], folder: Path,
@@ -173,7 +190,7 @@ def to_package(results: dict[str, Any], results_path: Path, settings: list[str],
             dst = folder / f"{name if k == 0 else f'{name}-seed{k}'}.safetensors"
             src = resolve_checkpoint(info["checkpoint"])  # a path, or a shipped name
             manifest = ship_one(results, results_path, setting, method, index, src, dst,
-                                [long_run_command(src), results["command"]], argv,
+                                [*long_run_commands(src), results["command"]], argv,
                                 chosen_by=f"meta-seed {k} of the protocol's {len(entry['meta_seeds_info'])}; its snapshot "
                                           "was selected on validation seeds during its long run")
             print(f"{setting}/{method} (meta-seed {k}) → {dst}, {manifest}")

@@ -339,3 +339,47 @@ def test_manifest_records_files_and_detects_changes(tmp_path, saved):
     os.remove(notes)
     with pytest.raises(CheckpointError, match="notes.txt: missing"):
         verify_manifest(manifest)
+
+
+def _cw_config() -> MetaTrainConfig:
+    from metatele.optimizers.coordinatewise import CoordinatewiseConfig
+    return MetaTrainConfig(task=TaskConfig(dims=[3, 4, 3, 2]), trajectories=8,
+                           learned=LearnedConfig(variant="update+tele", arch="coordinatewise",
+                                                 coordinatewise=CoordinatewiseConfig(hidden=8)))
+
+
+def test_redeploy_changes_only_the_safeguards_and_records_what_it_was_trained_with(tmp_path):
+    config = _cw_config()
+    src = save_checkpoint(tmp_path / "cw.safetensors", build(config), config, provenance={"meta_steps": 7})
+    dst = ck.redeploy(src, tmp_path / "deployed.safetensors", {"update_safeguard": True, "update_backoff": 0.5},
+                      why="a test")
+    a, b = load_checkpoint(src), load_checkpoint(dst)
+    for k, v in a.optimizer.state_dict().items():
+        assert torch.equal(v, b.optimizer.state_dict()[k]), k
+    cw_a, cw_b = a.config.learned.coordinatewise, b.config.learned.coordinatewise
+    assert (cw_b.update_safeguard, cw_b.update_backoff) == (True, 0.5)
+    assert (cw_a.update_safeguard, cw_a.update_backoff) == (False, None)
+    changed = {k for k, v in a.config.to_dict()["learned"]["coordinatewise"].items()
+               if b.config.to_dict()["learned"]["coordinatewise"][k] != v}
+    assert changed == {"update_safeguard", "update_backoff"}
+    assert {k: v for k, v in a.config.to_dict().items() if k != "learned"} == \
+        {k: v for k, v in b.config.to_dict().items() if k != "learned"}
+    dep = b.provenance["deployment"]
+    assert dep["as_trained"]["update_safeguard"] is False and dep["deployed"]["update_backoff"] == 0.5
+    assert dep["why"] == "a test" and b.provenance["meta_steps"] == 7
+    # redeploying again keeps what it was first trained with
+    again = load_checkpoint(ck.redeploy(dst, tmp_path / "again.safetensors", {"update_regrow": 1.2}, why="twice"))
+    assert again.provenance["deployment"]["as_trained"] == dep["as_trained"]
+    assert again.config.learned.coordinatewise.update_regrow == 1.2
+
+
+def test_redeploy_refuses_other_settings_invalid_ones_and_non_coordinatewise_checkpoints(tmp_path, saved):
+    config = _cw_config()
+    src = save_checkpoint(tmp_path / "cw.safetensors", build(config), config)
+    with pytest.raises(CheckpointError, match=r"\['hidden'\]: not deployment settings"):
+        ck.redeploy(src, tmp_path / "x.safetensors", {"hidden": 16}, why="")
+    with pytest.raises(CheckpointError, match="it needs update_safeguard: true"):
+        ck.redeploy(src, tmp_path / "x.safetensors", {"update_backoff": 0.5}, why="")
+    with pytest.raises(CheckpointError, match="only a coordinatewise optimizer"):
+        ck.redeploy(saved[0], tmp_path / "x.safetensors", {"update_safeguard": True}, why="")
+    assert not (tmp_path / "x.safetensors").exists()

@@ -21,7 +21,7 @@ from metatele.meta.config import MetaTrainConfig
 from metatele.meta import snapshots as snap_mod
 from metatele.meta.mixture import MixtureEngine, build_engine
 from metatele.meta.state import load_training_state, state_files
-from metatele.release.checkpoint import load_checkpoint
+from metatele.release.checkpoint import CheckpointError, load_checkpoint
 from metatele.meta.train import TrainingFailed, failure, meta_train
 from metatele.tasks.family import TaskConfig
 from metatele.tasks.mixture import TaskMix, architecture_key
@@ -400,7 +400,7 @@ def _script(path: Path):
     return module
 
 
-def test_a_long_run_continues_from_its_committed_state_and_its_results_are_collected(tmp_path):
+def test_a_long_run_continues_from_its_committed_state_and_its_results_are_collected(tmp_path, monkeypatch):
     """experiments/long_runs/run.py: `train` resumes the committed state of a run of runs.yaml with
     its listed config; `collect` brings back the newest state, then a finished run's files."""
     script = _script(LONG_RUNS / "run.py")
@@ -443,6 +443,27 @@ def test_a_long_run_continues_from_its_committed_state_and_its_results_are_colle
     assert json.loads((committed / "validation.json").read_text())[-1]["meta_step"] == 9
     with pytest.raises(SystemExit, match="not a run of runs.yaml"):
         script.train_argv("nope", listed, work)
+    # shipped with the update safeguard on (`run.py ship r --as x --deploy ...`): same meta-parameters,
+    # and ship_benchmark.py finds the long run and the command that wrote the file
+    dst = script.ship(committed, tmp_path / "pkg" / "x.safetensors", ["update_safeguard=true", "update_backoff=0.5"],
+                      "python experiments/long_runs/run.py ship r --as x --deploy ...")
+    shipped, trained = load_checkpoint(dst), load_checkpoint(committed / "checkpoint.safetensors")
+    assert same_parameters(shipped.optimizer.state_dict(), trained.optimizer.state_dict())
+    assert (shipped.config.learned.coordinatewise.update_safeguard, shipped.config.learned.coordinatewise.update_backoff) \
+        == (True, 0.5) and trained.config.learned.coordinatewise.update_backoff is None
+    for bad, why in ((["hidden=3"], "expected KEY=VALUE"), (["update_backoff=0.5"], "needs update_safeguard")):
+        with pytest.raises((SystemExit, CheckpointError), match=why):
+            script.ship(committed, tmp_path / "pkg" / "y.safetensors", bad, "")
+    with pytest.raises(SystemExit, match="has not finished"):
+        script.ship(tmp_path / "long_runs" / "none", tmp_path / "pkg" / "y.safetensors", [], "")
+    shutil.copytree(tmp_path / "long_runs", tmp_path / "experiments" / "long_runs")
+    monkeypatch.chdir(tmp_path)
+    ship_benchmark = _script(LONG_RUNS.parent / "ship_benchmark.py")
+    assert ship_benchmark.long_run_commands(dst) == [
+        "python experiments/long_runs/run.py train r  # repeated until it has reached its budget",
+        "python experiments/long_runs/run.py ship r --as x --deploy ..."]
+    assert ship_benchmark.long_run_commands(script.ship(committed, tmp_path / "pkg" / "z.safetensors", [], "")) == [
+        "python experiments/long_runs/run.py train r  # repeated until it has reached its budget"]
 
 
 def test_learned_vs_init_compares_a_checkpoint_with_its_initialisation_or_its_twin_on_unselected_validation_seeds(tmp_path):

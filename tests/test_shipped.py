@@ -146,3 +146,26 @@ def test_a_listing_read_by_a_closed_pipe_ends_quietly():
     proc.stdout.close()  # before the child has imported anything, let alone written
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_the_update_safeguard_deployed_on_a_shipped_generalist_stops_its_divergence(tmp_path):
+    """Meta-seed 0 of generalist-update-tele, trained without the update safeguard, raises the loss
+    of a held-out architecture until it diverges; redeployed with the safeguard and its backoff
+    (:func:`metatele.release.checkpoint.redeploy`, same meta-parameters) it never raises it by more
+    than the teleport safeguard's tolerance (validation seeds, 150 steps)."""
+    import numpy as np
+    from metatele.release.checkpoint import load_optimizer, redeploy
+    task = mt.TaskConfig(dims=[24, 25, 42, 59, 9, 13], distribution="gaussian", bias=True)
+    seeds = list(mt.validation_seeds(4))
+    shipped = load_checkpoint("generalist-update-tele")  # as trained, whatever it is shipped with
+    cw = shipped.config.learned.coordinatewise
+    trained = shipped.provenance.get("deployment", {}).get("as_trained") or vars(cw)
+    src = redeploy("generalist-update-tele", tmp_path / "raw.safetensors",
+                   {k: trained[k] for k in ("update_safeguard", "update_backoff")}, why="as trained")
+    rises = {}
+    for name, settings in (("raw", None), ("guarded", {"update_safeguard": True, "update_backoff": 0.5})):
+        path = src if settings is None else redeploy(src, tmp_path / f"{name}.safetensors", settings, why="test")
+        loss = np.asarray(mt.evaluate(load_optimizer(path, task=task), task, seeds, 150).loss, dtype=np.float64)
+        rises[name] = np.nanmax(loss[1:] / loss[:-1])
+    assert rises["raw"] > 1.5          # as trained, it raises the loss (on the way to diverging)
+    assert rises["guarded"] <= 1 + 1e-3  # deployed with the safeguard, never by more than the tolerance

@@ -13,11 +13,20 @@ selected ``checkpoint.safetensors``, ``final`` and ``average`` meta-parameters a
 ``validation.json`` (and its committed training state is removed), an unfinished run's newest
 training state (replacing the older one); then it draws ``validation.png`` and prints the run's
 status (``experiments/training_status.py``). Commit the folder afterwards.
+
+``ship NAME --as SHIPPED`` puts a finished run's selected checkpoint into the package as
+``metatele/pretrained/SHIPPED.safetensors`` (then add SHIPPED to ``REGISTRY`` in
+``metatele/release/pretrained.py``; ``experiments/ship_benchmark.py --to-package`` writes its
+manifest from the benchmark's test-seed numbers). With ``--deploy KEY=VALUE ...`` it is shipped with
+those coordinatewise safeguard settings instead of the ones it was trained with
+(:func:`metatele.release.checkpoint.redeploy`; the meta-parameters are unchanged), e.g.
+``--deploy update_safeguard=true update_backoff=0.5``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +37,8 @@ import yaml
 from metatele import cli
 from metatele.evaluation.figures import plot_learning_curve
 from metatele.meta.state import CHECKPOINT_FILE, STATE_DIR, state_files
+from metatele.release.checkpoint import DEPLOYMENT_KEYS, redeploy
+from metatele.release.pretrained import pretrained_dir
 
 HERE = Path(__file__).resolve().parent
 
@@ -107,17 +118,42 @@ def collect(work: Path, committed: Path) -> str:
     return text
 
 
+def ship(committed: Path, shipped: Path, deploy: list[str], command: str) -> Path:
+    """Copy the finished run's selected checkpoint to ``shipped``, or write it there with the
+    ``deploy`` settings (``KEY=VALUE``, values read as YAML), recording ``command``."""
+    if not (committed / CHECKPOINT_FILE).is_file():
+        raise SystemExit(f"{committed}: this run has not finished (no {CHECKPOINT_FILE}); nothing to ship")
+    settings = {}
+    for kv in deploy:
+        key, sep, value = kv.partition("=")
+        if not sep or key not in DEPLOYMENT_KEYS:
+            raise SystemExit(f"--deploy {kv}: expected KEY=VALUE with KEY one of {', '.join(DEPLOYMENT_KEYS)}")
+        settings[key] = yaml.safe_load(value)
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    if not settings:
+        return Path(shutil.copyfile(committed / CHECKPOINT_FILE, shipped))
+    return redeploy(committed / CHECKPOINT_FILE, shipped, settings, why=command)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``run.py train|collect NAME``; the exit status."""
+    """``run.py train|collect|ship NAME``; the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("train", "collect"))
+    p.add_argument("action", choices=("train", "collect", "ship"))
     p.add_argument("name", help="a run of experiments/long_runs/runs.yaml")
     p.add_argument("--work", help="the working folder (default: runs/NAME)")
     p.add_argument("--runs", type=Path, default=HERE / "runs.yaml", help="the list of runs (default: runs.yaml here)")
     p.add_argument("--progress", action="store_true", help="train: show the progress bar")
+    p.add_argument("--as", dest="shipped", metavar="SHIPPED", help="ship: the name in the package")
+    p.add_argument("--deploy", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=f"ship: safeguard settings to ship it with ({', '.join(DEPLOYMENT_KEYS)})")
+    p.add_argument("--package-dir", type=Path, default=None, help="ship: the folder instead of metatele/pretrained")
     args = p.parse_args(argv)
     if args.progress and args.action != "train":
         p.error("--progress applies to train only")
+    if (args.shipped or args.deploy or args.package_dir) and args.action != "ship":
+        p.error("--as, --deploy and --package-dir apply to ship only")
+    if args.action == "ship" and not args.shipped:
+        p.error("ship needs --as SHIPPED, the name in the package")
     listed = runs(args.runs)
     work, committed = Path(args.work or f"runs/{args.name}"), HERE / args.name
     if args.action == "train":
@@ -127,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"continuing from the committed {copied.name}", file=sys.stderr)
         return cli.main(argv)
     train_argv(args.name, listed, work)  # refuses a name that runs.yaml does not list
+    if args.action == "ship":
+        command = "python experiments/long_runs/run.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        dst = (args.package_dir or pretrained_dir()) / f"{args.shipped}.safetensors"
+        print(ship(committed, dst, args.deploy, command))
+        return 0
     print(collect(work, committed))
     return 0
 

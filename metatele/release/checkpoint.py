@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -306,3 +306,46 @@ def load_optimizer(
 ) -> LearnedOptimizer:
     """The learned optimizer stored at ``path``, a file or a shipped name (see :func:`load_checkpoint`)."""
     return load_checkpoint(path, task=task, device=device).optimizer
+
+
+# -- deployment settings ----------------------------------------------------------------------
+#: the coordinatewise settings a checkpoint may be shipped with other than the ones it was trained
+#: with: the safeguards, which decide whether a step is taken but change no meta-parameter
+DEPLOYMENT_KEYS = ("safeguard", "safeguard_tol", "update_safeguard", "update_backoff", "update_regrow")
+
+
+def redeploy(src: PathLike, dst: PathLike, settings: dict[str, Any], why: str) -> Path:
+    """Write the checkpoint ``src`` (a file or a shipped name) to ``dst`` with its coordinatewise
+    safeguard settings changed to ``settings`` (keys of :data:`DEPLOYMENT_KEYS`), the
+    meta-parameters, config and provenance otherwise unchanged. The provenance records the
+    settings it was trained with, the new ones and ``why`` (e.g. the command that measured them),
+    under ``deployment``.
+
+    Raises:
+        CheckpointError: ``src`` is not a coordinatewise checkpoint, or a key is not a deployment
+            setting, or the resulting settings are invalid (e.g. ``update_backoff`` without
+            ``update_safeguard``).
+    """
+    ck = load_checkpoint(src)
+    if ck.config.learned.arch != "coordinatewise":
+        raise CheckpointError(f"{src}: only a coordinatewise optimizer has deployment settings "
+                              f"({', '.join(DEPLOYMENT_KEYS)}); this one is {ck.config.learned.arch!r}")
+    unknown = sorted(set(settings) - set(DEPLOYMENT_KEYS))
+    if unknown:
+        raise CheckpointError(f"{unknown}: not deployment settings; only {', '.join(DEPLOYMENT_KEYS)} may differ "
+                              "from training (the others change what the meta-parameters mean)")
+    trained = ck.config.learned.coordinatewise
+    as_trained = ck.provenance.get("deployment", {}).get("as_trained") or {k: getattr(trained, k) for k in DEPLOYMENT_KEYS}
+    try:
+        learned = replace(ck.config.learned, coordinatewise=replace(trained, **settings))
+        config = replace(ck.config, learned=learned)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{src}: deployment settings {settings}: {e}") from None
+    optimizer = LearnedOptimizer(ck.optimizer.task, learned).to(next(ck.optimizer.parameters()).dtype)
+    optimizer.load_state_dict(ck.optimizer.state_dict())
+    deployed = {k: getattr(learned.coordinatewise, k) for k in DEPLOYMENT_KEYS}
+    provenance = {**ck.provenance, "deployment": {
+        "as_trained": as_trained, "deployed": deployed, "why": why, "metatele_version": __version__,
+        "git_commit": git_commit(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+    return save_checkpoint(dst, optimizer, config, provenance, ck.evaluation)
