@@ -96,6 +96,36 @@ def test_a_diverging_row_does_not_poison_the_lstms_meta_gradient(options):
     assert any(p.grad.abs().sum() > 0 for p in eng.meta_parameters)  # the live rows still teach
 
 
+def _cw(**kw) -> MetaTrainConfig:
+    d = tiny(**{"learned.arch": "coordinatewise", "learned.coordinatewise.hidden": 8, **kw})
+    d["learned"].pop("lstm", None)
+    return MetaTrainConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+@pytest.mark.parametrize("variant", ["update+tele", "update", "lr+tele"])
+def test_a_diverged_row_leaves_the_coordinatewise_meta_gradient_of_the_live_rows(variant, second_order):
+    """A trajectory whose weights are non-finite is masked, and the meta-gradient is exactly that of
+    the live ones: (1/B) × the sum of their single-trajectory meta-gradients. Before the features
+    read a non-finite value as 0, its NaN features turned the masked zeros into NaN in the shared
+    weights' gradient (0 · NaN), so every meta-step with a diverging trajectory was skipped, and a
+    run (specialist_update_tele_seed2) skipped every meta-step from 959 on."""
+    B, kw = 4, {"second_order": second_order, "learned.variant": variant}
+    eng = UnrollEngine(_cw(batch_size=B, **kw))
+    eng.trajectories.W[0][2, 0, 0] = float("inf")
+    alive = eng.compute_meta_gradient().alive
+    assert alive.tolist() == [True, True, False, True]
+    batched = [p.grad.detach().clone() for p in eng.meta_parameters]
+    singles = [meta_grads(UnrollEngine(_cw(batch_size=1, trajectories=1, train_seed_start=b, **kw))) for b in (0, 1, 3)]
+    for i, g in enumerate(batched):
+        assert torch.isfinite(g).all()
+        expected = sum(s[i] for s in singles) / B
+        if expected.norm() > 0:
+            assert ((g - expected).norm() / expected.norm()).item() <= 1e-6, i
+        else:
+            assert g.norm() == 0, i
+
+
 def test_all_trajectories_diverging_stops_with_clear_message():
     eng = UnrollEngine(small_config(trajectories=1000, diverge_patience=2))
     before = [p.detach().clone() for p in eng.meta_parameters]

@@ -285,7 +285,10 @@ class CoordinateUpdate(nn.Module):
         feats.append(bias_mask(grads, d0).to(g.dtype).expand_as(g))
         if cfg.time_feature:  # t is [1, B, 1]: one value per trajectory
             feats.append((t[0].log10() / 3).expand_as(g))
-        x = torch.stack(feats).clamp(-FEATURE_CLAMP, FEATURE_CLAMP)  # features first: [k, B, P]
+        # a diverged trajectory's non-finite features read as 0: the engine zeroes its rows' gradient at
+        # the outputs, and only finite inputs keep those zeros from turning into NaN (0 · inf) in the
+        # shared weights' gradient
+        x = sanitize(torch.stack(feats)).clamp(-FEATURE_CLAMP, FEATURE_CLAMP)  # features first: [k, B, P]
         return x.movedim(0, -1), m[1] / denom, (moments, t)
 
     def forward(
@@ -336,7 +339,7 @@ def pair_features(
     g_scale = (0.5 * (rms(grad_v).square() + rms(grad_u).square())).sqrt().log().div(10).view(-1, 1, 1).expand_as(G)
     G_scale = rms(G).log().div(10).view(-1, 1, 1).expand_as(G)
     x = torch.stack([Gn, Gn.mT, rows, cols, avg, gram_v, gram_u, eye, g_scale, G_scale])  # features first
-    return x.clamp(-FEATURE_CLAMP, FEATURE_CLAMP).movedim(0, -1)
+    return sanitize(x).clamp(-FEATURE_CLAMP, FEATURE_CLAMP).movedim(0, -1)  # (non-finite: see features)
 
 
 class TeleportOutput(NamedTuple):
