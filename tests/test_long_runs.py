@@ -288,24 +288,40 @@ def test_the_committed_long_runs_resume_from_their_listed_configs(name):
 
 
 def test_the_default_protocol_evaluates_each_meta_seeds_long_run_as_shipped():
-    """metatele benchmark's default protocol names shipped optimizers: each is, byte for byte, the
-    selected checkpoint of the long run of its variant and meta-seed (its own training tasks)."""
+    """metatele benchmark's default protocol names shipped optimizers: each holds the meta-parameters
+    of the selected checkpoint of the long run of its variant and meta-seed (its own training
+    tasks), with that run's config except, where it was redeployed, its safeguard settings."""
     from metatele.meta.config import load_config
+    from metatele.release.checkpoint import DEPLOYMENT_KEYS
     from metatele.release.pretrained import REGISTRY, pretrained_path
     from metatele.studies.benchmark import DEFAULT_CONFIG
     from metatele.studies.protocol import SEED_STRIDE
     protocol = yaml.safe_load(DEFAULT_CONFIG.read_text())
     variants = {"update+tele": "update_tele", "update": "update", "lr+tele": "lr_tele", "lr": "lr"}
+
+    def without_deployment(config: MetaTrainConfig) -> dict:
+        d = configs_mod.to_dict(config)
+        for k in DEPLOYMENT_KEYS:
+            d["learned"]["coordinatewise"].pop(k)
+        return d
+
     for method, spec in protocol["methods"].items():
-        variant = method[method.index("(") + 1:method.index(")")]
+        kind, variant = method[3:method.index("(")], method[method.index("(") + 1:method.index(")")]
+        assert kind in ("generalist", "specialist")
         assert sorted(spec["pretrained"]) == protocol["meta_seeds"] == [0, 1, 2]
         for k, name in spec["pretrained"].items():
-            run = f"generalist_{variants[variant]}" + (f"_seed{k}" if k else "")
+            run = f"{kind}_{variants[variant]}" + (f"_seed{k}" if k else "")
             assert name in REGISTRY and name == run.replace("_", "-")
-            assert pretrained_path(name).read_bytes() == (LONG_RUNS / run / "checkpoint.safetensors").read_bytes()
+            shipped, trained = load_checkpoint(pretrained_path(name)), load_checkpoint(LONG_RUNS / run / "checkpoint.safetensors")
+            assert same_parameters(shipped.optimizer.state_dict(), trained.optimizer.state_dict())
+            assert without_deployment(shipped.config) == without_deployment(trained.config)
+            deployed = shipped.provenance.get("deployment")
+            assert (shipped.config == trained.config) if deployed is None else \
+                deployed["as_trained"] == {k: getattr(trained.config.learned.coordinatewise, k) for k in DEPLOYMENT_KEYS}
             config = load_config(RUNS[run]["config"], RUNS[run].get("set", []))
             assert config.seed == k and config.learned.variant == variant
             assert config.train_seed_start == k * SEED_STRIDE  # its own training tasks, as in the benchmark
+            assert (config.mix is None) == (kind == "specialist")
     init = protocol["methods"]["CW-generalist(update+tele) [init]"]
     assert init == {**protocol["methods"]["CW-generalist(update+tele)"], "initialisation": True}
 

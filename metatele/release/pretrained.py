@@ -29,6 +29,13 @@ REGISTRY: dict[str, str] = {
     "generalist-lr": "its twin without the teleport (same mixture, seeds and budget)",
     **{f"{name}-seed{k}": f"meta-seed {k} of {name} (2,100 meta-steps, 1.0 M trajectory-steps)"
        for name in ("generalist-update-tele", "generalist-update", "generalist-lr-tele", "generalist-lr") for k in (1, 2)},
+    # the generalist pair's config trained on the reference task alone, beside it in `metatele benchmark`
+    "specialist-update-tele": "coordinatewise update+tele with the generalist's config, meta-trained on gaussian "
+                              "[20,20,20,20] alone (2,100 meta-steps, 1.0 M trajectory-steps); snapshot chosen on "
+                              "validation seeds",
+    "specialist-update": "its update-only twin (same task, seeds and budget)",
+    **{f"{name}-seed{k}": f"meta-seed {k} of {name} (2,100 meta-steps, 1.0 M trajectory-steps)"
+       for name in ("specialist-update-tele", "specialist-update") for k in (1, 2)},
     # earlier ones: single-task specialists with 300-step horizons, and the retraining benchmark's
     "cw-update-tele-gaussian": "coordinatewise update+tele meta-trained on gaussian [20,20,20,20] tasks, "
                                "300-step horizons; snapshot chosen on validation seeds",
