@@ -21,8 +21,8 @@ REGISTRY: dict[str, str] = {
     # the recommended ones: the long runs of experiments/long_runs/, evaluated by `metatele benchmark`
     "generalist-update-tele": "recommended: coordinatewise update+tele meta-trained on a mixture of LeakyReLU MLPs "
                               "(2-5 weight layers, widths 8-64, with and without biases, gaussian and uniform data) "
-                              "for 9,125 meta-steps (4.4 M trajectory-steps); snapshot chosen on validation seeds. "
-                              "Diverges on some held-out architectures (experiments/RESULTS.md); -seed1 and -seed2 did not",
+                              "for 9,125 meta-steps (4.4 M trajectory-steps); snapshot chosen on validation seeds; runs "
+                              "with the update safeguard. On gaussian [20,20,20,20] alone, specialist-update-tele is better",
     "generalist-update": "its update-only twin (same mixture and seeds; 10,400 meta-steps, 5.0 M trajectory-steps)",
     "generalist-lr-tele": "a learned per-coordinate step-size GD with the learned teleport, on the same mixture "
                           "(2,100 meta-steps, 1.0 M trajectory-steps)",
@@ -30,9 +30,9 @@ REGISTRY: dict[str, str] = {
     **{f"{name}-seed{k}": f"meta-seed {k} of {name} (2,100 meta-steps, 1.0 M trajectory-steps)"
        for name in ("generalist-update-tele", "generalist-update", "generalist-lr-tele", "generalist-lr") for k in (1, 2)},
     # the generalist pair's config trained on the reference task alone, beside it in `metatele benchmark`
-    "specialist-update-tele": "coordinatewise update+tele with the generalist's config, meta-trained on gaussian "
-                              "[20,20,20,20] alone (2,100 meta-steps, 1.0 M trajectory-steps); snapshot chosen on "
-                              "validation seeds",
+    "specialist-update-tele": "for gaussian [20,20,20,20]-like tasks: coordinatewise update+tele with the generalist's "
+                              "config, meta-trained on that task alone (2,100 meta-steps, 1.0 M trajectory-steps); "
+                              "snapshot chosen on validation seeds; runs with the update safeguard",
     "specialist-update": "its update-only twin (same task, seeds and budget)",
     **{f"{name}-seed{k}": f"meta-seed {k} of {name} (2,100 meta-steps, 1.0 M trajectory-steps)"
        for name in ("specialist-update-tele", "specialist-update") for k in (1, 2)},
