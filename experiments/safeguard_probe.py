@@ -1,17 +1,17 @@
 """Does the update safeguard, with its step-size backoff, keep a shipped generalist from diverging,
 and what does it cost? Measured on validation seeds of the architectures it was trained on.
 
-The shipped generalists were meta-trained and are shipped without the update safeguard
-(``coordinatewise.update_safeguard: false``). On the held-out architecture
+The generalists were meta-trained without the update safeguard
+(``coordinatewise.update_safeguard: false``); this probe is why they are shipped with it. On the held-out architecture
 gaussian [24, 25, 42, 59, 9, 13] with biases, meta-seed 0 of update+tele diverges on every test seed
 by step 1,000 (experiments/RESULTS.md). Whether to ship it with the safeguard on may not be decided
 on those test seeds, nor on the held-out architectures at all (they are for evaluation only). So
-this script runs each checkpoint as shipped and with ``update_safeguard: true`` and
+this script runs each checkpoint as trained and with ``update_safeguard: true`` and
 ``update_backoff`` (a refused local update keeps the weights and halves the trajectory's step
 scale, which then regrows by ``update_regrow`` after each accepted step) on the *validation* seeds
 of the reference task and of every training architecture of its mixture (the run's own
 ``mix.seed``), and prints, for each architecture, the share of seeds that diverged and the mean
-log10 loss at the reported steps, with the paired difference (safeguarded − as shipped).
+log10 loss at the reported steps, with the paired difference (safeguarded − as trained).
 
     OMP_NUM_THREADS=1 python experiments/safeguard_probe.py generalist-update-tele \\
         --seeds 16 --steps 1000 --out experiments/safeguard
@@ -25,28 +25,16 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from metatele import LearnedOptimizer, TaskConfig, evaluate, load_checkpoint, validation_seeds
+from metatele import TaskConfig, evaluate, load_checkpoint, validation_seeds
 from metatele.evaluation.stats import paired_comparison, summarize
+from metatele.release.checkpoint import DEPLOYMENT_KEYS, deployed_copy
 
 AT = (10, 30, 100, 300, 1000, 3000)
-
-
-def guarded(opt: LearnedOptimizer, task: TaskConfig, backoff: float) -> LearnedOptimizer:
-    """``opt`` (a coordinatewise optimizer) with the update safeguard and its backoff on, same
-    meta-parameters."""
-    cw = opt.config.coordinatewise
-    if opt.config.arch != "coordinatewise" or opt.config.local_update == "lr":
-        raise SystemExit("the update safeguard's backoff applies to a coordinatewise update or update+tele optimizer")
-    config = replace(opt.config, coordinatewise=replace(cw, update_safeguard=True, update_backoff=backoff))
-    out = LearnedOptimizer(task, config)
-    out.load_state_dict(opt.state_dict())
-    return out
 
 
 def label(task: TaskConfig) -> str:
@@ -66,17 +54,21 @@ def main(argv: list[str] | None = None) -> None:
     if ck.config.mix is None:
         raise SystemExit(f"{args.checkpoint}: not a generalist (its config has no `mix`)")
     archs = ck.config.mix.training_architectures(ck.config.task)
+    cw = ck.config.learned.coordinatewise
+    as_trained = ck.provenance.get("deployment", {}).get("as_trained") or {k: getattr(cw, k) for k in DEPLOYMENT_KEYS}
     seeds = list(validation_seeds(args.seeds))
     at = [s for s in AT if s <= args.steps]
     rows, t0 = [], time.perf_counter()
     for task in tqdm(archs, desc=str(args.checkpoint), unit="architecture"):
-        plain = load_checkpoint(args.checkpoint, task=task).optimizer
-        curves = {"as shipped": evaluate(plain, task, seeds, args.steps),
-                  "safeguarded": evaluate(guarded(plain, task, args.backoff), task, seeds, args.steps)}
+        # as trained: a shipped file may carry other safeguard settings (its provenance's deployment)
+        plain = deployed_copy(load_checkpoint(args.checkpoint, task=task).optimizer, as_trained, str(args.checkpoint))
+        curves = {"as trained": evaluate(plain, task, seeds, args.steps),
+                  "safeguarded": evaluate(deployed_copy(plain, {"update_safeguard": True, "update_backoff": args.backoff},
+                                                        str(args.checkpoint)), task, seeds, args.steps)}
         row = {"task": label(task), "dims": list(task.dims), "bias": task.bias, "distribution": task.distribution}
         for run, c in curves.items():
             row[run] = summarize(c, at)
-        row["safeguarded - as shipped"] = {s: paired_comparison(curves["safeguarded"], curves["as shipped"], s)
+        row["safeguarded - as trained"] = {s: paired_comparison(curves["safeguarded"], curves["as trained"], s)
                                            for s in at}
         rows.append(row)
     seconds = time.perf_counter() - t0
@@ -89,17 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{name}.json").write_text(json.dumps(doc, indent=1))
     lines = [f"# The update safeguard on {name}: validation seeds of its training architectures", "",
              f"`{command}` ({seconds / 60:.1f} min; validation seeds [{seeds[0]}, {seeds[-1] + 1}); "
-             f"backoff {args.backoff}). Mean log10 loss [95% CI]; Δ = safeguarded − as shipped, paired "
+             f"backoff {args.backoff}). Mean log10 loss [95% CI]; Δ = safeguarded − as trained, paired "
              "(negative: the safeguard helps); a seed whose loss is non-finite or above 1e30 at the "
              "last step counts as diverged.", "",
              "| architecture | run | diverged | " + " | ".join(f"@{s}" for s in at) + " |",
              "|---|---|---|" + "---|" * len(at)]
     for row in rows:
-        for run in ("as shipped", "safeguarded"):
+        for run in ("as trained", "safeguarded"):
             cells = [_fmt(row[run]["at_step"][s]) for s in at]
             lines.append(f"| {row['task']} | {run} | {row[run]['diverged_fraction']:.0%} | " + " | ".join(cells) + " |")
-        cells = [_delta(row["safeguarded - as shipped"][s]) for s in at]
-        lines.append(f"| | Δ | | " + " | ".join(cells) + " |")
+        cells = [_delta(row["safeguarded - as trained"][s]) for s in at]
+        lines.append("| | Δ | | " + " | ".join(cells) + " |")
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -314,6 +314,30 @@ def load_optimizer(
 DEPLOYMENT_KEYS = ("safeguard", "safeguard_tol", "update_safeguard", "update_backoff", "update_regrow")
 
 
+def deployed_copy(optimizer: LearnedOptimizer, settings: dict[str, Any], what: str = "optimizer") -> LearnedOptimizer:
+    """A new coordinatewise optimizer with ``optimizer``'s task and meta-parameters and its
+    safeguard settings changed to ``settings`` (keys of :data:`DEPLOYMENT_KEYS`).
+
+    Raises:
+        CheckpointError: ``optimizer`` is not coordinatewise, a key is not a deployment setting, or
+            the resulting settings are invalid (e.g. ``update_backoff`` without ``update_safeguard``).
+    """
+    if optimizer.config.arch != "coordinatewise":
+        raise CheckpointError(f"{what}: only a coordinatewise optimizer has deployment settings "
+                              f"({', '.join(DEPLOYMENT_KEYS)}); this one is {optimizer.config.arch!r}")
+    unknown = sorted(set(settings) - set(DEPLOYMENT_KEYS))
+    if unknown:
+        raise CheckpointError(f"{unknown}: not deployment settings; only {', '.join(DEPLOYMENT_KEYS)} may differ "
+                              "from training (the others change what the meta-parameters mean)")
+    try:
+        learned = replace(optimizer.config, coordinatewise=replace(optimizer.config.coordinatewise, **settings))
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{what}: deployment settings {settings}: {e}") from None
+    out = LearnedOptimizer(optimizer.task, learned).to(next(optimizer.parameters()).dtype)
+    out.load_state_dict(optimizer.state_dict())
+    return out.eval()
+
+
 def redeploy(src: PathLike, dst: PathLike, settings: dict[str, Any], why: str) -> Path:
     """Write the checkpoint ``src`` (a file or a shipped name) to ``dst`` with its coordinatewise
     safeguard settings changed to ``settings`` (keys of :data:`DEPLOYMENT_KEYS`), the
@@ -327,22 +351,11 @@ def redeploy(src: PathLike, dst: PathLike, settings: dict[str, Any], why: str) -
             ``update_safeguard``).
     """
     ck = load_checkpoint(src)
-    if ck.config.learned.arch != "coordinatewise":
-        raise CheckpointError(f"{src}: only a coordinatewise optimizer has deployment settings "
-                              f"({', '.join(DEPLOYMENT_KEYS)}); this one is {ck.config.learned.arch!r}")
-    unknown = sorted(set(settings) - set(DEPLOYMENT_KEYS))
-    if unknown:
-        raise CheckpointError(f"{unknown}: not deployment settings; only {', '.join(DEPLOYMENT_KEYS)} may differ "
-                              "from training (the others change what the meta-parameters mean)")
     trained = ck.config.learned.coordinatewise
     as_trained = ck.provenance.get("deployment", {}).get("as_trained") or {k: getattr(trained, k) for k in DEPLOYMENT_KEYS}
-    try:
-        learned = replace(ck.config.learned, coordinatewise=replace(trained, **settings))
-        config = replace(ck.config, learned=learned)
-    except (ConfigError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{src}: deployment settings {settings}: {e}") from None
-    optimizer = LearnedOptimizer(ck.optimizer.task, learned).to(next(ck.optimizer.parameters()).dtype)
-    optimizer.load_state_dict(ck.optimizer.state_dict())
+    optimizer = deployed_copy(ck.optimizer, settings, str(src))
+    learned = optimizer.config
+    config = replace(ck.config, learned=learned)
     deployed = {k: getattr(learned.coordinatewise, k) for k in DEPLOYMENT_KEYS}
     provenance = {**ck.provenance, "deployment": {
         "as_trained": as_trained, "deployed": deployed, "why": why, "metatele_version": __version__,
