@@ -254,11 +254,18 @@ def test_every_long_run_folder_is_listed_with_its_config():
 
 
 def test_every_listed_run_loads_and_each_meta_seed_trains_on_its_own_tasks():
-    from metatele.meta.config import load_config
+    from metatele.meta.config import MetaTrainConfig, load_config
+    from metatele.meta.state import CONTAINER
     from metatele.studies.protocol import SEED_STRIDE
     for name, spec in RUNS.items():
         config = load_config(spec["config"], spec.get("set", []))
-        assert config.train_seed_start == config.seed * SEED_STRIDE, name
+        if config.init_from is None:
+            assert config.train_seed_start == config.seed * SEED_STRIDE, name
+        else:  # a warm start trains its source's meta-seed further, on new tasks of that meta-seed
+            source = Path(__file__).parents[1] / config.init_from
+            doc = CONTAINER.document(source.read_bytes(), str(source))  # committed beside the runs
+            assert MetaTrainConfig.from_saved(doc["config"]).seed == config.seed, name
+            assert config.seed * SEED_STRIDE < config.train_seed_start < (config.seed + 1) * SEED_STRIDE, name
         assert name.endswith(f"_seed{config.seed}") == (config.seed > 0), name
         assert (config.mix is None) == name.startswith("specialist_"), name
 

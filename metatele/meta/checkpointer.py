@@ -41,6 +41,7 @@ from .mixture import build_engine
 from .state import (CHECKPOINT_FILE, SHARED, STATE_DIR, ResumeError, config_differences, decode, encode, latest_state, rank_state,
                     say, state_files)
 from .schedules import seed_end
+from .warmstart import warm_start
 
 
 # -- signals -----------------------------------------------------------------------------------
@@ -373,6 +374,8 @@ def _prepare(config: MetaTrainConfig, out: Path, resume: bool, every: int, keep:
     engine = None
     if data or comm is not None:
         engine = build_engine(config, device=device, rank=rank, world_size=world)
+        if not data:  # a fresh data-parallel start (a resumed run restores its own meta-parameters)
+            warm_start(engine, config)
         if comm is not None:
             comm.attach(engine)
 

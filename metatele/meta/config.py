@@ -96,6 +96,12 @@ class MetaTrainConfig:
         mix: a task mixture for a generalist (:class:`~metatele.tasks.mixture.TaskMix`): ``task``
             is then the reference architecture, trained on with the mixture's drawn ones
             (:mod:`metatele.meta.mixture`); ``None``: train on ``task`` alone.
+        init_from: a warm start: a training state of another run (a ``state-*.safetensors`` file
+            of its ``training_state/``) whose meta-parameters and meta-optimizer (Adam) state this
+            run starts from, instead of a fresh initialisation (:mod:`metatele.meta.warmstart`).
+            Its learned optimizer must be this run's, but for the safeguard settings
+            (``learned.coordinatewise.update_safeguard``, ...); everything else (tasks, seeds,
+            rates, budget) is this run's. ``None``: no warm start.
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -133,6 +139,7 @@ class MetaTrainConfig:
     max_seconds: float | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     mix: TaskMix | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.mix, dict):
@@ -196,6 +203,8 @@ class MetaTrainConfig:
                 "a task mixture needs an optimizer for any network: learned.arch: coordinatewise")
         require(self.mix is None or self.max_meta_steps is not None, "max_meta_steps",
                 "a task mixture run needs a budget in meta-steps (its groups take turns; set max_meta_steps)")
+        require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+                "init_from", f"must be the path of a training state or null, got {self.init_from!r}")
         self._validate_estimator()
 
     def _validate_estimator(self) -> None:

@@ -96,7 +96,7 @@ class UnrollEngine:
 
     #: the host counters saved by :meth:`state_dict`
     COUNTERS = ("meta_step_count", "next_seed", "trajectories_started", "trajectories_finished",
-                "diverged_total", "all_dead_streak", "train_seconds", "done", "skipped_total")
+                "diverged_total", "all_dead_streak", "train_seconds", "done", "skipped_total", "init_source")
 
     def __init__(
         self,
@@ -152,6 +152,7 @@ class UnrollEngine:
         #: wall-clock seconds of meta-training so far, over every segment of a resumed run (kept
         #: by :func:`metatele.meta.train.meta_train`)
         self.train_seconds = 0.0
+        self.init_source: dict[str, Any] | None = None  # the warm start's record (metatele.meta.warmstart)
         self._alive_for_backward: torch.Tensor | None = None
         #: called with the meta-parameters after backward, before clipping (distributed all-reduce)
         self.grad_reducer: Callable[[list[torch.nn.Parameter]], None] | None = None

@@ -37,7 +37,7 @@ class MixtureEngine:
         device: overrides ``config.device``.
     """
 
-    COUNTERS = ("meta_step_count", "diverged_total", "train_seconds", "done", "next_seed", "dead_streak")
+    COUNTERS = ("meta_step_count", "diverged_total", "train_seconds", "done", "next_seed", "dead_streak", "init_source")
 
     def __init__(self, config: MetaTrainConfig, device: torch.device | str | None = None) -> None:
         if config.mix is None:
@@ -63,6 +63,7 @@ class MixtureEngine:
         self.diverged_total = 0
         self.dead_streak = 0  # the mixture's last meta-steps in a row with no finite trajectory
         self.train_seconds = 0.0
+        self.init_source: dict[str, Any] | None = None  # the warm start's record (metatele.meta.warmstart)
         self.done = False
         self.next_seed = config.train_seed_start
         self.prior_history: list[dict[str, Any]] = []

@@ -22,6 +22,7 @@ from .config import MetaTrainConfig, non_symmetric_pairs
 from .engine import UnrollEngine
 from .mixture import build_engine
 from .snapshots import Snapshots
+from .warmstart import warm_start
 
 
 @dataclass
@@ -43,6 +44,8 @@ class MetaTrainResult:
         snapshots: the run's validation history, best snapshot and average (``None`` without
             validation).
         device: where it ran.
+        init_source: the warm start's record (``init_from``; :mod:`metatele.meta.warmstart`),
+            ``None`` for a fresh initialisation.
     """
 
     optimizer: LearnedOptimizer
@@ -55,6 +58,7 @@ class MetaTrainResult:
     skipped_total: int = 0
     snapshots: Snapshots | None = None
     device: str = "cpu"
+    init_source: dict[str, Any] | None = None
 
     def selected_optimizer(self) -> LearnedOptimizer:
         """The snapshot the run's validation selected (a copy), or the last meta-parameters when
@@ -82,6 +86,8 @@ class MetaTrainResult:
         }
         if self.snapshots is not None:
             prov["trajectory_steps"] = self.snapshots.trajectory_steps
+        if self.init_source is not None:  # a warm start: these counts are this run's, the source's are here
+            prov["init_from"] = self.init_source
         changes = [row["teleport_loss_change"] for row in self.history if "teleport_loss_change" in row]
         if changes:  # allow_non_symmetric: the teleport was not a symmetry; how much it changed the loss
             prov["non_symmetric_teleport"] = {
@@ -179,7 +185,9 @@ def meta_train(
     """
     if not (0 <= max_skipped_share <= 1):
         raise ValueError(f"max_skipped_share: must lie in [0, 1], got {max_skipped_share!r}")
-    engine = engine or build_engine(config, device=device)
+    if engine is None:
+        engine = build_engine(config, device=device)
+        warm_start(engine, config)
     total = config.meta_steps
     slots = engine.B * engine.world_size
     history: list[dict[str, Any]] = []
@@ -231,6 +239,7 @@ def meta_train(
         skipped_total=engine.skipped_total,
         snapshots=engine.snapshots,
         device=str(engine.device),
+        init_source=engine.init_source,
     )
     why = failure(engine, max_skipped_share)
     if why is not None:

@@ -43,6 +43,10 @@ from ..profiling import M2, SAFEGUARD, TELEPORT, TELEPORT_GRADIENT, UPDATE, phas
 
 Hook = Callable[[torch.Tensor], torch.Tensor]
 
+#: the settings of the safeguards above: they decide whether a step is taken, and change no
+#: meta-parameter, so a trained optimizer may run (and be trained further) with other values
+SAFEGUARD_KEYS = ("safeguard", "safeguard_tol", "update_safeguard", "update_backoff", "update_regrow")
+
 
 def teleport_outputs(
     m2: EquivariantTeleport,

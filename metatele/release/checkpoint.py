@@ -33,6 +33,7 @@ import torch
 from .._version import __version__
 from ..configs import ConfigError, to_dict
 from ..meta.config import MetaTrainConfig
+from ..optimizers.coordinatewise_step import SAFEGUARD_KEYS
 from ..optimizers.learned import LearnedOptimizer
 from ..storage.container import Container, ContainerError, PathLike, atomic_write
 from ..storage.jsonable import to_json
@@ -311,7 +312,7 @@ def load_optimizer(
 # -- deployment settings ----------------------------------------------------------------------
 #: the coordinatewise settings a checkpoint may be shipped with other than the ones it was trained
 #: with: the safeguards, which decide whether a step is taken but change no meta-parameter
-DEPLOYMENT_KEYS = ("safeguard", "safeguard_tol", "update_safeguard", "update_backoff", "update_regrow")
+DEPLOYMENT_KEYS = SAFEGUARD_KEYS
 
 
 def deployed_copy(optimizer: LearnedOptimizer, settings: dict[str, Any], what: str = "optimizer") -> LearnedOptimizer:
