@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from metatele.evaluation.format import cell
@@ -148,7 +149,8 @@ def ship_one(results: dict[str, Any], results_path: Path, setting: str, method: 
 
 
 def long_run_commands(checkpoint: Path) -> list[str]:
-    """The commands that made ``checkpoint``: the long run's own (the run in whose folder,
+    """The commands that made ``checkpoint``: those of the run it was warm-started from, if any
+    (:func:`first_phase`), the long run's own (the run in whose folder,
     ``.../long_runs/RUN/``, it is, or, for a shipped file, the run of ``experiments/long_runs/``
     whose selected checkpoint has the same meta-parameters), then, for a file shipped with other
     safeguard settings than it was trained with, the command that wrote it (``run.py ship ...
@@ -161,9 +163,21 @@ def long_run_commands(checkpoint: Path) -> list[str]:
                 if _same_tensors(load_file(c), mine)]
     if not runs:
         raise SystemExit(f"{checkpoint}: not the checkpoint of a long run (experiments/long_runs/RUN/), nor a copy of one")
-    out = [f"python experiments/long_runs/run.py train {runs[0].parent.name}  # repeated until it has reached its budget"]
+    name = runs[0].parent.name
+    out = [*first_phase(name), f"python experiments/long_runs/run.py train {name}  # repeated until it has reached its budget"]
     deployed = read_metadata(checkpoint)["provenance"].get("deployment")
     return out + ([deployed["why"]] if deployed else [])
+
+
+def first_phase(run: str, listed: Path = Path("experiments/long_runs/runs.yaml")) -> list[str]:
+    """For a warm-started long run (``after: SOURCE`` and ``init_from`` in ``runs.yaml``), the
+    command of the run it starts from (and so on back); ``[]`` for a run trained from scratch."""
+    spec = (yaml.safe_load(listed.read_text()) if listed.is_file() else {}).get(run) or {}
+    if "after" not in spec:
+        return []
+    init = next(kv.partition("=")[2] for kv in spec.get("set", []) if kv.startswith("init_from="))
+    return [*first_phase(spec["after"], listed), f"python experiments/long_runs/run.py train {spec['after']}  # "
+            f"repeated until it has reached its budget; {run} starts from its training state {init} (committed)"]
 
 
 def _same_tensors(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -305,6 +305,7 @@ def test_the_default_protocol_evaluates_each_meta_seeds_long_run_as_shipped():
     from metatele.studies.protocol import SEED_STRIDE
     protocol = yaml.safe_load(DEFAULT_CONFIG.read_text())
     variants = {"update+tele": "update_tele", "update": "update", "lr+tele": "lr_tele", "lr": "lr"}
+    shipped_by = {spec["ships"]: run for run, spec in RUNS.items() if "ships" in spec}
 
     def without_deployment(config: MetaTrainConfig) -> dict:
         d = configs_mod.to_dict(config)
@@ -319,6 +320,7 @@ def test_the_default_protocol_evaluates_each_meta_seeds_long_run_as_shipped():
         for k, name in spec["pretrained"].items():
             run = f"{kind}_{variants[variant]}" + (f"_seed{k}" if k else "")
             assert name in REGISTRY and name == run.replace("_", "-")
+            run = shipped_by.get(name, run)  # a run trained further (a warm start) ships under its source's name
             shipped, trained = load_checkpoint(pretrained_path(name)), load_checkpoint(LONG_RUNS / run / "checkpoint.safetensors")
             assert same_parameters(shipped.optimizer.state_dict(), trained.optimizer.state_dict())
             assert without_deployment(shipped.config) == without_deployment(trained.config)
@@ -327,7 +329,7 @@ def test_the_default_protocol_evaluates_each_meta_seeds_long_run_as_shipped():
                 deployed["as_trained"] == {k: getattr(trained.config.learned.coordinatewise, k) for k in DEPLOYMENT_KEYS}
             config = load_config(RUNS[run]["config"], RUNS[run].get("set", []))
             assert config.seed == k and config.learned.variant == variant
-            assert config.train_seed_start == k * SEED_STRIDE  # its own training tasks, as in the benchmark
+            assert k * SEED_STRIDE <= config.train_seed_start < (k + 1) * SEED_STRIDE  # its own training tasks
             assert (config.mix is None) == (kind == "specialist")
     init = protocol["methods"]["CW-generalist(update+tele) [init]"]
     assert init == {**protocol["methods"]["CW-generalist(update+tele)"], "initialisation": True}
@@ -556,3 +558,15 @@ def test_many_runs_continue_side_by_side_for_a_fixed_time_and_are_packed(tmp_pat
     assert {"runs/short.log", "runs/long.log"} <= names
     long_states = [n for n in names if n.startswith("runs/long/training_state/state-")]
     assert len(long_states) == 1 and not any(n.startswith("runs/short/training_state") for n in names)
+
+
+def test_a_warm_started_long_run_is_retrained_by_its_sources_commands_then_its_own():
+    ship_benchmark = _script(LONG_RUNS.parent / "ship_benchmark.py")
+    phases = ship_benchmark.first_phase("generalist_update_tele_safeguarded", LONG_RUNS / "runs.yaml")
+    assert phases == ["python experiments/long_runs/run.py train generalist_update_tele  # repeated until it has reached "
+                      "its budget; generalist_update_tele_safeguarded starts from its training state experiments/long_runs/"
+                      "generalist_update_tele_continued/training_state/state-00009100.safetensors (committed)"]
+    assert ship_benchmark.first_phase("generalist_update_tele", LONG_RUNS / "runs.yaml") == []
+    for run, spec in RUNS.items():  # every warm start names the run it starts from, and that run is listed
+        warm = any(kv.startswith("init_from=") for kv in spec.get("set", []))
+        assert warm == ("after" in spec) and (not warm or spec["after"] in RUNS), run

@@ -148,20 +148,18 @@ def test_a_listing_read_by_a_closed_pipe_ends_quietly():
     assert proc.wait(timeout=120) == 0 and b"Traceback" not in err, err.decode()
 
 
-def test_the_update_safeguard_deployed_on_a_shipped_generalist_stops_its_divergence(tmp_path):
-    """Meta-seed 0 of generalist-update-tele, trained without the update safeguard, raises the loss
-    of a held-out architecture until it diverges; redeployed with the safeguard and its backoff
-    (:func:`metatele.release.checkpoint.redeploy`, same meta-parameters) it never raises it by more
-    than the teleport safeguard's tolerance (validation seeds, 150 steps)."""
+def test_the_update_safeguard_deployed_on_a_generalist_trained_without_it_stops_its_divergence(tmp_path):
+    """The first phase of meta-seed 0 of the generalist update+tele (its long run,
+    ``experiments/long_runs/generalist_update_tele``), trained without the update safeguard, raises
+    the loss of a held-out architecture until it diverges; redeployed with the safeguard and its
+    backoff (:func:`metatele.release.checkpoint.redeploy`, same meta-parameters) it never raises it
+    by more than the teleport safeguard's tolerance (validation seeds, 150 steps)."""
     import numpy as np
     from metatele.release.checkpoint import load_optimizer, redeploy
     task = mt.TaskConfig(dims=[24, 25, 42, 59, 9, 13], distribution="gaussian", bias=True)
     seeds = list(mt.validation_seeds(4))
-    shipped = load_checkpoint("generalist-update-tele")  # as trained, whatever it is shipped with
-    cw = shipped.config.learned.coordinatewise
-    trained = shipped.provenance.get("deployment", {}).get("as_trained") or vars(cw)
-    src = redeploy("generalist-update-tele", tmp_path / "raw.safetensors",
-                   {k: trained[k] for k in ("update_safeguard", "update_backoff")}, why="as trained")
+    src = ROOT / "experiments" / "long_runs" / "generalist_update_tele" / "checkpoint.safetensors"
+    assert not load_checkpoint(src).config.learned.coordinatewise.update_safeguard  # trained without it
     rises = {}
     for name, settings in (("raw", None), ("guarded", {"update_safeguard": True, "update_backoff": 0.5})):
         path = src if settings is None else redeploy(src, tmp_path / f"{name}.safetensors", settings, why="test")

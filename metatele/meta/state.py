@@ -157,21 +157,23 @@ def latest_state(out: str | os.PathLike, quarantine: bool = True) -> tuple[Path,
     return None
 
 
+def flat_keys(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"a.b.c": value}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat_keys(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
 def config_differences(saved: dict[str, Any], config: MetaTrainConfig) -> list[str]:
     """``key (saved A, now B)`` for every config key that differs (``RESUME_MUTABLE`` ignored)."""
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else k))
-        return out
-
     try:  # keys added to the config since the state was written take their defaults
         saved = to_dict(MetaTrainConfig.from_saved(saved))
     except (ConfigError, TypeError, ValueError):
         pass  # compare as saved
-    a, b = flat(saved), flat(to_dict(config))
+    a, b = flat_keys(saved), flat_keys(to_dict(config))
     return [f"{k} (saved {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r})"
             for k in sorted(set(a) | set(b)) if k not in RESUME_MUTABLE and a.get(k) != b.get(k)]
 

@@ -27,22 +27,13 @@ from ..optimizers.coordinatewise_step import SAFEGUARD_KEYS
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
 from .mixture import MixtureEngine
-from .state import ResumeError, decode
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-    return out
+from .state import ResumeError, decode, flat_keys
 
 
 def learned_differences(source: MetaTrainConfig, config: MetaTrainConfig) -> tuple[list[str], list[str]]:
     """``(safeguard changes, other differences)`` between the learned optimizers of ``source`` and
     ``config``, each as ``learned.KEY (source A, now B)``."""
-    a, b = _flat(to_dict(source.learned), "learned"), _flat(to_dict(config.learned), "learned")
+    a, b = flat_keys(to_dict(source.learned), "learned"), flat_keys(to_dict(config.learned), "learned")
     allowed = {f"learned.coordinatewise.{k}" for k in SAFEGUARD_KEYS}
     diff = [f"{k} (source {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r})"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
