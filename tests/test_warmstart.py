@@ -82,7 +82,9 @@ def test_the_warm_start_is_recorded_in_the_checkpoint_and_survives_a_resume_with
     assert same_parameters(res.optimizer.state_dict(), ref.optimizer.state_dict())
     assert res.init_source == ref.init_source and res.init_source["meta_steps"] == 4
     save_checkpoint(tmp_path / "ck.safetensors", res.optimizer, config, provenance=res.provenance())
-    assert load_checkpoint(tmp_path / "ck.safetensors").provenance["init_from"]["sha256"] == res.init_source["sha256"]
+    ck = load_checkpoint(tmp_path / "ck.safetensors")
+    assert ck.provenance["init_from"]["sha256"] == res.init_source["sha256"]
+    assert ck.training_seeds == [range(0, src.next_seed), range(100, res.train_seeds[1])]  # the source's, then its own
 
 
 @pytest.mark.parametrize("change, named", [

@@ -76,7 +76,8 @@ class MetaTrainResult:
         """What the run records in its checkpoint (``provenance`` of
         :func:`metatele.release.checkpoint.save_checkpoint`)."""
         prov: dict[str, Any] = {
-            "training_seeds": [list(self.train_seeds)],
+            # a warm start's meta-parameters were also trained on its source's seeds
+            "training_seeds": [*(self.init_source or {}).get("training_seeds", []), list(self.train_seeds)],
             "meta_steps": self.meta_steps,
             "diverged_trajectories": self.diverged_total,
             "skipped_meta_steps": self.skipped_total,

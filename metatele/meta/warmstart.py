@@ -10,9 +10,10 @@ config must be the saved one) cannot do.
 The learned optimizer must be the source's, but for the safeguard settings
 (:data:`~metatele.optimizers.coordinatewise_step.SAFEGUARD_KEYS`), which decide whether a step is
 taken and change no meta-parameter; anything else would change what the meta-parameters mean, and
-is refused. The source is recorded (:func:`warm_start`'s record: file, SHA-256, its meta-steps,
-trajectory-steps and seconds, what changed) in the engine's counters, so it survives a resume and
-ends in the checkpoint's provenance (``init_from``).
+is refused. The source is recorded (:func:`warm_start`'s record: file, SHA-256, its training
+seeds, meta-steps, trajectory-steps and seconds, what changed) in the engine's counters, so it
+survives a resume and ends in the checkpoint's provenance (``init_from``; its training seeds are
+also counted among the checkpoint's own ``training_seeds``).
 """
 from __future__ import annotations
 
@@ -64,7 +65,11 @@ def read_source(config: MetaTrainConfig) -> tuple[dict[str, Any], dict[str, Any]
                           f"the safeguard settings ({', '.join(SAFEGUARD_KEYS)}) may differ")
     rank0 = state["ranks"][0]
     counters = rank0.get("counters", {})
+    start, world = source.train_seed_start, int(doc.get("world_size", 1))
+    own = [[start, start + (int(counters["next_seed"]) - start) * world]] if "next_seed" in counters else []
+    earlier = (counters.get("init_source") or {}).get("training_seeds", [])
     record = {"file": str(config.init_from), "sha256": hashlib.sha256(data).hexdigest(),
+              "training_seeds": [*earlier, *own],  # [start, end) ranges of the source and of its own sources
               "meta_steps": int(doc["meta_step"]),
               "trajectory_steps": rank0["snapshots"]["trajectory_steps"] if "snapshots" in rank0 else None,
               "train_seconds": round(float(counters.get("train_seconds", 0.0)), 1),
