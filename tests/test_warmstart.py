@@ -17,7 +17,7 @@ from metatele.meta.engine import UnrollEngine
 from metatele.meta.mixture import build_engine
 from metatele.meta.state import state_files
 from metatele.meta.train import meta_train
-from metatele.meta.warmstart import warm_start
+from metatele.meta.warmstart import warm_start, warm_start_totals
 from metatele.release.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,6 +85,12 @@ def test_the_warm_start_is_recorded_in_the_checkpoint_and_survives_a_resume_with
     ck = load_checkpoint(tmp_path / "ck.safetensors")
     assert ck.provenance["init_from"]["sha256"] == res.init_source["sha256"]
     assert ck.training_seeds == [range(0, src.next_seed), range(100, res.train_seeds[1])]  # the source's, then its own
+    # what the benchmark and manifests add to its own counts: the source's (and its sources')
+    assert warm_start_totals(ck.provenance) == {"meta_steps": 4, "trajectory_steps": 0,
+                                                "train_seconds": pytest.approx(src.train_seconds, abs=0.1)}
+    twice = {"init_from": {"meta_steps": 7, "trajectory_steps": 70, "train_seconds": 2.0, "init_from": ck.provenance["init_from"]}}
+    assert warm_start_totals(twice)["meta_steps"] == 11 and warm_start_totals({"meta_steps": 3}) == \
+        {"meta_steps": 0, "trajectory_steps": 0, "train_seconds": 0.0}
 
 
 @pytest.mark.parametrize("change, named", [

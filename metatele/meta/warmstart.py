@@ -103,3 +103,16 @@ def warm_start(engine: UnrollEngine | MixtureEngine, config: MetaTrainConfig) ->
                 a.copy_(p.detach())
     engine.init_source = record
     return record
+
+
+def warm_start_totals(provenance: dict[str, Any]) -> dict[str, float]:
+    """What a checkpoint's warm-start sources (its provenance's ``init_from``, and theirs) had
+    trained before it: ``meta_steps``, ``trajectory_steps`` and ``train_seconds`` (zeros for a run
+    trained from scratch). A warm-started run's own counts start at 0; add these for its total."""
+    total = {"meta_steps": 0, "trajectory_steps": 0, "train_seconds": 0.0}
+    source = provenance.get("init_from")
+    while source:
+        for k in total:
+            total[k] += source.get(k) or 0
+        source = source.get("init_from")
+    return total

@@ -21,6 +21,7 @@ from ..meta import train as meta_training
 from ..meta.config import MetaTrainConfig, resolve_device
 from ..meta.engine import DivergenceError
 from ..meta.mixture import build_engine
+from ..meta.warmstart import warm_start_totals
 from ..release.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..release.pretrained import shipped_name
 from .aggregate import method_stats
@@ -99,11 +100,18 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
     selection = None
     if reused:
         opt, prov = ck.optimizer, ck.provenance
-        train_seeds, meta_steps = tuple(prov["training_seeds"][0]), prov.get("meta_steps")
-        diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
+        # a warm-started run (init_from) counts its sources' meta-steps and seconds, and its
+        # selected meta-step is counted from the start of its first source
+        before = warm_start_totals(prov)
+        train_seeds, meta_steps = tuple(prov["training_seeds"][-1]), (prov.get("meta_steps") or 0) + before["meta_steps"]
+        diverged = prov.get("diverged_trajectories")
+        train_seconds = (prov.get("train_seconds") or 0.0) + before["train_seconds"]
         selection = prov.get("selection")
         if selection is not None and "selected" not in selection:  # `metatele train`'s: the selected snapshot
             selection = {"selected": selection, "history": []}       # (its validation history is not in the file)
+        if selection is not None and before["meta_steps"]:
+            selection = {**selection, "selected": {**selection["selected"], "meta_step": selection["selected"]["meta_step"]
+                                                   + before["meta_steps"]}}
         if job.initialisation:  # meta-step 0 of the same run: the engine built from the run's own config
             opt = build_engine(ck.config, device=device).optimizer
             meta_steps, train_seconds, selection = 0, 0.0, None
@@ -124,7 +132,8 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
         opt, train_seeds, meta_steps = result.optimizer, tuple(result.train_seeds), result.meta_steps
         diverged, train_seconds = result.diverged_total, time.perf_counter() - t0
     timings = [{"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "reused": reused,
-                "trajectory_steps": (ck.provenance.get("trajectory_steps") if job.pretrained
+                "trajectory_steps": ((ck.provenance.get("trajectory_steps") or 0)
+                                     + warm_start_totals(ck.provenance)["trajectory_steps"] if job.pretrained
                                      else config.trajectories * config.steps)}]
     t0 = time.perf_counter()
     curves = evaluate(opt.eval(), config.task, test_seeds, max(steps), device=device, dtype=config.torch_dtype,
