@@ -749,6 +749,37 @@ def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as
     assert wrong.returncode == 2 and "METHOD a pretrained method of gaussian-small" in wrong.stderr
 
 
+def test_a_warm_started_checkpoint_is_reported_with_its_sources_meta_steps(tmp_path):
+    """A run warm-started from another's training state (``init_from``) counts its own meta-steps
+    from 0; the benchmark reports the total, and the selected meta-step counted from the source's start."""
+    run = {"task": {"dims": [4, 6, 6, 6], "distribution": "gaussian"},
+           "learned": {"variant": "update", "arch": "coordinatewise", "coordinatewise": {"hidden": 8, "layers": 1}},
+           "trajectories": 1000, "max_meta_steps": 4, "steps": 12, "unroll": 3, "batch_size": 4,
+           "validation": {"every": 2, "seeds": 3, "steps": 6, "at_steps": [3, 6]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(run))
+    first = tmp_path / "first"
+    assert cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(first), "--no-progress",
+                     "--wandb", "disabled", "--save-every", "2"]) == 0
+    state = sorted((first / "training_state").glob("state-*.safetensors"))[-1]
+    ck = tmp_path / "second" / "checkpoint.safetensors"
+    assert cli.main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(ck.parent), "--no-progress",
+                     "--wandb", "disabled", "--set", f"init_from={state}", "--set", "max_meta_steps=6",
+                     "--set", "train_seed_start=5000", "--set", "learned.coordinatewise.update_safeguard=true"]) == 0
+    prov = load_checkpoint(ck).provenance
+    assert prov["meta_steps"] == 6 and prov["init_from"]["meta_steps"] == 4
+    argv = ["--quick", "--out", str(tmp_path / "b"), "--no-progress", "--set", f"methods.long={{pretrained: {{0: '{ck}'}}}}",
+            "--set", "meta_seeds=[0]", "--settings", "gaussian-small", "--methods", "long", "--ablations", "none"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    info = results["sections"]["gaussian-small"]["methods"]["long"]["meta_seeds_info"][0]
+    assert info["meta_steps"] == 10 and info["selected"]["meta_step"] == 4 + prov["selection"]["meta_step"]
+    assert info["train_seconds"] == pytest.approx(prov["train_seconds"] + prov["init_from"]["train_seconds"])
+
+
 def test_a_pretrained_method_with_a_missing_checkpoint_fails_before_any_work(tmp_path, capsys):
     argv = ["--quick", "--out", str(tmp_path), "--no-progress", "--set",
             f"methods.shipped={{pretrained: '{tmp_path}/none{{seed}}.safetensors'}}"]
