@@ -2,7 +2,8 @@
 and what does it cost? Measured on validation seeds of the architectures it was trained on.
 
 The generalists were meta-trained without the update safeguard
-(``coordinatewise.update_safeguard: false``); this probe is why they are shipped with it. On the held-out architecture
+(``coordinatewise.update_safeguard: false``); this probe is why they are shipped with it, and why
+the primary pair's second phase trains with it. On the held-out architecture
 gaussian [24, 25, 42, 59, 9, 13] with biases, meta-seed 0 of update+tele diverges on every test seed
 by step 1,000 (experiments/RESULTS.md). Whether to ship it with the safeguard on may not be decided
 on those test seeds, nor on the held-out architectures at all (they are for evaluation only). So
@@ -13,10 +14,13 @@ of the reference task and of every training architecture of its mixture (the run
 ``mix.seed``), and prints, for each architecture, the share of seeds that diverged and the mean
 log10 loss at the reported steps, with the paired difference (safeguarded − as trained).
 
-    OMP_NUM_THREADS=1 python experiments/safeguard_probe.py generalist-update-tele \\
+    OMP_NUM_THREADS=1 python experiments/safeguard_probe.py \\
+        experiments/long_runs/generalist_update_tele/checkpoint.safetensors \\
         --seeds 16 --steps 1000 --out experiments/safeguard
 
-writes ``NAME.md`` and ``NAME.json`` under ``--out``. Nothing here reads a test seed.
+(meta-seed 0's first phase, trained without the safeguard) writes ``NAME.md`` and ``NAME.json``
+under ``--out``: NAME is the shipped name, or the file's stem, or for a long run's
+``checkpoint.safetensors`` its run's folder. Nothing here reads a test seed.
 """
 from __future__ import annotations
 
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                                            for s in at}
         rows.append(row)
     seconds = time.perf_counter() - t0
-    name = Path(str(args.checkpoint)).stem
+    path = Path(str(args.checkpoint))
+    name = path.parent.name if path.name == "checkpoint.safetensors" else path.stem
     args.out.mkdir(parents=True, exist_ok=True)
     command = "OMP_NUM_THREADS=1 python experiments/safeguard_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     doc = {"command": command, "checkpoint": str(args.checkpoint), "validation_seeds": [seeds[0], seeds[-1] + 1],
