@@ -78,9 +78,10 @@ def read_source(config: MetaTrainConfig) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def warm_start(engine: UnrollEngine | MixtureEngine, config: MetaTrainConfig) -> dict[str, Any] | None:
-    """Load ``config.init_from`` into a freshly built ``engine`` (meta-parameters, and Adam moments
-    with this run's rates; the run's snapshot average starts at those meta-parameters); its record (also ``engine.init_source``), ``None``
-    without ``init_from``. Call it only on a fresh start: a resumed run restores its own state.
+    """Load ``config.init_from`` into a freshly built ``engine``: the meta-parameters, and the Adam
+    moments with this run's rates; the run's snapshot average starts at those meta-parameters.
+    Returns the source's record (also set as ``engine.init_source``), ``None`` without
+    ``init_from``. Call it only on a fresh start: a resumed run restores its own state.
 
     Raises:
         ConfigError: see :func:`read_source`; also when the tensors do not fit this run.

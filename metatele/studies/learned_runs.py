@@ -103,9 +103,10 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
         # a warm-started run (init_from) counts its sources' meta-steps and seconds, and its
         # selected meta-step is counted from the start of its first source
         before = warm_start_totals(prov)
-        train_seeds, meta_steps = tuple(prov["training_seeds"][-1]), (prov.get("meta_steps") or 0) + before["meta_steps"]
-        diverged = prov.get("diverged_trajectories")
-        train_seconds = (prov.get("train_seconds") or 0.0) + before["train_seconds"]
+        train_seeds, meta_steps = tuple(prov["training_seeds"][-1]), prov.get("meta_steps")
+        diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
+        if before["meta_steps"]:
+            meta_steps, train_seconds = (meta_steps or 0) + before["meta_steps"], (train_seconds or 0.0) + before["train_seconds"]
         selection = prov.get("selection")
         if selection is not None and "selected" not in selection:  # `metatele train`'s: the selected snapshot
             selection = {"selected": selection, "history": []}       # (its validation history is not in the file)
