@@ -21,9 +21,11 @@ REGISTRY: dict[str, str] = {
     # the recommended ones: the long runs of experiments/long_runs/, evaluated by `metatele benchmark`
     "generalist-update-tele": "recommended: coordinatewise update+tele meta-trained on a mixture of LeakyReLU MLPs "
                               "(2-5 weight layers, widths 8-64, with and without biases, gaussian and uniform data) "
-                              "for 9,125 meta-steps (4.4 M trajectory-steps); snapshot chosen on validation seeds; runs "
-                              "with the update safeguard. On gaussian [20,20,20,20] alone, specialist-update-tele is better",
-    "generalist-update": "its update-only twin (same mixture and seeds; 10,400 meta-steps, 5.0 M trajectory-steps)",
+                              "for 10,450 meta-steps (5.0 M trajectory-steps; the last 1,350 with the update safeguard "
+                              "on, as it runs); snapshot chosen on validation seeds. On gaussian [20,20,20,20] alone, "
+                              "specialist-update-tele is better",
+    "generalist-update": "its update-only twin (same mixture, seeds and training; 11,750 meta-steps, 5.6 M "
+                         "trajectory-steps)",
     "generalist-lr-tele": "a learned per-coordinate step-size GD with the learned teleport, on the same mixture "
                           "(2,100 meta-steps, 1.0 M trajectory-steps)",
     "generalist-lr": "its twin without the teleport (same mixture, seeds and budget)",
