@@ -697,6 +697,17 @@ def test_a_pretrained_method_is_evaluated_from_its_checkpoints_as_they_are(run, 
     assert not (tmp_path / "checkpoints" / "gaussian-small" / "shipped").exists()
 
 
+def quick_pretrained_results(argv: list[str], out: Path) -> dict:
+    """``metatele benchmark ARGV`` (a quick protocol writing to ``out``), torch's thread count kept;
+    its results.json."""
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "results.json").read_text())
+
+
 def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as_pretrained(tmp_path):
     """A long run's checkpoint (``metatele train`` with validation) records the snapshot it selected;
     the benchmark evaluates it as it is and reports that meta-step (it failed on that record)."""
@@ -712,12 +723,7 @@ def test_a_checkpoint_of_metatele_train_that_selected_a_snapshot_is_evaluated_as
     argv = ["--quick", "--out", str(tmp_path / "b"), "--no-progress", "--set", f"methods.long={{pretrained: {{0: '{ck}'}}}}",
             "--set", f"methods.init={{pretrained: {{0: '{ck}'}}, initialisation: true}}",
             "--set", "meta_seeds=[0]", "--settings", "gaussian-small", "--methods", "long", "init", "--ablations", "none"]
-    threads = torch.get_num_threads()
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    results = quick_pretrained_results(argv, tmp_path / "b")
     info = results["sections"]["gaussian-small"]["methods"]["long"]["meta_seeds_info"][0]
     assert info["pretrained"] and info["selected"]["meta_step"] == selected
     # its initialisation: meta-step 0 of the same run, rebuilt from the checkpoint's config
@@ -769,12 +775,7 @@ def test_a_warm_started_checkpoint_is_reported_with_its_sources_meta_steps(tmp_p
     assert prov["meta_steps"] == 6 and prov["init_from"]["meta_steps"] == 4
     argv = ["--quick", "--out", str(tmp_path / "b"), "--no-progress", "--set", f"methods.long={{pretrained: {{0: '{ck}'}}}}",
             "--set", "meta_seeds=[0]", "--settings", "gaussian-small", "--methods", "long", "--ablations", "none"]
-    threads = torch.get_num_threads()
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    results = quick_pretrained_results(argv, tmp_path / "b")
     info = results["sections"]["gaussian-small"]["methods"]["long"]["meta_seeds_info"][0]
     assert info["meta_steps"] == 10 and info["selected"]["meta_step"] == 4 + prov["selection"]["meta_step"]
     assert info["train_seconds"] == pytest.approx(prov["train_seconds"] + prov["init_from"]["train_seconds"])
