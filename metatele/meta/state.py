@@ -173,9 +173,15 @@ def config_differences(saved: dict[str, Any], config: MetaTrainConfig) -> list[s
         saved = to_dict(MetaTrainConfig.from_saved(saved))
     except (ConfigError, TypeError, ValueError):
         pass  # compare as saved
-    a, b = flat_keys(saved), flat_keys(to_dict(config))
-    return [f"{k} (saved {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r})"
-            for k in sorted(set(a) | set(b)) if k not in RESUME_MUTABLE and a.get(k) != b.get(k)]
+    return [d for k, d in key_differences(flat_keys(saved), flat_keys(to_dict(config)), "saved")
+            if k not in RESUME_MUTABLE]
+
+
+def key_differences(a: dict[str, Any], b: dict[str, Any], first: str) -> list[tuple[str, str]]:
+    """``(key, "key (FIRST A, now B)")`` for every key of the flat dicts ``a`` and ``b`` (of
+    :func:`flat_keys`) whose values differ, sorted by key."""
+    return [(k, f"{k} ({first} {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r})")
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def load_training_state(out: str | os.PathLike, config: MetaTrainConfig | None = None,

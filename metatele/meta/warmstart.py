@@ -28,17 +28,16 @@ from ..optimizers.coordinatewise_step import SAFEGUARD_KEYS
 from .config import MetaTrainConfig
 from .engine import UnrollEngine
 from .mixture import MixtureEngine
-from .state import ResumeError, decode, flat_keys
+from .state import ResumeError, decode, flat_keys, key_differences
 
 
 def learned_differences(source: MetaTrainConfig, config: MetaTrainConfig) -> tuple[list[str], list[str]]:
     """``(safeguard changes, other differences)`` between the learned optimizers of ``source`` and
     ``config``, each as ``learned.KEY (source A, now B)``."""
-    a, b = flat_keys(to_dict(source.learned), "learned"), flat_keys(to_dict(config.learned), "learned")
+    diff = key_differences(flat_keys(to_dict(source.learned), "learned"), flat_keys(to_dict(config.learned), "learned"),
+                           "source")
     allowed = {f"learned.coordinatewise.{k}" for k in SAFEGUARD_KEYS}
-    diff = [f"{k} (source {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r})"
-            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return [d for d in diff if d.split(" ")[0] in allowed], [d for d in diff if d.split(" ")[0] not in allowed]
+    return [d for k, d in diff if k in allowed], [d for k, d in diff if k not in allowed]
 
 
 def read_source(config: MetaTrainConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -98,11 +98,11 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
     reused = job.pretrained or (ck is not None and ck.config.to_dict() == config.to_dict()
                                 and (ck.provenance.get("selection") or {}).get("config") == sel)
     selection = None
+    # a warm-started checkpoint (init_from) counts its sources' meta-steps, seconds and
+    # trajectory-steps, and its selected meta-step from the start of its first source
+    before = warm_start_totals(ck.provenance) if ck is not None else None
     if reused:
         opt, prov = ck.optimizer, ck.provenance
-        # a warm-started run (init_from) counts its sources' meta-steps and seconds, and its
-        # selected meta-step is counted from the start of its first source
-        before = warm_start_totals(prov)
         train_seeds, meta_steps = tuple(prov["training_seeds"][-1]), prov.get("meta_steps")
         diverged, train_seconds = prov.get("diverged_trajectories"), prov.get("train_seconds")
         if before["meta_steps"]:
@@ -133,8 +133,8 @@ def run_job(job: Job, test_seeds: list[int], steps: list[int], protocol_name: st
         opt, train_seeds, meta_steps = result.optimizer, tuple(result.train_seeds), result.meta_steps
         diverged, train_seconds = result.diverged_total, time.perf_counter() - t0
     timings = [{"stage": "meta-train", **where, "seconds": time.perf_counter() - t0, "reused": reused,
-                "trajectory_steps": ((ck.provenance.get("trajectory_steps") or 0)
-                                     + warm_start_totals(ck.provenance)["trajectory_steps"] if job.pretrained
+                "trajectory_steps": ((ck.provenance.get("trajectory_steps") or 0) + before["trajectory_steps"]
+                                     if job.pretrained
                                      else config.trajectories * config.steps)}]
     t0 = time.perf_counter()
     curves = evaluate(opt.eval(), config.task, test_seeds, max(steps), device=device, dtype=config.torch_dtype,
